@@ -1,0 +1,5 @@
+import sys
+
+from cocoseg.cli import main
+
+sys.exit(main())

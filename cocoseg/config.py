@@ -1,0 +1,437 @@
+"""Typed, frozen, validated configuration.
+
+One frozen dataclass per concern, composed into :class:`JobConfig`. A job config is loaded
+from YAML (``load_config(path, overrides)``) where ``overrides`` are dotted ``key=value``
+strings such as ``train.epochs=3`` or ``model.variant=s``. Values of overrides are parsed as
+YAML scalars, so ``train.amp=false`` is a bool and ``ingest.splits=[train2017,val2017]`` a list.
+
+Unknown keys and values of the wrong type are :class:`ConfigError` with a message that names
+the key, what was expected and the closest valid key. Rank, world size and device never live
+here: they come from the runtime.
+
+The seed's dataset YAML (``path``, ``train``, ``val``, ``test``, ``names`` as a 0..N-1 map) is
+read as is by :func:`load_dataset_yaml`.
+
+This module imports nothing from cocoseg (layer L0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DatasetSpec",
+    "ExportConfig",
+    "IngestConfig",
+    "JobConfig",
+    "ModelConfig",
+    "RegistryConfig",
+    "StorageConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_hash",
+    "from_dict",
+    "load_config",
+    "load_dataset_yaml",
+    "parse_overrides",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Each concern owns one dataclass; every field has a default so that an empty YAML
+# file is a valid (embedded-defaults) configuration. `__post_init__` checks value ranges.
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where snapshots, runs and artifacts live: a local folder or an ``s3://`` URI."""
+
+    root: str = "./.cocoseg"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """COCO-Seg (COCO JSON or the seed's YOLO layout) -> immutable Parquet snapshot."""
+
+    source: str = ""  # folder or s3:// URI of the source dataset (or a dataset YAML)
+    dest: str = ""  # snapshot root; empty means <storage.root>
+    layout: str = "auto"  # "coco", "yolo" or "auto"
+    splits: tuple[str, ...] = ()  # empty: every split the source has
+    shard_bytes: int = 256 * 1024 * 1024
+    box_tolerance_px: float = 2.0
+    read_parallelism: int = -1  # -1: let Ray Data decide
+
+    def __post_init__(self) -> None:
+        _check_choice("ingest.layout", self.layout, ("auto", "coco", "yolo"))
+        _check(self.shard_bytes >= 1024, "ingest.shard_bytes", "must be at least 1024 bytes")
+        _check(self.box_tolerance_px >= 0, "ingest.box_tolerance_px", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network: the YOLOv8-seg variant and its input size."""
+
+    variant: str = "n"
+    num_classes: int = 80
+    imgsz: int = 640
+    weights: str = ""  # initial weights: a cocoseg checkpoint dir or an imported reference .pt
+
+    def __post_init__(self) -> None:
+        _check_choice("model.variant", self.variant, ("n", "s", "m", "l", "x"))
+        _check(self.num_classes >= 1, "model.num_classes", "must be >= 1")
+        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, "model.imgsz",
+               f"must be a positive multiple of 32, got {self.imgsz}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The YOLOv8 recipe (spec section 9) and how it is spread over a Ray cluster."""
+
+    snapshot: str = ""  # snapshot URI (…/snapshots/<id>) or "latest" under storage.root
+    epochs: int = 100
+    batch_size: int = 16  # per worker
+    nominal_batch: int = 64
+    optimizer: str = "SGD"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    cos_lr: bool = False
+    close_mosaic: int = 10
+    augment: str = "yolov8"  # named preset in cocoseg.data.augment
+    amp: str = "auto"  # "auto" (bf16 on GPU), "bf16", "fp16" or "off"
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"
+    max_failures: int = 2
+    val_every: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check_choice("train.optimizer", self.optimizer, ("SGD", "AdamW", "Adam"))
+        _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "off"))
+        _check_choice("train.placement_strategy", self.placement_strategy,
+                      ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking. An empty URI means $MLFLOW_TRACKING_URI, else SQLite under the root."""
+
+    tracking_uri: str = ""
+    experiment: str = "cocoseg"
+    run_name: str = ""
+    system_metrics: bool = True
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX / TensorRT export of trained weights."""
+
+    formats: tuple[str, ...] = ("onnx",)
+    opset: int = 18
+    dynamic_batch: bool = True
+    dynamic_hw: bool = False
+    nms: bool = False
+    simplify: bool = True
+    imgsz: int = 640
+    max_batch: int = 16
+
+    def __post_init__(self) -> None:
+        for fmt in self.formats:
+            _check_choice("export.formats[]", fmt, ("onnx", "engine"))
+        _check(self.opset >= 18, "export.opset", "must be >= 18 (the torch 2.13 exporter rejects 17)")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow Model Registry and the champion/challenger promotion gate."""
+
+    model_name: str = "cocoseg-yolov8-seg"
+    promotion_margin: float = 0.0  # mask AP50-95 a challenger must add over the champion
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a pipeline job reads. Sections not used by a job are simply ignored."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation.
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(sorted(candidates))}."
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check (and gently convert) one value against a field annotation."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, *_rest) = typing.get_args(annotation) or (Any,)
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> Any:
+    """Build a (nested) config dataclass from a mapping, rejecting unknown keys."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'.{_suggest(str(key), names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, JSON/YAML-serialisable dict (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return plain(config)
+
+
+def config_hash(config: Any) -> str:
+    """Stable short hash of a resolved config (for model cards and run tags)."""
+    blob = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "model.variant=s"]`` -> nested dict, values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=3)")
+        dotted, raw = item.split("=", 1)
+        parts = [p for p in dotted.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error names the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{name}: malformed YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                cls: type = JobConfig) -> Any:
+    """Load ``cls`` from an optional YAML file plus dotted overrides (later wins)."""
+    data: dict[str, Any] = {}
+    if path:
+        loaded = read_yaml(path)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = dict(loaded)
+    data = _deep_merge(data, parse_overrides(overrides))
+    where = f" (in {path})" if path else ""
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{where}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The seed's dataset YAML.
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset YAML in the seed's format.
+
+    ``path`` is the dataset root (relative paths resolve against the YAML's folder); ``train``,
+    ``val`` and ``test`` are image folders relative to it; ``names`` maps 0..N-1 to class names.
+    """
+
+    path: str
+    names: tuple[str, ...]
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+
+    @property
+    def splits(self) -> dict[str, str]:
+        return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v}
+
+
+def dataset_spec_from_text(text: str, name: str, base_dir: str = "") -> DatasetSpec:
+    """Parse dataset-YAML text; ``base_dir`` resolves a relative ``path`` (may be a URI)."""
+    data = parse_yaml(text, name)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{name}: a dataset YAML must be a mapping with path/train/val/names")
+    unknown = set(data) - {"path", "train", "val", "test", "names", "nc", "download"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{name}: unknown dataset key {key!r}.{_suggest(key, ['path', 'train', 'val', 'test', 'names'])}")
+    names = data.get("names")
+    if isinstance(names, Mapping):
+        try:
+            keys = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: 'names' keys must be integers 0..N-1") from None
+        if keys != list(range(len(keys))):
+            raise ConfigError(f"{name}: 'names' keys must be exactly 0..{len(keys) - 1}, got {keys[:5]}...")
+        names_t = tuple(str(names[k] if k in names else names[str(k)]) for k in keys)
+    elif isinstance(names, (list, tuple)):
+        names_t = tuple(str(n) for n in names)
+    else:
+        raise ConfigError(f"{name}: 'names' must be a 0..N-1 mapping or a list of class names")
+    if "nc" in data and int(data["nc"]) != len(names_t):
+        raise ConfigError(f"{name}: nc={data['nc']} but {len(names_t)} names are given")
+    root = str(data.get("path") or "")
+    if base_dir and not root.startswith(("/", "s3://")):
+        root = f"{base_dir.rstrip('/')}/{root}".rstrip("/") if root not in ("", ".") else base_dir
+    for split in ("train", "val", "test"):
+        v = data.get(split)
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{name}: '{split}' must be a folder path string, got {v!r}")
+    return DatasetSpec(path=root, names=names_t, train=data.get("train"), val=data.get("val"),
+                       test=data.get("test"))
+
+
+def load_dataset_yaml(path: str | Path) -> DatasetSpec:
+    """Read a local dataset YAML (for ``s3://`` use :func:`dataset_spec_from_text`)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"dataset YAML {path} does not exist") from None
+    return dataset_spec_from_text(text, str(path), base_dir=str(path.parent.resolve()))

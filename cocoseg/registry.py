@@ -1,0 +1,1 @@
+"""MLflow Model Registry: versions, champion/challenger aliases and the promotion gate."""

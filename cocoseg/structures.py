@@ -1,0 +1,125 @@
+"""The shared vocabulary: class maps, the training batch, raw model outputs, detections.
+
+Coordinate conventions are in the names: ``_xyxy`` / ``_cxcywh`` / ``_xywh`` (COCO's top-left
+x, y, width, height), ``_norm`` for 0..1 of the image size, ``_px`` (or no suffix) for pixels.
+
+This module imports nothing from cocoseg (layer L0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "COCO80_TO_COCO91",
+    "COCO91_TO_COCO80",
+    "COCO_CLASS_NAMES",
+    "Detections",
+    "RawOutputs",
+    "SegTargets",
+    "TrainBatch",
+]
+
+# Contiguous class index 0..79 -> COCO 2017 category id (1..90, with gaps), spec section 12.
+COCO80_TO_COCO91: tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+    46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65,
+    67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)
+
+COCO_CLASS_NAMES: tuple[str, ...] = (
+    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus',
+    'train', 'truck', 'boat', 'traffic light', 'fire hydrant', 'stop sign',
+    'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse',
+    'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe',
+    'backpack', 'umbrella', 'handbag', 'tie', 'suitcase', 'frisbee',
+    'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove',
+    'skateboard', 'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup',
+    'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple',
+    'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza',
+    'donut', 'cake', 'chair', 'couch', 'potted plant', 'bed',
+    'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote',
+    'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink',
+    'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear',
+    'hair drier', 'toothbrush',
+)
+
+# COCO category id -> contiguous class index (ids that do not occur in COCO 2017 are absent).
+COCO91_TO_COCO80: dict[int, int] = {cid: idx for idx, cid in enumerate(COCO80_TO_COCO91)}
+
+
+@dataclass
+class SegTargets:
+    """Ground truth of one training batch, as the loss consumes it (spec section 7, 8.6).
+
+    N instances over B images, network input H x W:
+
+    - ``batch_idx``: (N,) int64, the image of each instance within the batch.
+    - ``cls``: (N,) int64, contiguous class index 0..nc-1.
+    - ``boxes_cxcywh_norm``: (N, 4) float32, box centre/size normalised by W and H.
+    - ``masks``: (B, H/4, W/4) int32 *overlap maps*: pixel value k >= 1 means the k-th instance
+      of that image (1-based, in the order the image's instances appear in the rows above); 0 is
+      background. An image without instances has an all-zero map.
+    """
+
+    batch_idx: torch.Tensor
+    cls: torch.Tensor
+    boxes_cxcywh_norm: torch.Tensor
+    masks: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SegTargets:
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                                for f in fields(self)})
+
+    @property
+    def num_instances(self) -> int:
+        return int(self.cls.shape[0])
+
+
+@dataclass
+class TrainBatch:
+    """A collated batch: ``images`` is (B, 3, H, W) uint8 RGB; the model wants ``images / 255``."""
+
+    images: torch.Tensor
+    targets: SegTargets
+    image_ids: torch.Tensor | None = None  # (B,) int64 COCO image ids, when known
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
+        ids = self.image_ids.to(device) if self.image_ids is not None else None
+        return TrainBatch(self.images.to(device, non_blocking=non_blocking),
+                          self.targets.to(device, non_blocking=non_blocking), ids)
+
+
+class RawOutputs(NamedTuple):
+    """Training-mode network output (classic YOLOv8 layout, spec 5.1).
+
+    - ``feats``: three maps (P3, P4, P5), each (B, 4*reg_max + nc, H_i, W_i): box DFL logits then
+      class logits.
+    - ``mask_coeffs``: (B, 32, A) mask coefficients, anchors P3 -> P5 row-major.
+    - ``proto``: (B, 32, H/4, W/4) SiLU-activated prototypes.
+    """
+
+    feats: list[torch.Tensor]
+    mask_coeffs: torch.Tensor
+    proto: torch.Tensor
+
+
+@dataclass
+class Detections:
+    """Post-processed detections of one image, in *original image* pixels.
+
+    - ``boxes_xyxy``: (n, 4) float32; ``scores``: (n,) float32; ``classes``: (n,) int64 (0..nc-1);
+    - ``masks``: (n, H0, W0) bool at the original image size, or None when not computed.
+    """
+
+    boxes_xyxy: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    masks: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])

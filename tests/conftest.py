@@ -1,0 +1,174 @@
+"""Shared test fixtures: real services started on 127.0.0.1 and stopped afterwards.
+
+- ``moto_server``: a real S3 protocol server (moto) for the whole session; its endpoint and
+  dummy credentials are exported in the standard AWS variables *before* Ray starts, so Ray
+  workers inherit them. ``s3_bucket`` gives each test a fresh bucket.
+- ``mlflow_server``: a real ``mlflow server`` with a SQLite store and proxied artifacts.
+- ``ray_local``: a private local Ray (``address="local"``) with logical CPUs over-subscribed so
+  Ray Data tasks and train workers can run side by side on 2 cores.
+- ``coco8_seg``: the real 8-image sample in ``../shared/data/coco8-seg`` (skips when absent).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("COCOSEG_SHARED", REPO.parent / "shared"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            detail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered:\n{detail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback only)
+                if resp.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = _shared_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared folder {path} is absent (set COCOSEG_SHARED to point at it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco8_seg(shared_dir: Path) -> Path:
+    path = shared_dir / "data" / "coco8-seg"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory):
+    """Start ``moto_server`` on loopback and export the AWS variables that point at it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    exe = BIN / "moto_server"
+    cmd = [str(exe) if exe.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION", "AWS_REGION")}
+    try:
+        wait_http(f"{endpoint}/moto-api/", 30, proc, log)
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                          AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                          AWS_REGION="us-east-1")
+        yield endpoint
+    finally:
+        stop(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(moto_server: str) -> str:
+    """A fresh, empty bucket on the moto server; returns ``s3://<bucket>``."""
+    from cocoseg import storage
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``mlflow server`` (SQLite store, proxied artifacts) on loopback; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = root / "server.log"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    exe = BIN / "mlflow"
+    cmd = [str(exe) if exe.exists() else "mlflow", "server",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", 90, proc, log)
+        yield uri
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def ray_local(moto_server: str):
+    """A private local Ray for the session (after the S3 variables are exported)."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """Run the ``cocoseg`` console command as a real subprocess; returns CompletedProcess."""
+
+    def run(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None):
+        exe = BIN / "cocoseg"
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cocoseg"]
+        proc = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})}, cwd=tmp_path)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"cocoseg {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        return proc
+
+    return run
+
+
+def has_executable(name: str) -> bool:
+    return shutil.which(name) is not None or (BIN / name).exists()

@@ -1,0 +1,109 @@
+"""Config: typed, frozen, validated; dotted overrides; the seed's dataset YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cocoseg.config import (
+    ConfigError,
+    JobConfig,
+    config_hash,
+    load_config,
+    load_dataset_yaml,
+    parse_overrides,
+    to_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_load_from_nothing():
+    cfg = load_config()
+    assert isinstance(cfg, JobConfig)
+    assert cfg.model.variant == "n" and cfg.train.epochs == 100
+
+
+def test_yaml_plus_dotted_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("model:\n  variant: s\ntrain:\n  epochs: 5\n  amp: bf16\n")
+    cfg = load_config(path, ["train.epochs=3", "train.cos_lr=true", "export.formats=[onnx,engine]"])
+    assert cfg.model.variant == "s"
+    assert cfg.train.epochs == 3 and cfg.train.cos_lr is True and cfg.train.amp == "bf16"
+    assert cfg.export.formats == ("onnx", "engine")
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3  # type: ignore[misc]
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*Did you mean 'epochs'"):
+        load_config(None, ["train.epoch=3"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"'trian'.*'train'.*bad.yaml"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=three", "train.epochs: expected an integer"),
+        ("train.epochs=0", "train.epochs: must be >= 1"),
+        ("model.variant=q", "model.variant: 'q' is not one of"),
+        ("model.imgsz=100", "model.imgsz: must be a positive multiple of 32"),
+        ("train.cos_lr=maybe", "train.cos_lr: expected true or false"),
+        ("train", "not of the form section.key=value"),
+    ],
+)
+def test_bad_values_say_how_to_fix(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: malformed YAML at line \d+"):
+        load_config(path)
+
+
+def test_overrides_parse_yaml_scalars():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=0.5"]) == {"a": {"b": 1, "c": "x"}, "d": 0.5}
+
+
+def test_hash_is_stable_and_sensitive():
+    a, b = load_config(), load_config(None, ["train.epochs=7"])
+    assert config_hash(a) == config_hash(load_config())
+    assert config_hash(a) != config_hash(b)
+    assert to_dict(b)["train"]["epochs"] == 7
+
+
+def test_shipped_coco_seg_yaml_has_80_classes_in_seed_order():
+    spec = load_dataset_yaml(REPO / "pipelines" / "configs" / "coco-seg.yaml")
+    assert len(spec.names) == 80
+    assert spec.names[0] == "person" and spec.names[79] == "toothbrush" and spec.names[62] == "tv"
+    assert spec.splits == {"train": "train2017", "val": "val2017"}
+
+
+def test_seed_dataset_yaml_read_as_is(coco8_seg):
+    spec = load_dataset_yaml(coco8_seg / "coco8-seg.yaml")
+    assert spec.splits == {"train": "images/train", "val": "images/val"}
+    assert Path(spec.path) == coco8_seg.resolve()
+    shipped = load_dataset_yaml(REPO / "pipelines" / "configs" / "coco-seg.yaml")
+    assert spec.names == shipped.names
+
+
+def test_dataset_yaml_errors(tmp_path):
+    bad = tmp_path / "d.yaml"
+    bad.write_text("path: .\nnames: {0: a, 2: b}\n")
+    with pytest.raises(ConfigError, match="'names' keys must be exactly 0..1"):
+        load_dataset_yaml(bad)
+    bad.write_text("path: .\nnames: [a]\ntrian: x\n")
+    with pytest.raises(ConfigError, match="unknown dataset key 'trian'"):
+        load_dataset_yaml(bad)
