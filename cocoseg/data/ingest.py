@@ -63,6 +63,8 @@ INSTANCE_REASONS = ("polygon_too_few_points", "non_finite_coordinates", "box_out
                     "box_non_positive", "unknown_category", "bad_rle", "orphan_annotation")
 DECODE_CHECKS = ("header", "draft", "full")
 
+_KNOWN_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF")
+
 OUTPUT_SCHEMA = SNAPSHOT_SCHEMA.append(pa.field("_keep", pa.bool_())).append(pa.field("_rejects", pa.string()))
 
 # Pillow refuses images above ~179 Mpx as a decompression-bomb guard; COCO-scale photos are far
@@ -92,6 +94,8 @@ def inspect_image(data: bytes, decode_check: str = "draft") -> tuple[int, int, s
         img = Image.open(io.BytesIO(data))
         width, height, mode, fmt = img.width, img.height, img.mode, img.format
     except UnidentifiedImageError:
+        if data.startswith(_KNOWN_MAGIC):  # a JPEG/PNG/GIF whose header is broken
+            raise BadImage("corrupt_image", "the image header does not parse") from None
         raise BadImage("unreadable_image", "not a recognised image format") from None
     except Exception as exc:  # PIL raises many types for broken headers
         raise BadImage("corrupt_image", f"header does not parse: {exc}") from None
