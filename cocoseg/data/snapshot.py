@@ -43,6 +43,7 @@ __all__ = ["SnapshotWriter", "compute_snapshot_id", "sort_records"]
 log = get_logger(__name__)
 
 _ROW_GROUP_BYTES = 64 * 1024 * 1024
+_BYTES_PER_INSTANCE = 512  # a COCO instance (box, ids, ~25 polygon vertices as float64) in Parquet
 
 
 def compute_snapshot_id(plan: SourcePlan, settings: dict[str, Any]) -> str:
@@ -97,20 +98,26 @@ class SnapshotWriter:
                 self.rejects.extend(json.loads(text))
         kept = table.filter(pc.field("_keep")).select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
         if kept.num_rows:
-            image_bytes = pc.binary_length(kept.column("image")).to_pylist()
-            ann_bytes = kept.column("annotations").nbytes / kept.num_rows
+            # a per-row estimate (never a per-batch one) keeps the cuts independent of batching
+            n_anns = pc.list_value_length(kept.column("annotations")).fill_null(0).to_pylist()
+            row_bytes = [b + 64 + _BYTES_PER_INSTANCE * n for b, n in
+                         zip(pc.binary_length(kept.column("image")).to_pylist(), n_anns, strict=True)]
             splits = kept.column("split").to_pylist()
-            for i, (split, size) in enumerate(zip(splits, image_bytes, strict=True)):
-                self._add_row(split, kept.slice(i, 1), size + ann_bytes + 64)
+            start = 0  # rows [start, i) go to the open shard of splits[start] as one slice
+            for i, (split, size) in enumerate(zip(splits, row_bytes, strict=True)):
+                shards = self.splits[split]
+                cut = shards.pending and shards.pending_bytes + size > self.shard_bytes
+                if i > start and (split != splits[start] or cut):
+                    self.splits[splits[start]].pending.append(kept.slice(start, i - start))
+                    start = i
+                if cut:
+                    self._flush(split)
+                shards.pending_bytes += size
+                if not shards.pending:
+                    shards.pending.append(kept.slice(0, 0))  # marks the shard as open
+            self.splits[splits[start]].pending.append(kept.slice(start, len(splits) - start))
         self.seen += table.num_rows
         self._progress()
-
-    def _add_row(self, split: str, row: pa.Table, size: float) -> None:
-        shards = self.splits[split]
-        if shards.pending and shards.pending_bytes + size > self.shard_bytes:
-            self._flush(split)
-        shards.pending.append(row)
-        shards.pending_bytes += size
 
     def _flush(self, split: str) -> None:
         shards = self.splits[split]
