@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,9 +46,11 @@ def baseline(src: Path, out: Path) -> float:
 def ingest(src: Path, dest: Path, decode_check: str) -> tuple[float, dict]:
     from pipelines.ingest import run
 
+    shutil.rmtree(dest, ignore_errors=True)  # a fresh destination: never the no-op of a rerun
     cfg = load_config(None, [f"ingest.source={src}", f"ingest.dest={dest}", f"ingest.decode_check={decode_check}"])
     start = time.perf_counter()
     manifest = run(cfg)
+    assert not manifest["skipped"]
     return time.perf_counter() - start, manifest
 
 
