@@ -4,8 +4,8 @@
 # registered in MLflow, so old runs' checkpoints are only resume points.
 
 resource "aws_s3_bucket_lifecycle_configuration" "this" {
-  for_each = aws_s3_bucket.this
-  bucket   = each.value.id
+  for_each = local.buckets
+  bucket   = aws_s3_bucket.this[each.key].id
 
   rule {
     id     = "abort-incomplete-multipart"
@@ -37,6 +37,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
 
       filter {
         prefix = "runs/"
+      }
+
+      abort_incomplete_multipart_upload {
+        days_after_initiation = 7
       }
 
       transition {
