@@ -39,10 +39,18 @@ data "aws_iam_policy_document" "cluster_autoscaler" {
   }
 
   statement {
-    sid       = "DescribeNodeGroups"
-    actions   = ["eks:DescribeNodegroup"]
-    resources = [for ng in ["cpu", "gpu"] : "arn:${data.aws_partition.current.partition}:eks:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:nodegroup/${var.cluster_name}/${ng}/*"]
+    sid     = "DescribeNodeGroups"
+    actions = ["eks:DescribeNodegroup"]
+    # "/*" is the generated node-group ID suffix of these two named groups.
+    resources = [
+      "${local.nodegroup_arn_prefix}/cpu/*",
+      "${local.nodegroup_arn_prefix}/gpu/*",
+    ]
   }
+}
+
+locals {
+  nodegroup_arn_prefix = "arn:${data.aws_partition.current.partition}:eks:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:nodegroup/${var.cluster_name}"
 }
 
 data "aws_partition" "current" {}
