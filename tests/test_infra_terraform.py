@@ -87,8 +87,7 @@ def module_dirs(docs: Parsed) -> dict[str, list[str]]:
 def statements(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield from body.get("statement", [])
     for dynamic in body.get("dynamic", []):
-        for content in (dynamic.get("statement") or {}).get("content", []):
-            yield content
+        yield from (dynamic.get("statement") or {}).get("content", [])
 
 
 def as_list(value: Any) -> list[Any]:
@@ -355,6 +354,17 @@ def test_python_hcl2_reports_a_syntax_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # The terraform binary (present on the CI image, but promised by no package list)
 
+# Use only the local mirror; never reach for a registry.
+TERRAFORMRC = """provider_installation {
+  filesystem_mirror {
+    path    = "MIRROR"
+    include = ["registry.terraform.io/hashicorp/*"]
+  }
+  direct {
+    exclude = ["registry.terraform.io/*/*"]
+  }
+}
+"""
 MIRROR_CANDIDATES = ["/opt/tf-plugins", "~/.terraform.d/plugins", "~/.local/share/terraform/plugins",
                      "/usr/local/share/terraform/plugins", "/usr/share/terraform/plugins"]
 
@@ -383,9 +393,7 @@ def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         pytest.skip(f"no filesystem mirror with hashicorp/aws under {MIRROR_CANDIDATES} "
                     "(or $COCOSEG_TF_PLUGIN_MIRROR): init/validate/test need the provider offline")
     rc = tmp_path_factory.mktemp("tfcli") / "terraformrc"
-    rc.write_text('provider_installation {\n  filesystem_mirror {\n    path    = "%s"\n'
-                  '    include = ["registry.terraform.io/hashicorp/*"]\n  }\n'
-                  '  direct {\n    exclude = ["registry.terraform.io/*/*"]\n  }\n}\n' % mirror)
+    rc.write_text(TERRAFORMRC.replace("MIRROR", str(mirror)))
     return {**os.environ, "TF_CLI_CONFIG_FILE": str(rc), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0"}
 
