@@ -118,9 +118,9 @@ def test_eval_anchor_order_is_p3_to_p5_row_major():
         pred, _ = model(images)
         # Same network, the head's raw per-level maps (eval BN), from the captured neck outputs.
         feats = _neck_outputs(model, images)
-        maps = [torch.cat((b(x), c(x)), 1) for b, c, x in zip(model.head.cv2, model.head.cv3, feats)]
+        maps = [torch.cat((b(x), c(x)), 1) for b, c, x in zip(model.head.cv2, model.head.cv3, feats, strict=True)]
     offset = 0
-    for level, (stride, fmap) in enumerate(zip((8, 16, 32), maps)):
+    for stride, fmap in zip((8, 16, 32), maps, strict=True):
         h, w = fmap.shape[-2:]
         for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h // 2, w // 2)):
             k = offset + y * w + x
@@ -221,3 +221,22 @@ def test_unknown_variant_and_bad_input():
         model(torch.zeros(1, 3, 64, 50))
     with pytest.raises(ModelError, match=r"\(B, 3, H, W\)"):
         model(torch.zeros(1, 1, 64, 64))
+
+
+@pytest.mark.gpu
+def test_cuda_forward_matches_cpu():
+    """The same logic on a GPU (the CPU path is covered above); skipped without CUDA."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = build_model("n", 80)
+    _randomise_bn(model)
+    model.eval()
+    images = torch.rand(2, 3, H, W)
+    with torch.no_grad():
+        pred, proto = model(images)
+        pred_gpu, proto_gpu = model.cuda()(images.cuda())
+    assert pred_gpu.device.type == "cuda" and model.stride.device.type == "cuda"
+    torch.testing.assert_close(pred_gpu.cpu(), pred, rtol=0, atol=1e-3)
+    torch.testing.assert_close(proto_gpu.cpu(), proto, rtol=0, atol=1e-4)
