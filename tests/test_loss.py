@@ -137,10 +137,10 @@ def test_gradients_reach_every_input_and_loss_falls_when_optimised() -> None:
         opt.zero_grad()
         losses["loss"].backward()
         if first is None:
-            first = {k: float(v) for k, v in losses.items()}
+            first = {k: float(v.detach()) for k, v in losses.items()}
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in leaves)
         opt.step()
-    last = {k: float(v) for k, v in losses.items()}
+    last = {k: float(v.detach()) for k, v in losses.items()}
     for key in ("loss", "loss_box", "loss_cls", "loss_dfl", "loss_mask"):
         assert last[key] < first[key], (key, first[key], last[key])
 
