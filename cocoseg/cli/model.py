@@ -59,8 +59,9 @@ def _import_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- predict -------------------------------------------------------------------------------
-# Owned by the loss/post-processing area: replace this function with the real sub-command
-# (``cocoseg predict WEIGHTS IMAGES... --out DIR``), keeping the name so register() wires it.
+# `cocoseg predict` (owned by the post-processing area; the implementation is in cli/predict.py).
 def _register_predict(sub: argparse._SubParsersAction) -> None:
-    """Placeholder: the predict sub-command is registered by the post-processing area."""
+    """Add the ``predict`` sub-command."""
+    from . import predict
+
+    predict.register(sub)
