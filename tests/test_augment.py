@@ -127,7 +127,7 @@ def _check_geometry(sample, *, min_iou: float = 0.98) -> None:
     masks, labels = row["masks"], row["labels"]
     h, w = sample.image.shape[:2]
     assert masks.shape == (h // 4, w // 4) and masks.dtype == np.int32
-    assert masks.max() == len(labels)
+    assert masks.max() <= len(labels)  # a sliver may cover no 4x4 cell centre
     px = sample.image.astype(int)
     foreground = (px.max(-1) - px.min(-1)) > 60  # saturated shape colours; background and fill are grey
     order = np.argsort([-fill_polygon(s / 4, (h // 4, w // 4)).sum() for s in sample.segments], kind="stable")
