@@ -291,7 +291,12 @@ def test_entrypoints_are_project_jobs_with_valid_overrides() -> None:
         # values of the wrong type with the key's name.
         overrides = [re.sub(r"\$\{?(\w+)\}?", r"example-\1", a) for a in argv[5:]]
         assert all("=" in o for o in overrides), f"{where}: {overrides}"
-        load_config(None, overrides)
+        # Once a job exists, its config file must too, and the manifest's full command line
+        # must load; jobs still being written get their overrides checked alone.
+        job_exists = (REPO / "pipelines" / f"{argv[2].removeprefix('pipelines.')}.py").exists()
+        if job_exists:
+            assert (REPO / argv[4]).exists(), f"{where}: {argv[4]} does not exist"
+        load_config(REPO / argv[4] if job_exists else None, overrides)
 
 
 def test_scheduled_retraining_variants_share_one_rayjob_spec() -> None:
