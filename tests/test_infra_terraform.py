@@ -461,6 +461,7 @@ def tf_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("root", ENV_ROOTS)
 def test_terraform_validate_and_test(tf_env: dict[str, str], tf_copy: Path, root: str) -> None:
     cwd = tf_copy / root
