@@ -344,3 +344,20 @@ def test_gpu_workers_tolerate_the_gpu_taint() -> None:
 
 if __name__ == "__main__":  # pragma: no cover - debugging aid: print the rendered pods
     yaml.safe_dump_all(render_ray_pods(list(iter_k8s_docs())), sys.stdout)
+
+
+def test_offline_schemas_match_the_deployed_versions() -> None:
+    """The schemas used here must be the versions stage 2 installs and stage 1 runs."""
+    platform_vars = (INFRA / "terraform" / "platform" / "variables.tf").read_text()
+
+    def default(var: str) -> str:
+        match = re.search(rf'variable "{var}" \{{.*?default\s*=\s*"([^"]+)"', platform_vars, flags=re.S)
+        assert match, f"platform/variables.tf: {var} has no string default"
+        return match.group(1)
+
+    assert default("kuberay_chart_version") == KUBERAY_VERSION.removeprefix("v")
+    assert default("mlflow_chart_version") == MLFLOW_CHART_VERSION
+    for env in ("dev", "prod"):
+        tfvars = (INFRA / "terraform" / "envs" / env / "terraform.tfvars").read_text()
+        eks = re.search(r'kubernetes_version\s*=\s*"([\d.]+)"', tfvars).group(1)
+        assert K8S_VERSION.startswith(eks + "."), f"{env} runs Kubernetes {eks}, native kinds are checked against {K8S_VERSION}"
