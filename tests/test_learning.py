@@ -1,6 +1,7 @@
 """Learning test: the n model overfits a tiny synthetic set on CPU (issue 3, item 7).
 
-Eight 64x64 images with one or two non-overlapping coloured shapes (3 classes). Full-batch
+Eight 96x96 images from ``cocoseg.data.synthetic`` (one or two non-overlapping coloured shapes,
+four classes). Full-batch
 training with the real loss; after training, the BatchNorm statistics are re-estimated on the
 same images (the 0.03 momentum of the YOLOv8 BNs needs hundreds of steps otherwise), then the
 model is evaluated in eval mode through the real post-processing and COCO evaluator.
@@ -10,7 +11,7 @@ Pass: total loss falls at least 5x, mask AP50 on those images >= 0.5.
 from __future__ import annotations
 
 import copy
-import math
+import os
 import time
 
 import numpy as np
@@ -19,42 +20,24 @@ import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from cocoseg.data.synthetic import SHAPES, make_image
 from cocoseg.loss import SegmentationLoss
 from cocoseg.metrics import COCOEvaluator
 from cocoseg.model import build_model
 from cocoseg.model.postprocess import postprocess
 from cocoseg.structures import SegTargets
 
-SIZE = 64
-CLASSES = {"circle": (220, 50, 50), "square": (50, 190, 70), "triangle": (50, 90, 225)}
-
-
-def _polygon(cls: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
-    vertices = (32, 4, 3)[cls]
-    t = angle + np.arange(vertices) * 2 * np.pi / vertices
-    return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
+SIZE = 96
+STEPS = int(os.environ.get("LEARNING_STEPS", "80"))
+CLASSES = tuple(SHAPES)  # circle, square, triangle, star
 
 
 def make_shapes(num_images: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[tuple[int, np.ndarray]]]]:
-    """Images (SIZE, SIZE, 3) uint8 and, per image, (class, polygon (V, 2) px) of each shape."""
-    rng = np.random.default_rng(seed)
+    """Images (SIZE, SIZE, 3) uint8 and, per image, (class, polygon (V, 2) px) of each shape,
+    from the project's synthetic generator (1 or 2 non-overlapping shapes per image)."""
     images, shapes = [], []
-    for _ in range(num_images):
-        img = Image.new("RGB", (SIZE, SIZE), tuple(int(v) for v in rng.uniform(90, 150, 3)))
-        draw = ImageDraw.Draw(img)
-        placed: list[tuple[float, float, float]] = []
-        polys = []
-        for _ in range(int(rng.integers(1, 3))):
-            for _attempt in range(100):
-                radius = rng.uniform(SIZE * 0.12, SIZE * 0.25)
-                cx, cy = rng.uniform(radius, SIZE - radius, 2)
-                if all(math.hypot(cx - x, cy - y) > radius + r + 2 for x, y, r in placed):
-                    break
-            placed.append((cx, cy, radius))
-            cls = int(rng.integers(0, len(CLASSES)))
-            poly = _polygon(cls, cx, cy, radius, rng.uniform(0, np.pi))
-            draw.polygon([tuple(v) for v in poly], fill=list(CLASSES.values())[cls])
-            polys.append((cls, poly))
+    for index in range(1, num_images + 1):
+        img, polys = make_image(seed, index, SIZE, SIZE, CLASSES, max_instances=2)
         images.append(np.asarray(img))
         shapes.append(polys)
     return images, shapes
@@ -112,7 +95,7 @@ def test_n_model_overfits_synthetic_shapes() -> None:
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     model.train()
     history, start = [], time.perf_counter()
-    for _ in range(80):
+    for _ in range(STEPS):
         losses = criterion(model(images), targets)
         optimiser.zero_grad()
         losses["loss"].backward()
