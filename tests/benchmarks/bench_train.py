@@ -41,9 +41,12 @@ import torch.utils.data as tud  # noqa: E402
 def _coco8_rows(n: int) -> list[dict] | None:
     from cocoseg.structures import COCO91_TO_COCO80
 
-    root = Path(os.environ.get("COCOSEG_SHARED", REPO.parent / "shared")) / "data" / "coco8-seg"
-    if not root.is_dir():
+    candidates = [Path(os.environ["COCOSEG_SHARED"])] if os.environ.get("COCOSEG_SHARED") else []
+    candidates += [REPO.parent / "shared", REPO.parent.parent / "shared"]  # a clone, or a worktree beside it
+    roots = [c / "data" / "coco8-seg" for c in candidates if (c / "data" / "coco8-seg").is_dir()]
+    if not roots:
         return None
+    root = roots[0]
     base = []
     for split in ("train", "val"):
         coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
