@@ -132,9 +132,8 @@ def run_ray(paths: list[str], args) -> dict:
     from cocoseg.data.collate import collate_train
     from pipelines._data import build_train_dataset
 
-    # two actors at 0.5 logical CPU each leave one logical CPU for the Parquet read tasks
     ds = build_train_dataset(paths, preset=args.preset, imgsz=args.imgsz, seed=0, batch_size=args.map_batch,
-                             concurrency=2, cpus_per_actor=0.5, shuffle=False)
+                             concurrency=2, cpus_per_actor=1.0, shuffle=False)
     batches = ds.iter_batches(batch_size=args.batch, batch_format="numpy", prefetch_batches=2)
     images, total, steady = _drain(batches, collate_train)
     return {"images": images, "total_s": total, "total_img_s": images / total, "steady_img_s": steady}
@@ -145,8 +144,11 @@ def part_a(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = write_snapshot(Path(tmp) / "train", args.images)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
+        # workers inherit the environment: make the repo importable in Ray's worker processes
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        # 2 physical cores; logical CPUs over-subscribed (as in tests/conftest.py) so the Parquet
+        # read tasks can run beside the two augmentation actors
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
