@@ -90,7 +90,8 @@ def export_bundle(model: nn.Module, *, weights_file: str | Path, card: dict[str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / bundle.MANIFEST).unlink(missing_ok=True)
-    section: dict[str, Any] = {"onnx": _onnx_step(model, out, cfg, num_classes)}
+    section: dict[str, Any] = {"imgsz": cfg.imgsz, "num_classes": num_classes,
+                               "onnx": _onnx_step(model, out, cfg, num_classes)}
     section["engine"] = _engine_step(out, cfg, timing_cache_dir)
     if not section["engine"]["built"]:
         (out / bundle.ENGINE).unlink(missing_ok=True)  # never leave a stale engine beside a new ONNX
