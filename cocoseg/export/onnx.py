@@ -66,7 +66,10 @@ class _NonMaxSuppression(torch.autograd.Function):
     """Eager: :func:`nms_reference`. Exported: one ONNX ``NonMaxSuppression`` node."""
 
     @staticmethod
-    def forward(ctx, boxes_cxcywh, scores, max_per_class, iou_threshold, score_threshold):  # noqa: ARG004
+    def forward(ctx, boxes_cxcywh, scores, max_per_class, iou_threshold, score_threshold):
+        if torch.jit.is_tracing():
+            # The exporter replaces this node by `symbolic`; skip the slow Python loop while tracing.
+            return torch.zeros((0, 3), dtype=torch.int64)
         return nms_reference(boxes_cxcywh, scores, int(max_per_class), float(iou_threshold),
                              float(score_threshold))
 
