@@ -3,11 +3,13 @@
 Batch 1 at ``imgsz`` (640 by default), a fixed input, ``warmup`` untimed runs then the median of
 ``runs`` timed runs, in milliseconds. Formats: torch eager (CPU, or CUDA when present), ONNX
 Runtime (CPU execution provider) and the TensorRT engine (only with a CUDA device). Thread
-counts are recorded with the figures: on a shared 2-core host they dominate the numbers.
+counts and the 1-minute load average are recorded with the figures: on a shared 2-core host
+they dominate the numbers (an oversubscribed OpenMP pool can make torch 40x slower).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -104,4 +106,5 @@ def benchmark(model: nn.Module, onnx_path: str | Path, engine_path: str | Path |
         rows.append({"format": "tensorrt", "device": torch.cuda.get_device_name(0),
                      "median_ms": round(bench_engine(engine_path, imgsz, warmup=warmup, runs=runs), 2)})
     return {"rows": rows, "batch": 1, "imgsz": imgsz, "warmup": warmup, "runs": runs,
-            "cpu_threads": threads, "host": platform.processor() or platform.machine()}
+            "cpu_threads": threads, "host": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
