@@ -13,8 +13,8 @@ Layout (flat, local folder)::
 
 The manifest commits the directory: without it the folder is an unfinished export. Readers
 verify every listed file's size and SHA-256, so a truncated, swapped or tampered file is refused
-before anything is registered. Export (L3) writes and registry (L3) reads this format, so it
-lives here, below both; it imports nothing from cocoseg but ``utils`` (layer L0).
+before anything is registered. Export (L3) writes and registry (L3) reads this format, and
+siblings may not import each other, so it lives below both (layer L1; imports only ``utils``).
 """
 
 from __future__ import annotations
