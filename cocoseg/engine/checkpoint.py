@@ -81,7 +81,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                     epoch: int, ni: int, best_fitness: float, config: dict[str, Any],
-                    card: dict[str, Any], mlflow_run_id: str | None = None) -> Path:
+                    card: dict[str, Any], mlflow_run_id: str | None = None, last_step_ni: int = -1) -> Path:
     """Write a complete checkpoint into the local ``folder`` (created); returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,7 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
         "scaler": scaler.state_dict() if scaler is not None else {},
         "epoch": int(epoch),
         "ni": int(ni),
+        "last_step_ni": int(last_step_ni),
         "best_fitness": float(best_fitness),
         "rng": capture_rng(),
         "mlflow_run_id": mlflow_run_id or "",
