@@ -77,9 +77,13 @@ class IngestConfig:
     shard_bytes: int = 256 * 1024 * 1024
     box_tolerance_px: float = 2.0
     read_parallelism: int = -1  # -1: let Ray Data decide
+    decode_check: str = "draft"  # "header", "draft" (JPEG at 1/8 scale) or "full" image decoding
+    batch_rows: int = 32  # records per Ray Data map task batch
 
     def __post_init__(self) -> None:
         _check_choice("ingest.layout", self.layout, ("auto", "coco", "yolo"))
+        _check_choice("ingest.decode_check", self.decode_check, ("header", "draft", "full"))
+        _check(self.batch_rows >= 1, "ingest.batch_rows", "must be >= 1")
         _check(self.shard_bytes >= 1024, "ingest.shard_bytes", "must be at least 1024 bytes")
         _check(self.box_tolerance_px >= 0, "ingest.box_tolerance_px", "must be >= 0")
 
