@@ -139,6 +139,10 @@ class TrainConfig:
     checkpoints_to_keep: int = 2  # Ray checkpoints kept for resume (best/last weights are extra)
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
+    data_actors: int = 2  # Ray Data actors decoding + augmenting per dataset (CPU, any node)
+    data_cpus_per_actor: float = 1.0
+    data_batch_rows: int = 16  # rows per map_batches call
+    mosaic_buffer: int = 64  # per-actor buffer of recent images that mosaic partners come from
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -147,6 +151,8 @@ class TrainConfig:
         _check(self.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1 for unlimited)")
         _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(self.data_actors >= 1, "train.data_actors", "must be >= 1")
+        _check(self.data_cpus_per_actor > 0, "train.data_cpus_per_actor", "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
         _check_choice("train.optimizer", self.optimizer, ("SGD", "AdamW", "Adam"))

@@ -139,72 +139,89 @@ def test_ema_ramp_and_update():
     assert not ema.module.training
 
 
-def _train_a_bit(net, opt, ema, steps=3):
-    x = torch.randn(4, 3, 8, 8)
+def seg_model() -> nn.Module:
+    from cocoseg.model import build_model
+
+    torch.manual_seed(0)
+    return build_model("n", num_classes=2)
+
+
+def card():
+    from cocoseg.model.weights import ModelCard
+
+    return ModelCard(variant="n", num_classes=2, class_names=["a", "b"], imgsz=64)
+
+
+def _train_a_bit(net, opt, ema, steps=2):
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    net.train()
     for _ in range(steps):
-        net(x).square().mean().backward()
+        out = net(x)
+        (out.proto.square().mean() + sum(f.square().mean() for f in out.feats)).backward()
         clip_and_step(opt, list(net.parameters()), None)
         ema.update(net)
 
 
+def _save(folder, net, opt, ema, **kw):
+    args = dict(epoch=0, ni=3, best_fitness=0.0, config={}, card=card())
+    args.update(kw)
+    return ckpt.save_checkpoint(folder, model=net, ema=ema, optimizer=opt, scaler=None, **args)
+
+
 def test_checkpoint_round_trip_resumes_bit_exactly(tmp_path):
-    torch.manual_seed(1)
-    net = tiny_net()
+    net = seg_model()
     opt = build_optimizer(net, lr0=0.01, momentum=0.9, weight_decay=1e-4)
     ema = ModelEMA(net)
     _train_a_bit(net, opt, ema)
     random.seed(3)
     np.random.seed(3)
-    folder = ckpt.save_checkpoint(tmp_path / "c", model=net, ema=ema, optimizer=opt, scaler=None,
-                                  epoch=2, ni=30, best_fitness=0.25, config={"train": {"epochs": 4}},
-                                  card={"variant": "tiny"}, mlflow_run_id="abc")
+    folder = _save(tmp_path / "c", net, opt, ema, epoch=2, ni=30, best_fitness=0.25,
+                   config={"train": {"epochs": 4}}, mlflow_run_id="abc", last_step_ni=28)
     expected_draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    _train_a_bit(net, opt, ema, steps=2)
+    _train_a_bit(net, opt, ema, steps=1)
     reference = [p.detach().clone() for p in net.parameters()]
 
-    net2 = tiny_net()
+    net2 = seg_model()
     opt2 = build_optimizer(net2, lr0=0.01, momentum=0.9, weight_decay=1e-4)
     ema2 = ModelEMA(net2)
     state = ckpt.load_train_state(folder)
-    assert (state["epoch"], state["ni"], state["best_fitness"], state["mlflow_run_id"]) == (2, 30, 0.25, "abc")
+    assert (state["epoch"], state["ni"], state["last_step_ni"], state["best_fitness"], state["mlflow_run_id"]) == \
+        (2, 30, 28, 0.25, "abc")
     ckpt.restore_training(state, model=net2, ema=ema2, optimizer=opt2, scaler=None)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected_draws
-    assert ema2.updates == 3
-    _train_a_bit(net2, opt2, ema2, steps=2)
+    assert ema2.updates == 2
+    _train_a_bit(net2, opt2, ema2, steps=1)
     for a, b in zip(reference, net2.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
 def test_checkpoint_weights_are_the_ema_and_publish_to_s3(tmp_path, s3_bucket):
-    from safetensors.torch import load_file
-
     from cocoseg import storage
+    from cocoseg.model.weights import load_checkpoint
 
-    net = tiny_net()
+    net = seg_model()
     opt = build_optimizer(net)
     ema = ModelEMA(net)
     _train_a_bit(net, opt, ema)
-    folder = ckpt.save_checkpoint(tmp_path / "c", model=net, ema=ema, optimizer=opt, scaler=None,
-                                  epoch=0, ni=3, best_fitness=0.0, config={}, card={"variant": "tiny"})
-    weights = load_file(str(folder / ckpt.WEIGHTS_FILE))
-    for k, v in ema.module.state_dict().items():
-        assert torch.equal(weights[k], v)
+    folder = _save(tmp_path / "c", net, opt, ema)
     uri = ckpt.publish(folder, f"{s3_bucket}/runs/r1/weights/best")
     names = sorted(e.uri.rsplit("/", 1)[1] for e in storage.list_files(uri))
     assert names == sorted([ckpt.WEIGHTS_FILE, ckpt.CARD_FILE, ckpt.CONFIG_FILE, ckpt.MARKER_FILE])
-    assert storage.read_json(f"{uri}/{ckpt.CARD_FILE}") == {"variant": "tiny"}
+    loaded, loaded_card = load_checkpoint(uri, num_classes=2, variant="n")
+    assert loaded_card.class_names == ["a", "b"]
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert not torch.equal(loaded.state_dict()["model.0.conv.weight"], net.state_dict()["model.0.conv.weight"])
 
 
 def test_incomplete_or_foreign_checkpoint_is_refused(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(ckpt.CheckpointError, match="checkpoint.json is missing"):
         ckpt.load_train_state(tmp_path / "half")
-    net = tiny_net()
-    opt = build_optimizer(net)
-    ema = ModelEMA(net)
-    folder = ckpt.save_checkpoint(tmp_path / "c", model=net, ema=ema, optimizer=opt, scaler=None,
-                                  epoch=0, ni=0, best_fitness=0.0, config={}, card={})
-    other = nn.Sequential(nn.Conv2d(3, 8, 3))
+    net = seg_model()
+    folder = _save(tmp_path / "c", net, build_optimizer(net), ModelEMA(net))
+    other = tiny_net()
     with pytest.raises(ckpt.CheckpointError, match="does not fit this model"):
         ckpt.restore_training(ckpt.load_train_state(folder), model=other, ema=ModelEMA(other),
                               optimizer=build_optimizer(other), scaler=None)

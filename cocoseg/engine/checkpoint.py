@@ -6,9 +6,8 @@ A checkpoint is a folder:
   *completed* epoch, 0-based), global micro-batch ``ni``, best fitness, RNG states (Python,
   NumPy, torch CPU and CUDA) and the MLflow run id. Saved with ``torch.save`` but holding only
   tensors and plain containers, so it loads with ``weights_only=True`` (no code runs on load).
-- ``weights.safetensors``: the EMA weights alone, what inference and export read.
-- ``model_card.json``: variant, classes, input size, preprocessing, snapshot, config hash,
-  code version, metrics of this epoch.
+- ``model.safetensors`` + ``model_card.json``: the EMA weights as a plain cocoseg model
+  checkpoint (:mod:`cocoseg.model.weights`): what inference, export and ``model.weights`` read.
 - ``config.json``: the resolved job config.
 - ``checkpoint.json``: written last; its presence means the folder is complete.
 
@@ -25,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from cocoseg import storage
 from cocoseg.engine.ema import ModelEMA, unwrap
+from cocoseg.model import weights as model_weights
 from cocoseg.utils import UserError
 
 __all__ = [
@@ -43,8 +42,8 @@ __all__ = [
 ]
 
 STATE_FILE = "train_state.pt"
-WEIGHTS_FILE = "weights.safetensors"
-CARD_FILE = "model_card.json"
+WEIGHTS_FILE = model_weights.WEIGHTS_FILE
+CARD_FILE = model_weights.CARD_FILE
 CONFIG_FILE = "config.json"
 MARKER_FILE = "checkpoint.json"
 
@@ -81,7 +80,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                     epoch: int, ni: int, best_fitness: float, config: dict[str, Any],
-                    card: dict[str, Any], mlflow_run_id: str | None = None, last_step_ni: int = -1) -> Path:
+                    card: model_weights.ModelCard, mlflow_run_id: str | None = None, last_step_ni: int = -1) -> Path:
     """Write a complete checkpoint into the local ``folder`` (created); returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,9 +97,7 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
         "mlflow_run_id": mlflow_run_id or "",
     }
     torch.save(state, folder / STATE_FILE)
-    weights = {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()}
-    save_file(weights, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    (folder / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    model_weights.save_checkpoint(str(folder), ema.module, card)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
     (folder / MARKER_FILE).write_text(json.dumps({"epoch": int(epoch), "ni": int(ni)}) + "\n")
     return folder

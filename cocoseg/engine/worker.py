@@ -6,7 +6,8 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
 - DDP through ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: TorchTrainer picks
   the backend from ``use_gpu``);
 - input from ``ray.train.get_dataset_shard``: ``train`` (mosaic preset) and ``train_close`` (the
-  preset after ``close_mosaic``) are split across workers, ``val`` is read whole by rank 0;
+  preset after ``close_mosaic``) are split across workers. Validation runs on rank 0 from the
+  val split read in-process (letterbox only, prepared once and kept; see ``build_val_batches``);
 - resume from ``ray.train.get_checkpoint()`` (model, EMA, optimiser, scaler, epoch, step, RNG);
 - ``ray.train.report`` every epoch on *all* ranks (it is a barrier), with rank 0's checkpoint.
 
@@ -32,6 +33,7 @@ import torch
 
 from cocoseg import storage
 from cocoseg.config import JobConfig, from_dict, to_dict
+from cocoseg.data.schema import snapshot_to_coco
 from cocoseg.engine import build
 from cocoseg.engine.checkpoint import load_train_state, publish, restore_training, save_checkpoint
 from cocoseg.engine.loop import EpochResult, LoopState, fit
@@ -65,7 +67,7 @@ def _resume(parts, state: LoopState) -> tuple[LoopState, str]:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train on this worker. ``loop_config``: ``job`` (resolved config dict) and ``run`` (run_dir,
-    run_id, tracking_uri, batches_per_epoch, snapshot_id, class_names)."""
+    run_id, tracking_uri, batches_per_epoch, snapshot_id, snapshot_uri, class_names, category_ids)."""
     cfg: JobConfig = from_dict(JobConfig, loop_config["job"])
     run = loop_config["run"]
     context = ray.train.get_context()
@@ -97,8 +99,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     validate = None
     logger = None
     if rank == 0:
-        validate = build.build_validator(cfg, ray.train.get_dataset_shard("val"), device=device,
-                                         class_names=run["class_names"])
+        val_batches = build.build_val_batches(cfg, run["snapshot_uri"])
+        validate = build.build_validator(cfg, val_batches, device=device, coco_gt=snapshot_to_coco(run["snapshot_uri"], "val"),
+                                         category_ids=run["category_ids"], class_names=run["class_names"])
         logger = RunLogger(tracking_uri=run["tracking_uri"], run_id=run["run_id"],
                            journal=journal_uri(run["run_dir"]), system_metrics=cfg.tracking.system_metrics,
                            system_metrics_interval=cfg.tracking.system_metrics_interval_s)
