@@ -87,7 +87,7 @@ def _checked_total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     """The scalar to back-propagate (``terms["loss"]``: B * sum of gained terms, spec 7.5)."""
     total = terms["loss"]
     if not torch.isfinite(total):
-        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         raise NonFiniteLossError(f"non-finite loss ({detail}); lower train.lr0 or check the data")
     return total
 
