@@ -14,7 +14,7 @@ Row layout (one image per row; coordinates in pixels of the original image, COCO
 - ``annotations`` list of struct: ``id`` int64, ``category`` int16 (contiguous 0..nc-1),
   ``category_id`` int16 (the source's id, e.g. COCO 1..90), ``bbox_xywh`` list<float32>[4]
   (top-left x, y, width, height), ``area`` float32 (mask area in px^2), ``iscrowd`` bool,
-  ``polygons`` list<list<float32>> (each part ``[x0, y0, x1, y1, ...]``; empty for crowd
+  ``polygons`` list<list<float64>> (each part ``[x0, y0, x1, y1, ...]``; empty for crowd
   regions), ``rle_counts`` string (compressed COCO RLE of a crowd region at height x width,
   empty otherwise).
 
@@ -68,7 +68,9 @@ ANNOTATION_TYPE = pa.struct([
     ("bbox_xywh", pa.list_(pa.float32(), 4)),
     ("area", pa.float32()),
     ("iscrowd", pa.bool_()),
-    ("polygons", pa.list_(pa.list_(pa.float32()))),
+    # float64, not float32: float32 moves vertices enough to flip boundary pixels of small
+    # masks (1 px of a 78 px shape is > 1 %); polygons are a small part of a row anyway.
+    ("polygons", pa.list_(pa.list_(pa.float64()))),
     ("rle_counts", pa.string()),
 ])
 

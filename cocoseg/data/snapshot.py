@@ -186,7 +186,7 @@ class SnapshotWriter:
             "quarantined": {k: dict(v) for k, v in sorted(per_reason.items())},
             "counts": counts,
             "settings": self.settings,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "duration_s": round(time.perf_counter() - self.started, 3),
             "cocoseg_version": __version__,
             "git_commit": git_commit(),

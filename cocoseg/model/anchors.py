@@ -38,7 +38,7 @@ def make_anchors(feats: Sequence[torch.Tensor | tuple[int, int]], strides: Seque
         device = device if device is not None else first.device
         dtype = first.dtype if first.is_floating_point() else dtype
     points, stride_list = [], []
-    for level, stride in zip(feats, strides):
+    for level, stride in zip(feats, strides, strict=True):
         height, width = (level.shape[-2], level.shape[-1]) if isinstance(level, torch.Tensor) else level
         xs = torch.arange(width, device=device, dtype=dtype) + offset
         ys = torch.arange(height, device=device, dtype=dtype) + offset

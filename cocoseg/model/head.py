@@ -59,7 +59,7 @@ class SegmentHead(nn.Module):
         """The reference's one-off bias init: box logits 1.0; class logits a prior of ~5 objects
         per 640x640 image spread over nc classes and every cell of the level."""
         with torch.no_grad():
-            for box, cls, stride in zip(self.cv2, self.cv3, self.strides):
+            for box, cls, stride in zip(self.cv2, self.cv3, self.strides, strict=True):
                 box[-1].bias.fill_(1.0)
                 cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / stride) ** 2))
 
@@ -67,8 +67,9 @@ class SegmentHead(nn.Module):
         """Training mode: :class:`RawOutputs`; eval mode: ``(pred, proto)`` (see :meth:`decode`)."""
         proto = self.proto(feats[0])  # (B, nm, H/4, W/4)
         batch = proto.shape[0]
-        coeffs = torch.cat([m(x).view(batch, self.num_masks, -1) for m, x in zip(self.cv4, feats)], 2)
-        maps = [torch.cat((box(x), cls(x)), 1) for box, cls, x in zip(self.cv2, self.cv3, feats)]
+        levels = list(zip(self.cv2, self.cv3, self.cv4, feats, strict=True))
+        coeffs = torch.cat([mask(x).view(batch, self.num_masks, -1) for _, _, mask, x in levels], 2)  # (B, nm, A)
+        maps = [torch.cat((box(x), cls(x)), 1) for box, cls, _, x in levels]
         if self.training:
             return RawOutputs(maps, coeffs, proto)
         return self.decode(maps, coeffs), proto

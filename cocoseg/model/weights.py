@@ -190,20 +190,37 @@ def build_model_meta(variant: str, num_classes: int) -> SegmentationModel:
         return build_model(variant, num_classes)
 
 
-def _check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, where: str) -> None:
-    """Same keys and shapes as ``model``'s state dict, or a CheckpointError that lists the first
-    differences (a checkpoint of another family, variant or class count ends here)."""
+def _state_dict_differences(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[list[str], ...]:
+    """(missing keys, unexpected keys, "key shape != expected" lines) of ``state`` vs ``model``."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
              if k in state and tuple(state[k].shape) != expected[k]]
+    return missing, extra, wrong
+
+
+def _check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, where: str) -> None:
+    """Same keys and shapes as ``model``'s state dict, or a CheckpointError that lists the first
+    differences (a checkpoint of another family, variant or class count ends here)."""
+    missing, extra, wrong = _state_dict_differences(state, model)
     if missing or extra or wrong:
         what = getattr(model, "variant", "?"), getattr(model, "num_classes", "?")
         raise CheckpointError(
             f"{where}: weights do not fit yolov8{what[0]}-seg with {what[1]} classes: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}), "
             f"{len(wrong)} of another shape (e.g. {wrong[:3]})")
+
+
+def _identify_variant(state: dict[str, torch.Tensor], num_classes: int, declared: Any, where: str) -> str:
+    """The variant whose state dict ``state`` fits exactly; the declared one when the file names
+    one, else the closest of all (whose differences the error lists)."""
+    candidates = [declared] if declared in VARIANTS else list(VARIANTS)
+    models = {v: build_model_meta(v, num_classes) for v in candidates}
+    distance = {v: sum(map(len, _state_dict_differences(state, m))) for v, m in models.items()}
+    best = min(candidates, key=distance.__getitem__)
+    _check_state_dict(state, models[best], where)
+    return best
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,7 +242,21 @@ def _module_state_dict(module: ForeignObject, prefix: str = "") -> dict[str, tor
     return out
 
 
-def _pick_model(obj: Any, name: str) -> ForeignObject:
+def _class_names(names: Any, num_classes: int) -> list[str]:
+    """The checkpoint's names when it has a real one per class; placeholder names ("0", "1",
+    ... as the reference writes for a model never trained on a dataset) carry no information, so
+    the defaults (COCO names for 80 classes) are used instead."""
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or sorted(names) != list(range(num_classes)):
+        return default_class_names(num_classes)
+    listed = [str(names[i]) for i in range(num_classes)]
+    return default_class_names(num_classes) if listed == [str(i) for i in range(num_classes)] else listed
+
+
+def _pick_model(obj: Any, name: str) -> ForeignObject | dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj  # a bare state dict
     if isinstance(obj, dict):  # the reference's checkpoint dict: final weights in "model", EMA in "ema"
         for key in ("model", "ema"):
             if isinstance(obj.get(key), ForeignObject):
@@ -246,8 +277,11 @@ def import_reference(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], M
     """
     top = load_pt(data, name)
     model_obj = _pick_model(top, name)
-    foreign = getattr(model_obj, "foreign_name", "?")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in _module_state_dict(model_obj).items()}
+    if isinstance(model_obj, dict):
+        foreign, meta, raw_state = "state dict", {}, model_obj
+    else:
+        foreign, meta, raw_state = model_obj.foreign_name, model_obj.__dict__, _module_state_dict(model_obj)
+    state = {str(k): v.float() if v.is_floating_point() else v for k, v in raw_state.items()}
     if not any(k.startswith("model.22.proto.") for k in state):
         raise CheckpointError(f"{name}: a {foreign} without mask prototypes is not a YOLOv8-seg checkpoint "
                               "(detection or another family?)")
@@ -255,24 +289,9 @@ def import_reference(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], M
     if cls_key not in state:
         raise CheckpointError(f"{name}: {cls_key} is missing: not a YOLOv8-seg checkpoint")
     num_classes = int(state[cls_key].shape[0])
-    meta = model_obj.__dict__
     yaml_info = meta.get("yaml") if isinstance(meta.get("yaml"), dict) else {}
-    variant = yaml_info.get("scale")
-    candidates = [variant] if variant in VARIANTS else list(VARIANTS)
-    errors = []
-    for candidate in candidates:
-        try:
-            _check_state_dict(state, build_model_meta(candidate, num_classes), name)
-            variant = candidate
-            break
-        except CheckpointError as exc:
-            errors.append(str(exc))
-    else:
-        raise CheckpointError(errors[0] if len(errors) == 1 else
-                              f"{name}: matches no YOLOv8-seg variant ({len(state)} tensors, {num_classes} classes)")
-    names = meta.get("names")
-    class_names = [str(names[i]) for i in range(num_classes)] if isinstance(names, dict) and len(names) == \
-        num_classes and all(i in names for i in range(num_classes)) else default_class_names(num_classes)
+    variant = _identify_variant(state, num_classes, yaml_info.get("scale"), name)
+    class_names = _class_names(meta.get("names"), num_classes)
     args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
     imgsz = args.get("imgsz", 640)
     version = top.get("version", "?") if isinstance(top, dict) else "?"

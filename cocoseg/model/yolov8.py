@@ -17,7 +17,7 @@ from torch import nn
 from cocoseg.structures import RawOutputs
 from cocoseg.utils import UserError
 
-from .blocks import C2f, Conv, SPPF
+from .blocks import SPPF, C2f, Conv
 from .head import SegmentHead
 
 __all__ = ["VARIANTS", "ModelError", "Scale", "SegmentationModel", "build_model"]
