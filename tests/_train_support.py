@@ -25,6 +25,7 @@ def make_snapshot(root: Path, *, images: int = 48, val_fraction: float = 0.25, s
     return manifest["snapshot_uri"]
 
 
-@pytest.fixture(scope="session")
-def tiny_snapshot(ray_local, tmp_path_factory) -> str:
+@pytest.fixture(scope="session", name="tiny_snapshot")
+def tiny_snapshot_fixture(ray_local, tmp_path_factory) -> str:
+    """A 36 + 12 image synthetic snapshot (4 shape classes, 96 x 80 px), once per session."""
     return make_snapshot(tmp_path_factory.mktemp("snap"))

@@ -18,7 +18,6 @@ a record of where each attempt ran, which the multi-node and fault-tolerance tes
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
