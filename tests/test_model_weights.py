@@ -58,6 +58,17 @@ def _parity(model: torch.nn.Module, reference: Path) -> tuple[float, float]:
             float((proto - torch.from_numpy(io_["proto"])).abs().max()))
 
 
+def test_state_dict_layout_is_the_reference(reference: Path):
+    """Keys, order, shapes and dtypes equal the reference's 417-entry list for yolov8n-seg."""
+    rows = [line.rstrip("\n").split("\t") for line in (reference / "yolov8n-seg-state-dict.txt").open()
+            if line.strip() and not line.startswith("#")]
+    with torch.device("meta"):
+        state = build_model("n", 80).state_dict()
+    ours = [[k, str(list(v.shape)).replace(" ", ""), str(v.dtype).removeprefix("torch."), str(v.numel())] for k, v in state.items()]
+    assert len(rows) == 417
+    assert ours == [[k, shape.replace(" ", ""), dtype, numel] for k, shape, dtype, numel in rows]
+
+
 def test_reference_import_matches_reference_outputs(imported, reference: Path):
     state, card = imported
     assert (card.variant, card.num_classes, len(state)) == ("n", 80, 417)

@@ -110,6 +110,8 @@ class ModelCard:
         if unknown or missing:
             raise CheckpointError(f"{where}: model card has unknown fields {unknown} / lacks {missing}")
         card = cls(**data)
+        if not isinstance(card.num_classes, int) or not isinstance(card.class_names, list):
+            raise CheckpointError(f"{where}: num_classes must be an integer and class_names a list")
         if card.variant not in VARIANTS:
             raise CheckpointError(f"{where}: unknown variant {card.variant!r} (expected one of {', '.join(VARIANTS)})")
         if len(card.class_names) != card.num_classes:
