@@ -100,7 +100,7 @@ class SnapshotWriter:
             image_bytes = pc.binary_length(kept.column("image")).to_pylist()
             ann_bytes = kept.column("annotations").nbytes / kept.num_rows
             splits = kept.column("split").to_pylist()
-            for i, (split, size) in enumerate(zip(splits, image_bytes)):
+            for i, (split, size) in enumerate(zip(splits, image_bytes, strict=True)):
                 self._add_row(split, kept.slice(i, 1), size + ann_bytes + 64)
         self.seen += table.num_rows
         self._progress()
