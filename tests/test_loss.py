@@ -172,3 +172,29 @@ def test_cuda_loss_and_postprocess_match_cpu() -> None:
     (det_gpu,) = postprocess(pred[:1].cuda(), proto[:1].cuda(), conf=0.01)
     torch.testing.assert_close(det_gpu.boxes_xyxy.cpu(), det_cpu.boxes_xyxy, atol=1e-3, rtol=0)
     assert (det_gpu.masks.cpu() != det_cpu.masks).float().mean() < 1e-3
+
+
+def test_malformed_targets_are_a_clear_error() -> None:
+    outputs, targets = _seeded_batch()
+    bad = SegTargets(batch_idx=targets.batch_idx + 5, cls=targets.cls, boxes_cxcywh_norm=targets.boxes_cxcywh_norm,
+                     masks=targets.masks)
+    with pytest.raises(ValueError, match=r"batch_idx must lie in 0\.\.2"):
+        SegmentationLoss(num_classes=NC)(outputs, bad)
+    bad = SegTargets(batch_idx=targets.batch_idx, cls=targets.cls, boxes_cxcywh_norm=targets.boxes_cxcywh_norm,
+                     masks=targets.masks[:1])
+    with pytest.raises(ValueError, match="masks must be"):
+        SegmentationLoss(num_classes=NC)(outputs, bad)
+
+
+def test_bf16_outputs_give_the_float32_loss() -> None:
+    """Under autocast the head emits bf16; the loss upcasts, so targets keep full precision."""
+    outputs, targets = _seeded_batch(seed=5)
+    half = RawOutputs([f.bfloat16().float() for f in outputs.feats], outputs.mask_coeffs.bfloat16().float(),
+                      outputs.proto.bfloat16().float())
+    as_bf16 = RawOutputs([f.bfloat16() for f in outputs.feats], outputs.mask_coeffs.bfloat16(),
+                         outputs.proto.bfloat16())
+    criterion = SegmentationLoss(num_classes=NC)
+    expected, got = criterion(half, targets), criterion(as_bf16, targets)
+    for key in expected:
+        assert got[key].dtype == torch.float32
+        assert float(got[key]) == pytest.approx(float(expected[key]), rel=1e-6), key
