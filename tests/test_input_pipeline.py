@@ -13,7 +13,9 @@ from cocoseg import storage
 from cocoseg.data.collate import ValBatch, collate_val
 from cocoseg.structures import TrainBatch
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# Each test starts a Ray Data execution (actor start-up included): ~10 s on an idle 2-core machine,
+# over 60 s when the machine is shared, hence "slow".
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
