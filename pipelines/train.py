@@ -19,6 +19,7 @@ key) is refused before any worker starts.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -98,7 +99,9 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
                 "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "run": run_info},
+        train_loop_config={"job": to_dict(cfg), "run": run_info, "make_logger": functools.partial(
+            tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
+            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
