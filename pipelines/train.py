@@ -136,8 +136,12 @@ def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest:
     ctx = ray.get_runtime_context()
     tags = {"snapshot_id": manifest["snapshot_id"], "git_commit": git_commit(), "variant": cfg.model.variant,
             "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or ctx.get_job_id(), "run_dir": run_dir}
+    artifacts = ""
+    if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, not in the current directory
+        root = cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root)
+        artifacts = storage.join(root, "mlartifacts")
     return tracking.create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
-                               params=to_dict(cfg), tags=tags, parent_run_id=parent)
+                               params=to_dict(cfg), tags=tags, parent_run_id=parent, artifact_location=artifacts)
 
 
 def _finish_tracking(uri: str, run_id: str, run_dir: str) -> None:
