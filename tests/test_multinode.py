@@ -99,6 +99,7 @@ def two_node_cluster(moto_server):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, tmp_path):
     root = tmp_path / "store"  # one disk: both "nodes" see it (a real cluster uses s3://)
     overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",

@@ -20,6 +20,7 @@ EPOCHS = 10
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_val_mask_ap50_rises_above_half(ray_local, tmp_path):
     from pipelines import train
 

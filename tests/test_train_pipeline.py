@@ -21,6 +21,7 @@ def _cfg(tmp_path, snapshot, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tmp_path):
     from pipelines import train
 
