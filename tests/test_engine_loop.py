@@ -164,7 +164,7 @@ def test_gpu_step_in_bf16_channels_last_and_fp16_with_scaler():
                              masks=torch.ones(2, 16, 16, dtype=torch.int32))
         batch = TrainBatch(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8), targets)
         state = LoopState()
-        fit(parts, epochs=1, state=state, train_batches=lambda e: [batch, batch], validate=None,
+        fit(parts, epochs=1, state=state, train_batches=lambda e, b=batch: [b, b], validate=None,
             on_epoch_end=lambda r: None)
         assert state.ni == 2 and parts.ema.updates == 2
         assert all(torch.isfinite(p).all() for p in model.parameters())
