@@ -13,7 +13,9 @@ logged model) are deleted again and the MLflow run ends FAILED.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -180,7 +182,9 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
     created = False
     try:
         mlflow.set_experiment(experiment)
-        with tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp, \
+        # MLflow writes "View run ... at: URL" to stdout; keep stdout for the command's result.
+        with contextlib.redirect_stdout(sys.stderr), \
+                tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp, \
                 mlflow.start_run(run_name=f"register-{name}", tags={"cocoseg.job": "register"}) as run:
             info = _log_model(mlflow, b, Path(tmp))
             model_id = info.model_id
