@@ -73,5 +73,5 @@ def test_cli_bad_inputs_are_clear_errors(checkpoint, tmp_path, capsys):
     code, _, err = _main(capsys, "export", checkpoint, "export.opset=17", "--out", tmp_path / "out")
     assert code == 2 and "export.opset" in err
 
-    code, _, err = _main(capsys, "register", tmp_path / "nowhere", "--name", "x")
+    code, _, err = _main(capsys, "register", tmp_path / "nowhere", f"storage.root={tmp_path}", "--name", "x")
     assert code == 2 and "does not exist" in err
