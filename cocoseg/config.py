@@ -77,9 +77,13 @@ class IngestConfig:
     shard_bytes: int = 256 * 1024 * 1024
     box_tolerance_px: float = 2.0
     read_parallelism: int = -1  # -1: let Ray Data decide
+    decode_check: str = "draft"  # "header", "draft" (JPEG at 1/8 scale) or "full" image decoding
+    batch_rows: int = 32  # records per Ray Data map task batch
 
     def __post_init__(self) -> None:
         _check_choice("ingest.layout", self.layout, ("auto", "coco", "yolo"))
+        _check_choice("ingest.decode_check", self.decode_check, ("header", "draft", "full"))
+        _check(self.batch_rows >= 1, "ingest.batch_rows", "must be >= 1")
         _check(self.shard_bytes >= 1024, "ingest.shard_bytes", "must be at least 1024 bytes")
         _check(self.box_tolerance_px >= 0, "ingest.box_tolerance_px", "must be >= 0")
 
@@ -127,9 +131,28 @@ class TrainConfig:
     placement_strategy: str = "PACK"
     max_failures: int = 2
     val_every: int = 1
+    grad_clip: float = 10.0  # max total gradient norm per optimiser step
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0  # EMA ramp length in optimiser steps (spec 9.4)
+    val_batch_size: int = 0  # 0: twice batch_size
+    threads_per_worker: int = 0  # torch intra-op threads; 0: cpus_per_worker rounded up
+    checkpoints_to_keep: int = 2  # Ray checkpoints kept for resume (best/last weights are extra)
+    max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
+    max_val_images: int = 0
+    data_actors: int = 2  # Ray Data actors decoding + augmenting per dataset (CPU, any node)
+    data_cpus_per_actor: float = 1.0
+    data_batch_rows: int = 16  # rows per map_batches call
+    mosaic_buffer: int = 64  # per-actor buffer of recent images that mosaic partners come from
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.close_mosaic >= 0, "train.close_mosaic", "must be >= 0")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1 for unlimited)")
+        _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(self.data_actors >= 1, "train.data_actors", "must be >= 1")
+        _check(self.data_cpus_per_actor > 0, "train.data_cpus_per_actor", "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
         _check_choice("train.optimizer", self.optimizer, ("SGD", "AdamW", "Adam"))
@@ -144,8 +167,10 @@ class TrackingConfig:
 
     tracking_uri: str = ""
     experiment: str = "cocoseg"
-    run_name: str = ""
+    run_name: str = ""  # also names the run folder <storage.root>/runs/<run_name>; empty: generated
+    parent_run_id: str = ""  # nest the training run under this run (pipelines set it)
     system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Validation and quarantine, record by record, without Ray (the same functions Ray Data maps)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from ingest_helpers import EXPECTED_REJECTS, make_bad_source
+from PIL import Image
+
+from cocoseg.data.ingest import BadImage, check_annotation, inspect_image, process_batch
+from cocoseg.data.snapshot import sort_records
+from cocoseg.data.source import plan_source
+
+
+def _jpeg(mode: str = "RGB", size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 128 if mode == "L" else (10, 200, 30, 0)[: len(mode)]).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_inspect_image_accepts_colour_modes(mode):
+    assert inspect_image(_jpeg(mode)) == (40, 30, mode)
+
+
+@pytest.mark.parametrize("check", ["header", "draft", "full"])
+def test_inspect_image_rejects_broken_bytes(check):
+    noise = np.random.default_rng(0).integers(0, 255, size=(60, 80, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    good = buf.getvalue()  # noisy: most bytes are entropy-coded data, so half cuts into it
+    cases = {"unreadable_image": b"GIF? no, plain text", "truncated_image": good[: len(good) // 2]}
+    for reason, data in cases.items():
+        with pytest.raises(BadImage) as err:
+            inspect_image(data, check)
+        assert err.value.reason == reason
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(png, format="PNG")
+    broken = bytearray(png.getvalue())
+    broken[-20] ^= 0xFF  # flips a byte of the IDAT chunk: the CRC no longer matches
+    with pytest.raises(BadImage, match="corrupt_image"):
+        inspect_image(bytes(broken), check)
+
+
+def test_check_annotation_scales_yolo_polygons_and_derives_box_and_area():
+    ann = {"id": 5, "category_id": 3, "bbox": None, "area": None, "iscrowd": 0,
+           "segmentation": [[0.25, 0.25, 0.75, 0.25, 0.75, 0.75, 0.25, 0.75]]}
+    out, reason, _ = check_annotation(ann, 200, 100, True, {3: 0}, 2.0)
+    assert reason == "" and out["category"] == 0 and out["category_id"] == 3
+    assert out["bbox_xywh"] == pytest.approx([50, 25, 100, 50])
+    assert out["area"] == pytest.approx(100 * 50, rel=0.03)
+    assert out["polygons"][0][:2] == pytest.approx([50, 25])
+
+
+def test_box_tolerance_is_honoured():
+    ann = {"id": 1, "category_id": 1, "iscrowd": 0, "area": 1.0, "bbox": [0, 0, 101.5, 10],
+           "segmentation": [[0, 0, 10, 0, 10, 10]]}
+    assert check_annotation(ann, 100, 50, False, {1: 0}, 2.0)[1] == ""
+    assert check_annotation(ann, 100, 50, False, {1: 0}, 1.0)[1] == "box_outside_image"
+
+
+def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
+    doc = make_bad_source(tmp_path / "src")
+    plan = plan_source(str(tmp_path / "src"))
+    out = process_batch(sort_records(plan), plan.class_map.id_to_index, tolerance_px=2.0)
+    rejects = [r for s in plan.splits for r in s.rejects]
+    rejects += [r for text in out.column("_rejects").to_pylist() if text for r in json.loads(text)]
+    images = Counter(r["reason"] for r in rejects if r["annotation_id"] is None)
+    instances = Counter(r["reason"] for r in rejects if r["annotation_id"] is not None)
+    for reason, (n_images, n_instances) in EXPECTED_REJECTS.items():
+        assert images[reason] == n_images, (reason, images)
+        if n_instances is not None:
+            assert instances[reason] == n_instances, (reason, instances)
+    assert set(images) | set(instances) == set(EXPECTED_REJECTS)
+    kept = [r for r in out.to_pylist() if r["_keep"]]
+    # reconciliation: every image and instance read is either written or quarantined
+    read_images = sum(s.images_read for s in plan.splits)
+    read_instances = sum(s.instances_read for s in plan.splits)
+    assert read_images == len(kept) + sum(images.values())
+    assert read_instances == sum(len(r["annotations"]) for r in kept) + sum(instances.values())
+    assert read_images == len(doc["images"]) + 6  # train entries (18 + 1 duplicate id) + 6 val
+    modes = {r["image_id"]: Image.open(io.BytesIO(r["image"])).mode for r in kept if r["image_id"] in (7, 8)}
+    assert modes == {7: "L", 8: "CMYK"}  # accepted, original bytes kept
+    crowd = [a for r in kept for a in r["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["area"] == 96 and crowd[0]["rle_counts"]
