@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cocoseg.bundle import open_bundle
+from cocoseg.registry import connect
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def checkpoint(tmp_path_factory):
     model = build_model("n", 2).eval()
     card = ModelCard(variant="n", num_classes=2, class_names=["cat", "dog"], imgsz=64, data_snapshot="snap-1")
     save_checkpoint(str(root), model, card)
-    (root / "metrics.json").write_text(json.dumps({"mask_map50_95": 0.12, "val_snapshot": "snap-1"}))
+    (root / "metrics.json").write_text(json.dumps({"val/mask_ap50_95": 0.12, "val_snapshot": "snap-1"}))
     return root
 
 
@@ -41,11 +42,11 @@ def _main(capsys, *args) -> tuple[int, str, str]:
 def test_cli_export_register_promote_rollback(checkpoint, cli, mlflow_server, tmp_path, capsys):
     out = tmp_path / "export"
     proc = cli("export", checkpoint, "export.imgsz=64", "export.bench=false", "--out", out,
-               "--formats", "onnx,engine")
+               "--formats", "onnx,engine", "--train-run-id", "run-42")
     assert json.loads(proc.stdout)["engine_built"] is False
     assert "TensorRT engine skipped" in proc.stderr  # said plainly; ONNX only
     bundle = open_bundle(out)
-    assert bundle.card["variant"] == "n" and bundle.metrics["mask_map50_95"] == 0.12
+    assert bundle.card["variant"] == "n" and bundle.metrics["val/mask_ap50_95"] == 0.12
     parity = bundle.card["export"]["onnx"]["parity"]
     assert parity["batches"] == [1, 2] and parity["max_abs"]["pred"] < 1e-3
 
@@ -54,6 +55,8 @@ def test_cli_export_register_promote_rollback(checkpoint, cli, mlflow_server, tm
     code, stdout, _ = _main(capsys, "register", out, uri, "--name", name)
     first = json.loads(stdout)
     assert code == 0 and first["decision"] == "bootstrap" and first["version"] == "1"
+    tags = connect(mlflow_server).get_model_version(name, "1").tags
+    assert (tags["train_run_id"], tags["variant"], tags["data_snapshot"]) == ("run-42", "n", "snap-1")
     code, _, err = _main(capsys, "rollback", name, uri)
     assert code == 2 and "records no previous champion" in err
     code, stdout, _ = _main(capsys, "register", out, uri, "registry.promotion_margin=0.01", "--name", name)

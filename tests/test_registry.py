@@ -145,7 +145,7 @@ def test_bad_export_dirs_register_nothing(mlflow_server, exports, tmp_path):
     with pytest.raises(BundleError, match="model.onnx is missing"):
         register_export(broken, name=name, tracking_uri=mlflow_server)
     tampered = shutil.copytree(exports["base"], tmp_path / "tampered")
-    (tampered / "metrics.json").write_text('{"mask_map50_95": 0.99, "val_snapshot": "snap-val-1"}')
+    (tampered / "metrics.json").write_text('{"val/mask_ap50_95": 0.99, "val_snapshot": "snap-val-1"}')
     with pytest.raises(BundleError, match="does not match its SHA-256"):
         register_export(tampered, name=name, tracking_uri=mlflow_server)
     unfinished = shutil.copytree(exports["base"], tmp_path / "unfinished")
@@ -153,7 +153,7 @@ def test_bad_export_dirs_register_nothing(mlflow_server, exports, tmp_path):
     with pytest.raises(BundleError, match="not a finished export"):
         register_export(unfinished, name=name, tracking_uri=mlflow_server)
     no_metric = make_export(tmp_path / "nometric", metric=None)
-    with pytest.raises(BundleError, match="has no number 'mask_map50_95'"):
+    with pytest.raises(BundleError, match="has no number 'val/mask_ap50_95'"):
         register_export(no_metric, name=name, tracking_uri=mlflow_server)
     assert not client.search_registered_models(f"name='{name}'")
 
@@ -163,8 +163,8 @@ def test_failure_after_version_creation_leaves_nothing(mlflow_server, exports):
     client = connect(mlflow_server)
     name = _name()
     first = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
-    client.set_model_version_tag(name, first.version, "metric.mask_map50_95", "n/a")
-    with pytest.raises(RegistryError, match="no numeric tag 'metric.mask_map50_95'"):
+    client.set_model_version_tag(name, first.version, "metric.val/mask_ap50_95", "n/a")
+    with pytest.raises(RegistryError, match="no numeric tag 'metric.val/mask_ap50_95'"):
         register_export(exports["better"], name=name, tracking_uri=mlflow_server)
     assert _versions(client, name) == [first.version]
     assert alias_version(client, name, CHAMPION).version == first.version

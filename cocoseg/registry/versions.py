@@ -167,7 +167,7 @@ def _undo(client: Any, name: str, version: str | None, created: bool, model_id: 
 
 
 def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
-                    metric: str = "mask_map50_95", margin: float = 0.0, same_snapshot: bool = True) -> Registration:
+                    metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True) -> Registration:
     """Register ``export_dir`` as a new version of ``name`` and run the gate on it."""
     import mlflow
     from mlflow.exceptions import MlflowException
