@@ -2,7 +2,7 @@
 
     ray job submit --working-dir . --entrypoint-num-gpus 1 -- python -m pipelines.export \\
         --weights s3://bucket/cocoseg/runs/<run>/best --out s3://bucket/cocoseg/exports/<run> \\
-        --config pipelines/configs/export.yaml export.formats=[onnx,engine]
+        --config pipelines/configs/export.yaml
 
 (or ``cocoseg export WEIGHTS --out DIR [--formats onnx,engine]``; ``python -m pipelines.export``
 locally). ``--entrypoint-num-gpus 1`` places the driver on a GPU node so the TensorRT engine is

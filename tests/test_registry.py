@@ -153,7 +153,7 @@ def test_bad_export_dirs_register_nothing(mlflow_server, exports, tmp_path):
     with pytest.raises(BundleError, match="not a finished export"):
         register_export(unfinished, name=name, tracking_uri=mlflow_server)
     no_metric = make_export(tmp_path / "nometric", metric=None)
-    with pytest.raises(BundleError, match="has no number 'val/mask_ap50_95'"):
+    with pytest.raises(BundleError, match="has no finite number 'val/mask_ap50_95'"):
         register_export(no_metric, name=name, tracking_uri=mlflow_server)
     assert not client.search_registered_models(f"name='{name}'")
 

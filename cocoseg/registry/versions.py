@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -118,9 +119,9 @@ def _signature():
 
 def _check_metric(b: bundle.ExportBundle, metric: str) -> float:
     value = b.metrics.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         known = ", ".join(sorted(b.metrics)) or "none"
-        raise bundle.BundleError(f"{b.path(bundle.METRICS)} has no number {metric!r} (keys: {known}); "
+        raise bundle.BundleError(f"{b.path(bundle.METRICS)} has no finite number {metric!r} (keys: {known}); "
                                  "evaluate the checkpoint and export again, or set registry.gate_metric")
     return float(value)
 
