@@ -221,7 +221,7 @@ class RegistryConfig:
     """MLflow Model Registry and the champion/challenger promotion gate (cocoseg.registry)."""
 
     model_name: str = "cocoseg-yolov8-seg"
-    gate_metric: str = "mask_map50_95"  # key in the export's metrics.json (nested keys joined by ".")
+    gate_metric: str = "val/mask_ap50_95"  # key in the export's metrics.json (the trainer's name; nested keys joined by ".")
     promotion_margin: float = 0.0  # the challenger needs gate_metric >= champion's + margin
     same_snapshot: bool = True  # refuse to compare metrics measured on different val snapshots
 
