@@ -38,6 +38,7 @@ __all__ = [
     "JobConfig",
     "ModelConfig",
     "RegistryConfig",
+    "RetrainConfig",
     "StorageConfig",
     "TrackingConfig",
     "TrainConfig",
@@ -47,6 +48,7 @@ __all__ = [
     "load_dataset_yaml",
     "parse_overrides",
     "to_dict",
+    "with_overrides",
 ]
 
 
@@ -131,9 +133,28 @@ class TrainConfig:
     placement_strategy: str = "PACK"
     max_failures: int = 2
     val_every: int = 1
+    grad_clip: float = 10.0  # max total gradient norm per optimiser step
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0  # EMA ramp length in optimiser steps (spec 9.4)
+    val_batch_size: int = 0  # 0: twice batch_size
+    threads_per_worker: int = 0  # torch intra-op threads; 0: cpus_per_worker rounded up
+    checkpoints_to_keep: int = 2  # Ray checkpoints kept for resume (best/last weights are extra)
+    max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
+    max_val_images: int = 0
+    data_actors: int = 2  # Ray Data actors decoding + augmenting per dataset (CPU, any node)
+    data_cpus_per_actor: float = 1.0
+    data_batch_rows: int = 16  # rows per map_batches call
+    mosaic_buffer: int = 64  # per-actor buffer of recent images that mosaic partners come from
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.close_mosaic >= 0, "train.close_mosaic", "must be >= 0")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1 for unlimited)")
+        _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
+        _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
+        _check(self.data_actors >= 1, "train.data_actors", "must be >= 1")
+        _check(self.data_cpus_per_actor > 0, "train.data_cpus_per_actor", "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
         _check_choice("train.optimizer", self.optimizer, ("SGD", "AdamW", "Adam"))
@@ -148,35 +169,73 @@ class TrackingConfig:
 
     tracking_uri: str = ""
     experiment: str = "cocoseg"
-    run_name: str = ""
+    run_name: str = ""  # also names the run folder <storage.root>/runs/<run_name>; empty: generated
+    parent_run_id: str = ""  # nest the training run under this run (pipelines set it)
     system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """ONNX / TensorRT export of trained weights."""
+    """ONNX / TensorRT export of trained weights (cocoseg.export; README "Export and registry")."""
 
-    formats: tuple[str, ...] = ("onnx",)
+    formats: tuple[str, ...] = ("onnx",)  # add "engine" for a TensorRT plan (GPU hosts only)
+    exporter: str = "torchscript"  # or "dynamo" (needs onnxscript; no in-graph NMS)
     opset: int = 18
     dynamic_batch: bool = True
-    dynamic_hw: bool = False
-    nms: bool = False
-    simplify: bool = True
+    dynamic_hw: bool = False  # H x W dynamic in multiples of 32
+    nms: bool = False  # ONNX NonMaxSuppression in the graph (extra output `keep`)
+    nms_iou: float = 0.7
+    nms_conf: float = 0.25
+    simplify: bool = True  # onnxslim, kept only when the slimmed graph passes parity too
     imgsz: int = 640
+    min_batch: int = 1  # TensorRT optimisation profile (min / opt / max batch)
+    opt_batch: int = 8
     max_batch: int = 16
+    max_hw: int = 1280  # TensorRT profile max H = W when dynamic_hw
+    fp16: bool = True  # BuilderFlag.FP16 on TensorRT 10.x; 11.x is strongly typed (FP32 ONNX)
+    workspace_gib: float = 4.0
+    timing_cache_dir: str = ""  # empty: <storage.root>/cache/tensorrt
+    bench: bool = True
+    bench_warmup: int = 3
+    bench_runs: int = 10
 
     def __post_init__(self) -> None:
         for fmt in self.formats:
             _check_choice("export.formats[]", fmt, ("onnx", "engine"))
+        _check("onnx" in self.formats, "export.formats", "must include 'onnx' (the engine is built from it)")
+        _check_choice("export.exporter", self.exporter, ("torchscript", "dynamo"))
         _check(self.opset >= 18, "export.opset", "must be >= 18 (the torch 2.13 exporter rejects 17)")
+        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, "export.imgsz",
+               f"must be a positive multiple of 32, got {self.imgsz}")
+        _check(1 <= self.min_batch <= self.opt_batch <= self.max_batch, "export.min_batch",
+               "the profile needs 1 <= min_batch <= opt_batch <= max_batch")
+        _check(0 < self.nms_iou <= 1 and 0 <= self.nms_conf < 1, "export.nms_iou",
+               "nms_iou must be in (0, 1] and nms_conf in [0, 1)")
+        _check(self.bench_runs >= 1 and self.bench_warmup >= 0, "export.bench_runs",
+               "bench_runs must be >= 1 and bench_warmup >= 0")
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """MLflow Model Registry and the champion/challenger promotion gate."""
+    """MLflow Model Registry and the champion/challenger promotion gate (cocoseg.registry)."""
 
     model_name: str = "cocoseg-yolov8-seg"
-    promotion_margin: float = 0.0  # mask AP50-95 a challenger must add over the champion
+    gate_metric: str = "val/mask_ap50_95"  # key in the export's metrics.json (the trainer's name; nested keys joined by ".")
+    promotion_margin: float = 0.0  # the challenger needs gate_metric >= champion's + margin
+    same_snapshot: bool = True  # refuse to compare metrics measured on different val snapshots
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name.strip()), "registry.model_name", "must not be empty")
+        _check(self.promotion_margin >= 0, "registry.promotion_margin", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Scheduled retraining (pipelines/retrain.py): when to train and how to start."""
+
+    force: bool = False  # train even when the source is unchanged and the champion saw this snapshot
+    warm_start: bool = True  # initialise from the registry's champion (when it has the same variant/classes)
 
 
 @dataclass(frozen=True)
@@ -190,6 +249,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,6 +392,12 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
         else:
             out[k] = v
     return out
+
+
+def with_overrides(config: Any, overrides: Sequence[str]) -> Any:
+    """A copy of ``config`` with dotted overrides applied and validated like the command line's."""
+    merged = _deep_merge(to_dict(config), parse_overrides(overrides))
+    return from_dict(type(config), merged)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -1,0 +1,173 @@
+"""Config -> objects: the one place that translates :class:`~cocoseg.config.JobConfig` for training.
+
+One small ``build_*`` per object; everything else in the engine takes explicit keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cocoseg import storage
+from cocoseg.config import JobConfig, ModelConfig, config_hash
+from cocoseg.data.collate import ValBatch, collate_train, collate_val
+from cocoseg.data.schema import read_split_table
+from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
+from cocoseg.engine.ema import ModelEMA
+from cocoseg.engine.loop import TrainParts, resolve_precision
+from cocoseg.engine.optim import Schedule, build_optimizer, scaled_weight_decay
+from cocoseg.engine.preview import render_predictions
+from cocoseg.loss import SegmentationLoss
+from cocoseg.metrics import COCOEvaluator, flatten_metrics
+from cocoseg.model import build_model as _build_model
+from cocoseg.model.postprocess import postprocess
+from cocoseg.model.weights import CheckpointError, ModelCard, import_reference, load_checkpoint
+
+_VAL_CACHE_BYTES = 1 << 30
+
+__all__ = [
+    "batches_per_epoch",
+    "build_val_batches",
+    "build_model",
+    "build_schedule",
+    "build_train_collate",
+    "build_train_parts",
+    "build_validator",
+    "model_card",
+]
+
+
+def build_model(model_cfg: ModelConfig) -> nn.Module:
+    """The variant, with initial weights from ``model.weights`` when set.
+
+    ``model.weights`` is a cocoseg checkpoint folder (``model.safetensors`` + card; a training
+    run's ``weights/best`` qualifies) or a reference YOLOv8-seg ``.pt`` (read without executing
+    pickle code).
+    """
+    src = model_cfg.weights
+    if not src:
+        return _build_model(model_cfg.variant, model_cfg.num_classes)
+    if src.endswith(".pt"):
+        state, card = import_reference(storage.read_bytes(src), src)
+        if (card.variant, card.num_classes) != (model_cfg.variant, model_cfg.num_classes):
+            raise CheckpointError(f"{src}: holds variant {card.variant} with {card.num_classes} classes, but the "
+                                  f"config asks for {model_cfg.variant}/{model_cfg.num_classes} (model.variant, model.num_classes)")
+        model = _build_model(card.variant, card.num_classes)
+        model.load_state_dict(state)
+        return model
+    model, _ = load_checkpoint(src, num_classes=model_cfg.num_classes, variant=model_cfg.variant)
+    return model.train()
+
+
+def batches_per_epoch(train_images: int, world_size: int, batch_size: int) -> int:
+    """Micro-batches each worker sees per epoch (Ray splits rows equally, dropping the remainder)."""
+    return max(1, math.ceil((train_images // world_size) / batch_size))
+
+
+def build_schedule(cfg: JobConfig, *, world_size: int, batches: int) -> Schedule:
+    t = cfg.train
+    return Schedule(epochs=t.epochs, batches_per_epoch=batches, global_batch=t.batch_size * world_size,
+                    lr0=t.lr0, lrf=t.lrf, momentum=t.momentum, warmup_epochs=t.warmup_epochs,
+                    warmup_momentum=t.warmup_momentum, warmup_bias_lr=t.warmup_bias_lr,
+                    nominal_batch=t.nominal_batch, cos_lr=t.cos_lr)
+
+
+def build_train_parts(cfg: JobConfig, *, model: nn.Module, device: torch.device, world_size: int,
+                      batches_per_epoch: int) -> TrainParts:
+    """Loss, optimiser, schedule, EMA and AMP around an already placed (maybe DDP) ``model``."""
+    t = cfg.train
+    bare = getattr(model, "module", model)
+    global_batch = t.batch_size * world_size
+    optimizer = build_optimizer(model, name=t.optimizer, lr0=t.lr0, momentum=t.momentum,
+                                weight_decay=scaled_weight_decay(t.weight_decay, t.nominal_batch, global_batch))
+    amp_dtype = resolve_precision(t.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return TrainParts(model=model, loss_fn=SegmentationLoss.from_model(bare), optimizer=optimizer,
+                      schedule=build_schedule(cfg, world_size=world_size, batches=batches_per_epoch),
+                      ema=ModelEMA(bare, decay=t.ema_decay, tau=t.ema_tau), device=device,
+                      amp_dtype=amp_dtype, scaler=scaler, grad_clip=t.grad_clip)
+
+
+def build_train_collate(cfg: JobConfig) -> Callable[[Any], Any]:
+    return collate_train
+
+
+def _val_metrics(flat: dict[str, float]) -> dict[str, float]:
+    names = {"AP": "ap50_95", "AP50": "ap50", "AP75": "ap75"}
+    return {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"]
+            for kind in ("box", "mask") for stat in names if f"{kind}/{stat}" in flat}
+
+
+def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterable[ValBatch]]:
+    """The val split, letterboxed (``val`` preset), as a re-iterable of :class:`ValBatch`.
+
+    Read in-process by the validating rank rather than streamed by Ray Data: starting a Ray Data
+    execution costs seconds per epoch, more than letterboxing a validation set of the size a
+    per-epoch check uses. Batches are prepared on first use and kept in memory when they fit in
+    ``_VAL_CACHE_BYTES``; larger splits are re-read per epoch, a batch at a time.
+    """
+    table = read_split_table(snapshot_uri, "val", columns=list(INPUT_COLUMNS))
+    if cfg.train.max_val_images:
+        table = table.slice(0, cfg.train.max_val_images)
+    size = cfg.train.val_batch_size or 2 * cfg.train.batch_size
+    stage = AugmentBatch(preset="val", imgsz=cfg.model.imgsz, seed=0, epoch=0, num_classes=cfg.model.num_classes)
+    keep = table.num_rows * 3 * cfg.model.imgsz ** 2 <= _VAL_CACHE_BYTES
+    cache: list[ValBatch] = []
+
+    def batches() -> Iterable[ValBatch]:
+        if cache:
+            yield from cache
+            return
+        for start in range(0, table.num_rows, size):
+            batch = collate_val(stage(table.slice(start, size)))
+            if keep:
+                cache.append(batch)
+            yield batch
+
+    return batches
+
+
+def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]], *, device: torch.device,
+                    coco_gt: dict[str, Any], category_ids: list[int], class_names: list[str]
+                    ) -> Callable[[nn.Module, int], tuple[dict[str, float], bytes | None]]:
+    """``validate(ema_module, epoch) -> (metrics, preview PNG)`` with the COCO evaluator.
+
+    ``val_batches()`` yields letterboxed :class:`ValBatch` es of the val split; ``coco_gt`` is the
+    split as a COCO dict. Metrics: ``val/{box,mask}_{ap50_95,ap50,ap75}``.
+    """
+    evaluator = COCOEvaluator(coco_gt, category_ids=category_ids)
+    amp_dtype = resolve_precision(cfg.train.amp, device)
+
+    @torch.no_grad()
+    def validate(model: nn.Module, epoch: int) -> tuple[dict[str, float], bytes | None]:
+        model.eval()
+        evaluator.reset()
+        preview = None
+        for batch in val_batches():
+            batch = batch.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                pred, proto = model(batch.images.float() / 255.0)
+            pred, proto = pred.float(), proto.float()
+            ratio_pads = [(float(g), (float(p[0]), float(p[1]))) for g, p in zip(batch.gains, batch.pads, strict=True)]
+            orig_hw = [(int(h), int(w)) for h, w in batch.orig_hw]
+            detections = postprocess(pred, proto, input_hw=tuple(batch.images.shape[2:]), orig_hw=orig_hw,
+                                     ratio_pads=ratio_pads)
+            evaluator.process(batch.image_ids.tolist(), detections)
+            if preview is None:
+                preview = render_predictions(batch.images[:4].cpu(), pred[:4], proto[:4], class_names)
+        return _val_metrics(flatten_metrics(evaluator.evaluate())), preview
+
+    return validate
+
+
+def model_card(cfg: JobConfig, *, snapshot_id: str, class_names: list[str], metrics: dict[str, float],
+               epoch: int) -> ModelCard:
+    """The card that travels with every checkpoint of this run."""
+    kept = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+    return ModelCard(variant=cfg.model.variant, num_classes=cfg.model.num_classes, class_names=list(class_names),
+                     imgsz=cfg.model.imgsz, data_snapshot=snapshot_id, config_hash=config_hash(cfg),
+                     metrics={**kept, "epoch": float(epoch)}, source="cocoseg train")

@@ -1,0 +1,171 @@
+"""COCO evaluation of boxes and masks with pycocotools (spec 11), ``reset / process / evaluate``.
+
+    evaluator = COCOEvaluator(coco_gt_dict)              # e.g. storage.read_json(instances_val.json)
+    for batch ...:
+        evaluator.process(image_ids, postprocess(...))    # Detections in original-image pixels
+    metrics = evaluator.evaluate()                        # {"bbox": {...}, "segm": {...}}
+
+Each entry of the result holds ``AP`` (AP50-95), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` (0..1,
+as COCOeval's ``stats[0:6]``) and ``per_class`` ({class name: AP50-95}, classes with ground truth
+only). Model class k maps to the k-th category id of ``category_ids`` (default: the ground
+truth's category ids in ascending order, which for COCO is the 80 -> 91 map of spec 12).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from cocoseg.structures import Detections
+from cocoseg.utils import UserError
+
+__all__ = ["COCOEvaluator", "EvaluationError", "detections_to_coco", "flatten_metrics"]
+
+_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class EvaluationError(UserError):
+    """The ground truth or the predictions handed to the evaluator are unusable."""
+
+
+def detections_to_coco(image_id: int, det: Detections, category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """One image's detections -> COCO result dicts (bbox xywh rounded to 3 decimals, score to 5,
+    ``segmentation`` a compressed RLE of the original-size mask when ``det.masks`` is set)."""
+    if len(det) == 0:
+        return []
+    boxes = det.boxes_xyxy.detach().cpu().double().numpy()
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).round(3)
+    scores = det.scores.detach().cpu().double().numpy().round(5)
+    classes = det.classes.detach().cpu().numpy()
+    if classes.min() < 0 or classes.max() >= len(category_ids):
+        raise EvaluationError(f"image {image_id}: class index {int(classes.max())} outside the "
+                              f"{len(category_ids)} categories of the ground truth")
+    rles = None
+    if det.masks is not None:
+        masks = det.masks.detach().cpu().numpy().astype(np.uint8)  # (n, h, w)
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    results = []
+    for i in range(len(det)):
+        row = {"image_id": int(image_id), "category_id": int(category_ids[int(classes[i])]),
+               "bbox": [float(v) for v in xywh[i]], "score": float(scores[i])}
+        if rles is not None:
+            rle = dict(rles[i])
+            rle["counts"] = rle["counts"].decode("utf-8")
+            row["segmentation"] = rle
+        results.append(row)
+    return results
+
+
+def _quiet(fn, *args):
+    """pycocotools prints progress to stdout; keep our logs clean."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)
+
+
+def _build_gt(coco_gt: Mapping[str, Any]) -> COCO:
+    """A pycocotools COCO from a COCO dict, filling ``iscrowd`` and ``area`` when absent."""
+    for key in ("images", "annotations", "categories"):
+        if key not in coco_gt:
+            raise EvaluationError(f"ground truth is not a COCO dict: the {key!r} list is missing")
+    data = copy.deepcopy(dict(coco_gt))
+    coco = COCO()
+    coco.dataset = data
+    _quiet(coco.createIndex)
+    for ann in data["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(mask_utils.area(coco.annToRLE(ann))) if ann.get("segmentation") else \
+                float(ann["bbox"][2] * ann["bbox"][3])
+    return coco
+
+
+class COCOEvaluator:
+    """Accumulates detections of a split and scores them with COCOeval (``bbox`` and ``segm``).
+
+    ``coco_gt``: the split's COCO dict (images, annotations, categories). ``category_ids``: the
+    COCO category id of each model class (default: the ground truth's ids, ascending).
+    ``iou_types``: a subset of ("bbox", "segm"); ``segm`` needs ``Detections.masks``.
+    """
+
+    def __init__(self, coco_gt: Mapping[str, Any], *, category_ids: Sequence[int] | None = None,
+                 iou_types: Sequence[str] = ("bbox", "segm")) -> None:
+        self.coco = _build_gt(coco_gt)
+        self.category_ids = list(category_ids) if category_ids is not None else sorted(self.coco.cats)
+        unknown = [c for c in self.category_ids if c not in self.coco.cats]
+        if unknown:
+            raise EvaluationError(f"category ids {unknown[:5]} are not in the ground truth's categories")
+        for t in iou_types:
+            if t not in ("bbox", "segm"):
+                raise ValueError(f"iou type {t!r} is not 'bbox' or 'segm'")
+        self.iou_types = tuple(iou_types)
+        self.reset()
+
+    def reset(self) -> None:
+        self._results: list[dict[str, Any]] = []
+        self._image_ids: set[int] = set()
+
+    def process(self, image_ids: Sequence[int], detections: Sequence[Detections]) -> None:
+        """Add the detections of a batch; ``image_ids`` are the COCO image ids, one per entry."""
+        if len(image_ids) != len(detections):
+            raise ValueError(f"{len(image_ids)} image ids for {len(detections)} detections")
+        for image_id, det in zip(image_ids, detections, strict=True):
+            image_id = int(image_id)
+            if image_id not in self.coco.imgs:
+                raise EvaluationError(f"image id {image_id} is not in the ground truth")
+            if "segm" in self.iou_types and det.masks is None:
+                raise ValueError("segm evaluation needs Detections.masks (postprocess with_masks=True)")
+            self._image_ids.add(image_id)
+            self._results.extend(detections_to_coco(image_id, det, self.category_ids))
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """Score everything processed since :meth:`reset`: ``{iou_type: {AP, AP50, ..., per_class}}``.
+
+        Only the processed images count (COCOeval ``imgIds``); with no detections at all every AP
+        is 0.
+        """
+        image_ids = sorted(self._image_ids)
+        return {t: self._evaluate_one(t, image_ids) for t in self.iou_types}
+
+    def _evaluate_one(self, iou_type: str, image_ids: list[int]) -> dict[str, Any]:
+        names = {c: self.coco.cats[c].get("name", str(c)) for c in self.category_ids}
+        if not self._results or not image_ids:
+            present = {a["category_id"] for a in self.coco.dataset["annotations"]
+                       if a["image_id"] in self._image_ids}
+            return {**dict.fromkeys(_STAT_NAMES, 0.0),
+                    "per_class": {names[c]: 0.0 for c in self.category_ids if c in present}}
+        results = self._results if iou_type == "segm" else [
+            {k: v for k, v in r.items() if k != "segmentation"} for r in self._results]
+        coco_dt = _quiet(self.coco.loadRes, results)
+        evaluator = COCOeval(self.coco, coco_dt, iou_type)
+        evaluator.params.imgIds = image_ids
+        _quiet(evaluator.evaluate)
+        _quiet(evaluator.accumulate)
+        _quiet(evaluator.summarize)
+        stats = {name: max(float(v), 0.0) for name, v in zip(_STAT_NAMES, evaluator.stats[:6], strict=True)}
+        # precision: [iou thresholds, recall points, categories, area ranges, max dets]
+        precision = evaluator.eval["precision"]
+        per_class = {}
+        for k, cat_id in enumerate(evaluator.params.catIds):
+            if cat_id not in names:
+                continue
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            if p.size:  # -1 everywhere means the class has no ground truth in these images
+                per_class[names[cat_id]] = float(p.mean())
+        return {**stats, "per_class": per_class}
+
+
+def flatten_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """``{"bbox": {"AP": .3}, "segm": {...}}`` -> ``{"box/AP": .3, "mask/AP": ...}`` (no per-class)."""
+    prefix = {"bbox": "box", "segm": "mask"}
+    return {f"{prefix.get(t, t)}/{k}": float(v) for t, m in metrics.items() for k, v in m.items()
+            if k != "per_class" and not (isinstance(v, float) and math.isnan(v))}

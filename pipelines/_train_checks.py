@@ -1,0 +1,101 @@
+"""Checks that ``pipelines.train`` runs before any worker starts, and how it starts Ray.
+
+Every refusal is a :class:`TrainInputError` (a :class:`~cocoseg.utils.UserError`) that says what
+is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import ray
+
+from cocoseg import storage
+from cocoseg.config import JobConfig
+from cocoseg.data.schema import SnapshotError, latest_snapshot, read_manifest
+from cocoseg.utils import UserError
+
+__all__ = ["TrainInputError", "check_cluster", "ray_init_kwargs", "resolve_snapshot"]
+
+
+class TrainInputError(UserError):
+    """Training cannot start with this input or on this cluster."""
+
+
+def resolve_snapshot(cfg: JobConfig) -> dict[str, Any]:
+    """The manifest of ``train.snapshot`` ("latest" or empty: newest under ``storage.root``).
+
+    Refuses a missing snapshot or manifest, an unknown schema version, and an empty train or
+    val split.
+    """
+    uri = cfg.train.snapshot
+    try:
+        if uri in ("", "latest"):
+            uri = latest_snapshot(cfg.storage.root)
+        elif not storage.exists(uri):
+            raise TrainInputError(f"train.snapshot {uri} does not exist; pass the snapshot URI that "
+                                  "`cocoseg ingest` printed (…/snapshots/<id>) or train.snapshot=latest")
+        manifest = read_manifest(uri)
+    except SnapshotError as exc:
+        raise TrainInputError(f"train.snapshot: {exc}") from None
+    splits = manifest.get("splits", {})
+    for split in ("train", "val"):
+        if split not in splits:
+            raise TrainInputError(f"snapshot {uri} has no {split!r} split (it has {', '.join(splits) or 'none'}); "
+                                  f"ingest a source with a {split} split")
+        if int(splits[split].get("images", 0)) == 0:
+            raise TrainInputError(f"snapshot {uri}: the {split!r} split is empty (0 images); "
+                                  "check the source and the quarantine (_quarantine.parquet)")
+    if len(manifest["class_names"]) != cfg.model.num_classes:
+        raise TrainInputError(f"snapshot {uri} has {len(manifest['class_names'])} classes but model.num_classes="
+                              f"{cfg.model.num_classes}; set model.num_classes={len(manifest['class_names'])}")
+    return manifest
+
+
+def _data_cpus(cfg: JobConfig) -> float:
+    # One dataset executes at a time per worker group (train or train_close, then val on rank 0),
+    # plus one CPU for Ray Data's read tasks (ray-notes CPU pitfall: without it, it hangs).
+    return cfg.train.data_actors * cfg.train.data_cpus_per_actor + 1
+
+
+def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
+    """``ray.init`` arguments: the cluster in ``RAY_ADDRESS``, else a private local Ray.
+
+    A local Ray gets enough *logical* CPUs for the train workers plus the Ray Data actors: on a
+    2-core laptop the workers and the data stage then share the cores instead of deadlocking.
+    """
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return {"address": address, "log_to_driver": True}
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker + _data_cpus(cfg)
+    return {"address": "local", "num_cpus": max(os.cpu_count() or 1, math.ceil(need)), "include_dashboard": False}
+
+
+def check_cluster(cfg: JobConfig) -> None:
+    """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes)."""
+    t = cfg.train
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    per_worker = {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0}
+    fits = [n for n in nodes if all(n.get(k, 0.0) >= v for k, v in per_worker.items() if v)]
+    hint = "lower train.num_workers / train.cpus_per_worker, or add nodes"
+    if t.use_gpu and sum(n.get("GPU", 0.0) for n in nodes) < t.num_workers:
+        raise TrainInputError(f"train.use_gpu with train.num_workers={t.num_workers} needs {t.num_workers} GPUs, "
+                              f"the cluster has {sum(n.get('GPU', 0.0) for n in nodes):g}; {hint} or set train.use_gpu=false")
+    if t.placement_strategy == "STRICT_SPREAD" and len(fits) < t.num_workers:
+        raise TrainInputError(f"STRICT_SPREAD puts each of {t.num_workers} workers on its own node, but only "
+                              f"{len(fits)} node(s) can hold a worker ({per_worker}); {hint} or use SPREAD")
+    slots = sum(min(math.floor(n.get("CPU", 0.0) / t.cpus_per_worker),
+                    math.floor(n.get("GPU", 0.0)) if t.use_gpu else 1 << 30) for n in nodes)
+    if t.placement_strategy == "STRICT_PACK":
+        slots = max((math.floor(n.get("CPU", 0.0) / t.cpus_per_worker) for n in fits), default=0)
+    if slots < t.num_workers:
+        raise TrainInputError(f"train.num_workers={t.num_workers} x {t.cpus_per_worker:g} CPU cannot be placed: the "
+                              f"cluster can hold {slots} such worker(s) ({t.placement_strategy}); {hint}")
+    total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+    if total_cpu < t.num_workers * t.cpus_per_worker + _data_cpus(cfg):
+        raise TrainInputError(
+            f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU + Ray Data ({t.data_actors} actors x "
+            f"{t.data_cpus_per_actor:g} CPU + 1 for reads) exceed the cluster's {total_cpu:g} CPUs, and the data "
+            "stage would wait forever; lower train.cpus_per_worker, train.data_actors or train.data_cpus_per_actor")

@@ -1,0 +1,173 @@
+"""Train a YOLOv8-seg variant on a Parquet snapshot with Ray Train (DDP over N workers, M nodes).
+
+    ray job submit --address http://<head>:8265 --working-dir . -- python -m pipelines.train \\
+        --config pipelines/configs/train.yaml train.snapshot=s3://bucket/cocoseg/snapshots/<id> \\
+        storage.root=s3://bucket/cocoseg train.num_workers=4 train.use_gpu=true
+
+(or ``cocoseg train ...``; ``python -m pipelines.train`` starts a private local Ray unless
+``RAY_ADDRESS`` names a cluster). Reads the snapshot's ``train`` split (decoded and augmented
+by Ray Data on CPU, streamed to the workers) and ``val`` split (letterboxed by rank 0). Writes ``<storage.root>/runs/<run name>/``: Ray's
+checkpoints (for resume), ``weights/{best,last}`` (cocoseg model checkpoints),
+``tracking/metrics.jsonl``, ``plots/``, ``workers/`` and ``config.json``; one MLflow run.
+
+Rerun with the same ``tracking.run_name``: a resume from the run's latest checkpoint (a worker
+lost mid-run is replaced in place by ``FailureConfig(max_failures)``). Bad input (missing or
+unknown snapshot, empty split, more workers/GPUs than the cluster can place, unknown config
+key) is refused before any worker starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from cocoseg import storage, tracking
+from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
+from cocoseg.data.augment import preset_for_epoch
+from cocoseg.data.schema import list_shards
+from cocoseg.engine.build import batches_per_epoch
+from cocoseg.engine.worker import train_loop_per_worker
+from cocoseg.utils import UserError, get_logger, git_commit
+from pipelines._data import build_train_dataset
+from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
+
+__all__ = ["TrainResult", "main", "run"]
+
+log = get_logger("pipelines.train")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (``pipelines.demo`` and ``cocoseg train`` print it)."""
+
+    mlflow_run_id: str
+    tracking_uri: str
+    run_dir: str
+    best_weights: str
+    last_weights: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _datasets(cfg: JobConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    t, m = cfg.train, cfg.model
+    shards = {"train": list_shards(manifest, "train")}
+    common = {"imgsz": m.imgsz, "num_classes": m.num_classes, "batch_size": t.data_batch_rows,
+              "concurrency": t.data_actors, "cpus_per_actor": t.data_cpus_per_actor}
+    last = preset_for_epoch(t.augment, t.epochs - 1, t.epochs, t.close_mosaic)
+    data = {name: build_train_dataset(shards["train"], preset=preset, seed=t.seed, buffer_size=t.mosaic_buffer, **common)
+            for name, preset in (("train", t.augment), ("train_close", last))}
+    if t.max_train_images:
+        data = {k: v.limit(t.max_train_images) for k, v in data.items()}
+    return data
+
+
+def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
+    """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics."""
+    started = time.perf_counter()
+    manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
+    if not ray.is_initialized():
+        ray.init(**ray_init_kwargs(cfg))
+    check_cluster(cfg)
+    t = cfg.train
+    run_name = cfg.tracking.run_name or f"{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs_root = storage.join(cfg.storage.root, "runs")
+    if not storage.is_s3(runs_root):
+        runs_root = os.path.abspath(runs_root)
+    run_dir = storage.join(runs_root, run_name)
+    storage.write_json(storage.join(run_dir, "config.json"), to_dict(cfg))
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
+    mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
+                                parent_run_id or cfg.tracking.parent_run_id)
+    n_train = min(manifest["splits"]["train"]["images"], t.max_train_images or 1 << 62)
+    run_info = {"run_dir": run_dir, "run_id": mlflow_run_id, "tracking_uri": tracking_uri,
+                "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size),
+                "snapshot_id": manifest["snapshot_id"], "snapshot_uri": manifest["snapshot_uri"],
+                "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": to_dict(cfg), "run": run_info, "make_logger": functools.partial(
+            tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
+            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=runs_root,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep)),
+        datasets=_datasets(cfg, manifest),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.finish_run(tracking_uri, mlflow_run_id, "FAILED")
+        raise
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    _finish_tracking(tracking_uri, mlflow_run_id, run_dir)
+    out = TrainResult(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, run_dir=run_dir,
+                      best_weights=storage.join(run_dir, "weights", "best"),
+                      last_weights=storage.join(run_dir, "weights", "last"), metrics=metrics,
+                      seconds=time.perf_counter() - started)
+    log.info("run %s done in %.0f s: mask AP50-95 %.4f, AP50 %.4f; weights %s; MLflow run %s at %s",
+             run_name, out.seconds, metrics.get("val/mask_ap50_95", float("nan")),
+             metrics.get("val/mask_ap50", float("nan")), out.best_weights, mlflow_run_id, tracking_uri)
+    return out
+
+
+def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str) -> str:
+    """Reuse the MLflow run of an earlier attempt of this run (a resume), else create it."""
+    journal = tracking.read_journal(tracking.journal_uri(run_dir))
+    if journal:
+        return journal[-1]["run_id"]
+    ctx = ray.get_runtime_context()
+    tags = {"snapshot_id": manifest["snapshot_id"], "git_commit": git_commit(), "variant": cfg.model.variant,
+            "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or ctx.get_job_id(), "run_dir": run_dir}
+    artifacts = ""
+    if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, not in the current directory
+        root = cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root)
+        artifacts = storage.join(root, "mlartifacts")
+    return tracking.create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
+                               params=to_dict(cfg), tags=tags, parent_run_id=parent, artifact_location=artifacts)
+
+
+def _finish_tracking(uri: str, run_id: str, run_dir: str) -> None:
+    try:
+        tracking.sync_journal(tracking.journal_uri(run_dir), uri)
+        tracking.log_run_artifacts(uri, run_id, run_dir)
+        tracking.finish_run(uri, run_id)
+    except Exception as exc:  # training succeeded; tracking can be completed later
+        log.warning("MLflow at %s did not take the run's artifacts (%s); run: cocoseg sync-mlflow %s",
+                    uri, exc, run_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="job config YAML")
+    parser.add_argument("--parent-run-id", default="", help="nest the MLflow run under this run")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
+    args = parser.parse_args(argv)
+    try:
+        result = run(load_config(args.config, args.overrides), parent_run_id=args.parent_run_id)
+    except (ConfigError, UserError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"MLflow run {result.mlflow_run_id} at {result.tracking_uri}; best weights {result.best_weights}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""pipelines.train end to end on a real local Ray, a real MLflow server and a synthetic snapshot,
+plus the refusals of bad input before any worker starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+
+from cocoseg import storage, tracking
+from cocoseg.config import ConfigError, load_config
+from cocoseg.model.weights import load_checkpoint
+from cocoseg.utils import UserError
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def _cfg(tmp_path, snapshot, *extra):
+    return load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={snapshot}", *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
+def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tmp_path):
+    from pipelines import train
+
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("t-pipe") or client.get_experiment(client.create_experiment("t-pipe"))
+    parent = client.create_run(exp.experiment_id, run_name="pipeline").info.run_id
+    cfg = _cfg(tmp_path, tiny_snapshot, "train.num_workers=2", "train.epochs=2", "train.close_mosaic=1",
+               f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=t-pipe", "tracking.run_name=pipe")
+    result = train.run(cfg, parent_run_id=parent)
+
+    # MLflow: one nested run, params = resolved config, tags, each epoch's metrics exactly once.
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["variant"] == "n" and run.data.tags["snapshot_id"] in tiny_snapshot
+    assert run.data.params["train.num_workers"] == "2" and run.data.params["model.imgsz"] == "64"
+    for key in ("train/loss_box", "train/loss_mask", "train/loss_cls", "train/loss_dfl", "lr/weight",
+                "val/box_ap50_95", "val/mask_ap50_95", "val/mask_ap50", "train/images_per_s", "train/epoch_time_s"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
+    assert any(k.startswith("system/") for k in run.data.metrics), "no system metrics"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"plots", "weights", "config.json"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/losses.png", "plots/metrics.png", "plots/val_predictions.png"} <= plots
+    weights = {a.path for a in client.list_artifacts(run.info.run_id, "weights/last")}
+    assert "weights/last/model.safetensors" in weights and "weights/last/model_card.json" in weights
+
+    # Storage: best and last are loadable cocoseg checkpoints whose cards describe the run.
+    model, card = load_checkpoint(result.last_weights, variant="n", num_classes=4)
+    assert card.metrics["epoch"] == 1.0 and card.data_snapshot in tiny_snapshot and card.imgsz == 64
+    load_checkpoint(result.best_weights, variant="n", num_classes=4)
+    assert set(result.metrics) >= {"val/mask_ap50_95", "train/loss"} and result.metrics["epoch"] == 1
+    journal = tracking.read_journal(tracking.journal_uri(result.run_dir))
+    assert [r["step"] for r in journal] == [0, 1]
+    workers = [json.loads(storage.read_text(e.uri)) for e in storage.list_files(storage.join(result.run_dir, "workers"))]
+    assert sorted(w["rank"] for w in workers) == [0, 1] and {w["world_size"] for w in workers} == {2}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.snapshot={root}/snapshots/nope", "does not exist"),
+    ("train.snapshot={root}", "has no _manifest.json"),
+    ("model.variant=q", "model.variant: 'q' is not one of"),
+    ("train.epochz=3", "unknown config key 'train.epochz'. Did you mean 'epochs'"),
+])
+def test_bad_input_is_refused_before_ray_starts(tmp_path, override, message):
+    from pipelines import train
+
+    (tmp_path / "stub").mkdir()
+    with pytest.raises((ConfigError, UserError), match=message):
+        train.run(_cfg(tmp_path, f"{tmp_path}/stub", override.format(root=tmp_path)))
+
+
+def _manifest_copy(snapshot: str, dest, edit) -> str:
+    manifest = json.loads(storage.read_text(storage.join(snapshot, "_manifest.json")))
+    edit(manifest)
+    storage.write_text(str(dest / "_manifest.json"), json.dumps(manifest))
+    return str(dest)
+
+
+def test_unknown_schema_and_empty_split_are_refused(tiny_snapshot, tmp_path):
+    from pipelines import train
+
+    future = _manifest_copy(tiny_snapshot, tmp_path, lambda m: m.update(schema_version=99))
+    with pytest.raises(UserError, match="schema_version 99 is not supported"):
+        train.run(_cfg(tmp_path, future))
+    (tmp_path / "empty").mkdir()
+    empty = _manifest_copy(tiny_snapshot, tmp_path / "empty", lambda m: m["splits"]["val"].update(images=0))
+    with pytest.raises(UserError, match="the 'val' split is empty"):
+        train.run(_cfg(tmp_path, empty))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["train.num_workers=64"], "cannot be placed"),
+    (["train.use_gpu=true"], "needs 1 GPUs, the cluster has 0"),
+    (["train.num_workers=2", "train.placement_strategy=STRICT_SPREAD"], "only 1 node"),
+    (["train.data_actors=8"], "exceed the cluster's"),
+])
+def test_unplaceable_worker_groups_are_refused(tiny_snapshot, tmp_path, extra, message):
+    from pipelines import train
+
+    with pytest.raises(UserError, match=message):
+        train.run(_cfg(tmp_path, tiny_snapshot, *extra))
+
+
+def test_cli_train_refuses_a_missing_snapshot_with_exit_2(cli, tmp_path):
+    out = cli("train", f"storage.root={tmp_path}", f"train.snapshot={tmp_path}/snapshots/none", check=False)
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr and "cocoseg ingest" in out.stderr
+    assert "Traceback" not in out.stderr
