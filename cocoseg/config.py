@@ -79,7 +79,7 @@ class IngestConfig:
     shard_bytes: int = 256 * 1024 * 1024
     box_tolerance_px: float = 2.0
     read_parallelism: int = -1  # -1: let Ray Data decide
-    decode_check: str = "draft"  # "header", "draft" (JPEG at 1/8 scale) or "full" image decoding
+    decode_check: str = "header"  # "header" (parse + JPEG end marker), "draft" (JPEG at 1/8 scale) or "full" decoding
     batch_rows: int = 32  # records per Ray Data map task batch
 
     def __post_init__(self) -> None:

@@ -147,6 +147,14 @@ def makedirs(uri: str) -> None:
 
 
 def read_bytes(uri: str) -> bytes:
+    if not is_s3(uri):  # plain open(): ~3x cheaper per small file than a pyarrow stream
+        try:
+            with open(os.path.abspath(_strip_file_scheme(str(uri))), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"{uri} does not exist") from None
+        except OSError as exc:
+            raise _wrap(uri, "cannot read", exc) from None
     fs, path = filesystem(uri)
     try:
         with fs.open_input_stream(path) as f:
@@ -208,7 +216,7 @@ def list_files(uri: str, recursive: bool = True, suffix: str | None = None) -> l
         raise _wrap(uri, "cannot list", exc) from None
     out = []
     for info in infos:
-        if info.type != pafs.FileType.File:
+        if not info.is_file:  # (not `info.type`: building the enum per entry is slow on big listings)
             continue
         if suffix and not info.path.endswith(suffix):
             continue

@@ -18,7 +18,7 @@ and the rerun removes its partial folder and writes the snapshot again.
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
 import sys
 import time
@@ -28,9 +28,8 @@ from typing import Any
 from cocoseg import storage
 from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
 from cocoseg.data.coco import IngestError
-from cocoseg.data.ingest import process_batch
 from cocoseg.data.schema import MANIFEST_NAME, manifest_summary, read_manifest, snapshot_uri
-from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, sort_records
+from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard_row
 from cocoseg.data.source import plan_source
 from cocoseg.utils import UserError, get_logger
 
@@ -39,25 +38,25 @@ __all__ = ["main", "run"]
 log = get_logger("pipelines.ingest")
 
 
-def _stream(records: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobConfig, id_to_index: dict[int, int]) -> None:
-    """Read + validate the records in parallel with Ray Data; feed the writer in record order."""
+def _write_shards(specs: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobConfig,
+                  id_to_index: dict[int, int]) -> None:
+    """One Ray Data task per planned shard: it reads, validates and writes its own Parquet file
+    under the (uncommitted) snapshot folder and returns only metadata, which the driver collects.
+    """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    options = ray.data.DataContext.get_current().execution_options
-    saved, options.preserve_order = options.preserve_order, True  # deterministic shard contents
     ic = cfg.ingest
-    blocks = ic.read_parallelism if ic.read_parallelism > 0 else max(1, min(math.ceil(len(records) / ic.batch_rows), 400))
-    ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-        process_batch, batch_format="pyarrow", batch_size=ic.batch_rows,
-        fn_kwargs={"id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
+    items = [{"spec": json.dumps(spec)} for spec in specs]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
+        write_shard_row, concurrency=ic.read_parallelism if ic.read_parallelism > 0 else None,
+        fn_kwargs={"snapshot": writer.uri, "id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
                    "decode_check": ic.decode_check})
-    try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(batch)
-    finally:
-        options.preserve_order = saved
+    metas = [json.loads(row["meta"]) for row in ds.iter_rows()]
+    order = {s.name: i for i, s in enumerate(writer.plan.splits)}
+    for meta in sorted(metas, key=lambda m: (order[m["split"]], m["index"])):
+        writer.add_shard(meta)
 
 
 def run(cfg: JobConfig) -> dict[str, Any]:
@@ -86,8 +85,9 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     log.info("ingest %s -> %s: %d images in %d splits (%s layout)", plan.source, uri, len(records),
              len(plan.splits), plan.layout)
     writer = SnapshotWriter(dest, snapshot_id, plan, ic.shard_bytes, settings, started=started)
-    if records:
-        _stream(records, writer, cfg, plan.class_map.id_to_index)
+    specs = plan_shards(records, ic.shard_bytes)
+    if specs:
+        _write_shards(specs, writer, cfg, plan.class_map.id_to_index)
     manifest = writer.commit()
     print(manifest_summary(manifest))
     return {**manifest, "skipped": False}

@@ -112,3 +112,53 @@ def test_shards_do_not_depend_on_batch_boundaries(tmp_path):
     shards, ids = results[0]
     assert len(shards["train"]) > 2 and sum(map(len, ids)) == 30
     assert [i for chunk in ids for i in chunk] == sorted(i for chunk in ids for i in chunk)
+
+
+def test_shards_are_planned_from_the_listing_before_any_read(tmp_path):
+    from ingest_helpers import make_source
+
+    from cocoseg.data.snapshot import plan_shards
+
+    make_source(tmp_path / "src", images=30, size=(64, 48))
+    records = sort_records(plan_source(str(tmp_path / "src")))
+    sizes = {r["file_name"]: (tmp_path / "src" / r["split"] / r["file_name"]).stat().st_size for r in records}
+    assert all(r["size"] == sizes[r["file_name"]] for r in records)  # the listing's sizes
+    budget = 3 * max(sizes.values())
+    specs = plan_shards(records, budget)
+    assert [r for s in specs for r in s["records"]] == records  # every record once, in order
+    for split in ("train", "val"):
+        mine = [s for s in specs if s["split"] == split]
+        assert [s["path"] for s in mine] == [f"{split}/part-{i:05d}.parquet" for i in range(len(mine))]
+    for a, b in zip(specs, specs[1:]):
+        assert sum(r["size"] for r in a["records"]) <= budget
+        if a["split"] == b["split"]:  # closed only because the next record would not fit
+            assert sum(r["size"] for r in a["records"]) + b["records"][0]["size"] > budget
+    assert len(specs) > 4 and plan_shards(records, budget) == specs
+    assert len(plan_shards(records, 10**9)) == 2  # one per split
+    assert [len(s["records"]) for s in plan_shards(records, 1024)] == [1] * 30  # a record never splits
+
+
+def test_write_shard_writes_its_file_and_returns_reconciling_metadata(tmp_path):
+    from cocoseg.data.snapshot import plan_shards, write_shard
+
+    make_bad_source(tmp_path / "src")
+    plan = plan_source(str(tmp_path / "src"))
+    records = sort_records(plan)
+    snap = str(tmp_path / "snap")
+    metas = [write_shard(s, snap, plan.class_map.id_to_index) for s in plan_shards(records, 10**9)]
+    expected = process_batch(records, plan.class_map.id_to_index, decode_check="header")
+    kept = [r for r in expected.to_pylist() if r["_keep"]]
+    assert sum(m["rows"] for m in metas) == len(kept)
+    assert sum(m["instances"] for m in metas) == sum(len(r["annotations"]) for r in kept)
+    rejects = [r for t in expected.column("_rejects").to_pylist() if t for r in json.loads(t)]
+    assert [r for m in metas for r in m["rejects"]] == rejects
+    for m in metas:
+        table = pq.read_table(tmp_path / "snap" / m["path"])
+        assert table.num_rows == m["rows"] and (tmp_path / "snap" / m["path"]).stat().st_size == m["bytes"]
+        assert table.column("image_id").to_pylist() == [r["image_id"] for r in kept if r["split"] == m["split"]]
+    # a shard whose every image is rejected writes no file and reports no rows
+    broken = [r for r in records if r["image_id"] in {x["image_id"] for x in rejects if x["annotation_id"] is None}]
+    meta = write_shard({"split": "train", "index": 7, "path": "train/part-00007.parquet", "records": broken},
+                       snap, plan.class_map.id_to_index)
+    assert meta["rows"] == 0 and meta["bytes"] == 0 and not (tmp_path / "snap" / "train" / "part-00007.parquet").exists()
+    assert len([r for r in meta["rejects"] if r["annotation_id"] is None]) == len(broken)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 
 from cocoseg import storage
 
@@ -124,8 +125,6 @@ def _finite(values) -> bool:
 
 
 def _crowd_rle(segmentation: Mapping[str, Any], width: int, height: int) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
     size = [int(v) for v in segmentation.get("size", [])]
     if size != [height, width]:
         raise ValueError(f"RLE size {size} differs from the image's [{height}, {width}]")
@@ -148,8 +147,6 @@ class _Rejected(Exception):
 
 def _segmentation(ann: Mapping[str, Any], width: int, height: int, normalized: bool):
     """-> (polygons in px, crowd RLE or None, iscrowd); raises :class:`_Rejected`."""
-    from pycocotools import mask as mask_utils
-
     segmentation, crowd = ann.get("segmentation"), bool(ann.get("iscrowd", 0))
     if isinstance(segmentation, Mapping):
         try:
@@ -174,8 +171,6 @@ def _segmentation(ann: Mapping[str, Any], width: int, height: int, normalized: b
 
 def _box(bbox: Any, polygons: list[list[float]], rle, width: int, height: int, tol: float) -> list[float]:
     """The checked xywh box (derived from the mask when ``bbox`` is None); raises :class:`_Rejected`."""
-    from pycocotools import mask as mask_utils
-
     if bbox is None and rle is not None:
         bbox = [float(v) for v in mask_utils.toBbox(rle)]
     elif bbox is None:
@@ -202,8 +197,6 @@ def check_annotation(ann: Mapping[str, Any], width: int, height: int, normalized
     Polygons become pixels (``normalized``: YOLO coordinates are scaled by width/height); a
     missing bbox or area is derived from the mask (pycocotools rasterisation, like COCO's own).
     """
-    from pycocotools import mask as mask_utils
-
     cid = ann.get("category_id")
     if cid is None or int(cid) not in id_to_index:
         shown = cid if cid is not None else f"class {ann.get('source_class')}"

@@ -1,6 +1,13 @@
 """Write a snapshot: byte-bounded Parquet shards, the quarantine file, and the manifest last.
 
-:class:`SnapshotWriter` consumes the output of :func:`cocoseg.data.ingest.process_batch` *in
+The ingest job plans the shards before reading any image (:func:`plan_shards`: records in
+(split, image id) order, a new shard before the record whose *source file bytes* would take the
+shard past ``shard_bytes``), so each shard is one independent task (:func:`write_shard`) that
+reads, validates and writes its own Parquet file and returns only small metadata; the driver's
+:class:`SnapshotWriter` collects that metadata (:meth:`SnapshotWriter.add_shard`) and commits.
+A shard whose every image is quarantined writes no file and is not listed (its index is skipped).
+
+:class:`SnapshotWriter` can also consume the output of :func:`cocoseg.data.ingest.process_batch` *in
 record order* (the ingest job streams it from Ray Data with order preserved) and cuts each
 split into shards greedily: a shard is closed before the row that would take it past
 ``shard_bytes``. Record order is fixed by the source (split, then image id), so an image always
@@ -27,6 +34,7 @@ import pyarrow.parquet as pq
 from cocoseg import __version__, storage
 from cocoseg.utils import get_logger, git_commit
 
+from .ingest import process_record
 from .schema import (
     MANIFEST_NAME,
     QUARANTINE_NAME,
@@ -38,7 +46,7 @@ from .schema import (
 )
 from .source import SourcePlan
 
-__all__ = ["SnapshotWriter", "compute_snapshot_id", "sort_records"]
+__all__ = ["SnapshotWriter", "compute_snapshot_id", "plan_shards", "sort_records", "write_shard", "write_shard_row"]
 
 log = get_logger(__name__)
 
@@ -59,6 +67,103 @@ def sort_records(plan: SourcePlan) -> list[dict[str, Any]]:
     for split in plan.splits:
         out.extend(sorted(split.records, key=lambda r: (r["image_id"], r["file_name"])))
     return out
+
+
+def plan_shards(records: list[dict[str, Any]], shard_bytes: int) -> list[dict[str, Any]]:
+    """Cut records (in :func:`sort_records` order) into shard specs, before any image is read.
+
+    A spec is ``{"split", "index", "path", "records"}``; a shard closes before the record whose
+    file ``size`` (bytes, from the source listing) would take it past ``shard_bytes``, and at
+    each split change. Only the listing decides the cut, so the same source gives the same
+    shards, whatever the validation finds and however the work is scheduled.
+    """
+    specs: list[dict[str, Any]] = []
+    count: Counter = Counter()
+    current: list[dict[str, Any]] = []
+    size = 0
+    for rec in records:
+        n = int(rec.get("size") or 0)
+        if current and (rec["split"] != current[0]["split"] or size + n > shard_bytes):
+            specs.append(_spec(current, count))
+            current, size = [], 0
+        current.append(rec)
+        size += n
+    if current:
+        specs.append(_spec(current, count))
+    return specs
+
+
+def _spec(records: list[dict[str, Any]], count: Counter) -> dict[str, Any]:
+    split = records[0]["split"]
+    index = count[split]
+    count[split] += 1
+    return {"split": split, "index": index, "path": f"{split}/part-{index:05d}.parquet", "records": records}
+
+
+def write_shard(spec: dict[str, Any], snapshot: str, id_to_index: dict[int, int], tolerance_px: float = 2.0,
+                decode_check: str = "header") -> dict[str, Any]:
+    """Read, validate and write one planned shard to ``<snapshot>/<spec path>``; return its metadata.
+
+    Returns ``{"split", "index", "path", "rows", "instances", "bytes", "rejects"}`` (``rejects``:
+    quarantine rows as dicts). No file is written (``rows`` 0, ``bytes`` 0) when every image of
+    the shard is rejected. Images go out as row groups of about 32 MB of encoded bytes.
+    """
+    rows, rejects, pending, instances = 0, [], [], 0
+    writer = stream = None
+    pending_bytes = 0
+    uri = storage.join(snapshot, *spec["path"].split("/"))
+    try:
+        for rec in spec["records"]:
+            out = process_record(rec, id_to_index, tolerance_px, decode_check)
+            text = out.pop("_rejects")
+            if text:
+                rejects.extend(json.loads(text))
+            if not out.pop("_keep"):
+                continue
+            pending.append(out)
+            pending_bytes += len(out["image"])
+            instances += len(out["annotations"])
+            if pending_bytes >= _ROW_GROUP_BYTES:
+                writer, stream = _write_rows(writer, stream, uri, pending)
+                rows, pending, pending_bytes = rows + len(pending), [], 0
+        if pending:
+            writer, stream = _write_rows(writer, stream, uri, pending)
+            rows += len(pending)
+    finally:
+        if writer is not None:
+            writer.close()
+            stream.close()
+    fs, path = storage.filesystem(uri)
+    size = fs.get_file_info(path).size if rows else 0
+    return {"split": spec["split"], "index": spec["index"], "path": spec["path"], "rows": rows,
+            "instances": instances, "bytes": int(size or 0), "rejects": rejects}
+
+
+def _write_rows(writer: pq.ParquetWriter | None, stream: Any, uri: str, rows: list[dict[str, Any]]):
+    """Append ``rows`` as one row group (opening the file on first use); -> (writer, stream)."""
+    if writer is None:
+        fs, path = storage.filesystem(uri)
+        if not storage.is_s3(uri):  # S3 has no folders
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        stream = fs.open_output_stream(path)
+        # JPEG/PNG bytes neither compress nor repeat: no codec, no dictionary, no statistics
+        # for them (each would hash or scan every byte); the annotation columns do compress.
+        names = SNAPSHOT_SCHEMA.names
+        writer = pq.ParquetWriter(stream, SNAPSHOT_SCHEMA,
+                                  compression={n: ("NONE" if n == "image" else "ZSTD") for n in names},
+                                  use_dictionary=[n for n in names if n != "image"],
+                                  write_statistics=[n for n in names if n != "image"])
+    table = pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA)
+    writer.write_table(table, row_group_size=max(1, table.num_rows))
+    return writer, stream
+
+
+def write_shard_row(row: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """:func:`write_shard` over a Ray Data row ``{"spec": JSON}`` -> ``{"meta": JSON}``.
+
+    JSON keeps the nested records opaque to Arrow's type inference (and the reply small).
+    """
+    return {"meta": json.dumps(write_shard(json.loads(row["spec"]), **kwargs))}
 
 
 class _Shards:
@@ -120,6 +225,17 @@ class SnapshotWriter:
                 shards.open_bytes += size
             self._append(splits[start], kept.slice(start), sum(row_bytes[start:]))
         self.seen += table.num_rows
+        self._progress()
+
+    def add_shard(self, meta: dict[str, Any]) -> None:
+        """Record one shard written by :func:`write_shard`; call in (split, index) order."""
+        self.rejects.extend(meta["rejects"])
+        shards = self.splits[meta["split"]]
+        if meta["rows"]:
+            shards.done.append({"path": meta["path"], "rows": meta["rows"], "bytes": meta["bytes"]})
+        shards.images += meta["rows"]
+        shards.instances += meta["instances"]
+        self.seen += meta["rows"] + sum(1 for r in meta["rejects"] if r["annotation_id"] is None)
         self._progress()
 
     def _append(self, split: str, rows: pa.Table, size: float) -> None:

@@ -140,7 +140,16 @@ def _coco_split(root: str, listing: dict[str, int], name: str, folder: str, json
     class_map = class_map_from_categories(coco.dataset.get("categories", []), json_uri)
     images = _images_under(listing, folder)
     uris = {rel: storage.join(root, *f"{folder}/{rel}".split("/")) for rel in images}
-    return coco_records(coco, canonical_split(name), name, uris, json_uri), class_map, images
+    split = coco_records(coco, canonical_split(name), name, uris, json_uri)
+    _attach_sizes(split, uris, images)
+    return split, class_map, images
+
+
+def _attach_sizes(split: SplitRecords, uris: dict[str, str], images: dict[str, int]) -> None:
+    """Give every record the ``size`` (bytes) of its file from the listing: ingest cuts shards on it."""
+    size_of = {uris[rel]: size for rel, size in images.items()}
+    for rec in split.records:
+        rec["size"] = int(size_of.get(rec["uri"], 0))
 
 
 def _finish(root: str, layout: str, hasher, parts, used_images: int, total_images: int) -> SourcePlan:
@@ -215,6 +224,8 @@ def _plan_yolo(root: str, listing: dict[str, int], folders: dict[str, str], spec
             hasher.update(f"lbl:{rel}:".encode() + hashlib.sha256(texts[rel].encode()).digest())
         _hash_listing(hasher, folder, images)
         uris = {rel: storage.join(root, *f"{folder}/{rel}".split("/")) for rel in images}
-        parts.append((yolo_records(canonical_split(name), name, uris, texts, class_map), class_map))
+        split = yolo_records(canonical_split(name), name, uris, texts, class_map)
+        _attach_sizes(split, uris, images)
+        parts.append((split, class_map))
         used += len(images)
     return _finish(root, "yolo", hasher, parts, used, sum(map(_is_image, listing)))
