@@ -78,9 +78,9 @@ class IngestConfig:
     splits: tuple[str, ...] = ()  # empty: every split the source has
     shard_bytes: int = 256 * 1024 * 1024
     box_tolerance_px: float = 2.0
-    read_parallelism: int = -1  # -1: let Ray Data decide
+    read_parallelism: int = -1  # shard tasks in flight; -1: 2 per cluster CPU
     decode_check: str = "header"  # "header" (parse + JPEG end marker), "draft" (JPEG at 1/8 scale) or "full" decoding
-    batch_rows: int = 32  # records per Ray Data map task batch
+    batch_rows: int = 32  # unused by the job since shards are tasks (kept: existing configs set it)
 
     def __post_init__(self) -> None:
         _check_choice("ingest.layout", self.layout, ("auto", "coco", "yolo"))

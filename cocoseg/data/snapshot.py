@@ -46,7 +46,7 @@ from .schema import (
 )
 from .source import SourcePlan
 
-__all__ = ["SnapshotWriter", "compute_snapshot_id", "plan_shards", "sort_records", "write_shard", "write_shard_row"]
+__all__ = ["SnapshotWriter", "compute_snapshot_id", "plan_shards", "sort_records", "write_shard"]
 
 log = get_logger(__name__)
 
@@ -156,14 +156,6 @@ def _write_rows(writer: pq.ParquetWriter | None, stream: Any, uri: str, rows: li
     table = pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA)
     writer.write_table(table, row_group_size=max(1, table.num_rows))
     return writer, stream
-
-
-def write_shard_row(row: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """:func:`write_shard` over a Ray Data row ``{"spec": JSON}`` -> ``{"meta": JSON}``.
-
-    JSON keeps the nested records opaque to Arrow's type inference (and the reply small).
-    """
-    return {"meta": json.dumps(write_shard(json.loads(row["spec"]), **kwargs))}
 
 
 class _Shards:

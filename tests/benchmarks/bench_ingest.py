@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from cocoseg.config import load_config  # noqa: E402
+from cocoseg.config import IngestConfig, load_config  # noqa: E402
 from cocoseg.data.synthetic import write_synthetic_coco  # noqa: E402
 
 
@@ -58,7 +58,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", default="640x480")
-    parser.add_argument("--decode-check", default="draft", choices=("header", "draft", "full"))
+    parser.add_argument("--decode-check", default=IngestConfig.decode_check, choices=("header", "draft", "full"),
+                        help="default: the ingest's own default")
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temp dir)")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
