@@ -1,12 +1,13 @@
 """COCO-Seg sources: COCO instances JSON (via pycocotools) and the seed's YOLO labels.
 
 Both readers turn a split into *records*, one per image, the unit that ingest workers validate
-(:mod:`cocoseg.data.ingest`). A record is a plain dict (so Ray Data can carry it)::
+(:mod:`cocoseg.data.ingest`). A record is a plain dict (pickled to the ingest's shard tasks)::
 
     split, image_id, file_name, uri           # uri: where the image bytes are
     width, height                             # from the annotation file; -1 when unknown (YOLO)
     normalized                                # True: coordinates are 0..1 of the image size (YOLO)
-    ann_json                                  # JSON list of raw annotations (COCO field names)
+    anns                                      # list of raw annotation dicts (COCO field names)
+    size                                      # bytes of the image file (the listing; set by the source planner)
 
 A raw annotation has COCO's fields: ``id``, ``category_id`` (the source id, or null when the
 source class is unknown), ``bbox`` (xywh or null: derive it from the polygons), ``area`` (or
@@ -168,7 +169,7 @@ def coco_records(coco, split: str, source_name: str, image_uris: Mapping[str, st
             continue
         records.append({"split": split, "image_id": image_id, "file_name": file_name, "uri": uri,
                         "width": width, "height": height, "normalized": False,
-                        "ann_json": json.dumps(anns, separators=(",", ":"))})
+                        "anns": list(anns)})
     for ann in coco.dataset["annotations"]:
         if ann.get("image_id") not in seen:
             rejects.append(_reject(split, None, "", int(ann.get("id", -1)), "orphan_annotation",
@@ -232,5 +233,5 @@ def yolo_records(split: str, source_name: str, images: Mapping[str, str],
         seen.add(image_id)
         records.append({"split": split, "image_id": image_id, "file_name": file_name, "uri": images[file_name],
                         "width": -1, "height": -1, "normalized": True,
-                        "ann_json": json.dumps(anns, separators=(",", ":"))})
+                        "anns": list(anns)})
     return SplitRecords(split, source_name, records, rejects, len(images), n_instances)

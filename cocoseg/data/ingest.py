@@ -239,7 +239,7 @@ def _read(record: Mapping[str, Any]) -> bytes:
 def process_record(record: Mapping[str, Any], id_to_index: Mapping[int, int], tolerance_px: float = 2.0,
                    decode_check: str = "draft") -> dict[str, Any]:
     """One record -> one :data:`OUTPUT_SCHEMA` row (image-level rejects give ``_keep=False``)."""
-    anns = json.loads(record["ann_json"]) if record["ann_json"] else []
+    anns = record["anns"] or []
     row = {"image_id": int(record["image_id"]), "file_name": record["file_name"], "split": record["split"],
            "width": int(record["width"]), "height": int(record["height"]), "image": b"", "annotations": []}
     rejects: list[dict[str, Any]] = []
