@@ -129,7 +129,7 @@ def test_shards_are_planned_from_the_listing_before_any_read(tmp_path):
     for split in ("train", "val"):
         mine = [s for s in specs if s["split"] == split]
         assert [s["path"] for s in mine] == [f"{split}/part-{i:05d}.parquet" for i in range(len(mine))]
-    for a, b in zip(specs, specs[1:]):
+    for a, b in zip(specs[:-1], specs[1:], strict=True):
         assert sum(r["size"] for r in a["records"]) <= budget
         if a["split"] == b["split"]:  # closed only because the next record would not fit
             assert sum(r["size"] for r in a["records"]) + b["records"][0]["size"] > budget
