@@ -82,7 +82,8 @@ def main() -> int:
         base_s = min(base_s, baseline(src, work))  # the best of two: page cache warm for both sides
         n = manifest["counts"]["images_read"]
         base_rate, cold_rate, warm_rate = n / base_s, n / cold_s, n / warm_s
-        print(f"\n{n} images, {mb:.0f} MB of JPEG, decode_check={args.decode_check}")
+        print(f"\n{n} images, {mb:.0f} MB of JPEG, decode_check={args.decode_check}, "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other jobs share them)")
         print(f"baseline (1 process, read + pyarrow write): {base_s:6.2f} s  {base_rate:8.0f} img/s")
         print(f"ingest, first run (cold Ray workers):        {cold_s:6.2f} s  {cold_rate:8.0f} img/s  "
               f"ratio {cold_rate / base_rate:.2f}x")
