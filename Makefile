@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 # overwrites the real one when both share an environment (see infra/README.md).
 infra-tools: $(VENV)/.infra-tools
 
-$(VENV)/.infra-tools: $(STAMP) infra/requirements-iac.txt
+$(VENV)/.infra-tools: $(STAMP) infra/requirements-iac.txt infra/requirements-hcl.txt
 	test -x .venv-iac/bin/python || $(PYTHON) -m venv .venv-iac
 	.venv-iac/bin/pip install -q -r infra/requirements-iac.txt
 	test -x .venv-hcl/bin/python || $(PYTHON) -m venv .venv-hcl

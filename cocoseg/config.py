@@ -38,6 +38,7 @@ __all__ = [
     "JobConfig",
     "ModelConfig",
     "RegistryConfig",
+    "RetrainConfig",
     "StorageConfig",
     "TrackingConfig",
     "TrainConfig",
@@ -47,6 +48,7 @@ __all__ = [
     "load_dataset_yaml",
     "parse_overrides",
     "to_dict",
+    "with_overrides",
 ]
 
 
@@ -175,29 +177,65 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """ONNX / TensorRT export of trained weights."""
+    """ONNX / TensorRT export of trained weights (cocoseg.export; README "Export and registry")."""
 
-    formats: tuple[str, ...] = ("onnx",)
+    formats: tuple[str, ...] = ("onnx",)  # add "engine" for a TensorRT plan (GPU hosts only)
+    exporter: str = "torchscript"  # or "dynamo" (needs onnxscript; no in-graph NMS)
     opset: int = 18
     dynamic_batch: bool = True
-    dynamic_hw: bool = False
-    nms: bool = False
-    simplify: bool = True
+    dynamic_hw: bool = False  # H x W dynamic in multiples of 32
+    nms: bool = False  # ONNX NonMaxSuppression in the graph (extra output `keep`)
+    nms_iou: float = 0.7
+    nms_conf: float = 0.25
+    simplify: bool = True  # onnxslim, kept only when the slimmed graph passes parity too
     imgsz: int = 640
+    min_batch: int = 1  # TensorRT optimisation profile (min / opt / max batch)
+    opt_batch: int = 8
     max_batch: int = 16
+    max_hw: int = 1280  # TensorRT profile max H = W when dynamic_hw
+    fp16: bool = True  # BuilderFlag.FP16 on TensorRT 10.x; 11.x is strongly typed (FP32 ONNX)
+    workspace_gib: float = 4.0
+    timing_cache_dir: str = ""  # empty: <storage.root>/cache/tensorrt
+    bench: bool = True
+    bench_warmup: int = 3
+    bench_runs: int = 10
 
     def __post_init__(self) -> None:
         for fmt in self.formats:
             _check_choice("export.formats[]", fmt, ("onnx", "engine"))
+        _check("onnx" in self.formats, "export.formats", "must include 'onnx' (the engine is built from it)")
+        _check_choice("export.exporter", self.exporter, ("torchscript", "dynamo"))
         _check(self.opset >= 18, "export.opset", "must be >= 18 (the torch 2.13 exporter rejects 17)")
+        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, "export.imgsz",
+               f"must be a positive multiple of 32, got {self.imgsz}")
+        _check(1 <= self.min_batch <= self.opt_batch <= self.max_batch, "export.min_batch",
+               "the profile needs 1 <= min_batch <= opt_batch <= max_batch")
+        _check(0 < self.nms_iou <= 1 and 0 <= self.nms_conf < 1, "export.nms_iou",
+               "nms_iou must be in (0, 1] and nms_conf in [0, 1)")
+        _check(self.bench_runs >= 1 and self.bench_warmup >= 0, "export.bench_runs",
+               "bench_runs must be >= 1 and bench_warmup >= 0")
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """MLflow Model Registry and the champion/challenger promotion gate."""
+    """MLflow Model Registry and the champion/challenger promotion gate (cocoseg.registry)."""
 
     model_name: str = "cocoseg-yolov8-seg"
-    promotion_margin: float = 0.0  # mask AP50-95 a challenger must add over the champion
+    gate_metric: str = "val/mask_ap50_95"  # key in the export's metrics.json (the trainer's name; nested keys joined by ".")
+    promotion_margin: float = 0.0  # the challenger needs gate_metric >= champion's + margin
+    same_snapshot: bool = True  # refuse to compare metrics measured on different val snapshots
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model_name.strip()), "registry.model_name", "must not be empty")
+        _check(self.promotion_margin >= 0, "registry.promotion_margin", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Scheduled retraining (pipelines/retrain.py): when to train and how to start."""
+
+    force: bool = False  # train even when the source is unchanged and the champion saw this snapshot
+    warm_start: bool = True  # initialise from the registry's champion (when it has the same variant/classes)
 
 
 @dataclass(frozen=True)
@@ -211,6 +249,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +392,12 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
         else:
             out[k] = v
     return out
+
+
+def with_overrides(config: Any, overrides: Sequence[str]) -> Any:
+    """A copy of ``config`` with dotted overrides applied and validated like the command line's."""
+    merged = _deep_merge(to_dict(config), parse_overrides(overrides))
+    return from_dict(type(config), merged)
 
 
 def read_yaml(path: str | Path) -> Any:

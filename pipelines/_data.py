@@ -15,9 +15,9 @@ Close-mosaic is explicit in the epoch loop: pass a second dataset built with the
 a dataset that is never iterated costs nothing.
 
 Mosaic partners come from each actor's bounded buffer of recently decoded images of the same
-stream (``buffer_size``), never from random access into the split. Block order is randomised
-every epoch (``shuffle=True``); rows inside a Parquet row group stay in order, and mosaic mixes
-four of them into every training image anyway.
+stream (``buffer_size``), never from random access into the split. File order is shuffled every
+epoch (``shuffle=True``); rows inside a file stay in order, mosaic mixes four of them into every
+training image, and the consumer can add ``local_shuffle_buffer_size`` to ``iter_batches``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,19 @@ def _actors(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
     return ray.data.ActorPoolStrategy(size=concurrency)
 
 
+def _read(paths: str | Sequence[str], rows_per_block: int, filesystem: Any, shuffle: str | None) -> ray.data.Dataset:
+    """Read the snapshot columns the stage needs, in blocks of ``rows_per_block`` rows.
+
+    Ray Data packs small files into one read task and big shards into blocks of up to 128 MB of
+    encoded images; either way one actor call would then augment hundreds of images before the
+    consumer sees any. A streaming repartition to one map batch per block keeps the actors busy in
+    parallel and the output flowing batch by batch. ``shuffle="files"`` permutes the file order
+    anew each epoch without materialising anything (a block-order shuffle is an all-to-all barrier).
+    """
+    ds = ray.data.read_parquet(paths, columns=list(INPUT_COLUMNS), filesystem=filesystem, shuffle=shuffle)
+    return ds.repartition(target_num_rows_per_block=rows_per_block)
+
+
 def build_train_dataset(paths: str | Sequence[str], *, preset: str = "yolov8", imgsz: int = 640,
                         seed: int = 0, epoch: int | None = None, batch_size: int = 16,
                         concurrency: int | tuple[int, int] = 2, cpus_per_actor: float = 1.0,
@@ -52,9 +65,7 @@ def build_train_dataset(paths: str | Sequence[str], *, preset: str = "yolov8", i
     one logical CPU per node free for the Parquet read tasks (see ray-notes.md, CPU pitfall).
     ``epoch=None`` draws fresh randomness per execution, so each epoch differs.
     """
-    ds = ray.data.read_parquet(paths, columns=list(INPUT_COLUMNS), filesystem=filesystem)
-    if shuffle:
-        ds = ds.randomize_block_order()
+    ds = _read(paths, batch_size, filesystem, shuffle="files" if shuffle else None)
     return ds.map_batches(
         AugmentBatch,
         fn_constructor_kwargs={"preset": preset, "imgsz": imgsz, "seed": seed, "epoch": epoch,
@@ -67,7 +78,7 @@ def build_val_dataset(paths: str | Sequence[str], *, imgsz: int = 640, batch_siz
                       concurrency: int | tuple[int, int] = 1, cpus_per_actor: float = 1.0,
                       num_classes: int = 80, filesystem: Any = None) -> ray.data.Dataset:
     """Lazy Ray Dataset of letterboxed validation rows (``"val"`` preset, deterministic, in order)."""
-    ds = ray.data.read_parquet(paths, columns=list(INPUT_COLUMNS), filesystem=filesystem)
+    ds = _read(paths, batch_size, filesystem, shuffle=None)
     return ds.map_batches(
         AugmentBatch,
         fn_constructor_kwargs={"preset": "val", "imgsz": imgsz, "seed": 0, "epoch": 0,

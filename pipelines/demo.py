@@ -19,11 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocoseg.config import ConfigError, load_config
+from cocoseg.config import ConfigError, load_config, with_overrides
 from cocoseg.utils import UserError
 
 DEMO_DEFAULTS = [
     "model.variant=n",
+    "model.num_classes=4",  # the synthetic shapes: circle, square, triangle, star
     "model.imgsz=128",
     "train.epochs=4",
     "train.batch_size=8",
@@ -35,21 +36,46 @@ DEMO_DEFAULTS = [
 
 
 def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
-    from pipelines import ingest
+    """Run every stage; returns what each produced (snapshot, MLflow run, weights, export, version)."""
+    from pipelines import export, ingest, register, train
 
     from cocoseg.data.synthetic import write_synthetic_coco
 
     root = str(Path(root).resolve())
     source = os.path.join(root, "source")
     if not os.path.exists(os.path.join(source, "annotations")):
-        print(f"[1/5] synthesising {images} images -> {source}")
+        print(f"[1/5] synthesising {images} images -> {source}", flush=True)
         write_synthetic_coco(source, images=images, size=(160, 128), seed=0)
     else:
-        print(f"[1/5] synthetic source already at {source}")
+        print(f"[1/5] synthetic source already at {source}", flush=True)
     cfg = load_config(None, [f"storage.root={root}", f"ingest.source={source}", *DEMO_DEFAULTS, *overrides])
-    print("[2/5] ingest (Ray Data)")
+    print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest.run(cfg)
-    return {"snapshot": manifest["snapshot_uri"] if "snapshot_uri" in manifest else manifest["snapshot_id"]}
+    cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
+    print(f"[3/5] train yolov8{cfg.model.variant}-seg for {cfg.train.epochs} epochs at {cfg.model.imgsz} px "
+          f"(Ray Train, {cfg.train.num_workers} worker)", flush=True)
+    trained = train.run(cfg)
+    export_dir = os.path.join(root, "exports", os.path.basename(trained.run_dir))
+    print(f"[4/5] export ONNX -> {export_dir}", flush=True)
+    export.run(cfg, trained.best_weights, export_dir)
+    print(f"[5/5] register in the MLflow Model Registry as {cfg.registry.model_name!r}", flush=True)
+    reg = register.run(cfg, export_dir)
+    summary = {
+        "snapshot": manifest["snapshot_uri"],
+        "mlflow_run_id": trained.mlflow_run_id,
+        "tracking_uri": trained.tracking_uri,
+        "best_weights": trained.best_weights,
+        "val_mask_ap50": trained.metrics.get("val/mask_ap50"),
+        "val_mask_ap50_95": trained.metrics.get("val/mask_ap50_95"),
+        "export_dir": export_dir,
+        "model": f"{reg.name} v{reg.version}",
+        "gate": f"{reg.decision.decision}: {reg.decision.reason}",
+    }
+    print("\n".join(["", "demo finished:", *[f"  {k:18s} {v}" for k, v in summary.items()],
+                     "", "open the MLflow UI with:",
+                     f"  .venv/bin/mlflow ui --backend-store-uri {trained.tracking_uri} --port 5000",
+                     f"and load the champion with mlflow.pyfunc.load_model('models:/{reg.name}@champion')"]))
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,19 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from cocoseg.data.schema import SNAPSHOT_SCHEMA
+
 COLOURS = [(230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40)]
 
-ANNOTATION_TYPE = pa.struct([
-    ("id", pa.int64()), ("category", pa.int16()), ("category_id", pa.int16()),
-    ("bbox_xywh", pa.list_(pa.float32())), ("area", pa.float32()), ("iscrowd", pa.bool_()),
-    ("polygons", pa.list_(pa.list_(pa.float32()))), ("rle_counts", pa.string()),
-])
-SCHEMA = pa.schema([
-    ("image_id", pa.int64()), ("file_name", pa.string()), ("split", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("image", pa.binary()),
-    ("annotations", pa.list_(ANNOTATION_TYPE)),
-])
-
+SCHEMA = SNAPSHOT_SCHEMA  # the ingest area's Parquet schema: rows written here are snapshot rows
 
 def _shape(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A random convex-ish polygon (a rectangle, triangle or diamond) of (m, 2) pixel points."""

@@ -256,3 +256,42 @@ def test_multi_part_polygon_rasterises_both_parts_without_bridge() -> None:
     masks, _ = overlap_map(segs, (64, 128))
     assert masks.sum() == 2 * 8 * 8  # two 32x32 squares at 1/4, nothing between them
     assert masks[:, 11:16].sum() == 0
+
+
+def test_fast_axis_aligned_warp_matches_general_warp() -> None:
+    from cocoseg.data.augment import warp_affine
+
+    image = load_letterboxed(make_row(2, (200, 130), instances=3), (256, 256)).image
+    matrix = np.array([[1.3, 0.0, -20.3], [0.0, 1.3, 7.6], [0.0, 0.0, 1.0]])
+    fast = warp_affine(image, matrix, (200, 240)).astype(int)
+    tiny = np.array([[1.3, 1e-12, -20.3], [1e-12, 1.3, 7.6], [0.0, 0.0, 1.0]])  # forces the general path
+    general = warp_affine(image, tiny, (200, 240)).astype(int)
+    assert fast.shape == general.shape == (200, 240, 3)
+    assert np.abs(fast - general)[2:-2, 2:-2].mean() < 2.0
+
+
+def test_colour_matrix_gains() -> None:
+    from cocoseg.data.augment import colour_matrix
+
+    np.testing.assert_allclose(colour_matrix(np.ones(3)), np.eye(3), atol=1e-12)
+    grey = np.full(3, 100.0)
+    np.testing.assert_allclose(colour_matrix(np.array([1.01, 1.6, 1.0])) @ grey, grey, atol=1e-9)  # grey stays grey
+    np.testing.assert_allclose(colour_matrix(np.array([1.0, 1.0, 1.3])) @ grey, grey * 1.3)  # value scales
+    red = np.array([200.0, 50.0, 50.0])
+    less = colour_matrix(np.array([1.0, 0.3, 1.0])) @ red
+    assert np.ptp(less) < np.ptp(red) * 0.31  # saturation shrinks the chroma
+
+
+def test_stage_accepts_arrow_numpy_and_row_batches() -> None:
+    import pyarrow as pa
+
+    from cocoseg.data.schema import SNAPSHOT_SCHEMA
+
+    rows = make_rows(4, (80, 60))
+    table = pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA)
+    columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}  # Ray "numpy"
+    outs = [AugmentBatch(preset="val", imgsz=64, epoch=0)(b) for b in (table, columns, rows)]
+    for out in outs[1:]:
+        assert np.array_equal(out["image"], outs[0]["image"]) and np.array_equal(out["masks"], outs[0]["masks"])
+        assert list(out["labels"]) == list(outs[0]["labels"])
+    assert outs[0]["image"].shape == (4, 64, 64, 3) and int(outs[0]["masks"].max()) == 2

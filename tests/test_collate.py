@@ -44,6 +44,8 @@ def test_collate_train_shapes_dtypes_and_instance_index() -> None:
     tb = collate_train(batch)
     assert isinstance(tb, TrainBatch) and isinstance(tb.targets, SegTargets)
     assert tb.images.shape == (4, 3, 96, 96) and tb.images.dtype == torch.uint8
+    assert tb.images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(tb.images[1].permute(1, 2, 0), torch.from_numpy(batch["image"][1]))
     t = tb.targets
     assert t.masks.shape == (4, 24, 24) and t.masks.dtype == torch.int32
     n = t.num_instances
@@ -69,7 +71,7 @@ def test_labels_bytes_and_arrays_agree() -> None:
     assert np.array_equal(labels_array(labels.tobytes()), labels)
     assert labels_array(b"").shape == (0, 5)
     empty = stack_rows([], 64)
-    assert empty["image"].shape == (0, 3, 64, 64)
+    assert empty["image"].shape == (0, 64, 64, 3)
 
 
 def test_val_collate_maps_boxes_back_to_original_pixels() -> None:
@@ -101,3 +103,13 @@ def test_letterboxed_sample_records_its_params() -> None:
     smp = load_letterboxed(make_row(1, (200, 100)), (128, 128))
     gain, pad_x, pad_y = smp.letterbox
     assert gain == pytest.approx(0.64) and pad_x == 0 and pad_y == 32
+
+
+@pytest.mark.gpu
+def test_collated_batch_moves_to_cuda_channels_last() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    batch = AugmentBatch(preset="yolov8-close", imgsz=64, seed=0, epoch=0)(make_rows(2, (80, 60)))
+    tb = collate_train(batch).to("cuda", non_blocking=True)
+    assert tb.images.is_cuda and tb.images.is_contiguous(memory_format=torch.channels_last)
+    assert tb.targets.masks.is_cuda and tb.targets.masks.dtype == torch.int32

@@ -74,7 +74,7 @@ def test_synthetic_local_snapshot_rerun_and_round_trip(ray_local, tmp_path):
     again = _ingest(str(src), str(tmp_path / "dest2"), "ingest.shard_bytes=20000")
     assert again["snapshot_id"] == first["snapshot_id"]
     for a, b in zip(list_shards(read_manifest(first["snapshot_uri"]), "train"),
-                    list_shards(read_manifest(again["snapshot_uri"]), "train")):
+                    list_shards(read_manifest(again["snapshot_uri"]), "train"), strict=True):
         ta, tb = pq.read_table(a), pq.read_table(b)
         assert ta.equals(tb)
     # rerun on an unchanged source: a no-op
@@ -143,8 +143,8 @@ def test_coco8_from_coco_json_and_from_yolo_labels_agree(ray_local, coco8_seg, t
     assert a.keys() == b.keys() and len(a) == 8
     for image_id in a:
         assert [c for c, _ in a[image_id]] == [c for c, _ in b[image_id]]
-        for (_, box_a), (_, box_b) in zip(a[image_id], b[image_id]):
-            assert max(abs(x - y) for x, y in zip(box_a, box_b)) <= 2.0, (image_id, box_a, box_b)
+        for (_, box_a), (_, box_b) in zip(a[image_id], b[image_id], strict=True):
+            assert max(abs(x - y) for x, y in zip(box_a, box_b, strict=True)) <= 2.0, (image_id, box_a, box_b)
     # round trip of the real polygons (multi-part included): areas within 1 % of the source's
     for split in ("train", "val"):
         source = _coco(json.loads((coco8_seg / "annotations" / f"instances_{split}.json").read_text()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from augment_rows import make_rows, write_split
@@ -14,7 +13,9 @@ from cocoseg import storage
 from cocoseg.data.collate import ValBatch, collate_val
 from cocoseg.structures import TrainBatch
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# Each test starts a Ray Data execution (actor start-up included): measured 53-63 s per test on
+# the 2-core machine while it was shared (load average ~25), hence "slow".
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +39,6 @@ def _check_train_batches(batches: list[TrainBatch], imgsz: int, expect_ids: set[
     assert sorted(seen) == sorted(expect_ids)  # every row exactly once (mosaic keeps the current id)
 
 
-def test_train_stage_yields_collated_batches(ray_local, split: list[str]) -> None:
-    from pipelines._data import build_train_dataset, iter_collated
-
-    ds = build_train_dataset(split, preset="yolov8", imgsz=64, seed=1, batch_size=8, concurrency=1,
-                             buffer_size=16)
-    batches = list(iter_collated(ds, batch_size=8))
-    _check_train_batches(batches, 64, set(range(1, 25)))
-    assert max(int((tb.targets.batch_idx == 0).sum()) for tb in batches) > 2  # mosaic brought partners
-
-
 def test_val_stage_keeps_letterbox_params(ray_local, split: list[str]) -> None:
     from pipelines._data import build_val_dataset, iter_collated
 
@@ -61,15 +52,16 @@ def test_val_stage_keeps_letterbox_params(ray_local, split: list[str]) -> None:
     assert all(vb.orig_hw.tolist() == [[90, 120]] * len(vb.image_ids) for vb in batches)
 
 
-def test_train_stage_reads_snapshot_from_s3(ray_local, s3_bucket: str, split: list[str]) -> None:
+def test_train_stage_streams_snapshot_from_s3(ray_local, s3_bucket: str, split: list[str]) -> None:
+    """Snapshot shards on a real S3 protocol server -> Ray Data actors -> collated TrainBatches."""
     from pipelines._data import build_train_dataset, iter_collated
 
     client = storage.s3_client()
     bucket = s3_bucket.removeprefix("s3://")
     for path in split:
         client.upload_file(path, bucket, f"snapshots/s1/train/{Path(path).name}")
-    ds = build_train_dataset(f"{s3_bucket}/snapshots/s1/train/", preset="yolov8-close", imgsz=64, seed=0,
-                             batch_size=12, concurrency=1)
+    ds = build_train_dataset(f"{s3_bucket}/snapshots/s1/train/", preset="yolov8", imgsz=64, seed=1,
+                             batch_size=8, concurrency=1, buffer_size=16)
     batches = list(iter_collated(ds, batch_size=6))
     _check_train_batches(batches, 64, set(range(1, 25)))
-    assert np.mean([tb.targets.num_instances for tb in batches]) > 0
+    assert max(int((tb.targets.batch_idx == 0).sum()) for tb in batches) > 2  # mosaic brought partners

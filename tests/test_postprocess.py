@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cocoseg.data.transforms import letterbox
+from cocoseg.data.letterbox import letterbox
 from cocoseg.model.postprocess import (
     box_iou,
     decode_outputs,
@@ -119,9 +119,10 @@ def test_letterbox_round_trip(orig_hw: tuple[int, int]) -> None:
     image = np.zeros((h0, w0, 3), dtype=np.uint8)
     y1, y2, x1, x2 = h0 // 4, h0 // 2, w0 // 3, (3 * w0) // 4
     image[y1:y2, x1:x2] = 255
-    boxed, ratio_pad = letterbox(image, (320, 320))
+    boxed, params = letterbox(image, (320, 320))
     assert boxed.shape == (320, 320, 3)
-    assert ratio_pad == letterbox_params(orig_hw, (320, 320))
+    ratio_pad = (params.gain, (float(params.pad_left), float(params.pad_top)))
+    assert ratio_pad == letterbox_params(orig_hw, (320, 320))  # the data side and the inverse agree
     gain, (left, top) = ratio_pad
     assert (boxed[:int(top)] == 114).all() and (boxed[:, :int(left)] == 114).all()
     # Box: forward by hand, back with scale_boxes_to_original.

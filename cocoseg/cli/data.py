@@ -32,9 +32,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from pipelines import ingest as job  # the CLI, the outermost layer, may dispatch to a job
-
     from cocoseg.config import load_config
+    from pipelines import ingest as job  # the CLI, the outermost layer, may dispatch to a job
 
     overrides = [f"ingest.source={args.source}", f"ingest.dest={args.dest}", *args.overrides]
     result = job.run(load_config(args.config, overrides))

@@ -15,18 +15,16 @@ import io
 import sys
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any
-
-import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
-from pycocotools import mask as mask_utils
+from typing import TYPE_CHECKING, Any
 
 from cocoseg import storage
-from cocoseg.data.transforms import letterbox
-from cocoseg.model.postprocess import postprocess
-from cocoseg.structures import Detections
 from cocoseg.utils import UserError, get_logger
+
+if TYPE_CHECKING:  # torch, numpy and PIL are imported when the command runs (fast `cocoseg --help`)
+    import numpy as np
+    import torch
+
+    from cocoseg.structures import Detections
 
 __all__ = ["IMAGE_SUFFIXES", "ImageReadError", "expand_images", "predict_images", "register"]
 
@@ -85,6 +83,9 @@ def expand_images(inputs: Sequence[str]) -> list[str]:
 
 def read_image(uri: str) -> np.ndarray:
     """(h, w, 3) uint8 RGB, EXIF orientation applied; :class:`ImageReadError` when unreadable."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         data = storage.read_bytes(uri)
     except (FileNotFoundError, storage.StorageError) as exc:
@@ -96,12 +97,17 @@ def read_image(uri: str) -> np.ndarray:
         raise ImageReadError(f"not a decodable image ({len(data)} bytes): {exc}") from None
 
 
-@torch.no_grad()
 def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: Sequence[str], out_dir: str, *,
                    imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> dict[str, Any]:
     """Run ``model`` (eval mode) on each image and write ``<stem>.json``, ``<stem>.png`` and
     ``summary.json`` under ``out_dir``. Returns the summary: ``images`` (written stems, counts)
     and ``failed`` (image, error)."""
+    import torch
+
+    from cocoseg.data.letterbox import letterbox
+    from cocoseg.model.postprocess import postprocess
+    from cocoseg.structures import Detections
+
     device = next(model.parameters()).device
     model.eval()
     summary: dict[str, Any] = {"images": [], "failed": [], "imgsz": imgsz, "conf": conf, "iou": iou}
@@ -113,9 +119,11 @@ def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: S
             log.error("%s: %s", uri, exc)
             summary["failed"].append({"image": uri, "error": str(exc)})
             continue
-        boxed, ratio_pad = letterbox(rgb, (imgsz, imgsz))
+        boxed, params = letterbox(rgb, (imgsz, imgsz))
         batch = torch.from_numpy(boxed).permute(2, 0, 1)[None].to(device).float() / 255
-        pred, proto = model(batch)
+        with torch.no_grad():
+            pred, proto = model(batch)
+        ratio_pad = (params.gain, (float(params.pad_left), float(params.pad_top)))
         (det,) = postprocess(pred, proto, input_hw=(imgsz, imgsz), orig_hw=[rgb.shape[:2]], ratio_pads=[ratio_pad],
                              conf=conf, iou=iou, max_det=max_det, multi_label=False)
         det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.classes.cpu(), det.masks.cpu())
@@ -139,6 +147,9 @@ def _unique_stem(uri: str, used: set[str]) -> str:
 
 def detections_to_json(uri: str, orig_hw: tuple[int, int], det: Detections, class_names: Sequence[str]) -> dict:
     """JSON-able record of one image's detections (boxes xyxy in original pixels, masks as RLE)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
     rles = []
     if det.masks is not None and len(det):
         rles = mask_utils.encode(np.asfortranarray(det.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
@@ -156,6 +167,8 @@ def detections_to_json(uri: str, orig_hw: tuple[int, int], det: Detections, clas
 
 def _colour(cls: int) -> tuple[int, int, int]:
     """A stable, well-spread colour per class (golden-ratio hue steps)."""
+    from PIL import Image
+
     hue = (cls * 0.618034) % 1.0
     rgb = Image.new("HSV", (1, 1), (int(hue * 255), 200, 255)).convert("RGB").getpixel((0, 0))
     return tuple(int(v) for v in rgb)
@@ -163,6 +176,9 @@ def _colour(cls: int) -> tuple[int, int, int]:
 
 def draw_overlay(rgb: np.ndarray, det: Detections, class_names: Sequence[str]) -> bytes:
     """PNG bytes of the image with masks tinted (50 %), boxes outlined and ``name score`` labels."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     canvas = rgb.astype(np.float32)
     for i in range(len(det)):
         if det.masks is not None:

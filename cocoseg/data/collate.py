@@ -1,7 +1,7 @@
 """Column batches of augmented rows -> :class:`~cocoseg.structures.TrainBatch` / :class:`ValBatch`.
 
 The input is what :class:`cocoseg.data.stage.AugmentBatch` produces (and what Ray Data's
-``iter_batches(batch_format="numpy")`` hands back): ``image`` (B, 3, S, S) uint8, ``masks``
+``iter_batches(batch_format="numpy")`` hands back): ``image`` (B, S, S, 3) uint8 (HWC rows), ``masks``
 (B, S/4, S/4) int32, ``labels`` per image either float32 bytes or an (n, 5) array of
 ``[class, cx, cy, w, h]`` (box normalised), ``image_id`` (B,), and for validation ``orig_hw``
 (B, 2) and ``letterbox`` (B, 3) = ``[gain, pad_x, pad_y]``.
@@ -56,8 +56,14 @@ def _targets(batch: Mapping[str, Any]) -> SegTargets:
 
 
 def collate_train(batch: Mapping[str, Any]) -> TrainBatch:
-    """Column batch -> TrainBatch: images (B, 3, H, W) uint8, targets with (B, H/4, W/4) int32 maps."""
-    images = _tensor(np.ascontiguousarray(batch["image"], dtype=np.uint8))
+    """Column batch -> TrainBatch: images (B, 3, H, W) uint8, targets with (B, H/4, W/4) int32 maps.
+
+    ``images`` is a view in ``torch.channels_last`` memory format (what the GPU path wants); call
+    ``.contiguous()`` for a plain NCHW layout. Tensors may share memory with Ray's read-only
+    object store: do not modify them in place.
+    """
+    # (B, H, W, 3) rows -> (B, 3, H, W) view: NCHW shape, channels_last strides, no copy
+    images = _tensor(np.ascontiguousarray(batch["image"], dtype=np.uint8)).permute(0, 3, 1, 2)
     ids = batch.get("image_id")
     return TrainBatch(images=images, targets=_targets(batch),
                       image_ids=_tensor(np.asarray(ids, np.int64)) if ids is not None else None)

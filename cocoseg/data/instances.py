@@ -12,7 +12,8 @@ and are dropped here; a snapshot keeps them for evaluation.
 
 Output row format (:func:`format_sample`), the contract with :mod:`cocoseg.data.collate`:
 
-- ``image``: (3, S_h, S_w) uint8 RGB, CHW so that collation is a zero-copy stack;
+- ``image``: (S_h, S_w, 3) uint8 RGB, HWC as augmented (no transpose copy here: collation
+  permutes the batch to (B, 3, H, W) as a zero-copy channels_last view);
 - ``masks``: (S_h/4, S_w/4) int32 overlap map (spec 8.6): value k >= 1 is the k-th row of ``labels``;
 - ``labels``: (n, 5) float32 rows ``[class, cx, cy, w, h]`` with the box normalised to 0..1;
 - ``image_id``: int64; ``orig_hw``: (2,) int32; ``letterbox``: (3,) float32 ``[gain, pad_x, pad_y]``
@@ -101,11 +102,13 @@ def instances_from_annotations(annotations: Sequence[Mapping[str, Any]] | None, 
     classes: list[int] = []
     segments: list[np.ndarray] = []
     sx, sy = scale_xy
-    for k, ann in enumerate(annotations or ()):
+    # explicit None checks: columns may arrive as numpy arrays, whose truth value is ambiguous
+    for k, ann in enumerate(annotations if annotations is not None else ()):
         if ann.get("iscrowd"):
             continue
         parts = []
-        for poly in ann.get("polygons") or ():
+        polygons = ann.get("polygons")
+        for poly in polygons if polygons is not None else ():
             flat = np.asarray(poly, dtype=np.float32)
             if flat.size % 2:
                 raise AnnotationError(f"image {record}, annotation {ann.get('id', k)}: a polygon has an odd "
@@ -195,7 +198,7 @@ def format_sample(sample: Sample, ratio: int = MASK_RATIO) -> dict[str, np.ndarr
     labels[:, 4] = (boxes[:, 3] - boxes[:, 1]) / h
     lb = sample.letterbox if sample.letterbox is not None else (np.nan, np.nan, np.nan)
     return {
-        "image": np.ascontiguousarray(sample.image.transpose(2, 0, 1)),
+        "image": np.ascontiguousarray(sample.image),
         "masks": masks,
         "labels": labels,
         "image_id": np.int64(sample.image_id),

@@ -208,7 +208,7 @@ def rows_to_coco(rows: list[dict[str, Any]], class_names: list[str], category_id
         images.append({"id": image_id, "file_name": row["file_name"], "width": width, "height": height})
         for ann in row["annotations"] or []:
             annotations.append(_annotation_to_coco(ann, image_id, width, height, category_ids))
-    categories = [{"id": int(cid), "name": name} for cid, name in zip(category_ids, class_names)]
+    categories = [{"id": int(cid), "name": name} for cid, name in zip(category_ids, class_names, strict=True)]
     return {"info": {"description": "cocoseg snapshot"}, "images": images, "annotations": annotations,
             "categories": categories}
 

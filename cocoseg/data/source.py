@@ -210,7 +210,7 @@ def _plan_yolo(root: str, listing: dict[str, int], folders: dict[str, str], spec
         present = {rel: lbl for rel, lbl in wanted.items() if lbl in listing}
         with ThreadPoolExecutor(16) as pool:
             texts = dict(zip(present, pool.map(lambda lbl: storage.read_text(storage.join(root, lbl)),
-                                               present.values())))
+                                               present.values()), strict=True))
         for rel in sorted(texts):
             hasher.update(f"lbl:{rel}:".encode() + hashlib.sha256(texts[rel].encode()).digest())
         _hash_listing(hasher, folder, images)

@@ -5,7 +5,7 @@
 example inside a torch ``DataLoader`` worker. This module does not import Ray.
 
 Output columns (one row per image; see :mod:`cocoseg.data.instances` for their meaning):
-``image`` (B, 3, S, S) uint8, ``masks`` (B, S/4, S/4) int32, ``labels`` (B,) of bytes (each the
+``image`` (B, S, S, 3) uint8 (HWC), ``masks`` (B, S/4, S/4) int32, ``labels`` (B,) of bytes (each the
 raw little-endian float32 buffer of an (n, 5) array: a binary column keeps ragged instance lists
 cheap and type-stable in Arrow), ``image_id`` (B,) int64, ``orig_hw`` (B, 2) int32,
 ``letterbox`` (B, 3) float32.
@@ -46,7 +46,7 @@ def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int) -> dict[str
     b = len(rows)
     if b == 0:
         s, m = imgsz, imgsz // 4
-        return {"image": np.zeros((0, 3, s, s), np.uint8), "masks": np.zeros((0, m, m), np.int32),
+        return {"image": np.zeros((0, s, s, 3), np.uint8), "masks": np.zeros((0, m, m), np.int32),
                 "labels": np.zeros(0, object), "image_id": np.zeros(0, np.int64),
                 "orig_hw": np.zeros((0, 2), np.int32), "letterbox": np.zeros((0, 3), np.float32)}
     labels = np.empty(b, dtype=object)

@@ -9,7 +9,7 @@ gives one :class:`~cocoseg.structures.Detections` per image, boxes and masks in 
 pixels. Evaluation defaults (conf 0.001, IoU 0.7, 300 detections, multi-label, class-aware) are
 the keyword defaults; ``cocoseg predict`` uses conf 0.25 and one label per box.
 
-Letterbox convention (spec 8.5, shared with ``cocoseg.data.transforms.letterbox``): gain
+Letterbox convention (spec 8.5, the same as ``cocoseg.data.letterbox``): gain
 ``r = min(H / h0, W / w0)`` (capped at 1 when not upscaling), resized size ``round(w0 r) x
 round(h0 r)``, padding ``left = round(dw / 2 - 0.1)``, ``top = round(dh / 2 - 0.1)``. A
 ``ratio_pad`` is ``(r, (left, top))``.
@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from cocoseg.structures import Detections, RawOutputs
+
+from .anchors import decode_distances, make_anchors
 
 __all__ = [
     "CLASS_OFFSET_PX",
@@ -50,25 +52,6 @@ RatioPad = tuple[float, tuple[float, float]]
 # ------------------------------------------------------------------------------------- decoding
 
 
-def make_anchors(feat_sizes: Sequence[tuple[int, int]], strides: Sequence[float], *,
-                 dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor points of every level, concatenated P3 -> P5, row-major inside a level.
-
-    ``feat_sizes`` are the (H_i, W_i) of each level. Returns ``points`` (A, 2) as cell centres
-    (x + 0.5, y + 0.5) in grid units of the anchor's level and ``stride`` (A, 1), so
-    ``points * stride`` is in input pixels.
-    """
-    points, strides_out = [], []
-    for (h, w), s in zip(feat_sizes, strides, strict=True):
-        ys = torch.arange(h, dtype=dtype, device=device) + 0.5
-        xs = torch.arange(w, dtype=dtype, device=device) + 0.5
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # y outer, x inner
-        points.append(torch.stack((grid_x, grid_y), -1).view(-1, 2))
-        strides_out.append(torch.full((h * w, 1), float(s), dtype=dtype, device=device))
-    return torch.cat(points), torch.cat(strides_out)
-
-
 def decode_distributions(logits: torch.Tensor, reg_max: int = 16) -> torch.Tensor:
     """DFL expectation: (..., 4 * reg_max) logits -> (..., 4) ltrb distances in grid units.
 
@@ -81,8 +64,7 @@ def decode_distributions(logits: torch.Tensor, reg_max: int = 16) -> torch.Tenso
 
 def distances_to_boxes(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
     """(..., 2) anchor points and (..., 4) ltrb distances -> (..., 4) xyxy boxes, same units."""
-    left_top, right_bottom = distances.chunk(2, -1)
-    return torch.cat((points - left_top, points + right_bottom), -1)
+    return decode_distances(distances, points, xywh=False)
 
 
 def decode_outputs(outputs: RawOutputs, *, num_classes: int, strides: Sequence[float] = (8, 16, 32),
@@ -268,7 +250,7 @@ def postprocess(pred: torch.Tensor, proto: torch.Tensor, *, input_hw: tuple[int,
                                                      rows[i:i + mask_chunk, :4], input_hw),
                                        orig_hw[b], ratio_pads[b])
                      for i in range(0, rows.shape[0], mask_chunk)]
-            masks = torch.cat(parts) if parts else torch.zeros(0, *orig_hw[b], dtype=torch.bool)
+            masks = torch.cat(parts) if parts else torch.zeros(0, *orig_hw[b], dtype=torch.bool, device=proto.device)
         results.append(Detections(boxes_xyxy=boxes.float(), scores=rows[:, 4].float(),
                                   classes=rows[:, 5].long(), masks=masks))
     return results

@@ -1,1 +1,0 @@
-"""MLflow Model Registry: versions, champion/challenger aliases and the promotion gate."""

@@ -1,0 +1,28 @@
+"""MLflow Model Registry: versions, champion/challenger aliases and the promotion gate.
+
+- :mod:`.client`: tracking URI resolution and a fail-fast server/credential check;
+- :mod:`.versions`: one export directory -> one registered version (all or nothing);
+- :mod:`.gate`: ``challenger`` / ``champion`` aliases, the metric gate, promote, rollback;
+- :mod:`.serving`: the pyfunc model (models from code, ONNX Runtime, no pickle).
+"""
+
+from .client import RegistryError, connect, resolve_tracking_uri
+from .gate import CHALLENGER, CHAMPION, GateDecision, alias_version, decide, promote, rollback, run_gate
+from .versions import Registration, register_export, version_tags
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "GateDecision",
+    "Registration",
+    "RegistryError",
+    "alias_version",
+    "connect",
+    "decide",
+    "promote",
+    "register_export",
+    "resolve_tracking_uri",
+    "rollback",
+    "run_gate",
+    "version_tags",
+]

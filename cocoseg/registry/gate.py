@@ -1,0 +1,200 @@
+"""Champion/challenger aliases, the metric gate, manual promotion and rollback.
+
+Serving follows ``models:/NAME@champion`` and never a version number. A new version gets the
+alias ``challenger``; it takes ``champion`` only if its gate metric (mask AP50-95 by default,
+measured on the same validation snapshot) is >= the champion's + ``margin``; with no champion
+yet it becomes champion directly. Every decision is written as ``gate.*`` version tags with the
+numbers, and a version that takes ``champion`` records ``previous_champion`` so that
+:func:`rollback` can point the alias back without any other state.
+
+Alias moves are single API calls; the champion move is always the last write of a decision, so
+a failure before it leaves the aliases as they were.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cocoseg.utils import get_logger
+
+from .client import RegistryError
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "GateDecision",
+    "alias_version",
+    "decide",
+    "promote",
+    "rollback",
+    "run_gate",
+]
+
+log = get_logger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+METRIC_TAG = "metric.{}"  # version tag holding a metric value as text
+SNAPSHOT_TAG = "val_snapshot"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """One gate outcome; ``decision`` is ``bootstrap``, ``promoted``, ``rejected`` or ``manual``."""
+
+    decision: str
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+    margin: float = 0.0
+
+    @property
+    def promote(self) -> bool:
+        return self.decision in ("bootstrap", "promoted", "manual")
+
+    def tags(self) -> dict[str, str]:
+        return {"gate.decision": self.decision, "gate.reason": self.reason, "gate.metric": self.metric,
+                "gate.challenger_value": repr(self.challenger_value),
+                "gate.champion_version": self.champion_version or "",
+                "gate.champion_value": "" if self.champion_value is None else repr(self.champion_value),
+                "gate.margin": repr(self.margin), "gate.time": _now(),
+                "gate.by": _who()}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def decide(metric: str, challenger: float, champion: float | None, margin: float, *,
+           champion_version: str | None = None, snapshots: tuple[str, str] | None = None) -> GateDecision:
+    """The pure gate rule (no I/O). ``snapshots`` = (challenger's, champion's) val snapshot ids."""
+    if champion is None:
+        return GateDecision("bootstrap", f"no champion yet: {metric}={challenger:.6g} becomes champion",
+                            metric, challenger, None, None, margin)
+    if snapshots and all(snapshots) and snapshots[0] != snapshots[1]:
+        return GateDecision("rejected", f"not comparable: challenger measured on val snapshot {snapshots[0]!r}, "
+                            f"champion v{champion_version} on {snapshots[1]!r}; re-evaluate both on one snapshot",
+                            metric, challenger, champion_version, champion, margin)
+    needed = champion + margin
+    if challenger >= needed:
+        return GateDecision("promoted", f"{metric} {challenger:.6g} >= champion v{champion_version} "
+                            f"{champion:.6g} + margin {margin:g}", metric, challenger, champion_version,
+                            champion, margin)
+    return GateDecision("rejected", f"{metric} {challenger:.6g} < champion v{champion_version} {champion:.6g} "
+                        f"+ margin {margin:g} (short by {needed - challenger:.3g})", metric, challenger,
+                        champion_version, champion, margin)
+
+
+def alias_version(client: Any, name: str, alias: str):
+    """The ModelVersion behind ``name@alias``, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        # MLflow answers INVALID_PARAMETER_VALUE "Registered model alias X not found" (not 404).
+        if "not found" in str(exc).lower() or exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def metric_value(version: Any, metric: str) -> float:
+    raw = version.tags.get(METRIC_TAG.format(metric))
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise RegistryError(f"model version {version.name} v{version.version} has no numeric tag "
+                            f"{METRIC_TAG.format(metric)!r} (got {raw!r}); it cannot take part in the gate") from None
+    if not math.isfinite(value):
+        raise RegistryError(f"model version {version.name} v{version.version}: {metric} is {value}")
+    return value
+
+
+def _move_champion(client: Any, name: str, version: str, previous: str | None) -> None:
+    """Point ``champion`` at ``version`` (the last essential write), then tidy up best-effort."""
+    if previous and previous != version:
+        client.set_model_version_tag(name, version, "previous_champion", previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    try:
+        client.set_model_version_tag(name, version, "champion_since", _now())
+        challenger = alias_version(client, name, CHALLENGER)
+        if challenger is not None and challenger.version == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        if previous and previous != version:
+            client.set_model_version_tag(name, previous, "superseded_by", version)
+    except Exception as exc:  # the alias already moved; bookkeeping must not undo a promotion
+        log.warning("%s v%s is champion, but updating its bookkeeping tags failed: %s", name, version, exc)
+
+
+def run_gate(client: Any, name: str, version: str, *, metric: str, margin: float,
+             same_snapshot: bool = True) -> GateDecision:
+    """Give ``version`` the challenger alias, decide, tag the decision, promote when it wins."""
+    candidate = client.get_model_version(name, version)
+    value = metric_value(candidate, metric)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    champion = alias_version(client, name, CHAMPION)
+    champ_value = metric_value(champion, metric) if champion is not None else None
+    snapshots = None
+    if same_snapshot and champion is not None:
+        snapshots = (candidate.tags.get(SNAPSHOT_TAG, ""), champion.tags.get(SNAPSHOT_TAG, ""))
+    result = decide(metric, value, champ_value, margin,
+                    champion_version=champion.version if champion is not None else None, snapshots=snapshots)
+    for key, text in result.tags().items():
+        client.set_model_version_tag(name, version, key, text)
+    if result.promote:
+        _move_champion(client, name, version, champion.version if champion is not None else None)
+    log.info("gate %s v%s: %s (%s)", name, version, result.decision, result.reason)
+    return result
+
+
+def _require_version(client: Any, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"registered model {name!r} has no version {version}: {exc.message}") from None
+
+
+def promote(client: Any, name: str, version: str, *, reason: str = "manual promotion") -> str | None:
+    """Make ``version`` champion by hand (no gate); returns the previous champion's version."""
+    _require_version(client, name, version)
+    champion = alias_version(client, name, CHAMPION)
+    previous = champion.version if champion is not None else None
+    if previous == str(version):
+        raise RegistryError(f"{name} v{version} already is the champion")
+    client.set_model_version_tag(name, str(version), "gate.decision", "manual")
+    client.set_model_version_tag(name, str(version), "gate.reason", reason)
+    client.set_model_version_tag(name, str(version), "gate.by", _who())
+    client.set_model_version_tag(name, str(version), "gate.time", _now())
+    _move_champion(client, name, str(version), previous)
+    return previous
+
+
+def rollback(client: Any, name: str) -> tuple[str, str]:
+    """Point ``champion`` back at the version it replaced; returns (from, to)."""
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
+        raise RegistryError(f"registered model {name!r} has no champion to roll back")
+    target = champion.tags.get("previous_champion")
+    if not target:
+        raise RegistryError(f"{name} v{champion.version} is champion but records no previous champion; "
+                            "nothing to roll back to (use `cocoseg promote` to pick a version)")
+    _require_version(client, name, target)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, champion.version, "rolled_back", f"{_now()} -> v{target} by {_who()}")
+    log.info("rolled back %s@champion: v%s -> v%s", name, champion.version, target)
+    return champion.version, target

@@ -1,0 +1,210 @@
+"""Register one verified export directory as one MLflow Model Registry version.
+
+A version holds the weights (safetensors), the ONNX, the engine when built, the model card,
+the metrics and the resolved config, packaged as a pyfunc model ("models from code",
+``serving.py``) that serves predictions from the ONNX with onnxruntime. Version tags carry the
+data snapshot, training run id, git commit, variant, file SHA-256s, the metrics and the TensorRT
+build facts; the gate (``gate.py``) then sets ``challenger`` / ``champion``.
+
+All or nothing: the export is verified and the server checked before any write; if anything
+fails after the version was created, the version (and a registered model created for it, and the
+logged model) are deleted again and the MLflow run ends FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cocoseg import bundle
+from cocoseg.utils import get_logger
+
+from .client import RegistryError, connect
+from .gate import METRIC_TAG, SNAPSHOT_TAG, GateDecision, run_gate
+
+__all__ = ["Registration", "register_export", "version_tags"]
+
+log = get_logger(__name__)
+
+SERVING_CODE = Path(__file__).with_name("serving.py")
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    model_uri: str
+    run_id: str
+    decision: GateDecision
+
+
+def _find(card: dict[str, Any], *keys: str) -> Any:
+    """First of ``keys`` found at the card's top level or one level down (e.g. card["data"])."""
+    for key in keys:
+        if card.get(key) not in (None, ""):
+            return card[key]
+    for value in card.values():
+        if isinstance(value, dict):
+            for key in keys:
+                if value.get(key) not in (None, ""):
+                    return value[key]
+    return None
+
+
+def _val_snapshot(b: bundle.ExportBundle) -> str:
+    found = b.metrics.get("val_snapshot") or b.metrics.get("snapshot") or _find(b.card, "val_snapshot")
+    return str(found or _find(b.card, "data_snapshot", "snapshot") or "")
+
+
+def version_tags(b: bundle.ExportBundle, metric: str) -> dict[str, str]:
+    """Tags of the new version, as strings (MLflow tags are text)."""
+    card, export = b.card, b.card.get("export", {})
+    tags = {
+        "variant": _find(card, "variant"), "num_classes": export.get("num_classes"),
+        "imgsz": export.get("imgsz"), "data_snapshot": _find(card, "data_snapshot", "snapshot"),
+        SNAPSHOT_TAG: _val_snapshot(b), "train_run_id": _find(card, "train_run_id", "run_id", "mlflow_run_id"),
+        "git_commit": _find(card, "git_commit", "code_version", "commit"),
+        "export_commit": export.get("export_commit"), "onnx_sha256": b.sha256(bundle.ONNX),
+        "weights_sha256": b.sha256(bundle.WEIGHTS), "onnx_opset": export.get("onnx", {}).get("opset"),
+        "engine_built": str(b.has(bundle.ENGINE)).lower(), "gate.metric_name": metric,
+    }
+    for key, value in b.metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            tags[METRIC_TAG.format(key)] = repr(float(value))
+    engine = export.get("engine", {})
+    if engine.get("built"):
+        tags.update({"engine_sha256": b.sha256(bundle.ENGINE), "trt.version": engine.get("tensorrt_version"),
+                     "trt.cuda": engine.get("cuda_version"), "trt.gpu": engine.get("gpu_name"),
+                     "trt.compute_capability": engine.get("compute_capability"),
+                     "trt.precision": engine.get("precision"), "trt.profile": json.dumps(engine.get("profile"))})
+    else:
+        tags["trt.skipped"] = str(engine.get("reason", "not built"))[:500]
+    return {k: str(v) for k, v in tags.items() if v not in (None, "")}
+
+
+def _serving_info(b: bundle.ExportBundle) -> dict[str, Any]:
+    export = b.card.get("export", {})
+    names = _find(b.card, "class_names", "names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names, key=int)]
+    return {"imgsz": export["imgsz"], "num_classes": export["num_classes"], "class_names": names,
+            "onnx_sha256": b.sha256(bundle.ONNX), "io_signature": export.get("onnx", {}).get("io_signature")}
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for dist in ("mlflow", "onnxruntime", "numpy", "pillow", "pandas"):
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pins.append(dist)
+    return pins
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "image")]),
+                          params=ParamSchema([ParamSpec("conf", "double", 0.25), ParamSpec("iou", "double", 0.7),
+                                              ParamSpec("max_det", "long", 100), ParamSpec("masks", "boolean", True)]))
+
+
+def _check_metric(b: bundle.ExportBundle, metric: str) -> float:
+    value = b.metrics.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        known = ", ".join(sorted(b.metrics)) or "none"
+        raise bundle.BundleError(f"{b.path(bundle.METRICS)} has no finite number {metric!r} (keys: {known}); "
+                                 "evaluate the checkpoint and export again, or set registry.gate_metric")
+    return float(value)
+
+
+def _log_model(mlflow: Any, b: bundle.ExportBundle, staging: Path):
+    (staging / "serving.json").write_text(json.dumps(_serving_info(b), indent=2))
+    artifacts = {"onnx": str(b.path(bundle.ONNX)), "serving": str(staging / "serving.json"),
+                 "weights": str(b.path(bundle.WEIGHTS)), "model_card": str(b.path(bundle.CARD)),
+                 "metrics": str(b.path(bundle.METRICS)), "config": str(b.path(bundle.CONFIG)),
+                 "manifest": str(b.path(bundle.MANIFEST))}
+    if b.has(bundle.ENGINE):
+        artifacts["engine"] = str(b.path(bundle.ENGINE))
+    return mlflow.pyfunc.log_model(name="model", python_model=str(SERVING_CODE), artifacts=artifacts,
+                                   pip_requirements=_requirements(), signature=_signature())
+
+
+def _ensure_registered_model(client: Any, name: str) -> bool:
+    """Create ``name`` if needed; True when this call created it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="cocoseg YOLOv8-seg exports (ONNX, TensorRT)")
+        return True
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            return False
+        raise
+
+
+def _undo(client: Any, name: str, version: str | None, created: bool, model_id: str | None) -> None:
+    """Best-effort removal of what a failed registration wrote."""
+    steps = []
+    if version is not None:
+        steps.append(lambda: client.delete_model_version(name, version))
+    if created:
+        steps.append(lambda: client.delete_registered_model(name))
+    if model_id is not None:
+        steps.append(lambda: client.delete_logged_model(model_id))
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            log.error("cleanup after a failed registration of %s failed too: %s", name, exc)
+
+
+def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
+                    metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True) -> Registration:
+    """Register ``export_dir`` as a new version of ``name`` and run the gate on it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    b = bundle.open_bundle(export_dir)
+    _check_metric(b, metric)
+    client = connect(tracking_uri)
+    tags = version_tags(b, metric)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    version = model_id = None
+    created = False
+    try:
+        mlflow.set_experiment(experiment)
+        # MLflow writes "View run ... at: URL" to stdout; keep stdout for the command's result.
+        with contextlib.redirect_stdout(sys.stderr), \
+                tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp, \
+                mlflow.start_run(run_name=f"register-{name}", tags={"cocoseg.job": "register"}) as run:
+            info = _log_model(mlflow, b, Path(tmp))
+            model_id = info.model_id
+            mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in b.metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            created = _ensure_registered_model(client, name)
+            mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
+                                             tags=tags, model_id=model_id)
+            version = str(mv.version)
+            decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot)
+    except (MlflowException, RegistryError, OSError) as exc:
+        _undo(client, name, version, created, model_id)
+        if isinstance(exc, RegistryError):
+            raise
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise RegistryError(f"registering {b.root} as {name!r} failed, nothing was kept: {message}") from None
+    except BaseException:
+        _undo(client, name, version, created, model_id)
+        raise
+    log.info("registered %s v%s (%s): %s", name, version, info.model_uri, decision.reason)
+    return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}",
+                        run_id=run.info.run_id, decision=decision)

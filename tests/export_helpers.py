@@ -1,0 +1,79 @@
+"""Test helpers for the export and registry tests (not a test module).
+
+``TinySeg`` is a stand-in with the eval-mode contract of ``cocoseg.model`` (``(pred, proto)``:
+pred (B, 4 + nc + 32, A) with cx, cy, w, h in input pixels and sigmoid class probabilities,
+proto (B, 32, H/4, W/4)), small enough to export, check and serve in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from cocoseg.config import ExportConfig
+from cocoseg.export import export_bundle
+
+
+class TinySeg(nn.Module):
+    def __init__(self, num_classes: int = 3, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.nc = num_classes
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.SiLU())  # stride 4: the proto level
+        self.down = nn.ModuleList(nn.Conv2d(8, 8, 3, 2, 1) for _ in range(3))  # strides 8, 16, 32
+        self.head = nn.Conv2d(8, 4 + num_classes + 32, 1)
+        self.proto = nn.Conv2d(8, 32, 1)
+
+    def forward(self, x: torch.Tensor):
+        f = self.stem(x)
+        protos = self.proto(f)
+        size = x.shape[-1]
+        outs = []
+        for conv in self.down:
+            f = conv(f)
+            o = self.head(f).flatten(2)  # (B, 4 + nc + 32, h*w)
+            xy = o[:, :2].sigmoid() * size
+            wh = o[:, 2:4].sigmoid() * size / 2
+            outs.append(torch.cat([xy, wh, o[:, 4:4 + self.nc].sigmoid(), o[:, 4 + self.nc:]], 1))
+        return torch.cat(outs, 2), protos
+
+
+def save_weights(model: nn.Module, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def make_export(root: Path, *, metric: float | None = 0.3, snapshot: str = "snap-val-1", seed: int = 0,
+                imgsz: int = 64, **cfg_kw) -> Path:
+    """A complete export directory for TinySeg with the given mask AP50-95."""
+    root.mkdir(parents=True, exist_ok=True)
+    model = TinySeg(seed=seed).eval()
+    weights = save_weights(model, root.parent / f"{root.name}.safetensors")
+    card = {"variant": "tiny", "num_classes": 3, "class_names": ["a", "b", "c"], "imgsz": imgsz,
+            "data_snapshot": "snap-train-1", "train_run_id": "run-123", "git_commit": "abc123"}
+    metrics = {"val_snapshot": snapshot, **({"val/mask_ap50_95": metric, "val/box_ap50_95": metric + 0.1}
+                                            if metric is not None else {})}
+    cfg = ExportConfig(imgsz=imgsz, bench=False, **cfg_kw)
+    export_bundle(model, weights_file=weights, card=card, out_dir=root, cfg=cfg, num_classes=3,
+                  metrics=metrics, resolved_config={"export": {"imgsz": imgsz}})
+    return root
+
+
+def encoded_png(width: int = 80, height: int = 48, seed: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_card(root: Path) -> dict:
+    return json.loads((root / "model_card.json").read_text())

@@ -1,0 +1,163 @@
+"""ONNX export: the fixed I/O signature, dynamic axes, embedded weights, parity (and its failure on
+a tampered graph), in-graph NMS, and the committed export directory. CPU only, a tiny stand-in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from export_helpers import TinySeg, make_export, read_card
+from onnx import numpy_helper
+
+from cocoseg.bundle import BundleError, open_bundle
+from cocoseg.config import ConfigError, ExportConfig
+from cocoseg.export import TOLERANCES, ExportError, ParityError, check_parity, export_onnx
+from cocoseg.export.onnx import nms_reference
+from cocoseg.export.parity import parity_input
+
+torch.set_num_threads(2)
+IMGSZ = 64
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = TinySeg().eval()
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    info = export_onnx(model, path, num_classes=3, imgsz=IMGSZ)
+    return model, path, info
+
+
+def test_io_signature_dynamic_batch_and_embedded_weights(exported):
+    model, path, info = exported
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["pred", "proto"]
+    assert info.input_shape == ["batch", 3, IMGSZ, IMGSZ]
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no .onnx.data beside it
+    x = parity_input(3, IMGSZ).numpy()
+    pred, protos = _session(path).run(None, {"images": x})
+    anchors = sum((IMGSZ // s) ** 2 for s in (8, 16, 32))
+    assert pred.shape == (3, 4 + 3 + 32, anchors) and protos.shape == (3, 32, IMGSZ // 4, IMGSZ // 4)
+
+
+def test_parity_report_within_tolerances(exported):
+    model, path, _ = exported
+    report = check_parity(model, path, num_classes=3, imgsz=IMGSZ, batches=(1, 2))
+    assert report.batches == [1, 2]
+    for name in ("pred", "proto"):
+        assert report.max_abs[name] <= TOLERANCES[name]["atol"], report.max_abs
+
+
+def test_tampered_onnx_fails_parity(exported, tmp_path):
+    model, path, _ = exported
+    proto = onnx.load(str(path))
+    weight = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(weight).copy()
+    arr.flat[0] += 0.5  # one changed weight of the largest tensor
+    weight.CopyFrom(numpy_helper.from_array(arr, weight.name))
+    bad = tmp_path / "tampered.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ParityError, match=r"differs from the eager model at batch 1.*atol"):
+        check_parity(model, bad, num_classes=3, imgsz=IMGSZ)
+
+
+def test_nms_in_graph_matches_the_eager_reference(tmp_path):
+    model = TinySeg().eval()
+    path = tmp_path / "nms.onnx"
+    info = export_onnx(model, path, num_classes=3, imgsz=IMGSZ, nms=True, nms_conf=0.5, nms_iou=0.5)
+    assert info.output_names == ["pred", "proto", "keep"]
+    check_parity(model, path, num_classes=3, imgsz=IMGSZ, nms=True, nms_conf=0.5, nms_iou=0.5)
+    keep = _session(path).run(["keep"], {"images": parity_input(2, IMGSZ).numpy()})[0]
+    assert keep.shape[1] == 3 and len(keep) > 0 and set(keep[:, 0]) == {0, 1}
+
+
+def test_nms_reference_suppresses_overlaps():
+    boxes = torch.tensor([[[10.0, 10, 10, 10], [11, 10, 10, 10], [40, 40, 10, 10]]])  # cx, cy, w, h
+    scores = torch.tensor([[[0.9, 0.8, 0.7]], ])  # one class
+    keep = nms_reference(boxes, scores, 10, 0.5, 0.1)
+    assert keep.tolist() == [[0, 0, 0], [0, 0, 2]]
+    assert nms_reference(boxes, scores, 1, 0.5, 0.1).tolist() == [[0, 0, 0]]
+
+
+def test_dynamic_hw_runs_other_multiples_of_32(tmp_path):
+    model = TinySeg().eval()
+    path = tmp_path / "hw.onnx"
+    info = export_onnx(model, path, num_classes=3, imgsz=IMGSZ, dynamic_hw=True)
+    assert info.input_shape == ["batch", 3, "height", "width"]
+    x = torch.rand(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
+    pred, _ = _session(path).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)[0].numpy()
+    np.testing.assert_allclose(pred, ref, **TOLERANCES["pred"])
+
+
+def test_bad_settings_and_contract_violations_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="opset"):
+        ExportConfig(opset=17)
+    with pytest.raises(ExportError, match="opset 17"):
+        export_onnx(TinySeg(), tmp_path / "a.onnx", num_classes=3, imgsz=IMGSZ, opset=17)
+    with pytest.raises(ExportError, match=r"pred has shape \(1, 39, 84\), expected \(1, 119, A\)"):
+        export_onnx(TinySeg(), tmp_path / "a.onnx", num_classes=83, imgsz=IMGSZ)
+
+
+def test_export_bundle_commits_manifest_card_and_skips_engine_plainly(tmp_path):
+    root = make_export(tmp_path / "exp", formats=("onnx", "engine"))
+    bundle = open_bundle(root)
+    export = read_card(root)["export"]
+    assert export["onnx"]["parity"]["max_abs"]["pred"] <= TOLERANCES["pred"]["atol"]
+    assert export["onnx"]["simplified"] and export["onnx"]["nodes"] < export["onnx"]["nodes_before_slim"]
+    assert export["engine"]["built"] is False and export["engine"]["reason"]
+    assert not (root / "model.engine").exists() and not bundle.has("model.engine")
+    assert bundle.sha256("model.onnx") == export["onnx"]["sha256"]
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        ["config.yaml", "export.json", "metrics.json", "model.onnx", "model.safetensors", "model_card.json"])
+
+
+def test_open_bundle_refuses_incomplete_or_altered_dirs(tmp_path):
+    root = make_export(tmp_path / "exp")
+    for name, change, message in (
+            ("model_card.json", lambda p: p.unlink(), "model_card.json is missing"),
+            ("model.onnx", lambda p: p.write_bytes(p.read_bytes() + b"x"), "does not match its SHA-256"),
+            ("export.json", lambda p: p.unlink(), "not a finished export")):
+        copy = shutil.copytree(root, tmp_path / f"copy-{name}")
+        change(copy / name)
+        with pytest.raises(BundleError, match=message):
+            open_bundle(copy)
+    with pytest.raises(BundleError, match="does not exist"):
+        open_bundle(tmp_path / "nowhere")
+
+
+def test_latency_table_has_each_cpu_format(tmp_path):
+    from cocoseg.export.bench import benchmark
+
+    model = TinySeg().eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, num_classes=3, imgsz=IMGSZ)
+    table = benchmark(model, path, None, imgsz=IMGSZ, warmup=1, runs=3)
+    assert [r["format"] for r in table["rows"]][:2] == ["torch eager", "onnxruntime"]
+    assert all(r["median_ms"] > 0 for r in table["rows"]) and table["batch"] == 1
+    json.dumps(table)
+
+
+def test_dynamo_exporter_embeds_weights_or_says_what_is_missing(tmp_path):
+    model = TinySeg().eval()
+    path = tmp_path / "dynamo.onnx"
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        with pytest.raises(ExportError, match="needs the 'onnxscript' package"):
+            export_onnx(model, path, num_classes=3, imgsz=IMGSZ, exporter="dynamo")
+        return
+    export_onnx(model, path, num_classes=3, imgsz=IMGSZ, exporter="dynamo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamo.onnx"]
+    check_parity(model, path, num_classes=3, imgsz=IMGSZ)

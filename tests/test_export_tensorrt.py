@@ -1,0 +1,193 @@
+"""TensorRT engine build: the 10.x / 11.x branching against a small fake of the ``tensorrt``
+module's surface (CPU), and the real build on a CUDA device (GPU-marked, skips without one)."""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from export_helpers import TinySeg
+
+from cocoseg.export import EngineBuildError, build_engine, export_onnx
+
+FACTS = {"gpu_name": "Fake GPU 80GB", "compute_capability": "9.0", "cuda_version": "12.8"}
+
+
+def make_fake_trt(version: str, *, parse_ok: bool = True, build_ok: bool = True):
+    """The attributes the builder touches, recording every call in ``calls``."""
+    calls: list[tuple] = []
+    major = int(version.split(".")[0])
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            calls.append(("Logger", level))
+
+    flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if major < 11 else {"STRONGLY_TYPED": 1}
+    builder_flags = {"FP16": 0, "INT8": 1, "TF32": 2} if major < 11 else {"TF32": 2}
+
+    class Input:
+        name = "images"
+
+    class Network:
+        def get_input(self, i):
+            return Input()
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            calls.append(("parse_from_file", Path(path).name))
+            return parse_ok
+
+        def get_error(self, i):
+            return "In node 3 (Conv): unsupported"
+
+    class Cache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return self.data + b"+tuned"
+
+    class Config:
+        cache = None
+
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("pool", pool, size))
+
+        def set_flag(self, flag):
+            calls.append(("set_flag", flag.name))
+
+        def add_optimization_profile(self, profile):
+            calls.append(("add_profile",))
+
+        def create_timing_cache(self, data):
+            calls.append(("create_timing_cache", bytes(data)))
+            return Cache(bytes(data))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            calls.append(("set_shape", name, lo, opt, hi))
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            calls.append(("build",))
+            return b"PLAN-" + version.encode() if build_ok else None
+
+    fake = type("tensorrt", (), {})()
+    fake.__version__ = version
+    fake.Logger, fake.Builder, fake.OnnxParser = Logger, Builder, Parser
+    fake.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags, start=0)
+    fake.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
+    fake.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
+    fake.calls = calls
+    return fake
+
+
+def _names(calls):
+    return [c[0] for c in calls]
+
+
+def test_trt10_weakly_typed_with_fp16_flag_profile_and_timing_cache(tmp_path):
+    trt = make_fake_trt("10.16.1.11")
+    cache_dir = tmp_path / "cache"
+    facts = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=640, batch=(1, 4, 8), fp16=True,
+                         workspace_gib=2, timing_cache_dir=cache_dir, trt=trt, facts_fn=lambda: FACTS)
+    assert ("create_network", 0) in trt.calls  # 10.x: explicit batch implied, weakly typed
+    assert ("set_flag", "FP16") in trt.calls
+    assert ("pool", 0, 2 << 30) in trt.calls
+    assert ("set_shape", "images", (1, 3, 640, 640), (4, 3, 640, 640), (8, 3, 640, 640)) in trt.calls
+    assert (tmp_path / "m.engine").read_bytes() == b"PLAN-10.16.1.11"
+    assert facts["tensorrt_major"] == 10 and facts["typing"] == "weak" and facts["precision"].startswith("fp16")
+    assert facts["gpu_name"] == "Fake GPU 80GB" and facts["compute_capability"] == "9.0"
+    assert facts["timing_cache_hit"] is False and facts["profile"]["max"] == [8, 3, 640, 640]
+    cache_file = Path(facts["timing_cache"])
+    assert cache_file.parent == cache_dir and cache_file.read_bytes() == b"+tuned"
+    assert "10.16.1.11" in cache_file.name and "sm9.0" in cache_file.name
+
+    again = make_fake_trt("10.16.1.11")
+    facts2 = build_engine(tmp_path / "m.onnx", tmp_path / "m2.engine", imgsz=640, timing_cache_dir=cache_dir,
+                          trt=again, facts_fn=lambda: FACTS)
+    assert facts2["timing_cache_hit"] is True
+    assert ("create_timing_cache", b"+tuned") in again.calls
+    assert cache_file.read_bytes() == b"+tuned+tuned"
+
+
+def test_trt10_fp32_sets_no_precision_flag(tmp_path):
+    trt = make_fake_trt("10.3.0")
+    facts = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=320, fp16=False, trt=trt,
+                         facts_fn=lambda: FACTS)
+    assert "set_flag" not in _names(trt.calls) and facts["precision"] == "fp32"
+    assert "create_timing_cache" not in _names(trt.calls) and facts["timing_cache"] is None
+
+
+def test_trt11_strongly_typed_never_touches_precision_flags(tmp_path):
+    trt = make_fake_trt("11.4.0.106")
+    assert not hasattr(trt.BuilderFlag, "FP16")  # the fake matches 11.x: the flag would raise
+    facts = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=640, fp16=True, dynamic_hw=True,
+                         max_hw=1024, trt=trt, facts_fn=lambda: FACTS)
+    assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED
+    assert "set_flag" not in _names(trt.calls)
+    assert facts["typing"] == "strong" and "strongly typed" in facts["precision"]
+    assert ("set_shape", "images", (1, 3, 32, 32), (8, 3, 640, 640), (16, 3, 1024, 1024)) in trt.calls
+
+
+def test_parser_and_builder_failures_are_clear(tmp_path):
+    with pytest.raises(EngineBuildError, match=r"could not parse .*m.onnx: In node 3 \(Conv\)"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=64, trt=make_fake_trt("10.0.1", parse_ok=False),
+                     facts_fn=lambda: FACTS)
+    with pytest.raises(EngineBuildError, match="failed to build"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=64, trt=make_fake_trt("11.0.0", build_ok=False),
+                     facts_fn=lambda: FACTS)
+    assert not (tmp_path / "m.engine").exists()
+    with pytest.raises(Exception, match="min <= opt <= max"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=64, batch=(4, 2, 8),
+                     trt=make_fake_trt("10.0.1"), facts_fn=lambda: FACTS)
+
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRT), reason="needs a CUDA device and tensorrt")
+def test_real_engine_build_and_run(tmp_path):
+    import numpy as np
+
+    from cocoseg.export.bench import bench_engine
+
+    model = TinySeg().eval()
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(model, onnx_path, num_classes=3, imgsz=64)
+    facts = build_engine(onnx_path, tmp_path / "model.engine", imgsz=64, batch=(1, 2, 4), fp16=False,
+                         timing_cache_dir=tmp_path / "cache")
+    assert facts["engine_bytes"] > 0 and facts["gpu_name"] and facts["compute_capability"]
+    assert np.isfinite(bench_engine(tmp_path / "model.engine", 64, warmup=1, runs=3))

@@ -1,0 +1,380 @@
+"""Offline validation of infra/k8s, the MLflow Helm values and the runtime Dockerfile.
+
+- every ``ray.io/v1`` object (including the RayJob template embedded in the retraining
+  ConfigMap) validates against the KubeRay v1.7.0 CRD schema in ``shared/schemas`` in strict
+  mode: an object schema with ``properties`` and neither ``additionalProperties`` nor
+  ``x-kubernetes-preserve-unknown-fields`` rejects unknown fields, as kubeconform does;
+- native kinds validate against the Kubernetes 1.32 OpenAPI schema bundled with
+  ``kubernetes-validate`` (in ``.venv-iac``), ``--strict`` so unknown fields fail too;
+- the MLflow chart values, rendered with example inputs and merged over the chart defaults,
+  validate against the chart's ``values.schema.json``;
+- project consistency: entry points are ``python -m pipelines.<job> --config
+  pipelines/configs/<x>.yaml key=value...`` whose overrides load into the real ``JobConfig``;
+  the CronJob's RayJob template and the RayCronJob carry the same spec; Ray versions agree.
+
+The helpers ``iter_k8s_docs`` and ``render_ray_pods`` are shared with test_infra_checkov.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+K8S = INFRA / "k8s"
+KUBERAY_VERSION = "v1.7.0"
+MLFLOW_CHART_VERSION = "1.11.5"
+K8S_VERSION = "1.32.0"  # the EKS minor in envs/*/terraform.tfvars
+JOBS = {"ingest", "train", "evaluate", "export", "register", "retrain"}
+# Kinds whose schema is nowhere offline (External Secrets CRDs): YAML-parsed only, stated in
+# infra/README.md.
+UNCHECKED_KINDS = {"SecretStore", "ExternalSecret"}
+
+
+def iter_k8s_docs(root: Path = K8S) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(where, document)`` for every YAML document under ``root``.
+
+    Manifests embedded in a ConfigMap's data (the retraining RayJob template) are yielded too,
+    as ``file#ConfigMap/name/key``, so they get the same checks as top-level objects.
+    """
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(REPO).as_posix()
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            yield rel, doc
+            if doc.get("kind") == "ConfigMap":
+                for key, text in (doc.get("data") or {}).items():
+                    if key.endswith((".yaml", ".yml")):
+                        for inner in yaml.safe_load_all(text):
+                            if inner:
+                                yield f"{rel}#ConfigMap/{doc['metadata']['name']}/{key}", inner
+
+
+def _pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    spec = doc.get("spec") or {}
+    kind = doc["kind"]
+    if kind == "RayCronJob":
+        spec = spec.get("jobTemplate") or {}
+    if kind in {"RayJob", "RayCronJob"}:
+        if "submitterPodTemplate" in spec:
+            yield "submitter", spec["submitterPodTemplate"]
+        spec = spec.get("rayClusterSpec") or {}
+    elif kind == "RayService":
+        spec = spec.get("rayClusterConfig") or {}
+    if "headGroupSpec" in spec:
+        yield "head", spec["headGroupSpec"]["template"]
+    for group in spec.get("workerGroupSpecs") or []:
+        yield f"worker-{group['groupName']}", group["template"]
+
+
+def render_ray_pods(docs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every pod template of every Ray CR as a plain ``v1/Pod`` (checkov ignores ray.io kinds).
+
+    The template's labels and annotations (where inline ``checkov.io/skipN`` annotations live)
+    are kept and ``spec`` is copied unchanged; the name says where the pod came from.
+    """
+    pods = []
+    for where, doc in docs:
+        if not str(doc.get("apiVersion", "")).startswith("ray.io/"):
+            continue
+        meta = doc.get("metadata") or {}
+        base = meta.get("name") or meta.get("generateName", "").rstrip("-")
+        for role, template in _pod_templates(doc):
+            tmeta = template.get("metadata") or {}
+            pods.append({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{doc['kind'].lower()}-{base}-{role}",
+                    "namespace": meta.get("namespace", "default"),
+                    "labels": dict(tmeta.get("labels") or {}),
+                    "annotations": {**(tmeta.get("annotations") or {}), "cocoseg.io/rendered-from": where},
+                },
+                "spec": copy.deepcopy(template["spec"]),
+            })
+    return pods
+
+
+# --------------------------------------------------------------------------------------------
+# KubeRay CRD schemas (strict)
+
+
+def _strictify(node: Any) -> None:
+    if isinstance(node, dict):
+        if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")):
+            node["additionalProperties"] = False
+        for value in node.values():
+            _strictify(value)
+    elif isinstance(node, list):
+        for value in node:
+            _strictify(value)
+
+
+@pytest.fixture(scope="module")
+def kuberay_validators(shared_dir: Path) -> dict[str, Any]:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_dir = shared_dir / "schemas" / f"kuberay-{KUBERAY_VERSION}-schemas"
+    if not schema_dir.is_dir():
+        pytest.skip(f"KubeRay CRD schemas absent: {schema_dir}")
+    validators = {}
+    for path in schema_dir.glob("*-ray.io-v1.json"):
+        schema = json.loads(path.read_text())
+        _strictify(schema)
+        # The CRD schema leaves metadata to the API server; only require a mapping here.
+        schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+        validators[path.name.split("-")[0]] = jsonschema.Draft7Validator(schema)
+    assert {"raycluster", "rayjob", "raycronjob"} <= set(validators), sorted(validators)
+    return validators
+
+
+def _schema_errors(validators: dict[str, Any], where: str, doc: dict[str, Any]) -> list[str]:
+    validator = validators.get(doc["kind"].lower())
+    if validator is None:
+        return [f"{where}: no KubeRay {KUBERAY_VERSION} schema for kind {doc['kind']}"]
+    return [f"{where}: {doc['kind']} at {'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
+            for e in validator.iter_errors(doc)]
+
+
+def _ray_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [(w, d) for w, d in iter_k8s_docs() if str(d.get("apiVersion", "")).startswith("ray.io/")]
+
+
+def test_ray_manifests_exist() -> None:
+    kinds = sorted({d["kind"] for _, d in _ray_docs()})
+    assert kinds == ["RayCluster", "RayCronJob", "RayJob"], kinds
+    assert all(d["apiVersion"] == "ray.io/v1" for _, d in _ray_docs())
+
+
+def test_ray_manifests_match_kuberay_crd_schemas(kuberay_validators) -> None:
+    errors = [e for where, doc in _ray_docs() for e in _schema_errors(kuberay_validators, where, doc)]
+    assert not errors, "\n".join(errors)
+
+
+def test_strict_schema_rejects_unknown_and_mistyped_fields(kuberay_validators) -> None:
+    """The validator is not a rubber stamp: a typo'd field and a wrong type must both fail."""
+    (where, job), = [(w, d) for w, d in _ray_docs() if w.endswith("rayjob-train.yaml")]
+    typo = copy.deepcopy(job)
+    typo["spec"]["shutdownAfterJobFinish"] = typo["spec"].pop("shutdownAfterJobFinishes")
+    assert any("shutdownAfterJobFinish" in e for e in _schema_errors(kuberay_validators, where, typo))
+    mistyped = copy.deepcopy(job)
+    mistyped["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"] = "eight"
+    assert any("maxReplicas" in e for e in _schema_errors(kuberay_validators, where, mistyped))
+
+
+# --------------------------------------------------------------------------------------------
+# Native kinds against the Kubernetes schema (kubernetes-validate, offline)
+
+
+def test_native_kinds_match_kubernetes_schema(tmp_path: Path) -> None:
+    exe = REPO / ".venv-iac" / "bin" / "kubernetes-validate"
+    if not exe.exists():
+        pytest.skip(f"{exe} absent: run `make infra-tools` (infra/requirements-iac.txt)")
+    native = [(w, d) for w, d in iter_k8s_docs()
+              if not str(d.get("apiVersion", "")).startswith("ray.io/") and d["kind"] not in UNCHECKED_KINDS]
+    assert {d["kind"] for _, d in native} >= {"CronJob", "ConfigMap", "Role", "RoleBinding", "ServiceAccount",
+                                              "NetworkPolicy"}
+    files = []
+    for i, (where, doc) in enumerate(native):
+        path = tmp_path / f"{i:02d}-{doc['kind']}.yaml"
+        path.write_text(f"# from {where}\n" + yaml.safe_dump(doc))
+        files.append(str(path))
+    proc = subprocess.run([str(exe), "--strict", "-k", K8S_VERSION, *files],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # It must really have found a schema for every file (it only warns when it cannot).
+    assert "Couldn't find schema" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow Helm values against the chart schema
+
+
+def _deep_merge(base: Any, extra: Any) -> Any:
+    if isinstance(base, dict) and isinstance(extra, dict):
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = _deep_merge(base.get(key), value) if key in base else value
+        return out
+    return extra
+
+
+def _render_tftpl(path: Path, variables: dict[str, str]) -> str:
+    text = path.read_text()
+    used = set(re.findall(r"\$\{(\w+)\}", text))
+    assert used == set(variables), f"{path.name} uses {sorted(used)}, the test renders {sorted(variables)}"
+    return re.sub(r"\$\{(\w+)\}", lambda m: variables[m.group(1)], text)
+
+
+MLFLOW_EXAMPLE = {
+    "db_host": "cocoseg-dev-mlflow-abc.cxyz.us-west-2.rds.amazonaws.com",
+    "artifacts_bucket": "cocoseg-dev-mlflow-artifacts-123456789012",
+    "role_arn": "arn:aws:iam::123456789012:role/cocoseg-dev-mlflow-abc",
+    "region": "us-west-2",
+}
+
+
+def _mlflow_merged(shared_dir: Path, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    schema_path = shared_dir / "schemas" / f"mlflow-chart-{MLFLOW_CHART_VERSION}.values.schema.json"
+    defaults_path = shared_dir / "schemas" / f"mlflow-chart-{MLFLOW_CHART_VERSION}.values.yaml"
+    if not schema_path.exists() or not defaults_path.exists():
+        pytest.skip(f"MLflow chart schema/defaults absent under {shared_dir / 'schemas'}")
+    return json.loads(schema_path.read_text()), _deep_merge(yaml.safe_load(defaults_path.read_text()), values)
+
+
+def _mlflow_values() -> dict[str, Any]:
+    template = INFRA / "terraform" / "platform" / "values" / "mlflow.yaml.tftpl"
+    return yaml.safe_load(_render_tftpl(template, MLFLOW_EXAMPLE))
+
+
+def test_mlflow_values_match_chart_schema(shared_dir: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    values = _mlflow_values()
+    schema, merged = _mlflow_merged(shared_dir, values)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
+              for e in jsonschema.Draft7Validator(schema).iter_errors(merged)]
+    assert not errors, "\n".join(errors)
+    # What the issue asks of the server: Postgres backend, S3 artifacts, basic auth on, and
+    # no credential in the values.
+    assert merged["backendStore"]["postgres"]["enabled"] and merged["artifactRoot"]["s3"]["enabled"]
+    assert merged["auth"]["enabled"]
+    assert merged["backendStore"]["postgres"]["password"] == "" and merged["auth"]["adminPassword"] == ""
+    assert merged["backendStore"]["existingDatabaseSecret"]["name"]
+
+
+def test_mlflow_schema_check_catches_a_misplaced_key(shared_dir: Path) -> None:
+    """``existingDatabaseSecret`` belongs beside ``postgres``, not inside it: must fail."""
+    jsonschema = pytest.importorskip("jsonschema")
+    values = _mlflow_values()
+    values["backendStore"]["postgres"]["existingDatabaseSecret"] = values["backendStore"].pop("existingDatabaseSecret")
+    schema, merged = _mlflow_merged(shared_dir, values)
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(merged))
+
+
+# --------------------------------------------------------------------------------------------
+# Project consistency
+
+
+def _entrypoints() -> list[tuple[str, str]]:
+    out = []
+    for where, doc in _ray_docs():
+        spec = doc["spec"].get("jobTemplate", doc["spec"]) if doc["kind"] == "RayCronJob" else doc["spec"]
+        if "entrypoint" in spec:
+            out.append((where, spec["entrypoint"]))
+    return out
+
+
+def test_entrypoints_are_project_jobs_with_valid_overrides() -> None:
+    sys.path.insert(0, str(REPO))
+    from cocoseg.config import load_config
+
+    entries = _entrypoints()
+    assert len(entries) >= 5, entries  # ingest, train, pipeline, CronJob template, RayCronJob
+    for where, entry in entries:
+        argv = shlex.split(entry)
+        assert argv[:2] == ["python", "-m"] and argv[2].startswith("pipelines."), f"{where}: {entry}"
+        assert argv[2].removeprefix("pipelines.") in JOBS, f"{where}: unknown job {argv[2]}"
+        assert argv[3] == "--config" and re.fullmatch(r"pipelines/configs/[\w.-]+\.yaml", argv[4]), where
+        # Environment references become example values; load_config rejects unknown keys and
+        # values of the wrong type with the key's name.
+        overrides = [re.sub(r"\$\{?(\w+)\}?", r"example-\1", a) for a in argv[5:]]
+        assert all("=" in o for o in overrides), f"{where}: {overrides}"
+        # The full command line must load where the config file exists; otherwise (jobs and
+        # configs still being written, see test_manifest_config_files_exist) the overrides alone.
+        config = REPO / argv[4]
+        load_config(config if config.exists() else None, overrides)
+
+
+def test_manifest_config_files_exist() -> None:
+    """Every ``--config`` a manifest names must exist once its job exists.
+
+    Skips (naming the files) while a job's config is still missing: the manifests were written
+    ahead of the jobs, which the project accepts; it turns into a hard check as files land.
+    """
+    missing, absent_jobs = [], []
+    for where, entry in _entrypoints():
+        argv = shlex.split(entry)
+        job = argv[2].removeprefix("pipelines.")
+        if not (REPO / "pipelines" / f"{job}.py").exists():
+            absent_jobs.append(job)
+        elif not (REPO / argv[4]).exists():
+            missing.append(f"{argv[4]} (job pipelines/{job}.py, manifest {where})")
+    if missing or absent_jobs:
+        pytest.skip("not yet in the repository: " + "; ".join(sorted(set(missing)))
+                    + (f"; jobs {sorted(set(absent_jobs))}" if absent_jobs else ""))
+
+
+def test_scheduled_retraining_variants_share_one_rayjob_spec() -> None:
+    docs = _ray_docs()
+    (template,) = [d for w, d in docs if "#ConfigMap/" in w]
+    (cron,) = [d for _, d in docs if d["kind"] == "RayCronJob"]
+    assert template["kind"] == "RayJob" and template["metadata"].get("generateName")
+    assert template["spec"] == cron["spec"]["jobTemplate"]
+    assert "pipelines.retrain" in template["spec"]["entrypoint"]
+
+
+def test_rayjobs_clean_up_after_themselves() -> None:
+    for where, doc in _ray_docs():
+        spec = doc["spec"]["jobTemplate"] if doc["kind"] == "RayCronJob" else doc["spec"]
+        if doc["kind"] == "RayCluster":
+            continue
+        assert spec["shutdownAfterJobFinishes"] is True, where
+        assert 0 < spec["ttlSecondsAfterFinished"] <= 3600, where
+        assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] <= 2, where
+
+
+def test_ray_versions_and_images_agree() -> None:
+    pinned = re.search(r'"ray\[[^\]]*\]==([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert f"ARG RAY_VERSION={pinned}" in dockerfile
+    assert re.search(r"^USER ray$", dockerfile, flags=re.M), "the runtime image must run as the non-root ray user"
+    images = set()
+    for where, doc in _ray_docs():
+        spec = doc["spec"]
+        spec = spec.get("jobTemplate", spec)
+        cluster = spec.get("rayClusterSpec", spec)
+        assert cluster["rayVersion"] == pinned, where
+        for pod in render_ray_pods([(where, doc)]):
+            images |= {c["image"] for c in pod["spec"]["containers"]}
+    assert len(images) == 1, f"every Ray pod must run the one runtime image, found {sorted(images)}"
+
+
+def test_gpu_workers_tolerate_the_gpu_taint() -> None:
+    for pod in render_ray_pods(_ray_docs()):
+        wants_gpu = any("nvidia.com/gpu" in (c.get("resources", {}).get("limits") or {})
+                        for c in pod["spec"]["containers"])
+        tolerates = any(t.get("key") == "nvidia.com/gpu" for t in pod["spec"].get("tolerations") or [])
+        assert wants_gpu == tolerates, pod["metadata"]["name"]
+
+
+if __name__ == "__main__":  # pragma: no cover - debugging aid: print the rendered pods
+    yaml.safe_dump_all(render_ray_pods(list(iter_k8s_docs())), sys.stdout)
+
+
+def test_offline_schemas_match_the_deployed_versions() -> None:
+    """The schemas used here must be the versions stage 2 installs and stage 1 runs."""
+    platform_vars = (INFRA / "terraform" / "platform" / "variables.tf").read_text()
+
+    def default(var: str) -> str:
+        match = re.search(rf'variable "{var}" \{{.*?default\s*=\s*"([^"]+)"', platform_vars, flags=re.S)
+        assert match, f"platform/variables.tf: {var} has no string default"
+        return match.group(1)
+
+    assert default("kuberay_chart_version") == KUBERAY_VERSION.removeprefix("v")
+    assert default("mlflow_chart_version") == MLFLOW_CHART_VERSION
+    for env in ("dev", "prod"):
+        tfvars = (INFRA / "terraform" / "envs" / env / "terraform.tfvars").read_text()
+        eks = re.search(r'kubernetes_version\s*=\s*"([\d.]+)"', tfvars).group(1)
+        assert K8S_VERSION.startswith(eks + "."), f"{env} runs Kubernetes {eks}, native kinds are checked against {K8S_VERSION}"

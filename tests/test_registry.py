@@ -1,0 +1,213 @@
+"""Registry: export -> register -> aliases -> load models:/NAME@champion -> predict, against a real
+``mlflow server`` (SQLite) on 127.0.0.1; the gate, promote, rollback and all-or-nothing failures."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from export_helpers import encoded_png, make_export
+
+from cocoseg.bundle import BundleError
+from cocoseg.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    alias_version,
+    connect,
+    decide,
+    promote,
+    register_export,
+    rollback,
+)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    """Three exports of the same stand-in architecture with different mask AP50-95."""
+    import torch
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("exports")
+    return {"base": make_export(root / "base", metric=0.30, seed=0),
+            "worse": make_export(root / "worse", metric=0.25, seed=1),
+            "better": make_export(root / "better", metric=0.40, seed=2)}
+
+
+def _name() -> str:
+    return f"seg-{uuid.uuid4().hex[:8]}"
+
+
+def _versions(client, name: str) -> list[str]:
+    return sorted(mv.version for mv in client.search_model_versions(f"name='{name}'"))
+
+
+def test_decide_rule():
+    assert decide("m", 0.3, None, 0.0).decision == "bootstrap"
+    assert decide("m", 0.31, 0.30, 0.01, champion_version="1").decision == "promoted"
+    short = decide("m", 0.305, 0.30, 0.01, champion_version="1")
+    assert short.decision == "rejected" and "short by" in short.reason and not short.promote
+    other = decide("m", 0.9, 0.3, 0.0, champion_version="1", snapshots=("a", "b"))
+    assert other.decision == "rejected" and "not comparable" in other.reason
+
+
+def test_register_gate_promote_rollback_and_predict(mlflow_server, exports):
+    name = _name()
+    client = connect(mlflow_server)
+    first = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
+    assert first.decision.decision == "bootstrap"
+    assert alias_version(client, name, CHAMPION).version == first.version
+
+    # The champion serves predictions from the ONNX for an encoded image.
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    image = base64.b64encode(encoded_png(80, 48)).decode()
+    out = model.predict(pd.DataFrame({"image": [image]}), params={"conf": 0.3})
+    assert len(out) == 1 and out[0]["width"] == 80 and out[0]["height"] == 48
+    rec = out[0]
+    assert len(rec["boxes_xyxy"]) == len(rec["scores"]) == len(rec["masks_rle"]) > 0
+    assert all(0 <= b[0] <= b[2] <= 80 and 0 <= b[1] <= b[3] <= 48 for b in rec["boxes_xyxy"])
+    assert all(sum(m["counts"]) == 80 * 48 and m["size"] == [48, 80] for m in rec["masks_rle"])
+
+    worse = register_export(exports["worse"], name=name, tracking_uri=mlflow_server, margin=0.01)
+    mv = client.get_model_version(name, worse.version)
+    assert worse.decision.decision == "rejected"
+    assert mv.tags["gate.decision"] == "rejected" and mv.tags["gate.champion_version"] == first.version
+    assert float(mv.tags["gate.challenger_value"]) == 0.25 and float(mv.tags["gate.champion_value"]) == 0.30
+    assert alias_version(client, name, CHAMPION).version == first.version
+    assert alias_version(client, name, CHALLENGER).version == worse.version
+
+    better = register_export(exports["better"], name=name, tracking_uri=mlflow_server, margin=0.01)
+    assert better.decision.decision == "promoted"
+    champ = alias_version(client, name, CHAMPION)
+    assert champ.version == better.version and champ.tags["previous_champion"] == first.version
+    for key in ("data_snapshot", "train_run_id", "git_commit", "variant", "onnx_sha256", "trt.skipped"):
+        assert champ.tags[key], key
+
+    assert rollback(client, name) == (better.version, first.version)
+    assert alias_version(client, name, CHAMPION).version == first.version
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(client, name)
+    assert promote(client, name, worse.version) == first.version
+    assert alias_version(client, name, CHAMPION).version == worse.version
+    with pytest.raises(RegistryError, match="has no version 99"):
+        promote(client, name, "99")
+
+
+def test_loading_never_unpickles(mlflow_server, exports, monkeypatch, tmp_path):
+    import cloudpickle
+    import mlflow
+
+    name = _name()
+    reg = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{reg.version}", dst_path=str(tmp_path)))
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".pth")]
+    assert "model_code_path" in (local / "MLmodel").read_text()
+
+    def refuse(*_a, **_k):
+        raise AssertionError("something was unpickled while loading the model")
+
+    for mod in (pickle, cloudpickle):
+        monkeypatch.setattr(mod, "load", refuse)
+        monkeypatch.setattr(mod, "loads", refuse)
+    model = mlflow.pyfunc.load_model(str(local))
+    assert model.predict(pd.DataFrame({"image": [base64.b64encode(encoded_png()).decode()]}))
+
+
+def test_altered_onnx_artifact_is_not_served(mlflow_server, exports, tmp_path):
+    import mlflow
+
+    name = _name()
+    reg = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{reg.version}", dst_path=str(tmp_path)))
+    onnx_file = next(local.rglob("model.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-16] + b"\0" * 16)
+    with pytest.raises(Exception, match="refusing to serve an altered graph"):
+        mlflow.pyfunc.load_model(str(local))
+
+
+def test_bad_export_dirs_register_nothing(mlflow_server, exports, tmp_path):
+    client = connect(mlflow_server)
+    name = _name()
+    broken = shutil.copytree(exports["base"], tmp_path / "missing")
+    (broken / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="model.onnx is missing"):
+        register_export(broken, name=name, tracking_uri=mlflow_server)
+    tampered = shutil.copytree(exports["base"], tmp_path / "tampered")
+    (tampered / "metrics.json").write_text('{"val/mask_ap50_95": 0.99, "val_snapshot": "snap-val-1"}')
+    with pytest.raises(BundleError, match="does not match its SHA-256"):
+        register_export(tampered, name=name, tracking_uri=mlflow_server)
+    unfinished = shutil.copytree(exports["base"], tmp_path / "unfinished")
+    (unfinished / "export.json").unlink()
+    with pytest.raises(BundleError, match="not a finished export"):
+        register_export(unfinished, name=name, tracking_uri=mlflow_server)
+    no_metric = make_export(tmp_path / "nometric", metric=None)
+    with pytest.raises(BundleError, match="has no finite number 'val/mask_ap50_95'"):
+        register_export(no_metric, name=name, tracking_uri=mlflow_server)
+    assert not client.search_registered_models(f"name='{name}'")
+
+
+def test_failure_after_version_creation_leaves_nothing(mlflow_server, exports):
+    """A champion whose metric tag is unreadable makes the gate fail after the version exists."""
+    client = connect(mlflow_server)
+    name = _name()
+    first = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
+    client.set_model_version_tag(name, first.version, "metric.val/mask_ap50_95", "n/a")
+    with pytest.raises(RegistryError, match="no numeric tag 'metric.val/mask_ap50_95'"):
+        register_export(exports["better"], name=name, tracking_uri=mlflow_server)
+    assert _versions(client, name) == [first.version]
+    assert alias_version(client, name, CHAMPION).version == first.version
+    assert alias_version(client, name, CHALLENGER) is None
+
+
+def test_server_down_is_a_clear_error(exports):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.time()
+    with pytest.raises(RegistryError, match="not reachable"):
+        register_export(exports["base"], name=_name(), tracking_uri=f"http://127.0.0.1:{port}")
+    assert time.time() - start < 15
+
+
+def test_serving_decode_agrees_with_the_torch_postprocess():
+    """The pyfunc's numpy decode (torch-free for serving hosts) matches cocoseg.model.postprocess."""
+    import numpy as np
+    import torch
+    from export_helpers import TinySeg
+
+    from cocoseg.model.postprocess import letterbox_params
+    from cocoseg.model.postprocess import postprocess as torch_postprocess
+    from cocoseg.registry import serving
+
+    size, (h0, w0) = 64, (48, 80)
+    image = np.random.default_rng(0).integers(0, 255, (h0, w0, 3), dtype=np.uint8)
+    x, scale, pad = serving.letterbox(image, size)
+    ref_scale, ref_pad = letterbox_params((h0, w0), (size, size))
+    assert ref_scale == pytest.approx(scale) and tuple(ref_pad) == pad
+    with torch.no_grad():
+        pred, proto = TinySeg().eval()(torch.from_numpy(x)[None])
+    ours = serving.postprocess(pred[0].numpy(), proto[0].numpy(), num_classes=3, size=size, scale=scale, pad=pad,
+                               shape=(h0, w0), conf=0.3, iou=0.7, max_det=10, masks=True)
+    (ref,) = torch_postprocess(pred, proto, input_hw=(size, size), orig_hw=[(h0, w0)], conf=0.3, iou=0.7,
+                               max_det=10, multi_label=False)
+    assert len(ours["scores"]) == len(ref) > 0
+    assert ours["classes"] == ref.classes.tolist()
+    np.testing.assert_allclose(ours["scores"], ref.scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours["boxes_xyxy"], ref.boxes_xyxy.numpy(), atol=0.02)
+    for rle, mask in zip(ours["masks_rle"], ref.masks.numpy(), strict=True):
+        flat = np.repeat(np.arange(len(rle["counts"])) % 2, rle["counts"]).astype(bool)
+        decoded = flat.reshape(w0, h0).T  # column-major runs
+        union = (decoded | mask).sum()
+        assert union == 0 or (decoded & mask).sum() / union > 0.99
