@@ -191,9 +191,9 @@ def part_a(args) -> dict:
     return summary
 
 
-# (b) and (c) belong to the train helper: add ``part_b(args)`` / ``part_c(args)`` here and list
-# them in PARTS.
-PARTS = {"a": part_a}
+from benchmarks._train_parts import part_b, part_c  # noqa: E402 (the train helper's parts)
+
+PARTS = {"a": part_a, "b": part_b, "c": part_c}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="rows per collated training batch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="", help="also write the summary here")
+    parser.add_argument("--epochs", type=int, default=2, help="(b) epochs per training run")
+    parser.add_argument("--train-imgsz", type=int, default=160, help="(b) input size of the training runs")
+    parser.add_argument("--steps", type=int, default=20, help="(c) timed GPU steps per configuration")
     args = parser.parse_args(argv)
     out = {}
     for part in args.part.split(","):
