@@ -185,9 +185,9 @@ def part_a(args) -> dict:
         # the median; "total" is the honest one, "steady" credits Ray with work done before its
         # first batch arrived
         "ratio_total": statistics.median(r["total_img_s"] / t["total_img_s"]
-                                         for r, t in zip(results["ray"], results["torch"])),
+                                         for r, t in zip(results["ray"], results["torch"], strict=True)),
         "ratio_steady": statistics.median(r["steady_img_s"] / t["steady_img_s"]
-                                          for r, t in zip(results["ray"], results["torch"])),
+                                          for r, t in zip(results["ray"], results["torch"], strict=True)),
         "rounds_detail": results,
     }
     print(f"(a) input pipeline, {args.images} images at {args.imgsz}, preset {args.preset}: "
