@@ -28,7 +28,7 @@ from cocoseg.model.postprocess import postprocess
 from cocoseg.structures import SegTargets
 
 SIZE = 96
-STEPS = int(os.environ.get("LEARNING_STEPS", "80"))
+STEPS = int(os.environ.get("LEARNING_STEPS", "50"))
 CLASSES = tuple(SHAPES)  # circle, square, triangle, star
 
 

@@ -56,7 +56,7 @@ def test_loss_golden_on_seeded_batch() -> None:
 def _loop_reference(outputs: RawOutputs, targets: SegTargets, criterion: SegmentationLoss) -> dict[str, float]:
     """The same loss written as plain loops over images and positive anchors (slow, obvious)."""
     feats, coeffs, proto = outputs
-    batch, reg_max = proto.shape[0], 16
+    batch = proto.shape[0]
     flat = torch.cat([f.flatten(2) for f in feats], 2).transpose(1, 2)
     pred_dist, pred_logits = flat[..., :64], flat[..., 64:]
     points, stride = make_anchors([f.shape[2:] for f in feats], [8, 16, 32])
@@ -149,3 +149,52 @@ def test_wrong_channel_count_is_a_clear_error() -> None:
     outputs, targets = _seeded_batch()
     with pytest.raises(ValueError, match="channels"):
         SegmentationLoss(num_classes=80)(outputs, targets)
+
+
+@pytest.mark.gpu
+def test_cuda_loss_and_postprocess_match_cpu() -> None:
+    """The same loss and post-processing on a GPU (the CPU path is covered above); skipped without CUDA."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from cocoseg.model.postprocess import decode_outputs, postprocess
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    outputs, targets = _seeded_batch(seed=5)
+    criterion = SegmentationLoss(num_classes=NC)
+    cpu = criterion(outputs, targets)
+    cuda_outputs = RawOutputs([f.cuda() for f in outputs.feats], outputs.mask_coeffs.cuda(), outputs.proto.cuda())
+    gpu = criterion(cuda_outputs, targets.to("cuda"))
+    for key, value in cpu.items():
+        assert float(gpu[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), key
+    pred, proto = decode_outputs(outputs, num_classes=NC)
+    (det_cpu,) = postprocess(pred[:1], proto[:1], conf=0.01)
+    (det_gpu,) = postprocess(pred[:1].cuda(), proto[:1].cuda(), conf=0.01)
+    torch.testing.assert_close(det_gpu.boxes_xyxy.cpu(), det_cpu.boxes_xyxy, atol=1e-3, rtol=0)
+    assert (det_gpu.masks.cpu() != det_cpu.masks).float().mean() < 1e-3
+
+
+def test_malformed_targets_are_a_clear_error() -> None:
+    outputs, targets = _seeded_batch()
+    bad = SegTargets(batch_idx=targets.batch_idx + 5, cls=targets.cls, boxes_cxcywh_norm=targets.boxes_cxcywh_norm,
+                     masks=targets.masks)
+    with pytest.raises(ValueError, match=r"batch_idx must lie in 0\.\.2"):
+        SegmentationLoss(num_classes=NC)(outputs, bad)
+    bad = SegTargets(batch_idx=targets.batch_idx, cls=targets.cls, boxes_cxcywh_norm=targets.boxes_cxcywh_norm,
+                     masks=targets.masks[:1])
+    with pytest.raises(ValueError, match="masks must be"):
+        SegmentationLoss(num_classes=NC)(outputs, bad)
+
+
+def test_bf16_outputs_give_the_float32_loss() -> None:
+    """Under autocast the head emits bf16; the loss upcasts, so targets keep full precision."""
+    outputs, targets = _seeded_batch(seed=5)
+    half = RawOutputs([f.bfloat16().float() for f in outputs.feats], outputs.mask_coeffs.bfloat16().float(),
+                      outputs.proto.bfloat16().float())
+    as_bf16 = RawOutputs([f.bfloat16() for f in outputs.feats], outputs.mask_coeffs.bfloat16(),
+                         outputs.proto.bfloat16())
+    criterion = SegmentationLoss(num_classes=NC)
+    expected, got = criterion(half, targets), criterion(as_bf16, targets)
+    for key in expected:
+        assert got[key].dtype == torch.float32
+        assert float(got[key]) == pytest.approx(float(expected[key]), rel=1e-6), key

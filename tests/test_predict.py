@@ -47,45 +47,54 @@ def _check_outputs(read, stem: str, orig_hw: tuple[int, int]) -> int:
     return len(record["detections"])
 
 
-def test_predict_local_with_an_unreadable_image(cli, checkpoint: Path, coco8_seg: Path, tmp_path: Path) -> None:
+def test_predict_cli_local_and_s3_with_unreadable_images(cli, checkpoint: Path, coco8_seg: Path, tmp_path: Path,
+                                                         s3_bucket: str) -> None:
+    """One real ``cocoseg predict`` run: weights and one image on S3, a local folder holding two
+    images and a broken file, a missing path; output to S3. The good images are processed, the
+    bad ones reported (exit status 1, no traceback)."""
     images = tmp_path / "images"
     images.mkdir()
     for name in ("000000000009.jpg", "000000000025.jpg"):
         shutil.copy(coco8_seg / "images" / "train" / name, images / name)
     (images / "broken.jpg").write_text("this is not a JPEG")
-    out = tmp_path / "out"
-    proc = cli("predict", checkpoint, images, tmp_path / "missing.png", "--out", out, check=False)
+    weights = f"{s3_bucket}/weights/n-shapes"
+    storage.upload_dir(checkpoint, weights)
+    s3_image = f"{s3_bucket}/images/000000000036.jpg"
+    storage.write_bytes(s3_image, (coco8_seg / "images" / "val" / "000000000036.jpg").read_bytes())
+    out = f"{s3_bucket}/predictions"
+    proc = cli("predict", weights, images, s3_image, tmp_path / "missing.png", "--out", out, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "broken.jpg" in proc.stderr and "not a decodable image" in proc.stderr
     assert "missing.png" in proc.stderr and "Traceback" not in proc.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert [s["stem"] for s in summary["images"]] == ["000000000009", "000000000025"]
-    assert len(summary["failed"]) == 2
+    assert "3 image(s) processed, 2 failed" in proc.stdout
+    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    assert [s["stem"] for s in summary["images"]] == ["000000000009", "000000000025", "000000000036"]
     found = 0
-    for stem in ("000000000009", "000000000025"):
-        with Image.open(images / f"{stem}.jpg") as img:
+    for stem, folder in (("000000000009", "train"), ("000000000025", "train"), ("000000000036", "val")):
+        with Image.open(coco8_seg / "images" / folder / f"{stem}.jpg") as img:
             orig_hw = (img.height, img.width)
-        found += _check_outputs(lambda name: (out / name).read_bytes(), stem, orig_hw)
+        found += _check_outputs(lambda name: storage.read_bytes(f"{out}/{name}"), stem, orig_hw)
     assert found > 0, "the biased checkpoint should detect something"
-    overlay = np.asarray(Image.open(out / "000000000009.png").convert("RGB"))
-    original = np.asarray(Image.open(images / "000000000009.jpg").convert("RGB"))
-    assert (np.abs(overlay.astype(int) - original.astype(int)).sum(-1) > 60).mean() > 0.001  # something drawn
 
 
-def test_predict_s3_in_and_out(cli, checkpoint: Path, coco8_seg: Path, s3_bucket: str) -> None:
-    weights = f"{s3_bucket}/weights/n-shapes"
-    storage.upload_dir(checkpoint, weights)
-    image = f"{s3_bucket}/images/000000000036.jpg"
-    storage.write_bytes(image, (coco8_seg / "images" / "val" / "000000000036.jpg").read_bytes())
-    out = f"{s3_bucket}/predictions"
-    proc = cli("predict", weights, f"{s3_bucket}/images", "--out", out)
-    assert "1 image(s) processed, 0 failed" in proc.stdout
-    with Image.open(coco8_seg / "images" / "val" / "000000000036.jpg") as img:
-        orig_hw = (img.height, img.width)
-    _check_outputs(lambda name: storage.read_bytes(f"{out}/{name}"), "000000000036", orig_hw)
+def test_predict_images_local_overlay(checkpoint: Path, coco8_seg: Path, tmp_path: Path) -> None:
+    from cocoseg.cli.predict import predict_images
+    from cocoseg.model import load_checkpoint
+
+    model, card = load_checkpoint(str(checkpoint))
+    image = coco8_seg / "images" / "train" / "000000000009.jpg"
+    summary = predict_images(model, card.class_names, [str(image)], str(tmp_path / "out"), imgsz=card.imgsz)
+    assert summary["failed"] == [] and summary["images"][0]["detections"] > 0
+    overlay = np.asarray(Image.open(tmp_path / "out" / "000000000009.png").convert("RGB"))
+    original = np.asarray(Image.open(image).convert("RGB"))
+    changed = (np.abs(overlay.astype(int) - original.astype(int)).sum(-1) > 60).mean()
+    assert 0.001 < changed < 1.0  # masks and boxes were drawn, the image is still there
 
 
-def test_predict_bad_checkpoint_is_a_clear_error(cli, tmp_path: Path) -> None:
+def test_predict_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cocoseg.cli import main
+
     (tmp_path / "ckpt").mkdir()
-    proc = cli("predict", tmp_path / "ckpt", tmp_path / "x.jpg", "--out", tmp_path / "out", check=False)
-    assert proc.returncode == 2 and "model_card.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["predict", str(tmp_path / "ckpt"), str(tmp_path / "x.jpg"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model_card.json" in err and "Traceback" not in err

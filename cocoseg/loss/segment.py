@@ -57,7 +57,7 @@ def pad_targets(targets: SegTargets, batch_size: int, image_hw: tuple[int, int]
     labels = torch.zeros(batch_size, max_inst, dtype=torch.long, device=dev)
     boxes = torch.zeros(batch_size, max_inst, 4, dtype=torch.float32, device=dev)
     valid = torch.zeros(batch_size, max_inst, dtype=torch.bool, device=dev)
-    labels[batch_idx, slot] = targets.cls.long().view(-1)
+    labels[batch_idx, slot] = targets.cls.long().view(-1)  # (N,) or (N, 1) both accepted
     boxes[batch_idx, slot] = xyxy
     valid[batch_idx, slot] = True
     return labels, boxes, valid, slot
@@ -93,9 +93,13 @@ class SegmentationLoss:
         return cls(**{**found, **kwargs})
 
     def __call__(self, outputs: RawOutputs, targets: SegTargets) -> dict[str, torch.Tensor]:
-        feats, coeffs, proto = outputs
+        # The loss runs in float32 even when the forward ran under autocast (bf16 targets and
+        # normalisers would lose the small soft scores).
+        feats = [f.float() for f in outputs.feats]
+        coeffs, proto = outputs.mask_coeffs.float(), outputs.proto.float()
         batch = proto.shape[0]
         nc, reg_max = self.num_classes, self.reg_max
+        _check_targets(targets, batch)
         # (B, 4*reg_max + nc, A) -> box logits (B, A, 4*reg_max) and class logits (B, A, nc).
         flat = torch.cat([f.flatten(2) for f in feats], 2)
         if flat.shape[1] != 4 * reg_max + nc:
@@ -178,6 +182,21 @@ class SegmentationLoss:
         area = (boxes_norm[:, 2] - boxes_norm[:, 0]) * (boxes_norm[:, 3] - boxes_norm[:, 1])
         per_positive = (bce * inside).mean((1, 2)) / area
         return per_positive.sum() / img_idx.shape[0]
+
+
+def _check_targets(targets: SegTargets, batch: int) -> None:
+    """Shape and range checks that turn a malformed batch into one clear message."""
+    n = targets.num_instances
+    problems = []
+    if targets.batch_idx.shape != (n,) or targets.boxes_cxcywh_norm.shape != (n, 4):
+        problems.append(f"batch_idx {tuple(targets.batch_idx.shape)}, cls {tuple(targets.cls.shape)} and "
+                        f"boxes {tuple(targets.boxes_cxcywh_norm.shape)} must be (N,), (N,) and (N, 4)")
+    elif n and (int(targets.batch_idx.min()) < 0 or int(targets.batch_idx.max()) >= batch):
+        problems.append(f"batch_idx must lie in 0..{batch - 1}, got {int(targets.batch_idx.max())}")
+    if targets.masks.dim() != 3 or targets.masks.shape[0] != batch:
+        problems.append(f"masks must be (B={batch}, H/4, W/4) overlap maps, got {tuple(targets.masks.shape)}")
+    if problems:
+        raise ValueError("SegTargets do not fit the model outputs: " + "; ".join(problems))
 
 
 def _box_crop_mask(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -250,7 +250,7 @@ def postprocess(pred: torch.Tensor, proto: torch.Tensor, *, input_hw: tuple[int,
                                                      rows[i:i + mask_chunk, :4], input_hw),
                                        orig_hw[b], ratio_pads[b])
                      for i in range(0, rows.shape[0], mask_chunk)]
-            masks = torch.cat(parts) if parts else torch.zeros(0, *orig_hw[b], dtype=torch.bool)
+            masks = torch.cat(parts) if parts else torch.zeros(0, *orig_hw[b], dtype=torch.bool, device=proto.device)
         results.append(Detections(boxes_xyxy=boxes.float(), scores=rows[:, 4].float(),
                                   classes=rows[:, 5].long(), masks=masks))
     return results
