@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cocoseg.config import ConfigError, load_config, with_overrides
 from cocoseg.utils import UserError
+from pipelines._train_checks import ensure_ray
 
 DEMO_DEFAULTS = [
     "model.variant=n",
@@ -49,6 +50,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
     else:
         print(f"[1/5] synthetic source already at {source}", flush=True)
     cfg = load_config(None, [f"storage.root={root}", f"ingest.source={source}", *DEMO_DEFAULTS, *overrides])
+    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest.run(cfg)
     cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
