@@ -38,6 +38,7 @@ __all__ = [
     "JobConfig",
     "ModelConfig",
     "RegistryConfig",
+    "RetrainConfig",
     "StorageConfig",
     "TrackingConfig",
     "TrainConfig",
@@ -47,6 +48,7 @@ __all__ = [
     "load_dataset_yaml",
     "parse_overrides",
     "to_dict",
+    "with_overrides",
 ]
 
 
@@ -219,13 +221,21 @@ class RegistryConfig:
     """MLflow Model Registry and the champion/challenger promotion gate (cocoseg.registry)."""
 
     model_name: str = "cocoseg-yolov8-seg"
-    gate_metric: str = "mask_map50_95"  # key in the export's metrics.json (nested keys joined by ".")
+    gate_metric: str = "val/mask_ap50_95"  # key in the export's metrics.json (the trainer's name; nested keys joined by ".")
     promotion_margin: float = 0.0  # the challenger needs gate_metric >= champion's + margin
     same_snapshot: bool = True  # refuse to compare metrics measured on different val snapshots
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name.strip()), "registry.model_name", "must not be empty")
         _check(self.promotion_margin >= 0, "registry.promotion_margin", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Scheduled retraining (pipelines/retrain.py): when to train and how to start."""
+
+    force: bool = False  # train even when the source is unchanged and the champion saw this snapshot
+    warm_start: bool = True  # initialise from the registry's champion (when it has the same variant/classes)
 
 
 @dataclass(frozen=True)
@@ -239,6 +249,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +392,12 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
         else:
             out[k] = v
     return out
+
+
+def with_overrides(config: Any, overrides: Sequence[str]) -> Any:
+    """A copy of ``config`` with dotted overrides applied and validated like the command line's."""
+    merged = _deep_merge(to_dict(config), parse_overrides(overrides))
+    return from_dict(type(config), merged)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -9,9 +9,10 @@ This module imports nothing from cocoseg (layer L0).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # annotations only: the class maps must not cost a torch import (ingest, Ray Data)
+    import torch
 
 __all__ = [
     "COCO80_TO_COCO91",

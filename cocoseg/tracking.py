@@ -92,13 +92,17 @@ def _client(tracking_uri: str):
 
 
 def create_run(*, tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
-               tags: Mapping[str, str], parent_run_id: str = "") -> str:
-    """Create the training run (nested under ``parent_run_id`` if given); returns its id."""
+               tags: Mapping[str, str], parent_run_id: str = "", artifact_location: str = "") -> str:
+    """Create the training run (nested under ``parent_run_id`` if given); returns its id.
+
+    ``artifact_location`` applies when the experiment is new (the embedded SQLite store would
+    otherwise put artifacts in ``./mlruns`` of whatever the current directory is).
+    """
     from mlflow.entities import Param
 
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location or None)
     all_tags = {k: str(v) for k, v in tags.items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id

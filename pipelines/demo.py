@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocoseg.config import ConfigError, load_config
+from cocoseg.config import ConfigError, load_config, with_overrides
 from cocoseg.utils import UserError
 
 DEMO_DEFAULTS = [
@@ -51,8 +51,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
     cfg = load_config(None, [f"storage.root={root}", f"ingest.source={source}", *DEMO_DEFAULTS, *overrides])
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest.run(cfg)
-    cfg = load_config(None, [f"storage.root={root}", f"ingest.source={source}", *DEMO_DEFAULTS,
-                             f"train.snapshot={manifest['snapshot_uri']}", *overrides])
+    cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
     print(f"[3/5] train yolov8{cfg.model.variant}-seg for {cfg.train.epochs} epochs at {cfg.model.imgsz} px "
           f"(Ray Train, {cfg.train.num_workers} worker)", flush=True)
     trained = train.run(cfg)

@@ -2,7 +2,7 @@
 
     ray job submit --working-dir . --entrypoint-num-gpus 1 -- python -m pipelines.export \\
         --weights s3://bucket/cocoseg/runs/<run>/best --out s3://bucket/cocoseg/exports/<run> \\
-        --config pipelines/configs/export.yaml export.formats=[onnx,engine]
+        --config pipelines/configs/export.yaml
 
 (or ``cocoseg export WEIGHTS --out DIR [--formats onnx,engine]``; ``python -m pipelines.export``
 locally). ``--entrypoint-num-gpus 1`` places the driver on a GPU node so the TensorRT engine is
@@ -48,8 +48,12 @@ def _metrics(weights: str, card_metrics: dict[str, Any], metrics_file: str | Non
     return dict(card_metrics)
 
 
-def run(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None) -> dict[str, Any]:
-    """Export the checkpoint ``weights`` into ``out``; returns the manifest."""
+def run(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None,
+        train_run_id: str = "") -> dict[str, Any]:
+    """Export the checkpoint ``weights`` into ``out``; returns the manifest.
+
+    ``train_run_id`` (the MLflow run that trained the weights) becomes a registry version tag.
+    """
     from cocoseg.model.weights import WEIGHTS_FILE, load_checkpoint
 
     model, card = load_checkpoint(weights)
@@ -60,7 +64,8 @@ def run(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None)
         local_out = Path(tmp) / "export" if storage.is_s3(out) else Path(out)
         manifest = export_bundle(model, weights_file=weights_file, card=card.to_dict(), out_dir=local_out,
                                  cfg=cfg.export, num_classes=card.num_classes, metrics=metrics,
-                                 resolved_config=to_dict(cfg), timing_cache_dir=cache)
+                                 resolved_config=to_dict(cfg), timing_cache_dir=cache,
+                                 train_run_id=train_run_id)
         if storage.is_s3(out):
             storage.delete(storage.join(out, bundle.MANIFEST))
             for name in sorted(manifest["files"]):  # the manifest goes last: it commits the export
@@ -75,11 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="checkpoint folder (local or s3://)")
     parser.add_argument("--out", required=True, help="export directory (local or s3://)")
     parser.add_argument("--metrics", default=None, help="evaluation metrics JSON to carry into the export")
+    parser.add_argument("--train-run-id", default="", help="MLflow run id that trained the weights")
     parser.add_argument("--config", default=None, help="job config YAML")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. export.imgsz=320")
     args = parser.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides), args.weights, args.out, args.metrics)
+        run(load_config(args.config, args.overrides), args.weights, args.out, args.metrics, args.train_run_id)
     except (UserError, ValueError) as exc:
         print(f"pipelines.export: error: {exc}", file=sys.stderr)
         return 2

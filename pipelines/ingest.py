@@ -45,16 +45,19 @@ def _stream(records: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobConfi
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # deterministic shard contents
+    options = ray.data.DataContext.get_current().execution_options
+    saved, options.preserve_order = options.preserve_order, True  # deterministic shard contents
     ic = cfg.ingest
     blocks = ic.read_parallelism if ic.read_parallelism > 0 else max(1, min(math.ceil(len(records) / ic.batch_rows), 400))
     ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
         process_batch, batch_format="pyarrow", batch_size=ic.batch_rows,
         fn_kwargs={"id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
                    "decode_check": ic.decode_check})
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        writer.add(batch)
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+    finally:
+        options.preserve_order = saved
 
 
 def run(cfg: JobConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ key) is refused before any worker starts.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -98,7 +99,9 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
                 "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "run": run_info},
+        train_loop_config={"job": to_dict(cfg), "run": run_info, "make_logger": functools.partial(
+            tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
+            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
@@ -133,8 +136,12 @@ def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest:
     ctx = ray.get_runtime_context()
     tags = {"snapshot_id": manifest["snapshot_id"], "git_commit": git_commit(), "variant": cfg.model.variant,
             "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or ctx.get_job_id(), "run_dir": run_dir}
+    artifacts = ""
+    if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, not in the current directory
+        root = cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root)
+        artifacts = storage.join(root, "mlartifacts")
     return tracking.create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
-                               params=to_dict(cfg), tags=tags, parent_run_id=parent)
+                               params=to_dict(cfg), tags=tags, parent_run_id=parent, artifact_location=artifacts)
 
 
 def _finish_tracking(uri: str, run_id: str, run_dir: str) -> None:

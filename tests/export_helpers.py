@@ -55,7 +55,7 @@ def make_export(root: Path, *, metric: float | None = 0.3, snapshot: str = "snap
     weights = save_weights(model, root.parent / f"{root.name}.safetensors")
     card = {"variant": "tiny", "num_classes": 3, "class_names": ["a", "b", "c"], "imgsz": imgsz,
             "data_snapshot": "snap-train-1", "train_run_id": "run-123", "git_commit": "abc123"}
-    metrics = {"val_snapshot": snapshot, **({"mask_map50_95": metric, "box_map50_95": metric + 0.1}
+    metrics = {"val_snapshot": snapshot, **({"val/mask_ap50_95": metric, "val/box_ap50_95": metric + 0.1}
                                             if metric is not None else {})}
     cfg = ExportConfig(imgsz=imgsz, bench=False, **cfg_kw)
     export_bundle(model, weights_file=weights, card=card, out_dir=root, cfg=cfg, num_classes=3,

@@ -280,3 +280,18 @@ def test_colour_matrix_gains() -> None:
     red = np.array([200.0, 50.0, 50.0])
     less = colour_matrix(np.array([1.0, 0.3, 1.0])) @ red
     assert np.ptp(less) < np.ptp(red) * 0.31  # saturation shrinks the chroma
+
+
+def test_stage_accepts_arrow_numpy_and_row_batches() -> None:
+    import pyarrow as pa
+
+    from cocoseg.data.schema import SNAPSHOT_SCHEMA
+
+    rows = make_rows(4, (80, 60))
+    table = pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA)
+    columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}  # Ray "numpy"
+    outs = [AugmentBatch(preset="val", imgsz=64, epoch=0)(b) for b in (table, columns, rows)]
+    for out in outs[1:]:
+        assert np.array_equal(out["image"], outs[0]["image"]) and np.array_equal(out["masks"], outs[0]["masks"])
+        assert list(out["labels"]) == list(outs[0]["labels"])
+    assert outs[0]["image"].shape == (4, 64, 64, 3) and int(outs[0]["masks"].max()) == 2

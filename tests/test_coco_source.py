@@ -85,3 +85,15 @@ def test_empty_or_unknown_sources_are_clear_errors(tmp_path):
     make_source(tmp_path / "s", images=4)
     with pytest.raises(IngestError, match="none of the requested splits"):
         plan_source(str(tmp_path / "s"), splits=("test",))
+
+
+def test_shipped_ingest_job_config_loads():
+    from pathlib import Path
+
+    from cocoseg.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ingest.yaml",
+                      ["ingest.decode_check=full"])
+    assert cfg.ingest.source.startswith("s3://") and cfg.ingest.decode_check == "full"
+    with pytest.raises(ConfigError, match="decode_check"):
+        load_config(None, ["ingest.decode_check=maybe"])

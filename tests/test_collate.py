@@ -103,3 +103,13 @@ def test_letterboxed_sample_records_its_params() -> None:
     smp = load_letterboxed(make_row(1, (200, 100)), (128, 128))
     gain, pad_x, pad_y = smp.letterbox
     assert gain == pytest.approx(0.64) and pad_x == 0 and pad_y == 32
+
+
+@pytest.mark.gpu
+def test_collated_batch_moves_to_cuda_channels_last() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    batch = AugmentBatch(preset="yolov8-close", imgsz=64, seed=0, epoch=0)(make_rows(2, (80, 60)))
+    tb = collate_train(batch).to("cuda", non_blocking=True)
+    assert tb.images.is_cuda and tb.images.is_contiguous(memory_format=torch.channels_last)
+    assert tb.targets.masks.is_cuda and tb.targets.masks.dtype == torch.int32

@@ -143,3 +143,28 @@ def test_real_model_and_loss_step_lowers_the_loss_on_a_fixed_batch():
     assert after < 0.9 * before, (before, after)
     assert parts.ema.updates == 8
     assert all(v == v for v in seen[0].metrics.values())  # no NaN anywhere
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
+def test_gpu_step_in_bf16_channels_last_and_fp16_with_scaler():
+    from cocoseg.loss import SegmentationLoss
+    from cocoseg.model import build_model
+
+    device = torch.device("cuda")
+    for amp in ("bf16", "fp16"):
+        model = build_model("n", num_classes=2).to(device).to(memory_format=torch.channels_last)
+        dtype = resolve_precision(amp, device)
+        parts = TrainParts(model=model, loss_fn=SegmentationLoss.from_model(model),
+                           optimizer=build_optimizer(model, lr0=0.01), ema=ModelEMA(model), device=device,
+                           schedule=Schedule(epochs=1, batches_per_epoch=2, global_batch=2, nominal_batch=2, warmup_epochs=0),
+                           amp_dtype=dtype, scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
+        targets = SegTargets(batch_idx=torch.tensor([0, 1]), cls=torch.tensor([0, 1]),
+                             boxes_cxcywh_norm=torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.6, 0.6, 0.3, 0.3]]),
+                             masks=torch.ones(2, 16, 16, dtype=torch.int32))
+        batch = TrainBatch(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8), targets)
+        state = LoopState()
+        fit(parts, epochs=1, state=state, train_batches=lambda e, b=batch: [b, b], validate=None,
+            on_epoch_end=lambda r: None)
+        assert state.ni == 2 and parts.ema.updates == 2
+        assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -147,3 +147,17 @@ def test_latency_table_has_each_cpu_format(tmp_path):
     assert [r["format"] for r in table["rows"]][:2] == ["torch eager", "onnxruntime"]
     assert all(r["median_ms"] > 0 for r in table["rows"]) and table["batch"] == 1
     json.dumps(table)
+
+
+def test_dynamo_exporter_embeds_weights_or_says_what_is_missing(tmp_path):
+    model = TinySeg().eval()
+    path = tmp_path / "dynamo.onnx"
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        with pytest.raises(ExportError, match="needs the 'onnxscript' package"):
+            export_onnx(model, path, num_classes=3, imgsz=IMGSZ, exporter="dynamo")
+        return
+    export_onnx(model, path, num_classes=3, imgsz=IMGSZ, exporter="dynamo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamo.onnx"]
+    check_parity(model, path, num_classes=3, imgsz=IMGSZ)

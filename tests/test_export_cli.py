@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cocoseg.bundle import open_bundle
+from cocoseg.registry import connect
 
 
 @pytest.fixture(scope="module")
@@ -24,43 +25,56 @@ def checkpoint(tmp_path_factory):
     model = build_model("n", 2).eval()
     card = ModelCard(variant="n", num_classes=2, class_names=["cat", "dog"], imgsz=64, data_snapshot="snap-1")
     save_checkpoint(str(root), model, card)
-    (root / "metrics.json").write_text(json.dumps({"mask_map50_95": 0.12, "val_snapshot": "snap-1"}))
+    (root / "metrics.json").write_text(json.dumps({"val/mask_ap50_95": 0.12, "val_snapshot": "snap-1"}))
     return root
 
 
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """The console command's entry function, in-process (the export test runs the real binary)."""
+    from cocoseg.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
-def test_cli_export_register_promote_rollback(checkpoint, cli, mlflow_server, tmp_path):
+def test_cli_export_register_promote_rollback(checkpoint, cli, mlflow_server, tmp_path, capsys):
     out = tmp_path / "export"
     proc = cli("export", checkpoint, "export.imgsz=64", "export.bench=false", "--out", out,
-               "--formats", "onnx,engine")
+               "--formats", "onnx,engine", "--train-run-id", "run-42")
     assert json.loads(proc.stdout)["engine_built"] is False
     assert "TensorRT engine skipped" in proc.stderr  # said plainly; ONNX only
     bundle = open_bundle(out)
-    assert bundle.card["variant"] == "n" and bundle.metrics["mask_map50_95"] == 0.12
+    assert bundle.card["variant"] == "n" and bundle.metrics["val/mask_ap50_95"] == 0.12
     parity = bundle.card["export"]["onnx"]["parity"]
     assert parity["batches"] == [1, 2] and parity["max_abs"]["pred"] < 1e-3
 
     name = f"seg-{uuid.uuid4().hex[:8]}"
     uri = f"tracking.tracking_uri={mlflow_server}"
-    first = json.loads(cli("register", out, uri, "--name", name).stdout)
-    assert first["decision"] == "bootstrap" and first["version"] == "1"
-    proc = cli("rollback", name, uri, check=False)
-    assert proc.returncode == 2 and "records no previous champion" in proc.stderr
-    second = json.loads(cli("register", out, uri, "registry.promotion_margin=0.01", "--name", name).stdout)
+    code, stdout, _ = _main(capsys, "register", out, uri, "--name", name)
+    first = json.loads(stdout)
+    assert code == 0 and first["decision"] == "bootstrap" and first["version"] == "1"
+    tags = connect(mlflow_server).get_model_version(name, "1").tags
+    assert (tags["train_run_id"], tags["variant"], tags["data_snapshot"]) == ("run-42", "n", "snap-1")
+    code, _, err = _main(capsys, "rollback", name, uri)
+    assert code == 2 and "records no previous champion" in err
+    code, stdout, _ = _main(capsys, "register", out, uri, "registry.promotion_margin=0.01", "--name", name)
+    second = json.loads(stdout)
     assert second["decision"] == "rejected" and "short by" in second["reason"]
-    assert "-> v2 (was v1)" in cli("promote", name, "2", uri).stdout
-    assert "-> v1 (rolled back from v2)" in cli("rollback", name, uri).stdout
+    assert "-> v2 (was v1)" in _main(capsys, "promote", name, "2", uri)[1]
+    assert "-> v1 (rolled back from v2)" in _main(capsys, "rollback", name, uri)[1]
 
 
-def test_cli_bad_inputs_are_clear_errors(checkpoint, cli, tmp_path):
+def test_cli_bad_inputs_are_clear_errors(checkpoint, tmp_path, capsys):
     no_card = shutil.copytree(checkpoint, tmp_path / "nocard")
     (no_card / "model_card.json").unlink()
-    proc = cli("export", no_card, "--out", tmp_path / "out", check=False)
-    assert proc.returncode == 2 and "model_card.json is missing" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "export.json").exists()
+    code, _, err = _main(capsys, "export", no_card, "--out", tmp_path / "out")
+    assert code == 2 and "model_card.json is missing" in err
+    assert not (tmp_path / "out" / "export.json").exists()
 
-    proc = cli("export", checkpoint, "export.opset=17", "--out", tmp_path / "out", check=False)
-    assert proc.returncode == 2 and "export.opset" in proc.stderr
+    code, _, err = _main(capsys, "export", checkpoint, "export.opset=17", "--out", tmp_path / "out")
+    assert code == 2 and "export.opset" in err
 
-    proc = cli("register", tmp_path / "nowhere", "--name", "x", check=False)
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    code, _, err = _main(capsys, "register", tmp_path / "nowhere", f"storage.root={tmp_path}", "--name", "x")
+    assert code == 2 and "does not exist" in err

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from ingest_helpers import EXPECTED_REJECTS, make_bad_source
 from PIL import Image
@@ -87,3 +88,27 @@ def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
     assert modes == {7: "L", 8: "CMYK"}  # accepted, original bytes kept
     crowd = [a for r in kept for a in r["annotations"] if a["iscrowd"]]
     assert len(crowd) == 1 and crowd[0]["area"] == 96 and crowd[0]["rle_counts"]
+
+
+def test_shards_do_not_depend_on_batch_boundaries(tmp_path):
+    from ingest_helpers import make_source
+
+    from cocoseg.data.snapshot import SnapshotWriter
+
+    make_source(tmp_path / "src", images=30, size=(64, 48))
+    plan = plan_source(str(tmp_path / "src"))
+    out = process_batch(sort_records(plan), plan.class_map.id_to_index)
+    results = []
+    for step in (1, 7, out.num_rows):
+        writer = SnapshotWriter(str(tmp_path / f"d{step}"), "s", plan, shard_bytes=6000, settings={})
+        for i in range(0, out.num_rows, step):
+            writer.add(out.slice(i, step))
+        manifest = writer.commit()
+        shards = {k: [(s["path"], s["rows"]) for s in v["shards"]] for k, v in manifest["splits"].items()}
+        ids = [pq.read_table(tmp_path / f"d{step}" / "snapshots" / "s" / p, columns=["image_id"]).column(0).to_pylist()
+               for v in shards.values() for p, _ in v]
+        results.append((shards, ids))
+    assert results[0] == results[1] == results[2]
+    shards, ids = results[0]
+    assert len(shards["train"]) > 2 and sum(map(len, ids)) == 30
+    assert [i for chunk in ids for i in chunk] == sorted(i for chunk in ids for i in chunk)

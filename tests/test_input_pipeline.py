@@ -13,7 +13,9 @@ from cocoseg import storage
 from cocoseg.data.collate import ValBatch, collate_val
 from cocoseg.structures import TrainBatch
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# Each test starts a Ray Data execution (actor start-up included): measured 53-63 s per test on
+# the 2-core machine while it was shared (load average ~25), hence "slow".
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

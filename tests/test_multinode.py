@@ -71,11 +71,14 @@ def _stop_cluster(temp_dir: str) -> None:
 
 @pytest.fixture
 def two_node_cluster(moto_server):
-    temp_dir = tempfile.mkdtemp(prefix="csmn-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    # Short paths (Ray's socket paths must stay < 108 chars); one per node, because two runtime-env
+    # agents sharing a folder garbage-collect each other's unpacked working dirs.
+    temp_dir = tempfile.mkdtemp(prefix="csmn-", dir="/tmp")
+    worker_dir = f"{temp_dir}/w"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = free_port(), free_port()
-    base = ["--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--temp-dir", temp_dir]
+    base = ["--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
 
     def node_ports() -> list[str]:
         return _ports("node-manager-port", "object-manager-port", "metrics-export-port",
@@ -83,8 +86,8 @@ def two_node_cluster(moto_server):
 
     head = [RAY, "start", "--head", "--port", str(gcs_port), "--include-dashboard", "true",
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-            *_ports("ray-client-server-port"), *base, *node_ports()]
-    worker = [RAY, "start", "--address", f"127.0.0.1:{gcs_port}", *base, *node_ports()]
+            *_ports("ray-client-server-port"), "--temp-dir", temp_dir, *base, *node_ports()]
+    worker = [RAY, "start", "--address", f"127.0.0.1:{gcs_port}", "--temp-dir", worker_dir, *base, *node_ports()]
     try:
         for cmd in (head, worker):
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -96,6 +99,7 @@ def two_node_cluster(moto_server):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, tmp_path):
     root = tmp_path / "store"  # one disk: both "nodes" see it (a real cluster uses s3://)
     overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",

@@ -145,7 +145,7 @@ def test_bad_export_dirs_register_nothing(mlflow_server, exports, tmp_path):
     with pytest.raises(BundleError, match="model.onnx is missing"):
         register_export(broken, name=name, tracking_uri=mlflow_server)
     tampered = shutil.copytree(exports["base"], tmp_path / "tampered")
-    (tampered / "metrics.json").write_text('{"mask_map50_95": 0.99, "val_snapshot": "snap-val-1"}')
+    (tampered / "metrics.json").write_text('{"val/mask_ap50_95": 0.99, "val_snapshot": "snap-val-1"}')
     with pytest.raises(BundleError, match="does not match its SHA-256"):
         register_export(tampered, name=name, tracking_uri=mlflow_server)
     unfinished = shutil.copytree(exports["base"], tmp_path / "unfinished")
@@ -153,7 +153,7 @@ def test_bad_export_dirs_register_nothing(mlflow_server, exports, tmp_path):
     with pytest.raises(BundleError, match="not a finished export"):
         register_export(unfinished, name=name, tracking_uri=mlflow_server)
     no_metric = make_export(tmp_path / "nometric", metric=None)
-    with pytest.raises(BundleError, match="has no number 'mask_map50_95'"):
+    with pytest.raises(BundleError, match="has no finite number 'val/mask_ap50_95'"):
         register_export(no_metric, name=name, tracking_uri=mlflow_server)
     assert not client.search_registered_models(f"name='{name}'")
 
@@ -163,8 +163,8 @@ def test_failure_after_version_creation_leaves_nothing(mlflow_server, exports):
     client = connect(mlflow_server)
     name = _name()
     first = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
-    client.set_model_version_tag(name, first.version, "metric.mask_map50_95", "n/a")
-    with pytest.raises(RegistryError, match="no numeric tag 'metric.mask_map50_95'"):
+    client.set_model_version_tag(name, first.version, "metric.val/mask_ap50_95", "n/a")
+    with pytest.raises(RegistryError, match="no numeric tag 'metric.val/mask_ap50_95'"):
         register_export(exports["better"], name=name, tracking_uri=mlflow_server)
     assert _versions(client, name) == [first.version]
     assert alias_version(client, name, CHAMPION).version == first.version
@@ -179,3 +179,35 @@ def test_server_down_is_a_clear_error(exports):
     with pytest.raises(RegistryError, match="not reachable"):
         register_export(exports["base"], name=_name(), tracking_uri=f"http://127.0.0.1:{port}")
     assert time.time() - start < 15
+
+
+def test_serving_decode_agrees_with_the_torch_postprocess():
+    """The pyfunc's numpy decode (torch-free for serving hosts) matches cocoseg.model.postprocess."""
+    import numpy as np
+    import torch
+    from export_helpers import TinySeg
+
+    from cocoseg.model.postprocess import letterbox_params
+    from cocoseg.model.postprocess import postprocess as torch_postprocess
+    from cocoseg.registry import serving
+
+    size, (h0, w0) = 64, (48, 80)
+    image = np.random.default_rng(0).integers(0, 255, (h0, w0, 3), dtype=np.uint8)
+    x, scale, pad = serving.letterbox(image, size)
+    ref_scale, ref_pad = letterbox_params((h0, w0), (size, size))
+    assert ref_scale == pytest.approx(scale) and tuple(ref_pad) == pad
+    with torch.no_grad():
+        pred, proto = TinySeg().eval()(torch.from_numpy(x)[None])
+    ours = serving.postprocess(pred[0].numpy(), proto[0].numpy(), num_classes=3, size=size, scale=scale, pad=pad,
+                               shape=(h0, w0), conf=0.3, iou=0.7, max_det=10, masks=True)
+    (ref,) = torch_postprocess(pred, proto, input_hw=(size, size), orig_hw=[(h0, w0)], conf=0.3, iou=0.7,
+                               max_det=10, multi_label=False)
+    assert len(ours["scores"]) == len(ref) > 0
+    assert ours["classes"] == ref.classes.tolist()
+    np.testing.assert_allclose(ours["scores"], ref.scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours["boxes_xyxy"], ref.boxes_xyxy.numpy(), atol=0.02)
+    for rle, mask in zip(ours["masks_rle"], ref.masks.numpy(), strict=True):
+        flat = np.repeat(np.arange(len(rle["counts"])) % 2, rle["counts"]).astype(bool)
+        decoded = flat.reshape(w0, h0).T  # column-major runs
+        union = (decoded | mask).sum()
+        assert union == 0 or (decoded & mask).sum() / union > 0.99

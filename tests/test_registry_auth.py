@@ -58,17 +58,20 @@ def test_unauthenticated_request_is_refused(auth_server):
     assert err.value.code == 401
 
 
-def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, export_dir, cli, monkeypatch):
+def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, export_dir, capsys, monkeypatch):
+    from cocoseg.cli import main
+
     uri, password = auth_server
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     name = f"seg-{uuid.uuid4().hex[:8]}"
-    proc = cli("register", export_dir, f"tracking.tracking_uri={uri}", "--name", name, check=False)
-    assert proc.returncode == 2 and "requires authentication and no credentials were given" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    proc = cli("register", export_dir, f"tracking.tracking_uri={uri}", "--name", name, check=False,
-               env={"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": "wrong"})
-    assert proc.returncode == 2 and "credentials of user 'admin' were refused" in proc.stderr
+    args = ["register", str(export_dir), f"tracking.tracking_uri={uri}", "--name", name]
+    assert main(args) == 2
+    assert "requires authentication and no credentials were given (HTTP 401)" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    assert main(args) == 2
+    assert "credentials of user 'admin' were refused" in capsys.readouterr().err
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)

@@ -21,6 +21,7 @@ def _cfg(tmp_path, snapshot, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tmp_path):
     from pipelines import train
 
@@ -103,3 +104,10 @@ def test_unplaceable_worker_groups_are_refused(tiny_snapshot, tmp_path, extra, m
 
     with pytest.raises(UserError, match=message):
         train.run(_cfg(tmp_path, tiny_snapshot, *extra))
+
+
+def test_cli_train_refuses_a_missing_snapshot_with_exit_2(cli, tmp_path):
+    out = cli("train", f"storage.root={tmp_path}", f"train.snapshot={tmp_path}/snapshots/none", check=False)
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr and "cocoseg ingest" in out.stderr
+    assert "Traceback" not in out.stderr

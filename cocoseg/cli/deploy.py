@@ -22,7 +22,8 @@ def _export(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.formats:
         overrides.append(f"export.formats=[{','.join(args.formats)}]")
-    manifest = job.run(load_config(args.config, overrides), args.weights, args.out, args.metrics)
+    manifest = job.run(load_config(args.config, overrides), args.weights, args.out, args.metrics,
+                       args.train_run_id)
     print(json.dumps({"out": args.out, "files": sorted(manifest["files"]),
                       "engine_built": manifest["engine_built"]}, indent=2))
     return 0
@@ -75,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="export directory (local or s3://)")
     p.add_argument("--formats", type=_formats, default=None, help="onnx[,engine] (default export.formats)")
     p.add_argument("--metrics", default=None, help="evaluation metrics JSON (default WEIGHTS/metrics.json)")
+    p.add_argument("--train-run-id", default="", help="MLflow run id that trained WEIGHTS (a version tag)")
     _common(p)
     p.set_defaults(func=_export)
 

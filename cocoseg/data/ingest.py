@@ -140,6 +140,61 @@ def _crowd_rle(segmentation: Mapping[str, Any], width: int, height: int) -> dict
     return rle
 
 
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _segmentation(ann: Mapping[str, Any], width: int, height: int, normalized: bool):
+    """-> (polygons in px, crowd RLE or None, iscrowd); raises :class:`_Rejected`."""
+    from pycocotools import mask as mask_utils
+
+    segmentation, crowd = ann.get("segmentation"), bool(ann.get("iscrowd", 0))
+    if isinstance(segmentation, Mapping):
+        try:
+            return [], _crowd_rle(segmentation, width, height), True
+        except Exception as exc:
+            raise _Rejected("bad_rle", str(exc)) from None
+    polygons: list[list[float]] = []
+    for part in segmentation if isinstance(segmentation, list) else []:
+        values = [float(v) for v in part] if isinstance(part, list) else [math.nan]
+        if not _finite(values):
+            raise _Rejected("non_finite_coordinates", "polygon has NaN or infinite coordinates")
+        if normalized:
+            values = [v * (width if i % 2 == 0 else height) for i, v in enumerate(values)]
+        polygons.append(values)
+    if not polygons or any(len(p) < 6 or len(p) % 2 for p in polygons):
+        sizes = [len(p) // 2 for p in polygons]
+        raise _Rejected("polygon_too_few_points", f"polygon parts with {sizes} points (each needs >= 3)")
+    if crowd:  # a crowd region given as polygons: store it the COCO way, as one RLE
+        return [], mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)), True
+    return polygons, None, False
+
+
+def _box(bbox: Any, polygons: list[list[float]], rle, width: int, height: int, tol: float) -> list[float]:
+    """The checked xywh box (derived from the mask when ``bbox`` is None); raises :class:`_Rejected`."""
+    from pycocotools import mask as mask_utils
+
+    if bbox is None and rle is not None:
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    elif bbox is None:
+        xs = np.concatenate([np.asarray(p[0::2]) for p in polygons])
+        ys = np.concatenate([np.asarray(p[1::2]) for p in polygons])
+        bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min()), float(ys.max() - ys.min())]
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise _Rejected("non_finite_coordinates", f"bbox {bbox!r} is not four numbers") from None
+    if not _finite((x, y, w, h)):
+        raise _Rejected("non_finite_coordinates", f"bbox {bbox} has NaN or infinite values")
+    if w <= 0 or h <= 0:
+        raise _Rejected("box_non_positive", f"bbox {bbox} has width or height <= 0")
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        raise _Rejected("box_outside_image", f"bbox {[x, y, w, h]} leaves the {width}x{height} image by > {tol} px")
+    return [x, y, w, h]
+
+
 def check_annotation(ann: Mapping[str, Any], width: int, height: int, normalized: bool,
                      id_to_index: Mapping[int, int], tolerance_px: float) -> tuple[dict[str, Any] | None, str, str]:
     """Validate one raw annotation; return ``(snapshot annotation, "", "")`` or ``(None, reason, detail)``.
@@ -153,49 +208,11 @@ def check_annotation(ann: Mapping[str, Any], width: int, height: int, normalized
     if cid is None or int(cid) not in id_to_index:
         shown = cid if cid is not None else f"class {ann.get('source_class')}"
         return None, "unknown_category", f"category {shown} is not in the class map"
-    segmentation, crowd = ann.get("segmentation"), bool(ann.get("iscrowd", 0))
-    polygons: list[list[float]] = []
-    rle = None
-    if isinstance(segmentation, Mapping):
-        try:
-            rle = _crowd_rle(segmentation, width, height)
-        except Exception as exc:
-            return None, "bad_rle", str(exc)
-        crowd = True
-    else:
-        parts = segmentation if isinstance(segmentation, list) else []
-        for part in parts:
-            values = [float(v) for v in part] if isinstance(part, list) else [math.nan]
-            if not _finite(values):
-                return None, "non_finite_coordinates", "polygon has NaN or infinite coordinates"
-            if normalized:
-                values = [v * (width if i % 2 == 0 else height) for i, v in enumerate(values)]
-            polygons.append(values)
-        if not polygons or any(len(p) < 6 or len(p) % 2 for p in polygons):
-            sizes = [len(p) // 2 for p in polygons]
-            return None, "polygon_too_few_points", f"polygon parts with {sizes} points (each needs >= 3)"
-        if crowd:  # a crowd region given as polygons: store it the COCO way, as one RLE
-            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-            polygons = []
-    bbox = ann.get("bbox")
-    if bbox is None:
-        if rle is not None:
-            bbox = [float(v) for v in mask_utils.toBbox(rle)]
-        else:
-            xs = np.concatenate([np.asarray(p[0::2]) for p in polygons])
-            ys = np.concatenate([np.asarray(p[1::2]) for p in polygons])
-            bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min()), float(ys.max() - ys.min())]
     try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return None, "non_finite_coordinates", f"bbox {bbox!r} is not four numbers"
-    if not _finite((x, y, w, h)):
-        return None, "non_finite_coordinates", f"bbox {bbox} has NaN or infinite values"
-    if w <= 0 or h <= 0:
-        return None, "box_non_positive", f"bbox {bbox} has width or height <= 0"
-    tol = tolerance_px
-    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-        return None, "box_outside_image", f"bbox {[x, y, w, h]} leaves the {width}x{height} image by > {tol} px"
+        polygons, rle, crowd = _segmentation(ann, width, height, normalized)
+        box = _box(ann.get("bbox"), polygons, rle, width, height, tolerance_px)
+    except _Rejected as rejected:
+        return None, rejected.reason, rejected.detail
     area = ann.get("area")
     if area is None or not math.isfinite(float(area)):
         mask_rle = rle if rle is not None else mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
@@ -204,7 +221,7 @@ def check_annotation(ann: Mapping[str, Any], width: int, height: int, normalized
         "id": int(ann.get("id", -1)),
         "category": id_to_index[int(cid)],
         "category_id": int(cid),
-        "bbox_xywh": [x, y, w, h],
+        "bbox_xywh": box,
         "area": float(area),
         "iscrowd": crowd,
         "polygons": polygons,

@@ -102,11 +102,13 @@ def instances_from_annotations(annotations: Sequence[Mapping[str, Any]] | None, 
     classes: list[int] = []
     segments: list[np.ndarray] = []
     sx, sy = scale_xy
-    for k, ann in enumerate(annotations or ()):
+    # explicit None checks: columns may arrive as numpy arrays, whose truth value is ambiguous
+    for k, ann in enumerate(annotations if annotations is not None else ()):
         if ann.get("iscrowd"):
             continue
         parts = []
-        for poly in ann.get("polygons") or ():
+        polygons = ann.get("polygons")
+        for poly in polygons if polygons is not None else ():
             flat = np.asarray(poly, dtype=np.float32)
             if flat.size % 2:
                 raise AnnotationError(f"image {record}, annotation {ann.get('id', k)}: a polygon has an odd "

@@ -42,7 +42,8 @@ __all__ = ["SnapshotWriter", "compute_snapshot_id", "sort_records"]
 
 log = get_logger(__name__)
 
-_ROW_GROUP_BYTES = 64 * 1024 * 1024
+_ROW_GROUP_BYTES = 32 * 1024 * 1024  # rows are written (streamed) in row groups of about this size
+_BYTES_PER_INSTANCE = 512  # a COCO instance (box, ids, ~25 polygon vertices as float64) in Parquet
 
 
 def compute_snapshot_id(plan: SourcePlan, settings: dict[str, Any]) -> str:
@@ -61,11 +62,16 @@ def sort_records(plan: SourcePlan) -> list[dict[str, Any]]:
 
 
 class _Shards:
-    """The open shard of one split: buffered rows and their estimated bytes."""
+    """The open shard of one split: a streaming Parquet writer plus rows not yet written."""
 
     def __init__(self) -> None:
         self.pending: list[pa.Table] = []
-        self.pending_bytes = 0
+        self.pending_bytes = 0  # estimate of the rows in `pending`
+        self.open_bytes = 0  # estimate of the whole open shard (written + pending); 0: none open
+        self.open_rows = 0
+        self.open_instances = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.stream: Any = None
         self.done: list[dict[str, Any]] = []
         self.images = 0
         self.instances = 0
@@ -97,40 +103,68 @@ class SnapshotWriter:
                 self.rejects.extend(json.loads(text))
         kept = table.filter(pc.field("_keep")).select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
         if kept.num_rows:
-            image_bytes = pc.binary_length(kept.column("image")).to_pylist()
-            ann_bytes = kept.column("annotations").nbytes / kept.num_rows
+            # a per-row estimate (never a per-batch one) keeps the cuts independent of batching
+            n_anns = pc.list_value_length(kept.column("annotations")).fill_null(0).to_pylist()
+            row_bytes = [b + 64 + _BYTES_PER_INSTANCE * n for b, n in
+                         zip(pc.binary_length(kept.column("image")).to_pylist(), n_anns, strict=True)]
             splits = kept.column("split").to_pylist()
-            for i, (split, size) in enumerate(zip(splits, image_bytes, strict=True)):
-                self._add_row(split, kept.slice(i, 1), size + ann_bytes + 64)
+            start = 0  # rows [start, i) go to the open shard of splits[start] as one slice
+            for i, (split, size) in enumerate(zip(splits, row_bytes, strict=True)):
+                shards = self.splits[split]
+                cut = shards.open_bytes > 0 and shards.open_bytes + size > self.shard_bytes
+                if i > start and (split != splits[start] or cut):
+                    self._append(splits[start], kept.slice(start, i - start), sum(row_bytes[start:i]))
+                    start = i
+                if cut:
+                    self._close(split)
+                shards.open_bytes += size
+            self._append(splits[start], kept.slice(start), sum(row_bytes[start:]))
         self.seen += table.num_rows
         self._progress()
 
-    def _add_row(self, split: str, row: pa.Table, size: float) -> None:
+    def _append(self, split: str, rows: pa.Table, size: float) -> None:
         shards = self.splits[split]
-        if shards.pending and shards.pending_bytes + size > self.shard_bytes:
-            self._flush(split)
-        shards.pending.append(row)
+        shards.pending.append(rows)
         shards.pending_bytes += size
+        if shards.pending_bytes >= _ROW_GROUP_BYTES:
+            self._write_pending(split)
 
-    def _flush(self, split: str) -> None:
+    def _write_pending(self, split: str) -> None:
+        """Write the pending rows of ``split`` as one row group of its open shard (opening it)."""
         shards = self.splits[split]
         if not shards.pending:
             return
-        table = pa.concat_tables(shards.pending).combine_chunks()
-        rel = f"{split}/part-{len(shards.done):05d}.parquet"
-        uri = storage.join(self.uri, *rel.split("/"))
-        fs, path = storage.filesystem(uri)
-        storage.makedirs(storage.join(self.uri, split))
-        rows_per_group = max(1, int(table.num_rows * _ROW_GROUP_BYTES / max(shards.pending_bytes, 1)))
-        # JPEG/PNG bytes do not compress; the annotation columns do.
-        compression = {name: ("NONE" if name == "image" else "ZSTD") for name in SNAPSHOT_SCHEMA.names}
-        with fs.open_output_stream(path) as out:
-            pq.write_table(table, out, compression=compression, row_group_size=rows_per_group)
-        n_instances = sum(pc.list_value_length(table.column("annotations")).fill_null(0).to_pylist())
-        shards.done.append({"path": rel, "rows": table.num_rows, "bytes": fs.get_file_info(path).size})
-        shards.images += table.num_rows
-        shards.instances += n_instances
+        if shards.writer is None:
+            fs, path = storage.filesystem(self._shard_uri(split, len(shards.done)))
+            storage.makedirs(storage.join(self.uri, split))
+            shards.stream = fs.open_output_stream(path)
+            # JPEG/PNG bytes do not compress; the annotation columns do.
+            compression = {name: ("NONE" if name == "image" else "ZSTD") for name in SNAPSHOT_SCHEMA.names}
+            shards.writer = pq.ParquetWriter(shards.stream, SNAPSHOT_SCHEMA, compression=compression)
+        table = pa.concat_tables(shards.pending)
+        shards.writer.write_table(table, row_group_size=max(1, table.num_rows))
+        shards.open_rows += table.num_rows
+        shards.open_instances += sum(pc.list_value_length(table.column("annotations")).fill_null(0).to_pylist())
         shards.pending, shards.pending_bytes = [], 0
+
+    def _shard_uri(self, split: str, index: int) -> str:
+        return storage.join(self.uri, split, f"part-{index:05d}.parquet")
+
+    def _close(self, split: str) -> None:
+        """Finish the open shard of ``split`` and record it."""
+        self._write_pending(split)
+        shards = self.splits[split]
+        if shards.writer is None:
+            return
+        shards.writer.close()
+        shards.stream.close()
+        fs, path = storage.filesystem(self._shard_uri(split, len(shards.done)))
+        shards.done.append({"path": f"{split}/part-{len(shards.done):05d}.parquet", "rows": shards.open_rows,
+                            "bytes": fs.get_file_info(path).size})
+        shards.images += shards.open_rows
+        shards.instances += shards.open_instances
+        shards.writer = shards.stream = None
+        shards.open_bytes = shards.open_rows = shards.open_instances = 0
 
     def _progress(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -143,7 +177,7 @@ class SnapshotWriter:
     def commit(self) -> dict[str, Any]:
         """Flush the last shards, write ``_quarantine.parquet``, check the counts, write the manifest."""
         for split in list(self.splits):
-            self._flush(split)
+            self._close(split)
         self._progress(force=True)
         quarantine = pa.Table.from_pylist(self.rejects, schema=QUARANTINE_SCHEMA)
         fs, path = storage.filesystem(storage.join(self.uri, QUARANTINE_NAME))

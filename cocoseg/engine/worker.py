@@ -11,7 +11,8 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
 - resume from ``ray.train.get_checkpoint()`` (model, EMA, optimiser, scaler, epoch, step, RNG);
 - ``ray.train.report`` every epoch on *all* ranks (it is a barrier), with rank 0's checkpoint.
 
-Rank 0 also publishes ``weights/last`` and ``weights/best`` and logs to MLflow. Every worker
+Rank 0 also publishes ``weights/last`` and ``weights/best`` and logs metrics through the
+logger the driver injected (``cocoseg.tracking.RunLogger``). Every worker
 writes ``workers/attempt-<start epoch>-rank<r>.json`` (pid, node id, device) into the run folder:
 a record of where each attempt ran, which the multi-node and fault-tolerance tests read.
 """
@@ -36,7 +37,6 @@ from cocoseg.data.schema import snapshot_to_coco
 from cocoseg.engine import build
 from cocoseg.engine.checkpoint import load_train_state, publish, restore_training, save_checkpoint
 from cocoseg.engine.loop import EpochResult, LoopState, fit
-from cocoseg.tracking import RunLogger, journal_uri
 from cocoseg.utils import get_logger
 
 __all__ = ["train_loop_per_worker"]
@@ -65,8 +65,11 @@ def _resume(parts, state: LoopState) -> tuple[LoopState, str]:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Train on this worker. ``loop_config``: ``job`` (resolved config dict) and ``run`` (run_dir,
-    run_id, tracking_uri, batches_per_epoch, snapshot_id, snapshot_uri, class_names, category_ids)."""
+    """Train on this worker. ``loop_config``: ``job`` (resolved config dict), ``run`` (run_dir,
+    batches_per_epoch, snapshot_id, snapshot_uri, class_names, category_ids, run_id) and
+    ``make_logger``, a picklable factory of the rank-0 metric logger (``log_epoch(step,
+    metrics)``, ``close()``): tracking sits beside the engine in the layering, so the driver
+    injects it rather than the engine importing it."""
     cfg: JobConfig = from_dict(JobConfig, loop_config["job"])
     run = loop_config["run"]
     context = ray.train.get_context()
@@ -101,9 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         val_batches = build.build_val_batches(cfg, run["snapshot_uri"])
         validate = build.build_validator(cfg, val_batches, device=device, coco_gt=snapshot_to_coco(run["snapshot_uri"], "val"),
                                          category_ids=run["category_ids"], class_names=run["class_names"])
-        logger = RunLogger(tracking_uri=run["tracking_uri"], run_id=run["run_id"],
-                           journal=journal_uri(run["run_dir"]), system_metrics=cfg.tracking.system_metrics,
-                           system_metrics_interval=cfg.tracking.system_metrics_interval_s)
+        logger = loop_config["make_logger"]()  # a tracking.RunLogger, built by the driver's factory
 
     def on_epoch_end(result: EpochResult) -> None:
         with tempfile.TemporaryDirectory(prefix="cocoseg-ckpt-") as tmp:

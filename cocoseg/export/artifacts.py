@@ -81,11 +81,13 @@ def _engine_step(out: Path, cfg: ExportConfig, timing_cache_dir: str) -> dict[st
 
 def export_bundle(model: nn.Module, *, weights_file: str | Path, card: dict[str, Any], out_dir: str | Path,
                   cfg: ExportConfig, num_classes: int, metrics: dict[str, Any] | None = None,
-                  resolved_config: dict[str, Any] | None = None, timing_cache_dir: str = "") -> dict[str, Any]:
+                  resolved_config: dict[str, Any] | None = None, timing_cache_dir: str = "",
+                  train_run_id: str = "") -> dict[str, Any]:
     """Write the export directory ``out_dir``; returns the manifest.
 
     ``weights_file`` is the checkpoint's safetensors file (copied as is), ``card`` its model card
-    (extended with an ``export`` section). Raises ``ParityError`` / ``ExportError`` on failure.
+    (extended with an ``export`` section, which also records ``train_run_id``, the MLflow run
+    that trained the weights, when given). Raises ``ParityError`` / ``ExportError`` on failure.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,8 @@ def export_bundle(model: nn.Module, *, weights_file: str | Path, card: dict[str,
         section["latency"] = benchmark(model, out / bundle.ONNX, engine, imgsz=cfg.imgsz,
                                        warmup=cfg.bench_warmup, runs=cfg.bench_runs)
     section["export_commit"] = git_commit()
+    if train_run_id:
+        section["train_run_id"] = train_run_id
     shutil.copyfile(weights_file, out / bundle.WEIGHTS)
     (out / bundle.CARD).write_text(json.dumps({**card, "export": section}, indent=2, sort_keys=True))
     (out / bundle.METRICS).write_text(json.dumps(metrics or {}, indent=2, sort_keys=True))

@@ -4,14 +4,22 @@
   (``head.py``);
 - :func:`make_anchors` / :func:`decode_distances` (``anchors.py``), shared with the loss and
   post-processing;
-- checkpoints (``weights.py``): :func:`save_checkpoint`, :func:`load_checkpoint`,
+- checkpoints (``weights.py``): :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_weights`,
   :class:`ModelCard`, :func:`import_reference` (reference ``.pt`` via a restricted unpickler);
 - size figures (``info.py``): :func:`model_info`.
 """
 
 from .anchors import decode_distances, make_anchors
 from .info import ModelInfo, model_info
-from .weights import CheckpointError, ModelCard, import_reference, load_checkpoint, read_card, save_checkpoint
+from .weights import (
+    CheckpointError,
+    ModelCard,
+    import_reference,
+    load_checkpoint,
+    load_weights,
+    read_card,
+    save_checkpoint,
+)
 from .yolov8 import VARIANTS, ModelError, Scale, SegmentationModel, build_model
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "decode_distances",
     "import_reference",
     "load_checkpoint",
+    "load_weights",
     "make_anchors",
     "model_info",
     "read_card",

@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .blocks import Conv
-from .yolov8 import SegmentationModel, build_model
+from .yolov8 import build_model
 
 __all__ = ["ModelInfo", "count_flops", "count_parameters", "model_info"]
 
@@ -37,14 +36,6 @@ class ModelInfo:
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def fused_parameter_count(model: SegmentationModel) -> int:
-    """Parameters after Conv+BN fusion, computed without fusing: each fused Conv loses its BN
-    weight and bias (2 * c_out) and gains a conv bias (c_out)."""
-    removed = sum(m.conv.out_channels for m in model.modules()
-                  if isinstance(m, Conv) and isinstance(m.bn, torch.nn.BatchNorm2d))
-    return count_parameters(model) - removed
 
 
 def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1) -> int:
@@ -70,12 +61,13 @@ def model_info(variant: str, num_classes: int = 80, imgsz: int = 640) -> ModelIn
     """Parameter counts and GFLOPs of a variant, built on the meta device (instant)."""
     with torch.device("meta"):
         model = build_model(variant, num_classes)
+        fused = build_model(variant, num_classes).fuse()
     return ModelInfo(
         variant=variant,
         num_classes=num_classes,
         imgsz=imgsz,
         parameters=count_parameters(model),
         trainable_parameters=count_parameters(model, trainable_only=True),
-        parameters_fused=fused_parameter_count(model),
+        parameters_fused=count_parameters(fused),
         gflops=count_flops(model, imgsz, imgsz) / 1e9,
     )

@@ -39,7 +39,9 @@ __all__ = [
     "ModelCard",
     "import_reference",
     "load_checkpoint",
+    "load_weights",
     "read_card",
+    "read_checkpoint",
     "save_checkpoint",
 ]
 
@@ -108,6 +110,8 @@ class ModelCard:
         if unknown or missing:
             raise CheckpointError(f"{where}: model card has unknown fields {unknown} / lacks {missing}")
         card = cls(**data)
+        if not isinstance(card.num_classes, int) or not isinstance(card.class_names, list):
+            raise CheckpointError(f"{where}: num_classes must be an integer and class_names a list")
         if card.variant not in VARIANTS:
             raise CheckpointError(f"{where}: unknown variant {card.variant!r} (expected one of {', '.join(VARIANTS)})")
         if len(card.class_names) != card.num_classes:
@@ -157,18 +161,19 @@ def read_card(src: str) -> ModelCard:
         raise CheckpointError(f"{uri}: malformed model card: {exc}") from None
 
 
-def load_checkpoint(src: str, *, num_classes: int | None = None, variant: str | None = None,
-                    device: str | torch.device = "cpu") -> tuple[SegmentationModel, ModelCard]:
-    """Load a cocoseg checkpoint folder (local or ``s3://``) -> (model in eval mode, card).
+def _checkpoint_dir(src: str) -> str:
+    """Accept the folder or the path of its ``model.safetensors`` / ``model_card.json``."""
+    src = str(src).rstrip("/")
+    for name in (WEIGHTS_FILE, CARD_FILE):
+        if src.endswith("/" + name):
+            return src[: -len(name) - 1]
+    return src
 
-    ``num_classes`` / ``variant``, when given, must match the checkpoint (a
-    :class:`CheckpointError` naming the file says otherwise).
-    """
+
+def read_checkpoint(src: str) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    """(state dict as saved, card) of a checkpoint folder, checked against its own card."""
+    src = _checkpoint_dir(src)
     card = read_card(src)
-    if num_classes is not None and card.num_classes != num_classes:
-        raise CheckpointError(f"{src}: checkpoint has {card.num_classes} classes, expected {num_classes}")
-    if variant is not None and card.variant != variant:
-        raise CheckpointError(f"{src}: checkpoint is variant {card.variant!r}, expected {variant!r}")
     uri = storage.join(src, WEIGHTS_FILE)
     try:
         blob = storage.read_bytes(uri)
@@ -178,10 +183,50 @@ def load_checkpoint(src: str, *, num_classes: int | None = None, variant: str | 
         state = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{uri}: not a readable safetensors file (truncated or corrupt): {exc}") from None
+    _check_state_dict(state, build_model_meta(card.variant, card.num_classes), uri)
+    return state, card
+
+
+def load_checkpoint(src: str, *, num_classes: int | None = None, variant: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[SegmentationModel, ModelCard]:
+    """Load a cocoseg checkpoint folder (local or ``s3://``) -> (model in eval mode, card).
+
+    ``num_classes`` / ``variant``, when given, must match the checkpoint (a
+    :class:`CheckpointError` naming the file says otherwise).
+    """
+    src = _checkpoint_dir(src)
+    card = read_card(src)
+    if num_classes is not None and card.num_classes != num_classes:
+        raise CheckpointError(f"{src}: checkpoint has {card.num_classes} classes, expected {num_classes}")
+    if variant is not None and card.variant != variant:
+        raise CheckpointError(f"{src}: checkpoint is variant {card.variant!r}, expected {variant!r}")
+    state, card = read_checkpoint(src)
     model = build_model(card.variant, card.num_classes)
-    _check_state_dict(state, model, uri)
     model.load_state_dict(state)
     return model.to(device).eval(), card
+
+
+def load_weights(model: SegmentationModel, src: str, *, partial: bool = False) -> list[str]:
+    """Initialise ``model`` in place from a cocoseg checkpoint folder or a reference ``.pt``.
+
+    With ``partial=False`` the weights must fit exactly (same variant and class count). With
+    ``partial=True`` (fine-tuning to other classes) every tensor whose key and shape match is
+    loaded and the rest keep their initialisation; returns the keys that were not loaded.
+    """
+    if str(src).endswith(".pt"):
+        state, _ = import_reference(storage.read_bytes(src), src)
+    else:
+        state, _ = read_checkpoint(src)
+    if not partial:
+        _check_state_dict(state, model, src)
+        model.load_state_dict(state)
+        return []
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CheckpointError(f"{src}: no tensor fits yolov8{model.variant}-seg (another family or variant?)")
+    model.load_state_dict(usable, strict=False)
+    return [k for k in own if k not in usable]
 
 
 def build_model_meta(variant: str, num_classes: int) -> SegmentationModel:

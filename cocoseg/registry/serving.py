@@ -16,8 +16,9 @@ Request: one row per image, column ``image`` holding the encoded file (JPEG/PNG)
      "width": w, "height": h}
 
 Pre/post-processing follows the model card: letterbox to ``imgsz`` (gray 114 padding, centred),
-RGB / 255; class-aware greedy NMS; masks = sigmoid(coeffs @ protos) > 0.5, upsampled to the
-network input, cropped to the box, un-padded and resized to the image.
+RGB / 255; class-aware greedy NMS; masks = coeffs @ protos upsampled to the network input,
+cropped to the box (x1 <= col < x2), > 0, un-padded and resized to the image (bilinear, >= 0.5),
+the conventions of ``cocoseg.model.postprocess`` (a test checks they agree).
 """
 
 from __future__ import annotations
@@ -91,22 +92,35 @@ def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
 
 
+def resize_bilinear(values: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """(n, h, w) float -> (n, out_h, out_w): bilinear with half-pixel centres and no antialiasing
+    (the same numbers as torch ``F.interpolate(..., mode="bilinear", align_corners=False)``)."""
+    _, h, w = values.shape
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+    y0, y1, wy = axis(out_h, h)
+    x0, x1, wx = axis(out_w, w)
+    top = values[:, y0][:, :, x0] * (1 - wx) + values[:, y0][:, :, x1] * wx
+    bottom = values[:, y1][:, :, x0] * (1 - wx) + values[:, y1][:, :, x1] * wx
+    return top * (1 - wy)[:, None] + bottom * wy[:, None]
+
+
 def _masks(coeffs: np.ndarray, proto: np.ndarray, boxes_in: np.ndarray, size: int,
-           scale: float, pad: tuple[int, int], shape: tuple[int, int]) -> list[np.ndarray]:
-    """Per detection: (H0, W0) bool mask at the original image size."""
+           scale: float, pad: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """(n, H0, W0) bool masks at the original image size (the "native" path of the spec, 10.2)."""
     c, ph, pw = proto.shape
-    logits = (coeffs @ proto.reshape(c, -1)).reshape(-1, ph, pw)
+    logits = resize_bilinear((coeffs @ proto.reshape(c, -1)).reshape(-1, ph, pw), size, size)
+    cols, rows = np.arange(size)[None, None, :], np.arange(size)[None, :, None]
+    x1, y1, x2, y2 = (boxes_in[:, i, None, None] for i in range(4))
+    binary = (logits > 0) & (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
     h0, w0 = shape
     left, top = pad
-    nw, nh = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-    ys, xs = np.arange(size)[:, None] + 0.5, np.arange(size)[None, :] + 0.5
-    out = []
-    for logit, (x1, y1, x2, y2) in zip(logits, boxes_in, strict=True):
-        up = np.asarray(Image.fromarray(logit.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
-        inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
-        binary = ((up > 0) & inside)[top:top + nh, left:left + nw].astype(np.uint8) * 255
-        out.append(np.asarray(Image.fromarray(binary).resize((w0, h0), Image.BILINEAR)) > 127)
-    return out
+    inner = binary[:, top:top + round(h0 * scale), left:left + round(w0 * scale)].astype(np.float32)
+    return resize_bilinear(inner, h0, w0) >= 0.5
 
 
 def postprocess(pred: np.ndarray, proto: np.ndarray, *, num_classes: int, size: int, scale: float,
@@ -130,7 +144,7 @@ def postprocess(pred: np.ndarray, proto: np.ndarray, *, num_classes: int, size: 
     record = {"boxes_xyxy": orig.round(2).tolist(), "scores": scores[idx].round(5).tolist(),
               "classes": classes[idx].tolist(), "width": w0, "height": h0}
     if masks:
-        found = _masks(rows[idx, 4 + num_classes:], proto, boxes, size, scale, pad, shape) if len(idx) else []
+        found = _masks(rows[idx, 4 + num_classes:], proto, boxes, size, scale, pad, shape) if len(idx) else ()
         record["masks_rle"] = [rle_encode(m) for m in found]
     return record
 

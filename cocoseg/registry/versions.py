@@ -13,7 +13,10 @@ logged model) are deleted again and the MLflow run ends FAILED.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -116,9 +119,9 @@ def _signature():
 
 def _check_metric(b: bundle.ExportBundle, metric: str) -> float:
     value = b.metrics.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         known = ", ".join(sorted(b.metrics)) or "none"
-        raise bundle.BundleError(f"{b.path(bundle.METRICS)} has no number {metric!r} (keys: {known}); "
+        raise bundle.BundleError(f"{b.path(bundle.METRICS)} has no finite number {metric!r} (keys: {known}); "
                                  "evaluate the checkpoint and export again, or set registry.gate_metric")
     return float(value)
 
@@ -165,7 +168,7 @@ def _undo(client: Any, name: str, version: str | None, created: bool, model_id: 
 
 
 def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
-                    metric: str = "mask_map50_95", margin: float = 0.0, same_snapshot: bool = True) -> Registration:
+                    metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True) -> Registration:
     """Register ``export_dir`` as a new version of ``name`` and run the gate on it."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -180,7 +183,9 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
     created = False
     try:
         mlflow.set_experiment(experiment)
-        with tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp, \
+        # MLflow writes "View run ... at: URL" to stdout; keep stdout for the command's result.
+        with contextlib.redirect_stdout(sys.stderr), \
+                tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp, \
                 mlflow.start_run(run_name=f"register-{name}", tags={"cocoseg.job": "register"}) as run:
             info = _log_model(mlflow, b, Path(tmp))
             model_id = info.model_id

@@ -103,9 +103,10 @@ class ParquetAugment(tud.IterableDataset):
                 yield augment(pa.Table.from_batches([rb]))
 
 
-def _drain(batches, collate) -> tuple[int, float, float]:
-    """Consume, collating each batch; returns (images, total seconds, seconds after the first batch)."""
-    start = time.perf_counter()
+def _drain(batches, collate, start: float | None = None) -> tuple[int, float, float, float]:
+    """Consume, collating each batch; returns (images, total s, images/s after the first batch,
+    seconds to the first batch)."""
+    start = time.perf_counter() if start is None else start
     first = None
     images = 0
     for batch in batches:
@@ -114,28 +115,33 @@ def _drain(batches, collate) -> tuple[int, float, float]:
         if first is None:
             first, first_images = time.perf_counter(), images
     end = time.perf_counter()
-    return images, end - start, (images - first_images) / max(end - first, 1e-9)
+    return images, end - start, (images - first_images) / max(end - first, 1e-9), first - start
 
 
 def run_torch(paths: list[str], args) -> dict:
     from cocoseg.data.collate import collate_train
 
     torch.set_num_threads(1)
+    start = time.perf_counter()
     loader = tud.DataLoader(ParquetAugment(paths, args.preset, args.imgsz, args.map_batch), batch_size=None,
                             num_workers=2, collate_fn=_identity, prefetch_factor=2, persistent_workers=False)
-    images, total, steady = _drain(loader, collate_train)
-    return {"images": images, "total_s": total, "total_img_s": images / total, "steady_img_s": steady}
+    return _result(*_drain(loader, collate_train, start))
+
+
+def _result(images: int, total: float, steady: float, first: float) -> dict:
+    return {"images": images, "total_s": total, "total_img_s": images / total, "steady_img_s": steady,
+            "first_batch_s": first}
 
 
 def run_ray(paths: list[str], args) -> dict:
     from cocoseg.data.collate import collate_train
     from pipelines._data import build_train_dataset
 
+    start = time.perf_counter()
     ds = build_train_dataset(paths, preset=args.preset, imgsz=args.imgsz, seed=0, batch_size=args.map_batch,
                              concurrency=2, cpus_per_actor=1.0, shuffle=False)
     batches = ds.iter_batches(batch_size=args.batch, batch_format="numpy", prefetch_batches=2)
-    images, total, steady = _drain(batches, collate_train)
-    return {"images": images, "total_s": total, "total_img_s": images / total, "steady_img_s": steady}
+    return _result(*_drain(batches, collate_train, start))
 
 
 def part_a(args) -> dict:
@@ -151,6 +157,12 @@ def part_a(args) -> dict:
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
+        # Ray Data's first execution in a fresh cluster costs ~25-30 s here (worker imports, its
+        # internal actors); a training job pays that once, not per epoch, so it is kept out of the
+        # rounds. Each round still starts its own augmentation actors, as every epoch does.
+        warm = time.perf_counter()
+        ray.data.read_parquet(paths, columns=["image_id"]).count()
+        print(f"Ray Data warm-up (first execution in the cluster): {time.perf_counter() - warm:.1f} s", flush=True)
         results = {"ray": [], "torch": []}
         try:
             for r in range(args.rounds):
@@ -158,10 +170,11 @@ def part_a(args) -> dict:
                     res = fn(paths, args)
                     results[name].append(res)
                     print(f"round {r} {name:5s}: {res['images']} images, total {res['total_img_s']:.1f} img/s, "
-                          f"steady {res['steady_img_s']:.1f} img/s", flush=True)
+                          f"steady {res['steady_img_s']:.1f} img/s, first batch after {res['first_batch_s']:.1f} s",
+                          flush=True)
         finally:
             ray.shutdown()
-    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("total_img_s", "steady_img_s")}
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("total_img_s", "steady_img_s", "first_batch_s")}
            for name, rs in results.items()}
     summary = {
         "data": source, "images": args.images, "imgsz": args.imgsz, "preset": args.preset,
@@ -173,7 +186,8 @@ def part_a(args) -> dict:
     print(f"(a) input pipeline, {args.images} images at {args.imgsz}, preset {args.preset}: "
           f"Ray Data {med['ray']['steady_img_s']:.1f} img/s vs DataLoader(2 workers) "
           f"{med['torch']['steady_img_s']:.1f} img/s steady -> ratio {summary['ratio_steady']:.2f}x "
-          f"(total incl. start-up: {summary['ratio_total']:.2f}x; target >= 0.8x)")
+          f"(total incl. start-up: {summary['ratio_total']:.2f}x; first batch after "
+          f"{med['ray']['first_batch_s']:.1f} s vs {med['torch']['first_batch_s']:.1f} s; target >= 0.8x)")
     return summary
 
 

@@ -50,7 +50,7 @@ data "aws_iam_policy_document" "cluster_autoscaler" {
 }
 
 locals {
-  nodegroup_arn_prefix = "arn:${data.aws_partition.current.partition}:eks:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:nodegroup/${var.cluster_name}"
+  nodegroup_arn_prefix = "arn:${data.aws_partition.current.partition}:eks:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:nodegroup/${var.cluster_name}"
 }
 
 data "aws_partition" "current" {}

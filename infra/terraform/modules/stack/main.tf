@@ -22,7 +22,7 @@ module "kms_cluster" {
   source             = "../kms"
   name               = "${local.name}-cluster"
   description        = "cocoseg ${var.environment}: EKS secrets, node volumes, control-plane and flow logs"
-  service_principals = ["logs.${data.aws_region.current.name}.amazonaws.com"]
+  service_principals = ["logs.${data.aws_region.current.id}.amazonaws.com"]
   tags               = local.tags
 }
 

@@ -16,6 +16,7 @@ mock_provider "aws" {
   }
   mock_data "aws_region" {
     defaults = {
+      id   = "us-west-2"
       name = "us-west-2"
     }
   }
