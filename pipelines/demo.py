@@ -57,7 +57,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
     trained = train.run(cfg)
     export_dir = os.path.join(root, "exports", os.path.basename(trained.run_dir))
     print(f"[4/5] export ONNX -> {export_dir}", flush=True)
-    export.run(cfg, trained.best_weights, export_dir)
+    export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
     print(f"[5/5] register in the MLflow Model Registry as {cfg.registry.model_name!r}", flush=True)
     reg = register.run(cfg, export_dir)
     summary = {

@@ -98,7 +98,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     cfg = with_overrides(cfg, overrides)
     trained = train.run(cfg)
     export_dir = storage.join(cfg.storage.root, "exports", os.path.basename(trained.run_dir.rstrip("/")))
-    export.run(cfg, trained.best_weights, export_dir)
+    export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
     reg = register.run(cfg, export_dir)
     out = {"action": "trained", "snapshot": snapshot_id, "mlflow_run_id": trained.mlflow_run_id,
            "version": reg.version, "decision": reg.decision.decision, "reason": reg.decision.reason,
