@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from cocoseg import structures
 from cocoseg.structures import Detections, RawOutputs
 
 from .anchors import decode_distances, make_anchors
@@ -155,13 +156,8 @@ def non_max_suppression(pred: torch.Tensor, *, num_masks: int = 32, conf: float 
 
 def letterbox_params(orig_hw: tuple[int, int], input_hw: tuple[int, int], scaleup: bool = True) -> RatioPad:
     """The ``(gain, (pad_left, pad_top))`` with which an ``orig_hw`` image was letterboxed to ``input_hw``."""
-    h0, w0 = orig_hw
-    gain = min(input_hw[0] / h0, input_hw[1] / w0)
-    if not scaleup:
-        gain = min(gain, 1.0)
-    dw = input_hw[1] - round(w0 * gain)
-    dh = input_hw[0] - round(h0 * gain)
-    return gain, (float(round(dw / 2 - 0.1)), float(round(dh / 2 - 0.1)))
+    params = structures.letterbox_params(orig_hw, input_hw, scaleup=scaleup)
+    return params.gain, (float(params.pad_left), float(params.pad_top))
 
 
 def scale_boxes_to_original(boxes_xyxy: torch.Tensor, orig_hw: tuple[int, int],
