@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cocoseg.config import ConfigError, load_config, with_overrides
 from cocoseg.utils import UserError
+from pipelines._train_checks import ensure_ray
 
 DEMO_DEFAULTS = [
     "model.variant=n",
@@ -49,6 +50,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
     else:
         print(f"[1/5] synthetic source already at {source}", flush=True)
     cfg = load_config(None, [f"storage.root={root}", f"ingest.source={source}", *DEMO_DEFAULTS, *overrides])
+    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest.run(cfg)
     cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
@@ -57,7 +59,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
     trained = train.run(cfg)
     export_dir = os.path.join(root, "exports", os.path.basename(trained.run_dir))
     print(f"[4/5] export ONNX -> {export_dir}", flush=True)
-    export.run(cfg, trained.best_weights, export_dir)
+    export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
     print(f"[5/5] register in the MLflow Model Registry as {cfg.registry.model_name!r}", flush=True)
     reg = register.run(cfg, export_dir)
     summary = {
