@@ -154,6 +154,7 @@ class TrainConfig:
         _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
         _check(self.data_actors >= 1, "train.data_actors", "must be >= 1")
+        _check(self.val_every >= 1, "train.val_every", "must be >= 1 (validate every N epochs; the last is always validated)")
         _check(self.data_cpus_per_actor > 0, "train.data_cpus_per_actor", "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")

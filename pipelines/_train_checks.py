@@ -73,6 +73,14 @@ def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
     return {"address": "local", "num_cpus": max(os.cpu_count() or 1, math.ceil(need)), "include_dashboard": False}
 
 
+def ensure_ray(cfg: JobConfig) -> None:
+    """Start Ray (per :func:`ray_init_kwargs`) unless this process is already connected."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**ray_init_kwargs(cfg))
+
+
 def check_cluster(cfg: JobConfig) -> None:
     """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes)."""
     t = cfg.train

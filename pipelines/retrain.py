@@ -32,6 +32,7 @@ from cocoseg import storage
 from cocoseg.config import ConfigError, JobConfig, load_config, with_overrides
 from cocoseg.registry import CHAMPION, alias_version, connect, resolve_tracking_uri
 from cocoseg.utils import UserError, get_logger
+from pipelines._train_checks import ensure_ray
 
 __all__ = ["main", "run"]
 
@@ -80,6 +81,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     from pipelines import export, ingest, register, train
 
     started = time.perf_counter()
+    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
     manifest = ingest.run(cfg)
     snapshot_id = manifest["snapshot_id"]
     champion = _champion(cfg)
@@ -98,7 +100,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     cfg = with_overrides(cfg, overrides)
     trained = train.run(cfg)
     export_dir = storage.join(cfg.storage.root, "exports", os.path.basename(trained.run_dir.rstrip("/")))
-    export.run(cfg, trained.best_weights, export_dir)
+    export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
     reg = register.run(cfg, export_dir)
     out = {"action": "trained", "snapshot": snapshot_id, "mlflow_run_id": trained.mlflow_run_id,
            "version": reg.version, "decision": reg.decision.decision, "reason": reg.decision.reason,

@@ -131,7 +131,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", 90, proc, log)
+        wait_http(f"{uri}/health", 180, proc, log)
         yield uri
     finally:
         stop(proc)

@@ -225,3 +225,23 @@ def test_incomplete_or_foreign_checkpoint_is_refused(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="does not fit this model"):
         ckpt.restore_training(ckpt.load_train_state(folder), model=other, ema=ModelEMA(other),
                               optimizer=build_optimizer(other), scaler=None)
+
+
+def test_initial_weights_from_a_cocoseg_checkpoint_or_a_reference_pt(tmp_path, shared_dir):
+    from cocoseg.config import ModelConfig
+    from cocoseg.engine.build import build_model
+    from cocoseg.model.weights import CheckpointError
+
+    net = seg_model()
+    folder = _save(tmp_path / "c", net, build_optimizer(net), ModelEMA(net))
+    warm = build_model(ModelConfig(variant="n", num_classes=2, weights=str(folder)))
+    assert warm.training
+    for k, v in net.state_dict().items():  # the EMA of an untrained model equals the model
+        assert torch.equal(warm.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match="expected 3"):
+        build_model(ModelConfig(variant="n", num_classes=3, weights=str(folder)))
+    reference = shared_dir / "reference" / "yolov8n-seg-random.pt"
+    imported = build_model(ModelConfig(variant="n", num_classes=80, weights=str(reference)))
+    assert imported.state_dict()["model.0.conv.weight"].shape == (16, 3, 3, 3)
+    with pytest.raises(CheckpointError, match="config asks for s/80"):
+        build_model(ModelConfig(variant="s", num_classes=80, weights=str(reference)))

@@ -90,6 +90,15 @@ def test_validate_sees_the_ema_weights_and_resume_continues_the_epoch_count():
     assert received[0][0] is parts.ema.module
 
 
+def test_val_every_skips_epochs_but_always_validates_the_last():
+    parts = parts_for(TinyHead(), nominal=2)
+    seen: list[EpochResult] = []
+    fit(parts, epochs=5, state=LoopState(), train_batches=lambda e: batches(1),
+        validate=lambda m, e: ({"val/mask_ap50_95": 0.1 * e}, None), on_epoch_end=seen.append, val_every=2)
+    assert [("val/mask_ap50_95" in r.metrics) for r in seen] == [False, True, False, True, True]
+    assert [r.is_best for r in seen] == [False, True, False, True, True]
+
+
 def test_non_finite_loss_raises_with_every_term():
     def bad_loss(outputs, targets):
         return {"loss": outputs.proto.sum() * float("nan"), "loss_box": torch.tensor(1.5),

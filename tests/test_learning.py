@@ -32,6 +32,15 @@ STEPS = int(os.environ.get("LEARNING_STEPS", "50"))
 CLASSES = tuple(SHAPES)  # circle, square, triangle, star
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_shapes(num_images: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[tuple[int, np.ndarray]]]]:
     """Images (SIZE, SIZE, 3) uint8 and, per image, (class, polygon (V, 2) px) of each shape,
     from the project's synthetic generator (1 or 2 non-overlapping shapes per image)."""
@@ -85,7 +94,6 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, coco: dict) -> dict:
 
 @pytest.mark.slow
 def test_n_model_overfits_synthetic_shapes() -> None:
-    torch.set_num_threads(1)  # one thread is faster than two on the shared, oversubscribed CI cores
     torch.manual_seed(0)
     raw_images, shapes = make_shapes(8)
     images = torch.from_numpy(np.stack(raw_images)).permute(0, 3, 1, 2).float() / 255

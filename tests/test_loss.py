@@ -17,6 +17,15 @@ NC = 6
 HEIGHT, WIDTH = 96, 128  # not square, to catch swapped axes
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _seeded_batch(seed: int = 0, batch: int = 3) -> tuple[RawOutputs, SegTargets]:
     """Random raw outputs and targets with painted overlap maps (image 2 has no instances)."""
     gen = torch.Generator().manual_seed(seed)
@@ -83,10 +92,8 @@ def _loop_reference(outputs: RawOutputs, targets: SegTargets, criterion: Segment
             logits = torch.einsum("k,khw->hw", coeffs[b, :, a], proto[b])
             bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
             x1, y1, x2, y2 = (assigned.boxes_xyxy[b, a] / 4).tolist()  # input px -> proto cells
-            keep = torch.zeros_like(bce)
-            for r in range(bce.shape[0]):
-                for c in range(bce.shape[1]):
-                    keep[r, c] = float(x1 <= c < x2 and y1 <= r < y2)
+            cols, rows = torch.arange(bce.shape[1]), torch.arange(bce.shape[0])
+            keep = (((cols >= x1) & (cols < x2))[None, :] & ((rows >= y1) & (rows < y2))[:, None]).float()
             area = (x2 - x1) * (y2 - y1) / (bce.shape[0] * bce.shape[1])
             mask += float((bce * keep).mean()) / area
     return {"loss_box": 7.5 * box / score_sum, "loss_cls": 0.5 * cls, "loss_dfl": 1.5 * dfl / score_sum,

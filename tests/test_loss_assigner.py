@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _golden import check_golden
 
@@ -9,6 +10,15 @@ from cocoseg.loss import TaskAlignedAssigner
 from cocoseg.loss.boxes import bbox_ciou, make_anchors
 
 STRIDES = (8.0, 16.0, 32.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _anchors_px(height: int = 64, width: int = 64) -> torch.Tensor:

@@ -18,6 +18,15 @@ from cocoseg import storage
 CLASS_NAMES = ["circle", "square", "triangle"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An n-variant, 3-class checkpoint whose class-1 logits are pushed up so it detects things."""
@@ -62,7 +71,8 @@ def test_predict_cli_local_and_s3_with_unreadable_images(cli, checkpoint: Path, 
     s3_image = f"{s3_bucket}/images/000000000036.jpg"
     storage.write_bytes(s3_image, (coco8_seg / "images" / "val" / "000000000036.jpg").read_bytes())
     out = f"{s3_bucket}/predictions"
-    proc = cli("predict", weights, images, s3_image, tmp_path / "missing.png", "--out", out, check=False)
+    proc = cli("predict", weights, images, s3_image, tmp_path / "missing.png", "--out", out, "--max-det", "10",
+               check=False, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1, proc.stderr
     assert "broken.jpg" in proc.stderr and "not a decodable image" in proc.stderr
     assert "missing.png" in proc.stderr and "Traceback" not in proc.stderr
@@ -74,7 +84,7 @@ def test_predict_cli_local_and_s3_with_unreadable_images(cli, checkpoint: Path, 
         with Image.open(coco8_seg / "images" / folder / f"{stem}.jpg") as img:
             orig_hw = (img.height, img.width)
         found += _check_outputs(lambda name: storage.read_bytes(f"{out}/{name}"), stem, orig_hw)
-    assert found > 0, "the biased checkpoint should detect something"
+    assert 0 < found <= 30, "the biased checkpoint should detect something"
 
 
 def test_predict_images_local_overlay(checkpoint: Path, coco8_seg: Path, tmp_path: Path) -> None:
@@ -83,7 +93,8 @@ def test_predict_images_local_overlay(checkpoint: Path, coco8_seg: Path, tmp_pat
 
     model, card = load_checkpoint(str(checkpoint))
     image = coco8_seg / "images" / "train" / "000000000009.jpg"
-    summary = predict_images(model, card.class_names, [str(image)], str(tmp_path / "out"), imgsz=card.imgsz)
+    summary = predict_images(model, card.class_names, [str(image)], str(tmp_path / "out"), imgsz=card.imgsz,
+                             max_det=10)
     assert summary["failed"] == [] and summary["images"][0]["detections"] > 0
     overlay = np.asarray(Image.open(tmp_path / "out" / "000000000009.png").convert("RGB"))
     original = np.asarray(Image.open(image).convert("RGB"))

@@ -211,3 +211,20 @@ def test_serving_decode_agrees_with_the_torch_postprocess():
         decoded = flat.reshape(w0, h0).T  # column-major runs
         union = (decoded | mask).sum()
         assert union == 0 or (decoded & mask).sum() / union > 0.99
+
+
+def test_register_job_reads_an_export_from_s3(mlflow_server, exports, s3_bucket):
+    from cocoseg import storage
+    from cocoseg.config import load_config
+    from pipelines import register as job
+
+    uri = f"{s3_bucket}/exports/base"
+    storage.upload_dir(exports["base"], uri)
+    name = _name()
+    cfg = load_config(None, [f"tracking.tracking_uri={mlflow_server}"])
+    result = job.run(cfg, uri, name)
+    assert result.decision.decision == "bootstrap"
+    storage.delete(f"{uri}/model.onnx")
+    with pytest.raises(BundleError, match="model.onnx is missing"):
+        job.run(cfg, uri, name)
+    assert _versions(connect(mlflow_server), name) == [result.version]

@@ -98,7 +98,8 @@ def read_image(uri: str) -> np.ndarray:
 
 
 def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: Sequence[str], out_dir: str, *,
-                   imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> dict[str, Any]:
+                   imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
+                   max_det: int = 300) -> dict[str, Any]:
     """Run ``model`` (eval mode) on each image and write ``<stem>.json``, ``<stem>.png`` and
     ``summary.json`` under ``out_dir``. Returns the summary: ``images`` (written stems, counts)
     and ``failed`` (image, error)."""
@@ -124,11 +125,13 @@ def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: S
         with torch.no_grad():
             pred, proto = model(batch)
         ratio_pad = (params.gain, (float(params.pad_left), float(params.pad_top)))
-        (det,) = postprocess(pred, proto, input_hw=(imgsz, imgsz), orig_hw=[rgb.shape[:2]], ratio_pads=[ratio_pad],
+        (det,) = postprocess(pred, proto, input_hw=(imgsz, imgsz), orig_hw=[rgb.shape[:2]],
+                             ratio_pads=[ratio_pad],
                              conf=conf, iou=iou, max_det=max_det, multi_label=False)
         det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.classes.cpu(), det.masks.cpu())
         stem = _unique_stem(uri, used)
-        storage.write_json(storage.join(out_dir, f"{stem}.json"), detections_to_json(uri, rgb.shape[:2], det, class_names))
+        record = detections_to_json(uri, rgb.shape[:2], det, class_names)
+        storage.write_json(storage.join(out_dir, f"{stem}.json"), record)
         storage.write_bytes(storage.join(out_dir, f"{stem}.png"), draw_overlay(rgb, det, class_names))
         summary["images"].append({"image": uri, "stem": stem, "detections": len(det)})
         log.info("%s: %d detection(s)", uri, len(det))
@@ -145,7 +148,8 @@ def _unique_stem(uri: str, used: set[str]) -> str:
     return candidate
 
 
-def detections_to_json(uri: str, orig_hw: tuple[int, int], det: Detections, class_names: Sequence[str]) -> dict:
+def detections_to_json(uri: str, orig_hw: tuple[int, int], det: Detections,
+                       class_names: Sequence[str]) -> dict:
     """JSON-able record of one image's detections (boxes xyxy in original pixels, masks as RLE)."""
     import numpy as np
     from pycocotools import mask as mask_utils

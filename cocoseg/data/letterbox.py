@@ -7,48 +7,15 @@ image maps to ``p * gain + pad`` in the letterboxed image and back with ``(q - p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image
+
+from cocoseg.structures import LetterboxParams, letterbox_params  # the one definition of the geometry
 
 __all__ = ["FILL", "LetterboxParams", "letterbox", "letterbox_params", "to_original_boxes",
            "to_original_points"]
 
 FILL = 114  # grey used for padding and affine borders (spec 1)
-
-
-@dataclass(frozen=True)
-class LetterboxParams:
-    """How an ``orig_hw`` image was placed into an ``out_hw`` canvas.
-
-    ``resized_hw`` is the size after scaling by ``gain``; ``pad_left``/``pad_top`` in pixels.
-    """
-
-    orig_hw: tuple[int, int]
-    out_hw: tuple[int, int]
-    resized_hw: tuple[int, int]
-    gain: float
-    pad_left: int
-    pad_top: int
-
-    @property
-    def pad(self) -> tuple[int, int]:
-        return self.pad_left, self.pad_top
-
-
-def letterbox_params(orig_hw: tuple[int, int], out_hw: tuple[int, int], *, scaleup: bool = True) -> LetterboxParams:
-    """Spec 8.5: r = min(H/h, W/w) (capped at 1 without ``scaleup``), padding split around the image."""
-    h0, w0 = orig_hw
-    h, w = out_hw
-    r = min(h / h0, w / w0)
-    if not scaleup:
-        r = min(r, 1.0)
-    rh, rw = max(1, round(h0 * r)), max(1, round(w0 * r))
-    dh, dw = (h - rh) / 2, (w - rw) / 2
-    # round(d - 0.1) / round(d + 0.1) splits an odd remainder one pixel more to the bottom/right
-    return LetterboxParams(orig_hw=(h0, w0), out_hw=(h, w), resized_hw=(rh, rw), gain=r,
-                           pad_left=round(dw - 0.1), pad_top=round(dh - 0.1))
 
 
 def letterbox(image: np.ndarray, out_hw: tuple[int, int], *, scaleup: bool = True,

@@ -149,12 +149,13 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         train_batches: Callable[[int], Iterable[TrainBatch]],
         validate: Callable[[nn.Module, int], tuple[dict[str, float], object | None]] | None,
         on_epoch_end: Callable[[EpochResult], None], world_size: int = 1,
-        fitness_key: str = "val/mask_ap50_95") -> LoopState:
+        fitness_key: str = "val/mask_ap50_95", val_every: int = 1) -> LoopState:
     """Run epochs ``state.epoch .. epochs-1``.
 
     ``train_batches(epoch)`` yields this worker's micro-batches of that epoch (the epoch decides
     the augmentation preset); ``validate(ema_module, epoch)`` returns (metrics, preview) or is
-    None on ranks that do not validate. Best = highest ``fitness_key`` (mask AP50-95).
+    None on ranks that do not validate; it runs every ``val_every`` epochs and after the last.
+    Best = highest ``fitness_key`` (mask AP50-95).
     """
     while state.epoch < epochs:
         epoch = state.epoch
@@ -162,12 +163,13 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         metrics["train/images_per_s"] = metrics["train/images_per_s_worker"] * world_size
         preview = None
         val_start = time.perf_counter()
-        if validate is not None:
+        due = (epoch + 1) % max(val_every, 1) == 0 or epoch + 1 == epochs
+        if validate is not None and due:
             val_metrics, preview = validate(parts.ema.module, epoch)
             metrics.update(val_metrics)
         metrics["val/time_s"] = time.perf_counter() - val_start
         fitness = metrics.get(fitness_key, -math.inf)
-        is_best = validate is not None and fitness > state.best_fitness
+        is_best = fitness_key in metrics and fitness > state.best_fitness
         if is_best:
             state.best_fitness = fitness
         state.epoch = epoch + 1

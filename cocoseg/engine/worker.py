@@ -117,7 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=train_batches, validate=validate,
-            on_epoch_end=on_epoch_end, world_size=world)
+            on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every)
     finally:
         if logger is not None:
             logger.close()

@@ -47,7 +47,8 @@ def pad_targets(targets: SegTargets, batch_size: int, image_hw: tuple[int, int]
     dev = targets.boxes_cxcywh_norm.device
     batch_idx = targets.batch_idx.long()
     # Position of each row among the rows of its image, without a loop: cumulative count per image.
-    onehot = F.one_hot(batch_idx, batch_size) if n else torch.zeros(0, batch_size, dtype=torch.long, device=dev)
+    onehot = (F.one_hot(batch_idx, batch_size) if n
+              else torch.zeros(0, batch_size, dtype=torch.long, device=dev))
     slot = ((onehot.cumsum(0) - 1) * onehot).sum(1)
     max_inst = int(onehot.sum(0).max()) if n else 0
     h, w = image_hw

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from cocoseg import structures
 from cocoseg.structures import Detections, RawOutputs
 
 from .anchors import decode_distances, make_anchors
@@ -155,16 +156,12 @@ def non_max_suppression(pred: torch.Tensor, *, num_masks: int = 32, conf: float 
 
 def letterbox_params(orig_hw: tuple[int, int], input_hw: tuple[int, int], scaleup: bool = True) -> RatioPad:
     """The ``(gain, (pad_left, pad_top))`` with which an ``orig_hw`` image was letterboxed to ``input_hw``."""
-    h0, w0 = orig_hw
-    gain = min(input_hw[0] / h0, input_hw[1] / w0)
-    if not scaleup:
-        gain = min(gain, 1.0)
-    dw = input_hw[1] - round(w0 * gain)
-    dh = input_hw[0] - round(h0 * gain)
-    return gain, (float(round(dw / 2 - 0.1)), float(round(dh / 2 - 0.1)))
+    params = structures.letterbox_params(orig_hw, input_hw, scaleup=scaleup)
+    return params.gain, (float(params.pad_left), float(params.pad_top))
 
 
-def scale_boxes_to_original(boxes_xyxy: torch.Tensor, orig_hw: tuple[int, int], ratio_pad: RatioPad) -> torch.Tensor:
+def scale_boxes_to_original(boxes_xyxy: torch.Tensor, orig_hw: tuple[int, int],
+                            ratio_pad: RatioPad) -> torch.Tensor:
     """(n, 4) input-pixel boxes -> original-image pixels: remove padding, divide by gain, clip."""
     gain, (left, top) = ratio_pad
     pad = boxes_xyxy.new_tensor([left, top, left, top])
@@ -238,7 +235,8 @@ def postprocess(pred: torch.Tensor, proto: torch.Tensor, *, input_hw: tuple[int,
     input_hw = input_hw or (proto.shape[2] * 4, proto.shape[3] * 4)
     batch = pred.shape[0]
     orig_hw = list(orig_hw) if orig_hw is not None else [input_hw] * batch
-    ratio_pads = list(ratio_pads) if ratio_pads is not None else [letterbox_params(s, input_hw) for s in orig_hw]
+    if ratio_pads is None:
+        ratio_pads = [letterbox_params(s, input_hw) for s in orig_hw]
     rows_per_image = non_max_suppression(pred.detach(), num_masks=proto.shape[1], conf=conf, iou=iou,
                                          max_det=max_det, multi_label=multi_label, agnostic=agnostic)
     results = []
@@ -250,7 +248,8 @@ def postprocess(pred: torch.Tensor, proto: torch.Tensor, *, input_hw: tuple[int,
                                                      rows[i:i + mask_chunk, :4], input_hw),
                                        orig_hw[b], ratio_pads[b])
                      for i in range(0, rows.shape[0], mask_chunk)]
-            masks = torch.cat(parts) if parts else torch.zeros(0, *orig_hw[b], dtype=torch.bool, device=proto.device)
+            masks = (torch.cat(parts) if parts
+                     else torch.zeros(0, *orig_hw[b], dtype=torch.bool, device=proto.device))
         results.append(Detections(boxes_xyxy=boxes.float(), scores=rows[:, 4].float(),
                                   classes=rows[:, 5].long(), masks=masks))
     return results
