@@ -7,11 +7,11 @@ reads, validates and writes its own Parquet file and returns only small metadata
 :class:`SnapshotWriter` collects that metadata (:meth:`SnapshotWriter.add_shard`) and commits.
 A shard whose every image is quarantined writes no file and is not listed (its index is skipped).
 
-:class:`SnapshotWriter` can also consume the output of :func:`cocoseg.data.ingest.process_batch` *in
-record order* (the ingest job streams it from Ray Data with order preserved) and cuts each
-split into shards greedily: a shard is closed before the row that would take it past
-``shard_bytes``. Record order is fixed by the source (split, then image id), so an image always
-lands in the same shard under the same name for the same source.
+:class:`SnapshotWriter` can also stream the output of :func:`cocoseg.data.ingest.process_batch`
+itself (:meth:`SnapshotWriter.add`, in record order; one process, no Ray), cutting each split
+greedily on an estimate of the *output* row bytes. Either way record order is fixed by the
+source (split, then image id), so an image always lands in the same shard under the same name
+for the same source and settings.
 
 Atomicity: the manifest is written last, with one atomic write; a folder without a manifest is
 an interrupted ingest, which readers ignore and the next run of the same snapshot id removes
