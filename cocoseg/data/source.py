@@ -64,9 +64,14 @@ def canonical_split(name: str) -> str:
     return m.group(1) if m else name
 
 
-def _rel(root: str, uri: str) -> str:
+def _listing(root: str) -> dict[str, int]:
+    """``{path relative to root (posix): size in bytes}`` of every file under ``root``."""
     base = storage.filesystem(root)[1].rstrip("/")
-    return storage.filesystem(uri)[1][len(base):].lstrip("/").replace(os.sep, "/")
+    out = {}
+    for entry in storage.list_files(root):  # (one filesystem() call per file was ~10 % of planning)
+        path = entry.uri[len("s3://"):] if storage.is_s3(entry.uri) else entry.uri
+        out[path[len(base):].lstrip("/").replace(os.sep, "/")] = entry.size
+    return out
 
 
 def _is_image(rel: str) -> bool:
@@ -103,7 +108,7 @@ def plan_source(source: str, layout: str = "auto", splits: tuple[str, ...] = ())
     root = spec.path if spec else source
     if not root:
         raise IngestError(f"{source}: cannot tell the dataset root ('path' is empty)")
-    listing = {_rel(root, e.uri): e.size for e in storage.list_files(root)}
+    listing = _listing(root)
     if not listing:
         raise IngestError(f"no files under {root}: check the source path (and AWS_ENDPOINT_URL for s3://)")
     jsons = {m["name"]: rel for rel in listing if (m := _ANN_RE.match(rel))}
