@@ -78,7 +78,7 @@ class IngestConfig:
     splits: tuple[str, ...] = ()  # empty: every split the source has
     shard_bytes: int = 256 * 1024 * 1024
     box_tolerance_px: float = 2.0
-    read_parallelism: int = -1  # shard tasks in flight; -1: 2 per cluster CPU
+    read_parallelism: int = -1  # shard tasks running at once; -1: as many as the cluster CPUs allow
     decode_check: str = "header"  # "header" (parse + JPEG end marker), "draft" (JPEG at 1/8 scale) or "full" decoding
     batch_rows: int = 32  # unused by the job since shards are tasks (kept: existing configs set it)
 

@@ -18,6 +18,7 @@ and the rerun removes its partial folder and writes the snapshot again.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -39,33 +40,34 @@ log = get_logger("pipelines.ingest")
 
 def _write_shards(specs: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobConfig,
                   id_to_index: dict[int, int]) -> None:
-    """One Ray task per planned shard: it reads, validates and writes its own Parquet file under
-    the (uncommitted) snapshot folder and returns only metadata, which the driver collects.
+    """Ray Data maps each planned shard to a task that reads, validates and writes its own Parquet
+    file under the (uncommitted) snapshot folder and returns only metadata for the driver.
 
-    Plain tasks, not a Ray Data map: the shards are already planned and independent, and on a
-    small cluster Ray Data's streaming executor starts them one by one behind its resource budget
-    (measured: the second shard queued for seconds on 2 CPUs). At most ``ingest.read_parallelism``
-    tasks (default: 2 per cluster CPU) are in flight, so a huge source never floods the scheduler.
+    One block per shard, so the shards run in parallel across the cluster; the specs and
+    results travel as JSON text because annotation records are heterogeneous (crowd RLE counts
+    are lists or strings) and Arrow must not guess one type for them.
     """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     ic = cfg.ingest
-    limit = ic.read_parallelism if ic.read_parallelism > 0 else max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
     kwargs = {"snapshot": writer.uri, "id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
               "decode_check": ic.decode_check}
-    pending, metas = [], []
-    for spec in specs:
-        if len(pending) >= limit:
-            done, pending = ray.wait(pending, num_returns=1)
-            metas.extend(ray.get(done))
-        pending.append(task.remote(spec, **kwargs))
-    metas.extend(ray.get(pending))
+    items = [{"spec": json.dumps(spec)} for spec in specs]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if ic.read_parallelism > 0:
+        ds = ds.map(_shard_task, fn_kwargs=kwargs, num_cpus=1, concurrency=ic.read_parallelism)
+    else:
+        ds = ds.map(_shard_task, fn_kwargs=kwargs, num_cpus=1)
+    metas = [json.loads(row["meta"]) for row in ds.take_all()]
     order = {s.name: i for i, s in enumerate(writer.plan.splits)}
     for meta in sorted(metas, key=lambda m: (order[m["split"]], m["index"])):
         writer.add_shard(meta)
+
+
+def _shard_task(row: dict[str, Any], **kwargs: Any) -> dict[str, str]:
+    return {"meta": json.dumps(write_shard(json.loads(row["spec"]), **kwargs))}
 
 
 def run(cfg: JobConfig) -> dict[str, Any]:
