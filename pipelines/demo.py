@@ -47,9 +47,8 @@ DEMO_DEFAULTS = [
 
 def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
     """Run every stage; returns what each produced (snapshot, MLflow run, weights, export, version)."""
-    from pipelines import export, ingest, register, train
-
     from cocoseg.data.synthetic import write_synthetic_coco
+    from pipelines import export, ingest, register, train
 
     root = str(Path(root).resolve())
     source = os.path.join(root, "source")

@@ -90,7 +90,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         msg = (f"source unchanged (snapshot {snapshot_id}) and champion v{champion.version} was trained on it: "
                "nothing to retrain (retrain.force=true trains anyway)")
         print(msg)
-        return {"action": "skipped", "snapshot": snapshot_id, "champion": champion.version, "reason": msg}
+        return {"action": "skipped", "snapshot": snapshot_id, "champion": str(champion.version), "reason": msg}
     overrides = [f"train.snapshot={manifest['snapshot_uri']}"]
     if champion is not None and cfg.retrain.warm_start:
         weights = _warm_start(cfg, champion)
@@ -103,7 +103,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
     reg = register.run(cfg, export_dir)
     out = {"action": "trained", "snapshot": snapshot_id, "mlflow_run_id": trained.mlflow_run_id,
-           "version": reg.version, "decision": reg.decision.decision, "reason": reg.decision.reason,
+           "version": str(reg.version), "decision": reg.decision.decision, "reason": reg.decision.reason,
            "seconds": round(time.perf_counter() - started, 1)}
     print(f"retrain: {reg.name} v{reg.version} {reg.decision.decision}: {reg.decision.reason}")
     return out

@@ -62,6 +62,17 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait(5)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on shared, oversubscribed cores two threads spin and lose."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     path = _shared_dir()

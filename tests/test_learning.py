@@ -32,13 +32,7 @@ STEPS = int(os.environ.get("LEARNING_STEPS", "50"))
 CLASSES = tuple(SHAPES)  # circle, square, triangle, star
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_shapes(num_images: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[tuple[int, np.ndarray]]]]:

@@ -17,13 +17,7 @@ NC = 6
 HEIGHT, WIDTH = 96, 128  # not square, to catch swapped axes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _seeded_batch(seed: int = 0, batch: int = 3) -> tuple[RawOutputs, SegTargets]:

@@ -12,13 +12,7 @@ from cocoseg.loss.boxes import bbox_ciou, make_anchors
 STRIDES = (8.0, 16.0, 32.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _anchors_px(height: int = 64, width: int = 64) -> torch.Tensor:

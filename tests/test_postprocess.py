@@ -20,14 +20,7 @@ from cocoseg.model.postprocess import (
 )
 from cocoseg.structures import RawOutputs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared, oversubscribed CI cores two threads spin and lose."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference_nms(boxes: list[list[float]], scores: list[float], thr: float) -> list[int]:

@@ -21,6 +21,7 @@ def _cfg(root, source, *extra):
 @pytest.mark.slow
 def test_retrain_trains_once_then_skips_then_warm_starts(ray_local, tmp_path):
     from mlflow import MlflowClient
+
     from pipelines import retrain
 
     source = tmp_path / "src"
@@ -31,10 +32,10 @@ def test_retrain_trains_once_then_skips_then_warm_starts(ray_local, tmp_path):
     assert first["action"] == "trained" and first["decision"] == "bootstrap", first
     client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri, registry_uri=cfg.tracking.tracking_uri)
     champion = client.get_model_version_by_alias("retrain-test", "champion")
-    assert champion.version == first["version"] and first["snapshot"] in champion.tags["data_snapshot"]
+    assert str(champion.version) == str(first["version"]) and first["snapshot"] in champion.tags["data_snapshot"]
 
     second = retrain.run(cfg)
-    assert second["action"] == "skipped" and second["champion"] == first["version"], second
+    assert second["action"] == "skipped" and second["champion"] == str(first["version"]), second
     assert len(client.search_model_versions("name='retrain-test'")) == 1  # nothing registered
     assert len(list((tmp_path / "runs").iterdir())) == 1  # and no training run started
 

@@ -86,6 +86,8 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     source: str = ""
     created_utc: str = ""
+    # Written by cocoseg.export: ONNX signature, TensorRT/CUDA versions, GPU and build facts.
+    export: dict[str, Any] = field(default_factory=dict)
     family: str = FAMILY
     card_version: int = CARD_VERSION
 
