@@ -89,7 +89,8 @@ def build_train_parts(cfg: JobConfig, *, model: nn.Module, device: torch.device,
     return TrainParts(model=model, loss_fn=SegmentationLoss.from_model(bare), optimizer=optimizer,
                       schedule=build_schedule(cfg, world_size=world_size, batches=batches_per_epoch),
                       ema=ModelEMA(bare, decay=t.ema_decay, tau=t.ema_tau), device=device,
-                      amp_dtype=amp_dtype, scaler=scaler, grad_clip=t.grad_clip)
+                      amp_dtype=amp_dtype, scaler=scaler, grad_clip=t.grad_clip,
+                      loss_scale=float(world_size) if hasattr(model, "no_sync") else 1.0)
 
 
 def build_train_collate(cfg: JobConfig) -> Callable[[Any], Any]:

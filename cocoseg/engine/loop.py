@@ -61,6 +61,10 @@ class TrainParts:
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     grad_clip: float = 10.0
+    # DDP *averages* gradients over ranks while the recipe's loss (B x terms) is meant to *sum*
+    # them over the global batch, so each rank multiplies its loss by the world size (as the
+    # reference trainer does): one optimiser step then carries the global batch's gradient.
+    loss_scale: float = 1.0
 
 
 @dataclass
@@ -108,7 +112,7 @@ def train_step(parts: TrainParts, batch: TrainBatch, state: LoopState) -> dict[s
                             enabled=parts.amp_dtype is not None):
             outputs = parts.model(images)
             terms = parts.loss_fn(outputs, batch.targets)
-        total = _checked_total(terms)
+        total = _checked_total(terms) * parts.loss_scale
         scaled = parts.scaler.scale(total) if parts.scaler is not None else total
         scaled.backward()
     out = {k: float(v) for k, v in terms.items() if k != "loss"}
