@@ -60,6 +60,7 @@ class StorageError(OSError):
 class FileEntry:
     uri: str
     size: int
+    mtime_ns: int = 0  # last modification (S3: LastModified); 0 where the store gives none
 
 
 def is_s3(uri: str) -> bool:
@@ -221,7 +222,7 @@ def list_files(uri: str, recursive: bool = True, suffix: str | None = None) -> l
         if suffix and not info.path.endswith(suffix):
             continue
         full = f"s3://{info.path}" if is_s3(uri) else info.path
-        out.append(FileEntry(uri=full, size=int(info.size or 0)))
+        out.append(FileEntry(uri=full, size=int(info.size or 0), mtime_ns=int(info.mtime_ns or 0)))
     return sorted(out, key=lambda e: e.uri)
 
 

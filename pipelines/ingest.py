@@ -60,10 +60,8 @@ def _write_shards(specs: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobC
         ds = ds.map(_shard_task, fn_kwargs=kwargs, num_cpus=1, concurrency=ic.read_parallelism)
     else:
         ds = ds.map(_shard_task, fn_kwargs=kwargs, num_cpus=1)
-    metas = [json.loads(row["meta"]) for row in ds.take_all()]
-    order = {s.name: i for i, s in enumerate(writer.plan.splits)}
-    for meta in sorted(metas, key=lambda m: (order[m["split"]], m["index"])):
-        writer.add_shard(meta)
+    for row in ds.iter_rows():  # as each shard finishes: the writer's progress line follows them
+        writer.add_shard(json.loads(row["meta"]))
 
 
 def _shard_task(row: dict[str, Any], **kwargs: Any) -> dict[str, str]:

@@ -51,14 +51,21 @@ def test_fingerprint_follows_listing_and_annotation_bytes(tmp_path):
     make_source(tmp_path / "a", images=8)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     fa, fb = plan_source(str(tmp_path / "a")).fingerprint, plan_source(str(tmp_path / "b")).fingerprint
-    assert fa == fb  # content-addressed: a copy elsewhere has the same fingerprint
+    assert fa == fb  # a copy elsewhere that keeps sizes and modification times: same fingerprint
     ann = tmp_path / "b" / "annotations" / "instances_train.json"
     doc = json.loads(ann.read_text())
     doc["annotations"][0]["category_id"] = 2 if doc["annotations"][0]["category_id"] != 2 else 3
     ann.write_text(json.dumps(doc))
     assert plan_source(str(tmp_path / "b")).fingerprint != fa
     (tmp_path / "a" / "train" / "extra.jpg").write_bytes((tmp_path / "a" / "train" / "000000000001.jpg").read_bytes())
-    assert plan_source(str(tmp_path / "a")).fingerprint != fa
+    fa2 = plan_source(str(tmp_path / "a")).fingerprint
+    assert fa2 != fa
+    # an image rewritten in place with other bytes of the same size (a corrupt file fixed, say)
+    image = tmp_path / "a" / "train" / "000000000001.jpg"
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    image.write_bytes(bytes(data))
+    assert plan_source(str(tmp_path / "a")).fingerprint != fa2
 
 
 def test_malformed_json_stops_with_the_file_name(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -24,7 +25,7 @@ from cocoseg.data.schema import (
     snapshot_to_coco,
 )
 from cocoseg.data.synthetic import write_synthetic_coco
-from pipelines.ingest import run
+from pipelines.ingest import main, run
 
 
 def _ingest(source: str, dest: str, *overrides: str) -> dict:
@@ -55,10 +56,28 @@ def _check_reconciled(manifest: dict) -> None:
         assert sum(s["rows"] for s in split["shards"]) == split["images"]
 
 
-def test_synthetic_local_snapshot_rerun_and_round_trip(ray_local, tmp_path):
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_synthetic_local_snapshot_rerun_and_round_trip(ray_local, tmp_path, capsys):
     src, dest = tmp_path / "src", str(tmp_path / "dest")
     synth = make_source(src, images=40, size=(96, 64))
-    first = _ingest(str(src), dest, "ingest.shard_bytes=20000")
+    progress = _Lines()
+    logging.getLogger("cocoseg").addHandler(progress)  # the cocoseg logger does not propagate
+    try:
+        first = _ingest(str(src), dest, "ingest.shard_bytes=20000")
+    finally:
+        logging.getLogger("cocoseg").removeHandler(progress)
+    # a progress line (at least the final one) and the one-screen summary
+    assert any(f"{first['snapshot_id']}: 40/40 images (" in line for line in progress.lines), progress.lines
+    summary = capsys.readouterr().out
+    assert f"snapshot {first['snapshot_id']}" in summary and "read 40 images" in summary
     assert not first["skipped"] and first["schema_version"] == 1
     for key in ("snapshot_id", "source", "source_fingerprint", "class_names", "splits", "quarantined",
                 "created_at", "duration_s"):
@@ -97,6 +116,18 @@ def test_synthetic_local_snapshot_rerun_and_round_trip(ray_local, tmp_path):
     assert changed["snapshot_id"] != first["snapshot_id"] and not changed["skipped"]
     assert {m["snapshot_id"] for m in list_snapshots(dest)} == {first["snapshot_id"], changed["snapshot_id"]}
     assert latest_snapshot(dest).endswith(changed["snapshot_id"])
+
+
+def test_job_entrypoint_with_a_config_file(ray_local, tmp_path, capsys):
+    """``python -m pipelines.ingest --config ... key=value`` (the ``ray job submit`` entrypoint)."""
+    make_source(tmp_path / "src", images=6, size=(64, 48))
+    config = tmp_path / "ingest.yaml"
+    config.write_text(f"storage:\n  root: {tmp_path / 'out'}\ningest:\n  shard_bytes: 1000000\n")
+    assert main(["--config", str(config), f"ingest.source={tmp_path / 'src'}", "ingest.decode_check=full"]) == 0
+    [manifest] = list_snapshots(str(tmp_path / "out"))
+    assert manifest["counts"]["images_written"] == 6 and "read 6 images" in capsys.readouterr().out
+    assert main(["--config", str(config), "ingest.shard_byte=1"]) == 2
+    assert "Did you mean 'shard_bytes'" in capsys.readouterr().err
 
 
 def test_every_quarantine_reason_end_to_end(ray_local, tmp_path):

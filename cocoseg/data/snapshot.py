@@ -184,6 +184,7 @@ class SnapshotWriter:
         self.shard_bytes, self.settings = shard_bytes, settings
         self.splits: dict[str, _Shards] = defaultdict(_Shards)
         self.rejects: list[dict[str, Any]] = [r for s in plan.splits for r in s.rejects]
+        self._shard_rejects: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.total = sum(len(s.records) for s in plan.splits)
         self.seen = 0
         self.started = started if started is not None else time.perf_counter()
@@ -220,15 +221,32 @@ class SnapshotWriter:
         self._progress()
 
     def add_shard(self, meta: dict[str, Any]) -> None:
-        """Record one shard written by :func:`write_shard`; call in (split, index) order."""
-        self.rejects.extend(meta["rejects"])
+        """Record one shard written by :func:`write_shard`, in any order (as the tasks finish).
+
+        The manifest lists each split's shards, and the quarantine their rejects, in shard index
+        order whatever the order of arrival, so both stay deterministic.
+        """
         shards = self.splits[meta["split"]]
+        self._shard_rejects[(meta["split"], meta["index"])] = meta["rejects"]
         if meta["rows"]:
-            shards.done.append({"path": meta["path"], "rows": meta["rows"], "bytes": meta["bytes"]})
+            shards.done.append({"path": meta["path"], "rows": meta["rows"], "bytes": meta["bytes"],
+                                "_index": meta["index"]})
         shards.images += meta["rows"]
         shards.instances += meta["instances"]
         self.seen += meta["rows"] + sum(1 for r in meta["rejects"] if r["annotation_id"] is None)
         self._progress()
+
+    def _collect_shards(self) -> None:
+        """Put what :meth:`add_shard` received into shard order (see there)."""
+        order = {s.name: i for i, s in enumerate(self.plan.splits)}
+        for key in sorted(self._shard_rejects, key=lambda k: (order.get(k[0], len(order)), k[0], k[1])):
+            self.rejects.extend(self._shard_rejects[key])
+        self._shard_rejects.clear()
+        for shards in self.splits.values():
+            if any("_index" in d for d in shards.done):
+                shards.done.sort(key=lambda d: d["_index"])
+                for d in shards.done:
+                    d.pop("_index", None)
 
     def _append(self, split: str, rows: pa.Table, size: float) -> None:
         shards = self.splits[split]
@@ -278,12 +296,14 @@ class SnapshotWriter:
         now = time.perf_counter()
         if force or now - self._last_log >= 2.0:
             rate = self.seen / max(now - self.started, 1e-9)
+            rejected = len(self.rejects) + sum(map(len, self._shard_rejects.values()))
             log.info("ingest %s: %d/%d images (%.0f img/s), %d quarantine rows",
-                     self.snapshot_id, self.seen, self.total, rate, len(self.rejects))
+                     self.snapshot_id, self.seen, self.total, rate, rejected)
             self._last_log = now
 
     def commit(self) -> dict[str, Any]:
         """Flush the last shards, write ``_quarantine.parquet``, check the counts, write the manifest."""
+        self._collect_shards()
         for split in list(self.splits):
             self._close(split)
         self._progress(force=True)

@@ -10,9 +10,10 @@ A source is a folder (local or ``s3://``) or a dataset YAML (seed format). Layou
 Split names are canonical in the snapshot: ``train2017`` -> ``train``, ``val2017`` -> ``val``.
 
 The *source fingerprint* is a SHA-256 over the listing of the image folders used (relative
-path and size of every file) and the full bytes of every annotation file read, so a rerun on an
-unchanged source finds the same snapshot id, and any added, removed or resized image or any
-annotation edit gives a new one.
+path, size and modification time of every file) and the full bytes of every annotation file
+read, so a rerun on an unchanged source finds the same snapshot id, and any added, removed,
+resized or rewritten image or any annotation edit gives a new one. (Hashing every image's bytes
+would read the whole dataset just to find out that nothing changed.)
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ def canonical_split(name: str) -> str:
     return m.group(1) if m else name
 
 
-def _listing(root: str) -> dict[str, int]:
-    """``{path relative to root (posix): size in bytes}`` of every file under ``root``."""
+Listing = dict[str, storage.FileEntry]
+
+
+def _listing(root: str) -> Listing:
+    """``{path relative to root (posix): FileEntry}`` of every file under ``root``."""
     base = storage.filesystem(root)[1].rstrip("/")
     out = {}
     for entry in storage.list_files(root):  # (one filesystem() call per file was ~10 % of planning)
         path = entry.uri[len("s3://"):] if storage.is_s3(entry.uri) else entry.uri
-        out[path[len(base):].lstrip("/").replace(os.sep, "/")] = entry.size
+        out[path[len(base):].lstrip("/").replace(os.sep, "/")] = entry
     return out
 
 
@@ -78,9 +82,9 @@ def _is_image(rel: str) -> bool:
     return rel.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _images_under(listing: dict[str, int], folder: str) -> dict[str, int]:
+def _images_under(listing: Listing, folder: str) -> Listing:
     prefix = folder.strip("/") + "/"
-    return {rel[len(prefix):]: size for rel, size in listing.items() if rel.startswith(prefix) and _is_image(rel)}
+    return {rel[len(prefix):]: e for rel, e in listing.items() if rel.startswith(prefix) and _is_image(rel)}
 
 
 def _read_spec(source: str) -> DatasetSpec:
@@ -92,7 +96,7 @@ def _read_spec(source: str) -> DatasetSpec:
     return dataset_spec_from_text(text, source, base_dir=base)
 
 
-def _root_yaml(root: str, listing: dict[str, int]) -> str | None:
+def _root_yaml(root: str, listing: Listing) -> str | None:
     top = sorted(rel for rel in listing if "/" not in rel and rel.endswith((".yaml", ".yml")))
     return storage.join(root, top[0]) if top else None
 
@@ -136,8 +140,8 @@ def plan_source(source: str, layout: str = "auto", splits: tuple[str, ...] = ())
     return plan
 
 
-def _coco_split(root: str, listing: dict[str, int], name: str, folder: str, json_rel: str,
-                hasher) -> tuple[SplitRecords, ClassMap, dict[str, int]]:
+def _coco_split(root: str, listing: Listing, name: str, folder: str, json_rel: str,
+                hasher) -> tuple[SplitRecords, ClassMap, Listing]:
     json_uri = storage.join(root, json_rel)
     data = storage.read_bytes(json_uri)
     hasher.update(f"json:{json_rel}:".encode() + hashlib.sha256(data).digest())
@@ -150,9 +154,9 @@ def _coco_split(root: str, listing: dict[str, int], name: str, folder: str, json
     return split, class_map, images
 
 
-def _attach_sizes(split: SplitRecords, uris: dict[str, str], images: dict[str, int]) -> None:
+def _attach_sizes(split: SplitRecords, uris: dict[str, str], images: Listing) -> None:
     """Give every record the ``size`` (bytes) of its file from the listing: ingest cuts shards on it."""
-    size_of = {uris[rel]: size for rel, size in images.items()}
+    size_of = {uris[rel]: e.size for rel, e in images.items()}
     for rec in split.records:
         rec["size"] = int(size_of.get(rec["uri"], 0))
 
@@ -170,12 +174,12 @@ def _finish(root: str, layout: str, hasher, parts, used_images: int, total_image
                       fingerprint=hasher.hexdigest(), files_ignored=total_images - used_images)
 
 
-def _hash_listing(hasher, folder: str, images: dict[str, int]) -> None:
+def _hash_listing(hasher, folder: str, images: Listing) -> None:
     for rel in sorted(images):
-        hasher.update(f"img:{folder}/{rel}:{images[rel]}\n".encode())
+        hasher.update(f"img:{folder}/{rel}:{images[rel].size}:{images[rel].mtime_ns}\n".encode())
 
 
-def _plan_coco_folder(root: str, listing: dict[str, int], jsons: dict[str, str]) -> SourcePlan:
+def _plan_coco_folder(root: str, listing: Listing, jsons: dict[str, str]) -> SourcePlan:
     hasher, parts, used = hashlib.sha256(b"coco\n"), [], 0
     for name in sorted(jsons):
         folder = name if _images_under(listing, name) else f"images/{name}"
@@ -186,7 +190,7 @@ def _plan_coco_folder(root: str, listing: dict[str, int], jsons: dict[str, str])
     return _finish(root, "coco", hasher, parts, used, sum(map(_is_image, listing)))
 
 
-def _plan_coco_yaml(root: str, listing: dict[str, int], folders: dict[str, str], jsons: dict[str, str]) -> SourcePlan:
+def _plan_coco_yaml(root: str, listing: Listing, folders: dict[str, str], jsons: dict[str, str]) -> SourcePlan:
     hasher, parts, used = hashlib.sha256(b"coco\n"), [], 0
     for name, folder in folders.items():
         folder = folder.strip("/")
@@ -212,7 +216,7 @@ def _labels_folder(folder: str) -> str:
     return "/".join(parts)
 
 
-def _plan_yolo(root: str, listing: dict[str, int], folders: dict[str, str], spec: DatasetSpec) -> SourcePlan:
+def _plan_yolo(root: str, listing: Listing, folders: dict[str, str], spec: DatasetSpec) -> SourcePlan:
     hasher, parts, used = hashlib.sha256(b"yolo\n"), [], 0
     class_map = class_map_from_names(spec.names)
     hasher.update("\n".join(spec.names).encode())
