@@ -138,7 +138,7 @@ class TrainConfig:
     ema_tau: float = 2000.0  # EMA ramp length in optimiser steps (spec 9.4)
     val_batch_size: int = 0  # 0: twice batch_size
     threads_per_worker: int = 0  # torch intra-op threads; 0: cpus_per_worker rounded up
-    checkpoints_to_keep: int = 2  # Ray checkpoints kept for resume (best/last weights are extra)
+    checkpoints_to_keep: int = 2  # full Ray checkpoints kept: the best N by val mask AP50-95, plus the latest
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
     data_actors: int = 2  # Ray Data actors decoding + augmenting per dataset (CPU, any node)

@@ -156,6 +156,7 @@ class RunLogger:
         self.offline = False
         self._warned = False
         self._monitor = None
+        self._monitor_interval = system_metrics_interval
         if system_metrics:
             self._start_monitor(system_metrics_interval)
 
@@ -204,7 +205,16 @@ class RunLogger:
         if self.offline:
             log.info("MLflow at %s answers again; buffered metrics sent", self.tracking_uri)
             self.offline = False
+            self._revive_monitor()
         return True
+
+    def _revive_monitor(self) -> None:
+        """MLflow's system-metrics thread ends at its first failed request; start a new one (it
+        resumes the step count) once the server answers again. Samples of the outage are lost:
+        they are host readings, not training metrics."""
+        thread = getattr(self._monitor, "_process", None)  # mlflow keeps its thread there
+        if self._monitor is not None and (thread is None or not thread.is_alive()):
+            self._start_monitor(self._monitor_interval)
 
     def close(self) -> bool:
         if self._monitor is not None:

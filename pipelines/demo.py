@@ -81,11 +81,24 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
         "model": f"{reg.name} v{reg.version}",
         "gate": f"{reg.decision.decision}: {reg.decision.reason}",
     }
+    summary["champion"] = f"{reg.name} v{champion_version(trained.tracking_uri, reg.name)}"
+    uri = trained.tracking_uri
+    ui = (f"  {uri}   (an MLflow server: open it in a browser)" if uri.startswith(("http://", "https://"))
+          else f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   (then http://127.0.0.1:5000)")
     print("\n".join(["", "demo finished:", *[f"  {k:18s} {v}" for k, v in summary.items()],
-                     "", "open the MLflow UI with:",
-                     f"  .venv/bin/mlflow ui --backend-store-uri {trained.tracking_uri} --port 5000",
+                     "", "open the MLflow UI with:", ui,
                      f"and load the champion with mlflow.pyfunc.load_model('models:/{reg.name}@champion')"]))
     return summary
+
+
+def champion_version(tracking_uri: str, name: str) -> str:
+    """The version behind ``name@champion``; the demo is not done unless there is one."""
+    from cocoseg.registry import CHAMPION, alias_version, connect
+
+    version = alias_version(connect(tracking_uri), name, CHAMPION)
+    if version is None:
+        raise UserError(f"no '{CHAMPION}' alias on {name!r} after registration at {tracking_uri}")
+    return str(version.version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

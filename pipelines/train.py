@@ -36,7 +36,7 @@ from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
 from cocoseg.data.augment import preset_for_epoch
 from cocoseg.data.schema import list_shards
 from cocoseg.engine.build import batches_per_epoch
-from cocoseg.engine.worker import train_loop_per_worker
+from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import UserError, get_logger, git_commit
 from pipelines._data import build_train_dataset
 from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
@@ -108,13 +108,19 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=runs_root,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep)),
+            # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
+                checkpoint_score_order="max")),
         datasets=_datasets(cfg, manifest),
     )
     try:
         result = trainer.fit()
     except Exception:
-        tracking.finish_run(tracking_uri, mlflow_run_id, "FAILED")
+        try:
+            tracking.finish_run(tracking_uri, mlflow_run_id, "FAILED")
+        except Exception as exc:  # MLflow down too: keep the training error, not this one
+            log.warning("could not mark MLflow run %s FAILED (%s)", mlflow_run_id, exc)
         raise
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     _finish_tracking(tracking_uri, mlflow_run_id, run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 import pytest
 
@@ -121,12 +122,14 @@ def test_outage_mid_run_loses_nothing_and_warns_once(mlflow_server, tmp_path, ca
     uri = f"http://127.0.0.1:{relay.port}"
     run_id = tracking.create_run(tracking_uri=uri, experiment="t-outage", run_name="r", params={}, tags={})
     journal = tracking.journal_uri(str(tmp_path / "run"))
-    logger = tracking.RunLogger(tracking_uri=uri, run_id=run_id, journal=journal, system_metrics=False)
+    logger = tracking.RunLogger(tracking_uri=uri, run_id=run_id, journal=journal, system_metrics=True,
+                                system_metrics_interval=0.2)
     logger.log_epoch(0, {"val/mask_ap50": 0.1})
     relay.close()
     caplog.set_level(logging.WARNING, logger="cocoseg")
     for epoch in (1, 2):
         logger.log_epoch(epoch, {"val/mask_ap50": 0.1 * (epoch + 1)})
+        time.sleep(0.5)  # the system-metrics thread meets the outage too
     assert logger.offline
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1 and "cocoseg sync-mlflow" in warnings[0].getMessage()
@@ -135,7 +138,20 @@ def test_outage_mid_run_loses_nothing_and_warns_once(mlflow_server, tmp_path, ca
     logger.log_epoch(3, {"val/mask_ap50": 0.4})
     assert not logger.offline
     assert [s for s, _ in _history(mlflow_server, run_id, "val/mask_ap50")] == [0, 1, 2, 3]
+    # system metrics flow again after the outage (mlflow's own thread gave up during it)
+    back = time.time() * 1000
+    deadline = time.time() + 20
+    while time.time() < deadline and not _system_samples_after(mlflow_server, run_id, back):
+        time.sleep(0.5)
+    assert _system_samples_after(mlflow_server, run_id, back), "system metrics stopped after the outage"
+    logger.close()
     relay.close()
+
+
+def _system_samples_after(uri: str, run_id: str, ms: float) -> bool:
+    client = mlflow.tracking.MlflowClient(uri)
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("system/")]
+    return any(m.timestamp >= ms for k in keys for m in client.get_metric_history(run_id, k))
 
 
 def test_sync_replays_a_journal_written_while_offline(mlflow_server, tmp_path, cli):

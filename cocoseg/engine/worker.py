@@ -39,7 +39,11 @@ from cocoseg.engine.checkpoint import load_train_state, publish, restore_trainin
 from cocoseg.engine.loop import EpochResult, LoopState, fit
 from cocoseg.utils import get_logger
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["FITNESS_KEY", "train_loop_per_worker"]
+
+# Reported with every epoch for Ray's CheckpointConfig(checkpoint_score_attribute=...): val mask
+# AP50-95 where the epoch was validated, -1 (ranked last) where it was not (train.val_every).
+FITNESS_KEY = "fitness"
 
 log = get_logger(__name__)
 
@@ -113,7 +117,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 checkpoint = _save_and_publish(cfg, run, parts, result, Path(tmp))
                 logger.log_epoch(result.epoch, result.metrics)
             # All ranks report: it is a barrier, and Ray registers rank 0's checkpoint.
-            ray.train.report({"epoch": result.epoch, **result.metrics}, checkpoint=checkpoint)
+            fitness = result.metrics.get("val/mask_ap50_95", -1.0)
+            ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint)
 
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=train_batches, validate=validate,

@@ -27,7 +27,7 @@ from cocoseg import bundle
 from cocoseg.utils import get_logger
 
 from .client import RegistryError, connect
-from .gate import METRIC_TAG, SNAPSHOT_TAG, GateDecision, run_gate
+from .gate import CHALLENGER, CHAMPION, METRIC_TAG, SNAPSHOT_TAG, GateDecision, alias_version, run_gate
 
 __all__ = ["Registration", "register_export", "version_tags"]
 
@@ -151,13 +151,22 @@ def _ensure_registered_model(client: Any, name: str) -> bool:
         raise
 
 
-def _undo(client: Any, name: str, version: str | None, created: bool, model_id: str | None) -> None:
-    """Best-effort removal of what a failed registration wrote."""
+def _undo(client: Any, name: str, version: str | None, created: bool, model_id: str | None,
+          aliases: dict[str, str] | None = None) -> None:
+    """Best-effort removal of what a failed registration wrote, and the aliases put back.
+
+    ``aliases`` (alias -> version before this registration): deleting the new version drops any
+    alias the gate had already moved onto it, so the previous champion (and challenger) are
+    pointed at again rather than left unset.
+    """
     steps = []
     if version is not None:
         steps.append(lambda: client.delete_model_version(name, version))
     if created:
         steps.append(lambda: client.delete_registered_model(name))
+    for alias, previous in (aliases or {}).items():
+        if not created and previous != version:
+            steps.append(lambda a=alias, v=previous: client.set_registered_model_alias(name, a, v))
     if model_id is not None:
         steps.append(lambda: client.delete_logged_model(model_id))
     for step in steps:
@@ -165,6 +174,11 @@ def _undo(client: Any, name: str, version: str | None, created: bool, model_id: 
             step()
         except Exception as exc:
             log.error("cleanup after a failed registration of %s failed too: %s", name, exc)
+
+
+def _aliases(client: Any, name: str) -> dict[str, str]:
+    found = {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER)}
+    return {alias: str(v.version) for alias, v in found.items() if v is not None}
 
 
 def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
@@ -181,6 +195,7 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
     mlflow.set_registry_uri(tracking_uri)
     version = model_id = None
     created = False
+    aliases: dict[str, str] = {}
     try:
         mlflow.set_experiment(experiment)
         # MLflow writes "View run ... at: URL" to stdout; keep stdout for the command's result.
@@ -192,18 +207,19 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
             mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in b.metrics.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             created = _ensure_registered_model(client, name)
+            aliases = {} if created else _aliases(client, name)
             mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
                                              tags=tags, model_id=model_id)
             version = str(mv.version)
             decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot)
     except (MlflowException, RegistryError, OSError) as exc:
-        _undo(client, name, version, created, model_id)
+        _undo(client, name, version, created, model_id, aliases)
         if isinstance(exc, RegistryError):
             raise
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         raise RegistryError(f"registering {b.root} as {name!r} failed, nothing was kept: {message}") from None
     except BaseException:
-        _undo(client, name, version, created, model_id)
+        _undo(client, name, version, created, model_id, aliases)
         raise
     log.info("registered %s v%s (%s): %s", name, version, info.model_uri, decision.reason)
     return Registration(name=name, version=version, model_uri=f"models:/{name}/{version}",
