@@ -110,6 +110,57 @@ def test_bad_settings_and_contract_violations_are_clear_errors(tmp_path):
         export_onnx(TinySeg(), tmp_path / "a.onnx", num_classes=83, imgsz=IMGSZ)
 
 
+def _tamper(path) -> None:
+    """Change one weight of the largest tensor of the ONNX file at ``path`` (in place)."""
+    proto = onnx.load(str(path))
+    weight = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    arr = numpy_helper.to_array(weight).copy()
+    arr.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(arr, weight.name))
+    onnx.save(proto, str(path))
+
+
+def test_a_parity_failure_fails_the_export_and_commits_nothing(tmp_path, monkeypatch):
+    from cocoseg.export import artifacts
+
+    good = make_export(tmp_path / "exp")  # a finished export in the folder: a failed redo must not look finished
+    real = artifacts.export_onnx
+
+    def export_then_tamper(model, path, **kwargs):  # an exporter that writes a wrong graph
+        info = real(model, path, **kwargs)
+        _tamper(path)
+        return info
+
+    monkeypatch.setattr(artifacts, "export_onnx", export_then_tamper)
+    with pytest.raises(ParityError, match="differs from the eager model"):
+        make_export(good)
+    with pytest.raises(BundleError):
+        open_bundle(good)
+    assert not (good / "export.json").exists() and not list(good.glob(".*.onnx"))
+
+
+@pytest.mark.parametrize("failure", ["wrong numbers", "crash"])
+def test_onnxslim_result_is_kept_only_if_it_passes_parity(tmp_path, monkeypatch, failure):
+    from cocoseg.export import artifacts
+
+    real = artifacts.slim_onnx
+
+    def bad_slim(src, dst):  # stands in for an onnxslim that breaks (or chokes on) the graph
+        if failure == "crash":
+            raise RuntimeError("onnxslim could not fold a node")
+        nodes = real(src, dst)
+        _tamper(dst)
+        return nodes
+
+    monkeypatch.setattr(artifacts, "slim_onnx", bad_slim)
+    root = make_export(tmp_path / "exp")
+    onnx_info = read_card(root)["export"]["onnx"]
+    assert not onnx_info["simplified"] and onnx_info["nodes"] == onnx_info["nodes_before_slim"]
+    assert any("onnxslim result rejected" in note for note in onnx_info["notes"]), onnx_info["notes"]
+    assert len(onnx.load(str(root / "model.onnx")).graph.node) == onnx_info["nodes_before_slim"]
+    check_parity(TinySeg().eval(), root / "model.onnx", num_classes=3, imgsz=IMGSZ)  # the kept graph passes
+
+
 def test_export_bundle_commits_manifest_card_and_skips_engine_plainly(tmp_path):
     root = make_export(tmp_path / "exp", formats=("onnx", "engine"))
     bundle = open_bundle(root)

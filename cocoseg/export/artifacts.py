@@ -52,10 +52,11 @@ def _onnx_step(model: nn.Module, out: Path, cfg: ExportConfig, num_classes: int)
                 parity = _parity(model, slim, cfg, num_classes)
                 slim.replace(final)
                 info.simplified, info.nodes = True, nodes
-            except ParityError as exc:
+            except Exception as exc:  # a ParityError, or onnxslim failing on the graph
                 # The unsimplified graph already passed: keep it and say why.
-                info.notes.append(f"onnxslim result rejected: {exc}")
-                log.warning("onnxslim broke parity, keeping the unsimplified graph: %s", exc)
+                what = "broke parity" if isinstance(exc, ParityError) else f"failed ({type(exc).__name__})"
+                info.notes.append(f"onnxslim result rejected: {what}: {exc}")
+                log.warning("onnxslim %s, keeping the unsimplified graph: %s", what, exc)
         if not final.exists():
             raw.replace(final)
     finally:

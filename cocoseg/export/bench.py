@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cocoseg.utils import get_logger
+
 __all__ = ["bench_engine", "bench_onnxruntime", "bench_torch", "benchmark", "median_ms"]
+
+log = get_logger(__name__)
 
 
 def median_ms(fn: Callable[[], Any], *, warmup: int, runs: int) -> float:
@@ -103,8 +107,13 @@ def benchmark(model: nn.Module, onnx_path: str | Path, engine_path: str | Path |
                                                     device="cuda"), 2)})
         model.cpu()
     if engine_path is not None:
-        rows.append({"format": "tensorrt", "device": torch.cuda.get_device_name(0),
-                     "median_ms": round(bench_engine(engine_path, imgsz, warmup=warmup, runs=runs), 2)})
+        row = {"format": "tensorrt", "device": torch.cuda.get_device_name(0)}
+        try:
+            row["median_ms"] = round(bench_engine(engine_path, imgsz, warmup=warmup, runs=runs), 2)
+        except RuntimeError as exc:  # e.g. in-graph NMS: an output of data-dependent shape
+            row["median_ms"], row["skipped"] = None, str(exc)
+            log.warning("TensorRT latency not measured: %s", exc)
+        rows.append(row)
     return {"rows": rows, "batch": 1, "imgsz": imgsz, "warmup": warmup, "runs": runs,
             "cpu_threads": threads, "host": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
