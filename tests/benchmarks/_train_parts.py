@@ -62,12 +62,24 @@ def part_b(args) -> dict:
 
 
 def _gpu_util_sampler(stop: threading.Event, samples: list[float]) -> None:
-    import pynvml
+    """GPU utilisation (%) every 0.1 s: NVML when pynvml is installed, else ``nvidia-smi``."""
+    try:
+        import pynvml
 
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+
+        def read() -> float:
+            return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except ImportError:
+        import subprocess
+
+        def read() -> float:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                  "-i", "0"], capture_output=True, text=True, timeout=5, check=True)
+            return float(out.stdout.strip().splitlines()[0])
     while not stop.is_set():
-        samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+        samples.append(read())
         time.sleep(0.1)
 
 
@@ -117,7 +129,7 @@ def part_c(args) -> dict:
             stop.set()
             sampler.join()
             results[f"{variant}_b{batch}"] = {"images_per_s": round(batch * args.steps / seconds, 1),
-                                              "gpu_util_pct_mean": round(sum(samples) / max(len(samples), 1), 1),
+                                              "gpu_util_pct_mean": round(sum(samples) / len(samples), 1) if samples else None,
                                               "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
             del parts, model, data
             torch.cuda.empty_cache()
