@@ -147,6 +147,11 @@ def test_every_quarantine_reason_end_to_end(ray_local, tmp_path):
     rows = read_split_table(manifest["snapshot_uri"], "train", columns=["image_id", "annotations"]).to_pylist()
     assert not {1, 2, 3, 4, 5} & {r["image_id"] for r in rows}  # rejected images are not in the snapshot
     assert {7, 8} <= {r["image_id"] for r in rows}  # greyscale and CMYK are kept
+    # the crowd RLE survives the round trip: snapshot -> COCO dict -> pycocotools, same area
+    coco = _coco(snapshot_to_coco(manifest["snapshot_uri"], "train"))
+    crowd = [a for a in coco.dataset["annotations"] if a["iscrowd"]]
+    assert [a["id"] for a in crowd] == [90008]
+    assert float(mask_utils.area(coco.annToRLE(crowd[0]))) == 96.0
 
 
 def _by_image(snapshot: str) -> dict[int, list[tuple[int, list[float]]]]:
