@@ -28,6 +28,7 @@ from cocoseg import bundle, storage
 from cocoseg.config import JobConfig, load_config, to_dict
 from cocoseg.export import export_bundle
 from cocoseg.utils import UserError, get_logger
+from pipelines import config_path
 
 __all__ = ["main", "run"]
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. export.imgsz=320")
     args = parser.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides), args.weights, args.out, args.metrics, args.train_run_id)
+        run(load_config(config_path(args.config), args.overrides), args.weights, args.out, args.metrics, args.train_run_id)
     except (UserError, ValueError) as exc:
         print(f"pipelines.export: error: {exc}", file=sys.stderr)
         return 2

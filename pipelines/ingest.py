@@ -32,6 +32,7 @@ from cocoseg.data.schema import MANIFEST_NAME, manifest_summary, read_manifest, 
 from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard
 from cocoseg.data.source import plan_source
 from cocoseg.utils import UserError, get_logger
+from pipelines import config_path
 
 __all__ = ["main", "run"]
 
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. ingest.source=s3://b/coco")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config_path(args.config), args.overrides)
         log.info("config: %s", to_dict(cfg)["ingest"])
         run(cfg)
     except (ConfigError, UserError) as exc:

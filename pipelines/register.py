@@ -24,6 +24,7 @@ from cocoseg import storage
 from cocoseg.config import JobConfig, load_config
 from cocoseg.registry import Registration, register_export, resolve_tracking_uri
 from cocoseg.utils import UserError, get_logger
+from pipelines import config_path
 
 __all__ = ["main", "run"]
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides), args.export, args.name)
+        run(load_config(config_path(args.config), args.overrides), args.export, args.name)
     except (UserError, ValueError) as exc:
         print(f"pipelines.register: error: {exc}", file=sys.stderr)
         return 2

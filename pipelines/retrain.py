@@ -32,6 +32,7 @@ from cocoseg import storage
 from cocoseg.config import ConfigError, JobConfig, load_config, with_overrides
 from cocoseg.registry import CHAMPION, alias_version, connect, resolve_tracking_uri
 from cocoseg.utils import UserError, get_logger
+from pipelines import config_path
 from pipelines._train_checks import ensure_ray
 
 __all__ = ["main", "run"]
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides))
+        run(load_config(config_path(args.config), args.overrides))
     except (ConfigError, UserError) as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return 2

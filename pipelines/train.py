@@ -38,6 +38,7 @@ from cocoseg.data.schema import list_shards
 from cocoseg.engine.build import batches_per_epoch
 from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import UserError, get_logger, git_commit
+from pipelines import config_path
 from pipelines._data import build_train_dataset
 from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
 
@@ -167,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
     try:
-        result = run(load_config(args.config, args.overrides), parent_run_id=args.parent_run_id)
+        result = run(load_config(config_path(args.config), args.overrides), parent_run_id=args.parent_run_id)
     except (ConfigError, UserError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

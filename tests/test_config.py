@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,17 @@ def test_dataset_yaml_errors(tmp_path):
     bad.write_text("path: .\nnames: [a]\ntrian: x\n")
     with pytest.raises(ConfigError, match="unknown dataset key 'trian'"):
         load_dataset_yaml(bad)
+
+
+def test_job_config_paths_resolve_from_any_working_directory(tmp_path, monkeypatch):
+    """A Ray job driver does not run in the project folder: ``--config pipelines/configs/x.yaml``
+    is found beside the installed ``pipelines`` package."""
+    from pipelines import config_path
+
+    monkeypatch.chdir(tmp_path)
+    found = config_path("pipelines/configs/train.yaml")
+    assert os.path.isabs(found) and os.path.exists(found)
+    (tmp_path / "pipelines" / "configs").mkdir(parents=True)
+    (tmp_path / "pipelines" / "configs" / "train.yaml").write_text("train: {}\n")
+    assert config_path("pipelines/configs/train.yaml") == "pipelines/configs/train.yaml"  # the local one wins
+    assert config_path("absent.yaml") == "absent.yaml" and config_path(None) is None
