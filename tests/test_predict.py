@@ -103,3 +103,15 @@ def test_predict_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.
     assert main(["predict", str(tmp_path / "ckpt"), str(tmp_path / "x.jpg"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "model_card.json" in err and "Traceback" not in err
+
+
+def test_an_image_past_pillows_pixel_limit_is_an_unreadable_image(tmp_path, monkeypatch):
+    """Pillow's DecompressionBombError is no OSError: it must still become ImageReadError."""
+    from cocoseg.cli.predict import ImageReadError, read_image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    assert read_image(str(path)).shape == (64, 64, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 > 2 x 100: a "bomb"
+    with pytest.raises(ImageReadError, match="not a decodable image"):
+        read_image(str(path))

@@ -93,7 +93,8 @@ def read_image(uri: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        # DecompressionBombError (pixels past Pillow's safety limit) is not an OSError
         raise ImageReadError(f"not a decodable image ({len(data)} bytes): {exc}") from None
 
 
