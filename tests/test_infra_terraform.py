@@ -152,7 +152,8 @@ def rule_no_wildcard_iam(docs: Parsed) -> list[str]:
             if "not_actions" in stmt or "not_resources" in stmt:
                 bad.append(f"{where}: not_actions/not_resources grant everything else")
             for action in as_list(stmt.get("actions", [])):
-                if "*" in str(action):
+                # a Deny may cover a whole service (e.g. s3:* without TLS); a grant never
+                if "*" in str(action) and not deny:
                     bad.append(f"{where}: wildcard action {action!r}")
             for resource in as_list(stmt.get("resources", [])):
                 resource = str(resource)
@@ -336,6 +337,24 @@ def test_platform_values_templates_render(parsed: Parsed) -> None:
         assert used == passed, f"{name}: {template.name} uses {sorted(used)}, releases.tf passes {sorted(passed)}"
         rendered = re.sub(r"\$\{(\w+)\}", lambda m: "false" if m.group(1).startswith("enable_") else f"example-{m.group(1)}", text)
         assert isinstance(yaml.safe_load(rendered), dict), f"{template} does not render to a mapping"
+
+
+def test_every_bucket_denies_any_call_without_tls(parsed: Parsed) -> None:
+    """The storage module's bucket policy: Deny s3:* on the bucket and its objects when
+    aws:SecureTransport is false (a short action list left the rest of S3 open over HTTP)."""
+    docs = {path: doc for path, doc in parsed.items() if path.startswith("modules/storage/")}
+    policies = [body for _, type_, name, body in blocks(docs, "data")
+                if type_ == "aws_iam_policy_document" and name == "tls_only"]
+    assert len(policies) == 1
+    [stmt] = [s for s in statements(policies[0]) if s.get("sid") == "DenyInsecureTransport"]
+    assert stmt["effect"] == "Deny"
+    assert as_list(stmt["actions"]) == ["s3:*"]
+    resources = " ".join(map(str, as_list(stmt["resources"])))
+    assert ".arn}" in resources and ".arn}/*" in resources, resources
+    [cond] = stmt["condition"]
+    assert (cond["variable"], as_list(cond["values"])) == ("aws:SecureTransport", ["false"]), cond
+    bucket_policies = [body for _, type_, _, body in blocks(docs, "resource") if type_ == "aws_s3_bucket_policy"]
+    assert bucket_policies and all("tls_only" in str(b.get("policy")) for b in bucket_policies)
 
 
 def test_dev_and_prod_run_the_same_code() -> None:

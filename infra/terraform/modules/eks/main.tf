@@ -32,6 +32,23 @@ resource "aws_iam_role_policy_attachment" "cluster" {
   policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonEKSClusterPolicy"
 }
 
+# Envelope encryption of Kubernetes secrets: the cluster role calls KMS with the cluster key (the
+# key policy delegates to IAM in this account, so the role needs these actions itself).
+data "aws_iam_policy_document" "cluster_kms" {
+  statement {
+    sid       = "SecretsEncryption"
+    effect    = "Allow"
+    actions   = ["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:ListGrants"]
+    resources = [var.kms_key_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "cluster_kms" {
+  name_prefix = "secrets-kms-"
+  role        = aws_iam_role.cluster.id
+  policy      = data.aws_iam_policy_document.cluster_kms.json
+}
+
 # The log group must exist before the cluster, or EKS creates an unencrypted one itself.
 resource "aws_cloudwatch_log_group" "cluster" {
   name              = "/aws/eks/${var.cluster_name}/cluster"
@@ -106,7 +123,9 @@ resource "aws_eks_addon" "this" {
   addon_name                  = each.value
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "PRESERVE"
-  tags                        = var.tags
+  # The VPC CNI enforces NetworkPolicy objects (infra/k8s/networkpolicy.yaml) only when asked to.
+  configuration_values = each.value == "vpc-cni" ? jsonencode({ enableNetworkPolicy = "true" }) : null
+  tags                 = var.tags
 
   # coredns needs a node to schedule on.
   depends_on = [aws_eks_node_group.cpu]

@@ -71,7 +71,7 @@ data "aws_iam_policy_document" "tls_only" {
   statement {
     sid     = "DenyInsecureTransport"
     effect  = "Deny"
-    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"]
+    actions = ["s3:*"] # every S3 call on these buckets needs TLS
     resources = [
       aws_s3_bucket.this[each.key].arn,
       "${aws_s3_bucket.this[each.key].arn}/*",
