@@ -253,3 +253,37 @@ def test_cli_model_info_and_unknown_variant(capsys):
     assert "71,827,888" in text and "328.36" in text
     assert cli_main(["model-info", "q"]) == 2
     assert "unknown model variant 'q'" in capsys.readouterr().err
+
+
+def test_modules_nested_thousands_deep_are_a_clear_error(tmp_path: Path, monkeypatch):
+    """A hostile file can nest stand-in modules deeper than Python's recursion limit: a
+    CheckpointError naming the file, not a RecursionError traceback."""
+    import sys
+    import types
+
+    package, module = types.ModuleType("ultralytics"), types.ModuleType("ultralytics.fake")
+    package.__path__ = []
+
+    class Layer:  # pickled under the reference's namespace, read back as an inert stand-in
+        pass
+
+    Layer.__module__, Layer.__qualname__ = "ultralytics.fake", "Layer"
+    module.Layer = Layer
+    monkeypatch.setitem(sys.modules, "ultralytics", package)
+    monkeypatch.setitem(sys.modules, "ultralytics.fake", module)
+    root = current = Layer()
+    for _ in range(3000):
+        current._modules = {"0": Layer()}
+        current = current._modules["0"]
+    current._parameters = {"w": torch.zeros(1)}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        buf = io.BytesIO()
+        torch.save({"model": root}, buf)
+    finally:
+        sys.setrecursionlimit(limit)
+    monkeypatch.delitem(sys.modules, "ultralytics.fake")
+    monkeypatch.delitem(sys.modules, "ultralytics")
+    with pytest.raises(CheckpointError, match=r"deep\.pt: modules nested too deeply"):
+        import_reference(buf.getvalue(), "deep.pt")

@@ -327,7 +327,11 @@ def import_reference(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], M
     if isinstance(model_obj, dict):
         foreign, meta, raw_state = "state dict", {}, model_obj
     else:
-        foreign, meta, raw_state = model_obj.foreign_name, model_obj.__dict__, _module_state_dict(model_obj)
+        try:
+            raw_state = _module_state_dict(model_obj)
+        except RecursionError:  # a hostile or broken file nesting modules thousands deep
+            raise CheckpointError(f"{name}: modules nested too deeply to be a YOLOv8-seg checkpoint") from None
+        foreign, meta = model_obj.foreign_name, model_obj.__dict__
     state = {str(k): v.float() if v.is_floating_point() else v for k, v in raw_state.items()}
     if not any(k.startswith("model.22.proto.") for k in state):
         raise CheckpointError(f"{name}: a {foreign} without mask prototypes is not a YOLOv8-seg checkpoint "
