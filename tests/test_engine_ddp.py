@@ -4,12 +4,9 @@ two ranks with half a batch each land on the same weights as one process with th
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
 from torch import nn
 
 from cocoseg.engine.ema import ModelEMA
@@ -57,10 +54,10 @@ def one_step(model: nn.Module, batch: TrainBatch, *, loss_scale: float) -> None:
     train_step(parts, batch, LoopState())
 
 
-def _rank(rank: int, world: int, port: int, scale_by_world: bool, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank(rank: int, world: int, rendezvous: str, scale_by_world: bool, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no port to pick and lose to another process between pick and bind
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = nn.parallel.DistributedDataParallel(Net())
@@ -79,7 +76,8 @@ def _rank(rank: int, world: int, port: int, scale_by_world: bool, out: str) -> N
 
 def _ddp_weights(tmp_path, scale_by_world: bool) -> dict[str, torch.Tensor]:
     out = str(tmp_path / f"ddp-{scale_by_world}.pt")
-    mp.spawn(_rank, args=(2, free_port(), scale_by_world, out), nprocs=2, join=True)
+    rendezvous = str(tmp_path / f"rendezvous-{scale_by_world}")
+    mp.spawn(_rank, args=(2, rendezvous, scale_by_world, out), nprocs=2, join=True)
     return torch.load(out, weights_only=True)
 
 
