@@ -184,7 +184,7 @@ class SnapshotWriter:
         self.shard_bytes, self.settings = shard_bytes, settings
         self.splits: dict[str, _Shards] = defaultdict(_Shards)
         self.rejects: list[dict[str, Any]] = [r for s in plan.splits for r in s.rejects]
-        self._shard_rejects: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._shard_metas: dict[tuple[str, int], dict[str, Any]] = {}  # add_shard -> commit
         self.total = sum(len(s.records) for s in plan.splits)
         self.seen = 0
         self.started = started if started is not None else time.perf_counter()
@@ -221,32 +221,26 @@ class SnapshotWriter:
         self._progress()
 
     def add_shard(self, meta: dict[str, Any]) -> None:
-        """Record one shard written by :func:`write_shard`, in any order (as the tasks finish).
+        """Take one shard written by :func:`write_shard`, in any order (as the tasks finish).
 
-        The manifest lists each split's shards, and the quarantine their rejects, in shard index
-        order whatever the order of arrival, so both stay deterministic.
+        Only progress is counted here; :meth:`commit` records the shards in (split, index) order,
+        so the manifest's shard lists and the quarantine stay deterministic.
         """
-        shards = self.splits[meta["split"]]
-        self._shard_rejects[(meta["split"], meta["index"])] = meta["rejects"]
-        if meta["rows"]:
-            shards.done.append({"path": meta["path"], "rows": meta["rows"], "bytes": meta["bytes"],
-                                "_index": meta["index"]})
-        shards.images += meta["rows"]
-        shards.instances += meta["instances"]
+        self._shard_metas[(meta["split"], meta["index"])] = meta
         self.seen += meta["rows"] + sum(1 for r in meta["rejects"] if r["annotation_id"] is None)
         self._progress()
 
-    def _collect_shards(self) -> None:
-        """Put what :meth:`add_shard` received into shard order (see there)."""
+    def _record_shards(self) -> None:
         order = {s.name: i for i, s in enumerate(self.plan.splits)}
-        for key in sorted(self._shard_rejects, key=lambda k: (order.get(k[0], len(order)), k[0], k[1])):
-            self.rejects.extend(self._shard_rejects[key])
-        self._shard_rejects.clear()
-        for shards in self.splits.values():
-            if any("_index" in d for d in shards.done):
-                shards.done.sort(key=lambda d: d["_index"])
-                for d in shards.done:
-                    d.pop("_index", None)
+        for key in sorted(self._shard_metas, key=lambda k: (order.get(k[0], len(order)), k)):
+            meta = self._shard_metas[key]
+            shards = self.splits[meta["split"]]
+            self.rejects.extend(meta["rejects"])
+            if meta["rows"]:
+                shards.done.append({"path": meta["path"], "rows": meta["rows"], "bytes": meta["bytes"]})
+            shards.images += meta["rows"]
+            shards.instances += meta["instances"]
+        self._shard_metas.clear()
 
     def _append(self, split: str, rows: pa.Table, size: float) -> None:
         shards = self.splits[split]
@@ -296,14 +290,14 @@ class SnapshotWriter:
         now = time.perf_counter()
         if force or now - self._last_log >= 2.0:
             rate = self.seen / max(now - self.started, 1e-9)
-            rejected = len(self.rejects) + sum(map(len, self._shard_rejects.values()))
+            rejected = len(self.rejects) + sum(len(m["rejects"]) for m in self._shard_metas.values())
             log.info("ingest %s: %d/%d images (%.0f img/s), %d quarantine rows",
                      self.snapshot_id, self.seen, self.total, rate, rejected)
             self._last_log = now
 
     def commit(self) -> dict[str, Any]:
         """Flush the last shards, write ``_quarantine.parquet``, check the counts, write the manifest."""
-        self._collect_shards()
+        self._record_shards()
         for split in list(self.splits):
             self._close(split)
         self._progress(force=True)

@@ -165,8 +165,7 @@ def _undo(client: Any, name: str, version: str | None, created: bool, model_id: 
     if created:
         steps.append(lambda: client.delete_registered_model(name))
     for alias, previous in (aliases or {}).items():
-        if not created and previous != version:
-            steps.append(lambda a=alias, v=previous: client.set_registered_model_alias(name, a, v))
+        steps.append(lambda a=alias, v=previous: client.set_registered_model_alias(name, a, v))
     if model_id is not None:
         steps.append(lambda: client.delete_logged_model(model_id))
     for step in steps:
