@@ -8,29 +8,45 @@ an S3 API call is needed (bucket creation in tests and tools).
 
 Writes are committed atomically: a local file is written under a temporary name in the same
 folder and renamed into place; an S3 object becomes visible only when its single PUT completes.
-Multi-file outputs (snapshots, exports) commit by writing a marker file (a manifest) last.
+Multi-file outputs (snapshots, exports, checkpoints) commit by writing a marker file (a manifest)
+last: :func:`write_manifest` records each file's size and SHA-256, :func:`check_manifest` refuses a
+folder whose marker is missing or whose files do not match it (a write cut short).
+
+S3 calls are retried with exponential backoff on transient faults (HTTP 500/503, SlowDown,
+connection resets, timeouts): ``COCOSEG_S3_ATTEMPTS`` attempts in all (default 6), the first wait
+``COCOSEG_S3_BACKOFF_S`` seconds (default 0.25), doubling up to 8 s. When they run out, one
+:class:`StorageError` line names the object, the attempts and the last fault.
 
 This module imports nothing from cocoseg (layer L0).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import posixpath
+import random
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FileEntry",
+    "IncompleteError",
     "StorageError",
+    "check_manifest",
     "copy_file",
     "delete",
     "download_dir",
@@ -47,6 +63,7 @@ __all__ = [
     "s3_client",
     "upload_dir",
     "write_bytes",
+    "write_manifest",
     "write_json",
     "write_text",
 ]
@@ -54,6 +71,53 @@ __all__ = [
 
 class StorageError(OSError):
     """A storage operation failed; the message names the URI."""
+
+
+class IncompleteError(StorageError):
+    """A multi-file output lacks its commit marker or a file differs from it (a cut-short write)."""
+
+
+# Faults that a retry can cure. Anything else (access denied, no such bucket, bad request) fails
+# at once: retrying it only delays the one line that says what to fix.
+_TRANSIENT = ("500", "502", "503", "504", "slow down", "slowdown", "internal_failure", "internalerror",
+              "service_unavailable", "serviceunavailable", "throttl", "network_connection", "connection",
+              "reset", "timed out", "timeout", "broken pipe", "curlcode", "request_timeout", "unavailable",
+              "incomplete", "unexpected eof", "reading response", "partial")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return False
+    text = str(exc).lower()
+    if any(k in text for k in ("access_denied", "accessdenied", "nosuchbucket", "no such bucket",
+                               "invalidaccesskeyid", "signaturedoesnotmatch", "not found", "does not exist")):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError)) or any(k in text for k in _TRANSIENT)
+
+
+def _attempts() -> int:
+    return max(1, int(os.environ.get("COCOSEG_S3_ATTEMPTS", "6")))
+
+
+def _retry(uri: str, action: str, fn: Any) -> Any:
+    """Run ``fn()`` for an S3 ``uri``, retrying transient faults with backoff (see module doc)."""
+    attempts, delay = _attempts(), float(os.environ.get("COCOSEG_S3_BACKOFF_S", "0.25"))
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            if not _is_transient(exc):
+                raise
+            if attempt == attempts:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StorageError(f"cannot {action} {uri}: still failing after {attempts} attempts "
+                                   f"(last: {first[:300]})") from None
+            log.info("%s %s: transient fault (%s); retry %d/%d in %.2f s", action, uri,
+                     str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__, attempt,
+                     attempts - 1, delay)
+            time.sleep(delay * (0.75 + 0.5 * random.random()))  # jitter: retries of many workers spread
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -118,27 +182,37 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def s3_client():
-    """A boto3 S3 client configured from the same environment as :func:`filesystem`."""
+    """A boto3 S3 client configured from the same environment as :func:`filesystem` (botocore's
+    standard retry mode, ``COCOSEG_S3_ATTEMPTS`` attempts, for the same transient faults)."""
     import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=_endpoint(), region_name=_region())
+    config = Config(retries={"mode": "standard", "max_attempts": _attempts()})
+    return boto3.client("s3", endpoint_url=_endpoint(), region_name=_region(), config=config)
 
 
 def _wrap(uri: str, action: str, exc: BaseException) -> StorageError:
     return StorageError(f"{action} {uri}: {exc}")
 
 
-def exists(uri: str) -> bool:
+def _info(uri: str) -> pafs.FileInfo:
     fs, path = filesystem(uri)
+    if is_s3(uri):
+        return _retry(uri, "stat", lambda: fs.get_file_info(path))
+    return fs.get_file_info(path)
+
+
+def exists(uri: str) -> bool:
     try:
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
+        return _info(uri).type != pafs.FileType.NotFound
+    except StorageError:
+        raise
     except OSError as exc:
         raise _wrap(uri, "cannot stat", exc) from None
 
 
 def is_dir(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return _info(uri).type == pafs.FileType.Directory
 
 
 def makedirs(uri: str) -> None:
@@ -157,9 +231,15 @@ def read_bytes(uri: str) -> bytes:
         except OSError as exc:
             raise _wrap(uri, "cannot read", exc) from None
     fs, path = filesystem(uri)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
+
+    try:
+        return _retry(uri, "read", read)
+    except StorageError:
+        raise
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} does not exist") from None
     except OSError as exc:
@@ -183,10 +263,14 @@ def read_json(uri: str) -> Any:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write ``data`` to ``uri`` atomically (readers see the old file or the whole new one)."""
     fs, path = filesystem(uri)
+
+    def put() -> None:
+        with fs.open_output_stream(path) as f:  # one PUT/multipart upload: visible when complete
+            f.write(data)
+
     try:
         if is_s3(uri):
-            with fs.open_output_stream(path) as f:  # one PUT/multipart upload: visible when complete
-                f.write(data)
+            _retry(uri, "write", put)  # a failed upload is never visible, so a retry rewrites it whole
             return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -195,6 +279,8 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except StorageError:
+        raise
     except OSError as exc:
         raise _wrap(uri, "cannot write", exc) from None
 
@@ -212,7 +298,9 @@ def list_files(uri: str, recursive: bool = True, suffix: str | None = None) -> l
     fs, path = filesystem(uri)
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
     try:
-        infos = fs.get_file_info(selector)
+        infos = _retry(uri, "list", lambda: fs.get_file_info(selector)) if is_s3(uri) else fs.get_file_info(selector)
+    except StorageError:
+        raise
     except OSError as exc:
         raise _wrap(uri, "cannot list", exc) from None
     out = []
@@ -228,17 +316,18 @@ def list_files(uri: str, recursive: bool = True, suffix: str | None = None) -> l
 
 def delete(uri: str, recursive: bool = False) -> None:
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
+    info = _info(uri)
+    call = (lambda fn: _retry(uri, "delete", fn)) if is_s3(uri) else (lambda fn: fn())
     if info.type == pafs.FileType.NotFound:
         if recursive and is_s3(uri):  # S3 "folders" exist only through their keys
-            fs.delete_dir_contents(path, missing_dir_ok=True)
+            call(lambda: fs.delete_dir_contents(path, missing_dir_ok=True))
         return
     if info.type == pafs.FileType.Directory:
         if not recursive:
             raise StorageError(f"cannot delete {uri}: it is a folder (pass recursive=True)")
-        fs.delete_dir(path)
+        call(lambda: fs.delete_dir(path))
     else:
-        fs.delete_file(path)
+        call(lambda: fs.delete_file(path))
 
 
 def copy_file(src: str, dst: str) -> None:
@@ -266,6 +355,46 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(read_bytes(entry.uri))
     return local_dir
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_manifest(folder: str, marker: str, files: dict[str, bytes], extra: dict[str, Any] | None = None) -> dict:
+    """Commit a multi-file output: write ``files`` (name -> bytes) under ``folder``, then the
+    marker ``folder/marker`` listing each one's size and SHA-256 (plus ``extra``). An earlier
+    marker is removed first, so a write cut short leaves a folder :func:`check_manifest` refuses."""
+    delete(join(folder, marker))
+    for name, data in files.items():
+        write_bytes(join(folder, name), data)
+    manifest = {**(extra or {}), "files": {n: {"size": len(d), "sha256": sha256(d)} for n, d in files.items()}}
+    write_json(join(folder, marker), manifest)
+    return manifest
+
+
+def check_manifest(folder: str, marker: str, *, hashes: bool = False) -> dict:
+    """The marker of a committed folder, after checking that each listed file is there with its
+    size (and, with ``hashes``, its SHA-256); :class:`IncompleteError` naming the folder otherwise."""
+    try:
+        manifest = read_json(join(folder, marker))
+    except FileNotFoundError:
+        raise IncompleteError(f"{folder} is incomplete: its commit marker {marker} is missing "
+                              "(a write was cut short; it is ignored, and removed on resume)") from None
+    except ValueError as exc:
+        raise IncompleteError(f"{folder}: unreadable commit marker ({exc})") from None
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):  # a marker of the older format, without the file list
+        return manifest
+    sizes = {e.uri.rsplit("/", 1)[-1] if is_s3(folder) else os.path.basename(e.uri): e.size
+             for e in list_files(folder, recursive=False)}
+    for name, meta in listed.items():
+        if sizes.get(name) != meta["size"]:
+            raise IncompleteError(f"{join(folder, name)} is {'missing' if name not in sizes else 'truncated'} "
+                                  f"({sizes.get(name, 0)} of {meta['size']} bytes): {folder} was not written whole")
+        if hashes and sha256(read_bytes(join(folder, name))) != meta["sha256"]:
+            raise IncompleteError(f"{join(folder, name)} differs from {marker} (SHA-256): {folder} is mixed")
+    return manifest
 
 
 @contextmanager

@@ -9,10 +9,17 @@ A checkpoint is a folder:
 - ``model.safetensors`` + ``model_card.json``: the EMA weights as a plain cocoseg model
   checkpoint (:mod:`cocoseg.model.weights`): what inference, export and ``model.weights`` read.
 - ``config.json``: the resolved job config.
-- ``checkpoint.json``: written last; its presence means the folder is complete.
+- ``checkpoint.json``: the commit marker, written last: epoch, step and each other file's size
+  and SHA-256 (:func:`cocoseg.storage.write_manifest`). A folder without it, or whose files differ
+  from it, is a write cut short: every reader here refuses it (:func:`check_complete`).
 
-:func:`publish` copies a folder to a local path or ``s3://`` URI through :mod:`cocoseg.storage`
-(the run keeps ``weights/last`` and ``weights/best``, best by mask AP50-95).
+Copies commit the same way, on local folders and S3 alike: :func:`upload` (Ray Train's
+checkpoint upload, see ``worker.py``) and :func:`publish` (``weights/last`` and ``weights/best``)
+first remove the destination's marker, then write the files, then the marker. :func:`publish`
+also removes the model card before the weights change, so a reader that knows nothing of the
+marker (it needs the card) never pairs a new weights file with an old card.
+:func:`latest_complete` and :func:`sweep_incomplete` let a resume pick the newest *complete*
+checkpoint of a run and remove what interrupted writes left behind.
 """
 
 from __future__ import annotations
@@ -32,20 +39,28 @@ from cocoseg.model import weights as model_weights
 from cocoseg.utils import UserError
 
 __all__ = [
+    "CHECKPOINT_PREFIX",
     "CheckpointError",
     "capture_rng",
+    "check_complete",
+    "checkpoint_dirs",
+    "latest_complete",
     "load_train_state",
     "publish",
     "restore_rng",
     "restore_training",
     "save_checkpoint",
+    "sweep_incomplete",
+    "upload",
 ]
 
 STATE_FILE = "train_state.pt"
 WEIGHTS_FILE = model_weights.WEIGHTS_FILE
 CARD_FILE = model_weights.CARD_FILE
 CONFIG_FILE = "config.json"
-MARKER_FILE = "checkpoint.json"
+MARKER_FILE = model_weights.MARKER_FILE
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's folders under the run folder
+PUBLISHED = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)  # what publish copies, card last (see the module doc)
 
 
 class CheckpointError(UserError):
@@ -80,8 +95,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                     epoch: int, ni: int, best_fitness: float, config: dict[str, Any],
-                    card: model_weights.ModelCard, mlflow_run_id: str | None = None, last_step_ni: int = -1) -> Path:
-    """Write a complete checkpoint into the local ``folder`` (created); returns it."""
+                    card: model_weights.ModelCard, mlflow_run_id: str | None = None, last_step_ni: int = -1,
+                    is_best: bool = False) -> Path:
+    """Write a complete checkpoint into the local ``folder`` (created); returns it. ``is_best``
+    (the epoch set a new best fitness) goes into the marker, so a resume can repair weights/best."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {
@@ -99,8 +116,21 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
     torch.save(state, folder / STATE_FILE)
     model_weights.save_checkpoint(str(folder), ema.module, card)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
-    (folder / MARKER_FILE).write_text(json.dumps({"epoch": int(epoch), "ni": int(ni)}) + "\n")
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER_FILE}
+    manifest = {"epoch": int(epoch), "ni": int(ni), "is_best": bool(is_best),
+                "files": {n: {"size": len(d), "sha256": storage.sha256(d)} for n, d in files.items()}}
+    storage.write_json(str(folder / MARKER_FILE), manifest)
     return folder
+
+
+def check_complete(uri: str | Path, *, hashes: bool = False) -> dict[str, Any]:
+    """The marker of a complete checkpoint folder (local or ``s3://``); :class:`CheckpointError`
+    naming the folder when the marker is missing or a file is missing or truncated (or, with
+    ``hashes``, differs)."""
+    try:
+        return storage.check_manifest(str(uri), MARKER_FILE, hashes=hashes)
+    except storage.IncompleteError as exc:
+        raise CheckpointError(f"not a complete cocoseg checkpoint: {exc}") from None
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:
@@ -108,6 +138,7 @@ def load_train_state(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not (folder / MARKER_FILE).exists():
         raise CheckpointError(f"{folder} is not a complete cocoseg checkpoint ({MARKER_FILE} is missing)")
+    check_complete(folder)
     try:
         return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for bad files
@@ -131,12 +162,68 @@ def restore_training(state: dict[str, Any], *, model: nn.Module, ema: ModelEMA,
 
 
 def publish(folder: str | Path, uri: str) -> str:
-    """Copy the inference files of a checkpoint folder to ``uri`` (folder or ``s3://``).
+    """Copy the inference files of a checkpoint folder (local or ``s3://``) to ``uri``.
 
-    Only the weights, card and config travel (not the optimiser state); the marker is written
-    last so a reader never takes a half-copied folder for a complete one. Returns ``uri``.
+    Only the weights, card and config travel (not the optimiser state). Order: the marker and
+    the card go first, then weights, config, card, and a marker listing those three last, so a
+    kill at any moment leaves either a folder every reader refuses or a whole one. Returns ``uri``.
     """
-    folder = Path(folder)
-    for name in (WEIGHTS_FILE, CARD_FILE, CONFIG_FILE, MARKER_FILE):
-        storage.write_bytes(storage.join(uri, name), (folder / name).read_bytes())
+    src = str(folder)
+    epoch = check_complete(src).get("epoch")
+    storage.delete(storage.join(uri, MARKER_FILE))
+    storage.delete(storage.join(uri, CARD_FILE))
+    files = {name: storage.read_bytes(storage.join(src, name)) for name in PUBLISHED}
+    storage.write_manifest(uri, MARKER_FILE, files, extra={"epoch": epoch})
     return uri
+
+
+def upload(folder: str | Path, uri: str) -> str:
+    """Copy a complete local checkpoint folder to ``uri``, committing with its marker last."""
+    folder = Path(folder)
+    check_complete(folder)
+    storage.delete(storage.join(uri, MARKER_FILE))
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != MARKER_FILE:
+            storage.write_bytes(storage.join(uri, path.name), path.read_bytes())
+    storage.write_bytes(storage.join(uri, MARKER_FILE), (folder / MARKER_FILE).read_bytes())
+    return uri
+
+
+def checkpoint_dirs(run_dir: str) -> list[str]:
+    """URIs of the ``checkpoint_*`` folders directly under a run folder (complete or not)."""
+    names = set()
+    for entry in storage.list_files(run_dir):
+        rel = entry.uri[len(str(run_dir)):].lstrip("/").split("/")
+        if len(rel) == 2 and rel[0].startswith(CHECKPOINT_PREFIX):
+            names.add(rel[0])
+    if not storage.is_s3(run_dir) and Path(run_dir).is_dir():  # an empty local folder has no files to list
+        names |= {p.name for p in Path(run_dir).iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)}
+    return [storage.join(run_dir, n) for n in sorted(names)]
+
+
+def latest_complete(run_dir: str) -> tuple[str, int] | None:
+    """(URI, epoch) of the run's complete checkpoint with the highest epoch, or None."""
+    best: tuple[str, int] | None = None
+    for uri in checkpoint_dirs(run_dir):
+        try:
+            epoch = int(check_complete(uri)["epoch"])
+        except (CheckpointError, KeyError, ValueError, TypeError):
+            continue
+        if best is None or epoch > best[1]:
+            best = (uri, epoch)
+    return best
+
+
+def sweep_incomplete(run_dir: str) -> list[str]:
+    """Remove the run's incomplete checkpoint folders (orphans of interrupted writes); returns them.
+
+    Call it only while nothing writes checkpoints (a worker group starting, or after the run).
+    """
+    removed = []
+    for uri in checkpoint_dirs(run_dir):
+        try:
+            check_complete(uri)
+        except CheckpointError:
+            storage.delete(uri, recursive=True)
+            removed.append(uri)
+    return removed

@@ -8,17 +8,27 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
 - input from ``ray.train.get_dataset_shard``: ``train`` (mosaic preset) and ``train_close`` (the
   preset after ``close_mosaic``) are split across workers. Validation runs on rank 0 from the
   val split read in-process (letterbox only, prepared once and kept; see ``build_val_batches``);
-- resume from ``ray.train.get_checkpoint()`` (model, EMA, optimiser, scaler, epoch, step, RNG);
-- ``ray.train.report`` every epoch on *all* ranks (it is a barrier), with rank 0's checkpoint.
+- resume from the run's newest *complete* checkpoint (model, EMA, optimiser, scaler, epoch,
+  step, RNG): Ray's ``get_checkpoint()`` names the latest *registered* one, but a checkpoint that
+  committed just before a worker died is complete and never registered; it is taken too, so an
+  epoch whose checkpoint completed is never trained again. Rank 0 decides (and first removes the
+  folders of interrupted writes); the others follow its choice;
+- ``ray.train.report`` every epoch on *all* ranks (it is a barrier), with rank 0's checkpoint,
+  uploaded by :func:`cocoseg.engine.checkpoint.upload` (``checkpoint_upload_fn``): through
+  ``cocoseg.storage`` (S3 retries) and with the commit marker last, where Ray's own copy writes
+  the files in any order. The folder is ``checkpoint_epoch-<epoch>``.
 
-Rank 0 also publishes ``weights/last`` and ``weights/best`` and logs metrics through the
-logger the driver injected (``cocoseg.tracking.RunLogger``). Every worker
-writes ``workers/attempt-<start epoch>-rank<r>.json`` (pid, node id, device) into the run folder:
-a record of where each attempt ran, which the multi-node and fault-tolerance tests read.
+Rank 0 logs metrics through the logger the driver injected (``cocoseg.tracking.RunLogger``)
+*before* the checkpoint commits (a committed epoch is always logged; a redone one is not logged
+twice: the logger skips steps MLflow has), and publishes ``weights/last`` and ``weights/best``
+*after* it commits (they are copies of committed checkpoints; a resume repairs a copy cut short).
+Every worker writes ``workers/attempt-<start epoch>-rank<r>-<pid>-<ns>.json`` (pid, node id,
+device) into the run folder: one record per worker per attempt, never overwritten.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
@@ -35,7 +45,18 @@ from cocoseg import storage
 from cocoseg.config import JobConfig, from_dict, to_dict
 from cocoseg.data.schema import snapshot_to_coco
 from cocoseg.engine import build
-from cocoseg.engine.checkpoint import load_train_state, publish, restore_training, save_checkpoint
+from cocoseg.engine.checkpoint import (
+    CHECKPOINT_PREFIX,
+    CheckpointError,
+    check_complete,
+    latest_complete,
+    load_train_state,
+    publish,
+    restore_training,
+    save_checkpoint,
+    sweep_incomplete,
+    upload,
+)
 from cocoseg.engine.loop import EpochResult, LoopState, fit
 from cocoseg.utils import get_logger
 
@@ -52,20 +73,59 @@ def _record_attempt(run_dir: str, start_epoch: int, rank: int, world: int, devic
     info = {"rank": rank, "world_size": world, "start_epoch": start_epoch, "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
             "device": str(device), "time": time.time()}
-    storage.write_json(storage.join(run_dir, "workers", f"attempt-{start_epoch:04d}-rank{rank}.json"), info)
+    # pid + nanoseconds: a restarted group that starts at the same epoch adds records, never replaces
+    name = f"attempt-{start_epoch:04d}-rank{rank}-{os.getpid()}-{time.time_ns()}.json"
+    storage.write_json(storage.join(run_dir, "workers", name), info)
 
 
-def _resume(parts, state: LoopState) -> tuple[LoopState, str]:
-    """Load Ray's latest registered checkpoint, if any, into ``parts``; returns the new state."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def _choose_checkpoint(run_dir: str, rank: int, world: int) -> str:
+    """Rank 0: sweep interrupted writes, pick the newest complete checkpoint; all ranks: its URI."""
+    choice = ""
+    if rank == 0:
+        for uri in sweep_incomplete(run_dir):
+            log.warning("removed %s: an interrupted checkpoint write (no complete commit marker)", uri)
+        found = latest_complete(run_dir)
+        registered = ray.train.get_checkpoint()
+        if found is not None:
+            choice = found[0]
+            if registered is None or not registered.path.rstrip("/").endswith(found[0].rstrip("/").rsplit("/", 1)[-1]):
+                log.info("resuming from %s (complete, newer than Ray's registered %s)", found[0],
+                         registered.path if registered else "none")
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [choice]
+        torch.distributed.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
+
+
+def _resume(parts, state: LoopState, run_dir: str, rank: int, world: int) -> tuple[LoopState, str]:
+    """Load the run's newest complete checkpoint, if any, into ``parts``; returns the new state."""
+    uri = _choose_checkpoint(run_dir, rank, world)
+    if not uri:
         return state, ""
-    with checkpoint.as_directory() as folder:
+    with storage.local_copy(uri) as folder:
         saved = load_train_state(folder)
+        if rank == 0:
+            _repair_weights(run_dir, str(folder), check_complete(folder))
     restore_training(saved, model=parts.model, ema=parts.ema, optimizer=parts.optimizer, scaler=parts.scaler)
     resumed = LoopState(epoch=saved["epoch"] + 1, ni=saved["ni"], last_step_ni=saved["last_step_ni"],
                         best_fitness=saved["best_fitness"])
     return resumed, str(saved.get("mlflow_run_id", ""))
+
+
+def _repair_weights(run_dir: str, folder: str, marker: dict[str, Any]) -> None:
+    """A kill between a checkpoint's commit and its publish leaves weights/{last,best} behind it
+    (or cut short): publish them again from the checkpoint the run resumes from."""
+    targets = ["last"] + (["best"] if marker.get("is_best") else [])
+    for name in targets:
+        dest = storage.join(run_dir, "weights", name)
+        try:
+            if check_complete(dest).get("epoch") == marker.get("epoch"):
+                continue
+        except CheckpointError:
+            pass
+        log.info("publishing %s again from the checkpoint of epoch %s", dest, marker.get("epoch"))
+        publish(folder, dest)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -88,7 +148,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     parts = build.build_train_parts(cfg, model=model, device=device, world_size=world,
                                     batches_per_epoch=run["batches_per_epoch"])
-    state, _ = _resume(parts, LoopState())
+    state, _ = _resume(parts, LoopState(), run["run_dir"], rank, world)
     _record_attempt(run["run_dir"], state.epoch, rank, world, device)
     if state.epoch:
         log.info("rank %d resumed from the checkpoint of epoch %d", rank, state.epoch - 1)
@@ -114,11 +174,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="cocoseg-ckpt-") as tmp:
             checkpoint = None
             if rank == 0:
-                checkpoint = _save_and_publish(cfg, run, parts, result, Path(tmp))
-                logger.log_epoch(result.epoch, result.metrics)
+                checkpoint = _save(cfg, run, parts, result, Path(tmp))
+                logger.log_epoch(result.epoch, result.metrics)  # before the commit (see the module doc)
             # All ranks report: it is a barrier, and Ray registers rank 0's checkpoint.
             fitness = result.metrics.get("val/mask_ap50_95", -1.0)
-            ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint)
+            ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{result.epoch:04d}",
+                             checkpoint_upload_fn=functools.partial(_upload, run["run_dir"]))
+            if checkpoint is not None:
+                _publish(run, Path(checkpoint.path), result)
 
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=train_batches, validate=validate,
@@ -128,18 +192,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             logger.close()
 
 
-def _save_and_publish(cfg: JobConfig, run: dict[str, Any], parts, result: EpochResult, tmp: Path):
-    """Rank 0: write the checkpoint folder, copy it to weights/last (and best), plots; -> Checkpoint."""
+def _save(cfg: JobConfig, run: dict[str, Any], parts, result: EpochResult, tmp: Path):
+    """Rank 0: write the epoch's checkpoint folder under ``tmp``; -> a local ``ray.train.Checkpoint``."""
     card = build.model_card(cfg, snapshot_id=run["snapshot_id"], class_names=run["class_names"],
                             metrics=result.metrics, epoch=result.epoch)
     folder = save_checkpoint(tmp / "checkpoint", model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
                              scaler=parts.scaler, epoch=result.epoch, ni=result.state.ni,
                              best_fitness=result.state.best_fitness, config=to_dict(cfg), card=card,
-                             mlflow_run_id=run["run_id"], last_step_ni=result.state.last_step_ni)
+                             mlflow_run_id=run["run_id"], last_step_ni=result.state.last_step_ni,
+                             is_best=result.is_best)
+    return ray.train.Checkpoint.from_directory(str(folder))
+
+
+def _upload(run_dir: str, checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+    """``checkpoint_upload_fn``: commit the folder under the run with its marker last (retried on S3)."""
+    ray_storage = ray.train.get_context().get_storage()
+    path = ray_storage.build_checkpoint_path_from_name(dir_name)
+    upload(checkpoint.path, f"s3://{path}" if storage.is_s3(run_dir) else path)
+    return ray.train.Checkpoint(path=path, filesystem=ray_storage.storage_filesystem)
+
+
+def _publish(run: dict[str, Any], folder: Path, result: EpochResult) -> None:
+    """Rank 0, after the commit: copy the checkpoint to weights/last (and best); the preview plot."""
     weights = storage.join(run["run_dir"], "weights")
     publish(folder, storage.join(weights, "last"))
     if result.is_best:
         publish(folder, storage.join(weights, "best"))
     if result.preview is not None:
         storage.write_bytes(storage.join(run["run_dir"], "plots", "val_predictions.png"), result.preview)
-    return ray.train.Checkpoint.from_directory(str(folder))

@@ -49,6 +49,7 @@ FAMILY = "yolov8-seg"
 FORMAT = "cocoseg-yolov8-seg"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
+MARKER_FILE = "checkpoint.json"  # the commit marker of folders written by training (engine.checkpoint)
 CARD_VERSION = 1
 
 # How images must be prepared for the model; travels with the weights (spec sections 1, 11).
@@ -181,12 +182,26 @@ def read_checkpoint(src: str) -> tuple[dict[str, torch.Tensor], ModelCard]:
         blob = storage.read_bytes(uri)
     except FileNotFoundError:
         raise CheckpointError(f"{uri}: weights file is missing") from None
+    _check_marker(src, blob)
     try:
         state = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{uri}: not a readable safetensors file (truncated or corrupt): {exc}") from None
     _check_state_dict(state, build_model_meta(card.variant, card.num_classes), uri)
     return state, card
+
+
+def _check_marker(src: str, blob: bytes) -> None:
+    """A folder written by training (``weights/last``, a checkpoint) carries a commit marker
+    listing its files' SHA-256: weights that differ from it are from a copy cut short."""
+    try:
+        listed = storage.read_json(storage.join(src, MARKER_FILE)).get("files", {})
+    except (FileNotFoundError, ValueError, AttributeError):
+        return  # plain model folders (imports, exports) have no marker
+    meta = listed.get(WEIGHTS_FILE) if isinstance(listed, dict) else None
+    if meta and storage.sha256(blob) != meta.get("sha256"):
+        raise CheckpointError(f"{storage.join(src, WEIGHTS_FILE)} does not match {MARKER_FILE}: the folder "
+                              "was not written whole (an interrupted copy); use another checkpoint")
 
 
 def load_checkpoint(src: str, *, num_classes: int | None = None, variant: str | None = None,
