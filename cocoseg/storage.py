@@ -79,7 +79,7 @@ class IncompleteError(StorageError):
 
 # Faults that a retry can cure. Anything else (access denied, no such bucket, bad request) fails
 # at once: retrying it only delays the one line that says what to fix.
-_TRANSIENT = ("500", "502", "503", "504", "slow down", "slowdown", "internal_failure", "internalerror",
+_TRANSIENT = ("500", "502", "503", "504", "slow down", "slowdown", "slow_down", "internal_failure", "internalerror",
               "service_unavailable", "serviceunavailable", "throttl", "network_connection", "connection",
               "reset", "timed out", "timeout", "broken pipe", "curlcode", "request_timeout", "unavailable",
               "incomplete", "unexpected eof", "reading response", "partial")

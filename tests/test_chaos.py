@@ -1,0 +1,210 @@
+"""Chaos: one short training run (CPU, 2 workers, 64 px, 4 epochs) is SIGKILLed at three seeded
+random moments, then resumed to the end:
+
+A. a worker (seeded rank) at a seeded delay into epoch 1's training;
+B. rank 0 while it uploads epoch 2's checkpoint (after a seeded number of its files landed;
+   the uploader is SIGSTOPped the moment that is seen, so the kill is inside the upload however
+   fast the disk);
+C. the driver and its whole private Ray (every descendant process) a seeded instant after epoch
+   2's redo committed: between epochs. The run is then started again with the same run name.
+
+After the resume: no partial checkpoint is left, every epoch is in MLflow exactly once, each
+kill made the run redo at most the epoch it interrupted (the next attempt starts right after the
+newest *complete* checkpoint at the kill), every attempt has its records, and the final weights
+load. The moments and the epochs redone are printed (``-s``); ``COCOSEG_CHAOS_SEED`` picks
+other moments. The driver runs as a subprocess (``python -m pipelines.train``), because only a
+separate process can be SIGKILLed; its private Ray is found through its process tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+from conftest import REPO
+
+from cocoseg.engine import checkpoint as ckpt
+from cocoseg.model.weights import load_checkpoint
+
+mlflow = pytest.importorskip("mlflow")
+
+EPOCHS = 4
+WAIT_S = 900  # per phase; generous for 2 cores shared with other jobs
+
+
+class Chaos:
+    def __init__(self, run_dir: Path, seed: int):
+        self.run_dir, self.rng, self.t0 = run_dir, random.Random(seed), time.time()
+        self.log: list[str] = []
+        self.kills: list[dict] = []  # what each kill interrupted and where the next attempt starts
+
+    def note(self, what: str) -> None:
+        self.log.append(f"{time.time() - self.t0:7.1f} s  {what}")
+
+    def complete(self) -> set[int]:
+        done = set()
+        for uri in ckpt.checkpoint_dirs(str(self.run_dir)):
+            try:
+                done.add(int(ckpt.check_complete(uri)["epoch"]))
+            except (ckpt.CheckpointError, FileNotFoundError, KeyError):
+                continue
+        return done
+
+    def attempts(self) -> list[dict]:
+        out = []
+        for p in sorted((self.run_dir / "workers").glob("attempt-*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):  # being written
+                continue
+        return out
+
+    def wait(self, what: str, cond, driver: subprocess.Popen, poll: float = 0.05):
+        deadline = time.time() + WAIT_S
+        while time.time() < deadline:
+            value = cond()
+            if value:
+                return value
+            if driver.poll() is not None:
+                raise AssertionError(f"the driver exited ({driver.returncode}) while waiting for {what}")
+            time.sleep(poll)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def group_after(self, t: float, driver) -> list[dict]:
+        """Both ranks' records of the first worker group started after time ``t``."""
+        def found():
+            fresh = [a for a in self.attempts() if a["time"] > t]
+            return fresh if len({a["rank"] for a in fresh}) == 2 else None
+        return self.wait("a new worker group", found, driver)
+
+    def killed(self, kind: str, at: float, interrupted: int) -> None:
+        self.kills.append({"kind": kind, "time": at, "interrupted": interrupted})
+
+
+def _start(overrides: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipelines.train", *overrides], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _kill_worker_mid_step(c: Chaos, driver, group: list[dict]) -> None:
+    c.wait("epoch 0's checkpoint", lambda: 0 in c.complete(), driver)
+    delay, rank = c.rng.uniform(1.0, 3.0), c.rng.choice([0, 1])
+    time.sleep(delay)
+    pid = next(a["pid"] for a in group if a["rank"] == rank)
+    last = max(c.complete())
+    os.kill(pid, signal.SIGKILL)
+    c.note(f"A: SIGKILL rank {rank} (pid {pid}) {delay:.2f} s after epoch 0 committed; "
+           f"epoch {last + 1} in progress")
+    c.killed("worker mid-step", time.time(), last + 1)
+
+
+def _kill_uploader(c: Chaos, driver, group: list[dict]) -> None:
+    epoch = group[0]["start_epoch"] + 1  # the new group's second epoch
+    folder = c.run_dir / f"{ckpt.CHECKPOINT_PREFIX}epoch-{epoch:04d}"
+    files_before = c.rng.randint(0, 3)
+    pid = next(a["pid"] for a in group if a["rank"] == 0)
+
+    def landed():
+        try:
+            names = [n for n in os.listdir(folder) if ".tmp-" not in n]
+        except FileNotFoundError:
+            return None
+        if ckpt.MARKER_FILE in names or len(names) >= files_before:
+            os.kill(pid, signal.SIGSTOP)  # freeze the upload where it is, then look
+            return sorted(os.listdir(folder))
+        return None
+
+    names = c.wait(f"epoch {epoch}'s upload", landed, driver, poll=0.002)
+    os.kill(pid, signal.SIGKILL)
+    inside = ckpt.MARKER_FILE not in names
+    c.note(f"B: SIGKILL rank 0 (pid {pid}) {'during' if inside else 'just after (missed)'} epoch {epoch}'s "
+           f"upload, with {names} in {folder.name}")
+    c.killed("worker during the checkpoint upload" if inside else "worker after the upload", time.time(),
+             epoch if inside else epoch + 1)
+
+
+def _kill_driver_between_epochs(c: Chaos, driver, group: list[dict]) -> None:
+    epoch = group[0]["start_epoch"]
+    c.wait(f"epoch {epoch}'s checkpoint", lambda: epoch in c.complete(), driver, poll=0.01)
+    time.sleep(c.rng.uniform(0.0, 0.3))
+    tree = [driver, *psutil.Process(driver.pid).children(recursive=True)]
+    last = max(c.complete())
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL) if isinstance(p, psutil.Process) else p.kill()
+        except (psutil.Error, ProcessLookupError):
+            pass
+    driver.wait(60)
+    psutil.wait_procs([p for p in tree if isinstance(p, psutil.Process)], timeout=30)
+    c.note(f"C: SIGKILL the driver (pid {driver.pid}) and its {len(tree) - 1} Ray processes after epoch "
+           f"{last} committed")
+    c.killed("driver between epochs", time.time(), last + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, tmp_path):
+    seed = int(os.environ.get("COCOSEG_CHAOS_SEED", "12"))
+    overrides = [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",
+                 f"train.epochs={EPOCHS}", "train.close_mosaic=0", "train.max_failures=2",
+                 "train.checkpoints_to_keep=1", f"tracking.tracking_uri={mlflow_server}",
+                 "tracking.run_name=chaos", "tracking.experiment=t-chaos", "tracking.system_metrics=false"]
+    c = Chaos(tmp_path / "runs" / "chaos", seed)
+    log = tmp_path / "driver.log"
+    driver = _start(overrides, log)
+    try:
+        c.note(f"driver 1 starts (seed {seed})")
+        _kill_worker_mid_step(c, driver, c.group_after(0, driver))
+        _kill_uploader(c, driver, c.group_after(c.kills[-1]["time"], driver))
+        _kill_driver_between_epochs(c, driver, c.group_after(c.kills[-1]["time"], driver))
+        c.note("driver 2 starts: the same run, resumed")
+        driver = _start(overrides, log)
+        rc = driver.wait(WAIT_S)
+        c.note(f"driver 2 exits {rc}")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    attempts = c.attempts()
+    starts = []
+    for kill in c.kills:
+        nxt = min((a for a in attempts if a["time"] > kill["time"]), key=lambda a: a["time"])
+        starts.append(nxt["start_epoch"])
+        c.note(f"after the {kill['kind']} kill: epoch {kill['interrupted']} interrupted, the next attempt "
+               f"starts at epoch {nxt['start_epoch']} (redone: "
+               f"{list(range(nxt['start_epoch'], kill['interrupted'] + 1)) or 'none'})")
+    print("\nchaos timeline:\n" + "\n".join(f"  {line}" for line in c.log))
+    assert rc == 0, log.read_text()[-5000:]
+
+    # At most the interrupted epoch is trained again: each next attempt starts right after the
+    # newest complete checkpoint at the kill, never earlier.
+    assert starts == [k["interrupted"] for k in c.kills], (starts, c.kills)
+    assert len(attempts) == 2 * (len(c.kills) + 1), "one record per worker per attempt"
+    # No partial checkpoint anywhere; every reader's view is whole.
+    for uri in ckpt.checkpoint_dirs(str(c.run_dir)):
+        ckpt.check_complete(uri, hashes=True)
+    for name in ("last", "best"):
+        marker = ckpt.check_complete(c.run_dir / "weights" / name, hashes=True)
+        model, card = load_checkpoint(str(c.run_dir / "weights" / name))
+        assert card.num_classes == 4
+    assert marker is not None and ckpt.check_complete(c.run_dir / "weights" / "last")["epoch"] == EPOCHS - 1
+    # Every epoch in MLflow exactly once, in the one MLflow run of both drivers.
+    run_ids = {json.loads(line)["run_id"] for line in (c.run_dir / "tracking" / "metrics.jsonl").read_text().splitlines()}
+    assert len(run_ids) == 1
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    run_id = run_ids.pop()
+    for key in ("epoch", "train/loss"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(EPOCHS)), key
+    assert client.get_run(run_id).info.status == "FINISHED"
