@@ -132,6 +132,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"
     max_failures: int = 2
+    # Fewest workers the run may go on with after losing some (a node gone): 0 means num_workers
+    # (a fixed group). Below num_workers, Ray Train runs elastic (ScalingConfig num_workers=(min, max)).
+    min_workers: int = 0
     val_every: int = 1
     grad_clip: float = 10.0  # max total gradient norm per optimiser step
     ema_decay: float = 0.9999
@@ -158,6 +161,8 @@ class TrainConfig:
         _check(self.data_cpus_per_actor > 0, "train.data_cpus_per_actor", "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(0 <= self.min_workers <= self.num_workers, "train.min_workers",
+               f"must be between 1 and train.num_workers={self.num_workers} (0: the same as num_workers)")
         _check_choice("train.optimizer", self.optimizer, ("SGD", "AdamW", "Adam"))
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "off"))
         _check_choice("train.placement_strategy", self.placement_strategy,

@@ -17,7 +17,7 @@ from cocoseg.config import JobConfig
 from cocoseg.data.schema import SnapshotError, latest_snapshot, read_manifest
 from cocoseg.utils import UserError
 
-__all__ = ["TrainInputError", "check_cluster", "ray_init_kwargs", "resolve_snapshot"]
+__all__ = ["TrainInputError", "check_cluster", "lost_capacity", "ray_init_kwargs", "resolve_snapshot", "scaling_workers"]
 
 
 class TrainInputError(UserError):
@@ -79,6 +79,44 @@ def ensure_ray(cfg: JobConfig) -> None:
 
     if not ray.is_initialized():
         ray.init(**ray_init_kwargs(cfg))
+
+
+def scaling_workers(cfg: JobConfig) -> int | tuple[int, int]:
+    """``ScalingConfig(num_workers=...)``: an int (fixed group), or ``(min, max)`` (elastic: Ray
+    Train V2 restarts the group on what the cluster can still place, down to ``min``)."""
+    t = cfg.train
+    return (t.min_workers, t.num_workers) if 0 < t.min_workers < t.num_workers else t.num_workers
+
+
+def _placeable(cfg: JobConfig) -> tuple[int, int]:
+    """(workers the live nodes can hold now, live nodes)."""
+    t = cfg.train
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    per_node = [min(math.floor(n.get("CPU", 0.0) / t.cpus_per_worker),
+                    math.floor(n.get("GPU", 0.0)) if t.use_gpu else 1 << 30) for n in nodes]
+    if t.placement_strategy == "STRICT_SPREAD":
+        return sum(1 for k in per_node if k >= 1), len(nodes)
+    if t.placement_strategy == "STRICT_PACK":
+        return max(per_node, default=0), len(nodes)
+    return sum(per_node), len(nodes)
+
+
+def lost_capacity(cfg: JobConfig) -> TrainInputError | None:
+    """After a failed fit: the one-line error when the cluster can no longer place the smallest
+    group the config allows (a node was lost), else None (the failure was something else)."""
+    t = cfg.train
+    need = t.min_workers or t.num_workers
+    try:
+        slots, alive = _placeable(cfg)
+    except Exception:  # Ray itself is gone: not this diagnosis
+        return None
+    if slots >= need:
+        return None
+    return TrainInputError(
+        f"the cluster can no longer place the worker group: its {alive} live node(s) hold {slots} worker(s) of "
+        f"{t.cpus_per_worker:g} CPU{' + 1 GPU' if t.use_gpu else ''} ({t.placement_strategy}), the run needs "
+        f"{need} (train.min_workers={t.min_workers or t.num_workers}); add nodes, or set train.min_workers={max(slots, 1)} "
+        "to go on with fewer, then rerun with the same tracking.run_name to resume")
 
 
 def check_cluster(cfg: JobConfig) -> None:

@@ -40,11 +40,18 @@ from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import UserError, get_logger, git_commit
 from pipelines import config_path
 from pipelines._data import build_train_dataset
-from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
+from pipelines._train_checks import (
+    check_cluster,
+    lost_capacity,
+    ray_init_kwargs,
+    resolve_snapshot,
+    scaling_workers,
+)
 
 __all__ = ["TrainResult", "main", "run"]
 
 log = get_logger("pipelines.train")
+CONTROLLER_FAILURES = 2
 
 
 @dataclass
@@ -104,11 +111,14 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
             tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
             system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
+            num_workers=scaling_workers(cfg), use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=runs_root,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            # A group that cannot start (a node lost, a fixed group too big for what is left) is a
+            # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures,
+                                                   controller_failure_limit=CONTROLLER_FAILURES),
             # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
@@ -122,6 +132,9 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
             tracking.finish_run(tracking_uri, mlflow_run_id, "FAILED")
         except Exception as exc:  # MLflow down too: keep the training error, not this one
             log.warning("could not mark MLflow run %s FAILED (%s)", mlflow_run_id, exc)
+        lost = lost_capacity(cfg)
+        if lost is not None:
+            raise lost from None
         raise
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     _finish_tracking(tracking_uri, mlflow_run_id, run_dir)
