@@ -122,3 +122,21 @@ def test_node_loss_without_min_workers_fails_in_one_line(three_cpu_nodes, tiny_s
     lines = [line for line in out.splitlines() if line.startswith("train: error:")]
     assert len(lines) == 1 and "can no longer place the worker group" in lines[0], out[-5000:]
     assert "train.min_workers=1" in lines[0]
+
+
+def test_min_workers_config_and_the_one_line_diagnosis(ray_local):
+    from cocoseg.config import ConfigError, load_config
+    from pipelines._train_checks import lost_capacity, scaling_workers
+
+    assert scaling_workers(load_config(None, ["train.num_workers=2"])) == 2
+    assert scaling_workers(load_config(None, ["train.num_workers=2", "train.min_workers=2"])) == 2
+    assert scaling_workers(load_config(None, ["train.num_workers=4", "train.min_workers=1"])) == (1, 4)
+    with pytest.raises(ConfigError, match="train.min_workers"):
+        load_config(None, ["train.num_workers=2", "train.min_workers=3"])
+    cpus = int(sum(n["Resources"].get("CPU", 0) for n in ray_local.nodes() if n["Alive"]))
+    assert lost_capacity(load_config(None, [f"train.num_workers={cpus}", "train.cpus_per_worker=1"])) is None
+    err = lost_capacity(load_config(None, [f"train.num_workers={cpus + 2}", "train.cpus_per_worker=1"]))
+    assert err is not None and "\n" not in str(err)
+    assert "can no longer place the worker group" in str(err) and f"train.min_workers={cpus}" in str(err)
+    assert lost_capacity(load_config(None, [f"train.num_workers={cpus + 2}", f"train.min_workers={cpus}",
+                                            "train.cpus_per_worker=1"])) is None
