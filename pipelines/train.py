@@ -97,6 +97,7 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
         runs_root = os.path.abspath(runs_root)
     run_dir = storage.join(runs_root, run_name)
     storage.write_json(storage.join(run_dir, "config.json"), to_dict(cfg))
+    _drop_torn_ray_snapshot(run_dir)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
                                 parent_run_id or cfg.tracking.parent_run_id)
@@ -146,6 +147,21 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
              run_name, out.seconds, metrics.get("val/mask_ap50_95", float("nan")),
              metrics.get("val/mask_ap50", float("nan")), out.best_weights, mlflow_run_id, tracking_uri)
     return out
+
+
+def _drop_torn_ray_snapshot(run_dir: str) -> None:
+    """Ray Train writes ``checkpoint_manager_snapshot.json`` in place (not atomically on local
+    disks); a driver killed mid-write leaves JSON that Ray cannot load. The resume does not need
+    it (workers pick the newest complete checkpoint themselves), so a torn one is removed."""
+    uri = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    try:
+        storage.read_json(uri)
+    except FileNotFoundError:
+        return
+    except ValueError as exc:
+        log.warning("removing %s, torn by an interrupted write (%s); the run resumes from its newest "
+                    "complete checkpoint", uri, exc)
+        storage.delete(uri)
 
 
 def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str) -> str:
