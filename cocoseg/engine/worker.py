@@ -12,7 +12,7 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
   step, RNG): Ray's ``get_checkpoint()`` names the latest *registered* one, but a checkpoint that
   committed just before a worker died is complete and never registered; it is taken too, so an
   epoch whose checkpoint completed is never trained again. Rank 0 decides (and first removes the
-  folders of interrupted writes); the others follow its choice;
+  folders of interrupted writes); the others follow its choice (``ray.train.collective``);
 - ``ray.train.report`` every epoch on *all* ranks (it is a barrier), with rank 0's checkpoint,
   uploaded by :func:`cocoseg.engine.checkpoint.upload` (``checkpoint_upload_fn``): through
   ``cocoseg.storage`` (S3 retries) and with the commit marker last, where Ray's own copy writes
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.collective
 import ray.train.torch
 import torch
 
@@ -91,10 +92,8 @@ def _choose_checkpoint(run_dir: str, rank: int, world: int) -> str:
             if registered is None or not registered.path.rstrip("/").endswith(found[0].rstrip("/").rsplit("/", 1)[-1]):
                 log.info("resuming from %s (complete, newer than Ray's registered %s)", found[0],
                          registered.path if registered else "none")
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [choice]
-        torch.distributed.broadcast_object_list(box, src=0)
-        choice = box[0]
+    if world > 1:  # Ray Train's own collective (its sync actor): no device or backend involved
+        choice = ray.train.collective.broadcast_from_rank_zero(choice)
     return choice
 
 
