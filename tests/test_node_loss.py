@@ -10,6 +10,9 @@
 
 Each node has 3 CPUs and each worker takes 2, so a node holds exactly one worker plus the data
 stage's CPU.
+
+The two cluster tests are marked ``extended`` (``make test-all`` only) until they have been seen
+green: they were written on a host too loaded for ``ray start`` to come up (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def _run_and_lose_a_node(cluster, tiny_snapshot, root: Path, extra: list[str]):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.timeout(2400)
 def test_node_loss_with_min_workers_goes_on_with_one_worker(three_cpu_nodes, tiny_snapshot, tmp_path):
     rc, out, attempts, killed_at, run_dir = _run_and_lose_a_node(three_cpu_nodes, tiny_snapshot, tmp_path / "s",
@@ -115,6 +119,7 @@ def test_node_loss_with_min_workers_goes_on_with_one_worker(three_cpu_nodes, tin
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.timeout(2400)
 def test_node_loss_without_min_workers_fails_in_one_line(three_cpu_nodes, tiny_snapshot, tmp_path):
     rc, out, _, _, _ = _run_and_lose_a_node(three_cpu_nodes, tiny_snapshot, tmp_path / "s", [])
