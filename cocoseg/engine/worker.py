@@ -87,7 +87,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     parts = build.build_train_parts(cfg, model=model, device=device, world_size=world,
-                                    batches_per_epoch=run["batches_per_epoch"])
+                                    batches_per_epoch=run["batches_per_epoch"], train_images=run.get("train_images"))
     state, _ = _resume(parts, LoopState())
     _record_attempt(run["run_dir"], state.epoch, rank, world, device)
     if state.epoch:
