@@ -98,7 +98,7 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
     mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
                                 parent_run_id or cfg.tracking.parent_run_id, recipe)
     run_info = {"run_dir": run_dir, "run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-                "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size), "train_images": n_train,
+                "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size), "recipe": asdict(recipe),
                 "snapshot_id": manifest["snapshot_id"], "snapshot_uri": manifest["snapshot_uri"],
                 "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
     trainer = TorchTrainer(

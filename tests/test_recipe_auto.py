@@ -3,12 +3,20 @@ run builds follow it (plain PyTorch, no Ray)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from cocoseg.config import ConfigError, load_config
 from cocoseg.engine.build import build_schedule, build_train_parts, resolve_recipe
-from cocoseg.engine.optim import AUTO_MAX_ITERATIONS, lr_factor, resolve_optimizer, scaled_weight_decay
+from cocoseg.engine.optim import (
+    AUTO_MAX_ITERATIONS,
+    OptimizerChoice,
+    lr_factor,
+    resolve_optimizer,
+    scaled_weight_decay,
+)
 from cocoseg.model import build_model
 from pipelines import config_path
 
@@ -123,3 +131,17 @@ def test_resolve_recipe_uses_the_global_batch_and_the_class_count():
     assert resolve_recipe(cfg, world_size=4, train_images=12_800).name == "AdamW"
     assert resolve_recipe(cfg, world_size=4, train_images=12_800).lr0 == 0.000119
     assert resolve_recipe(cfg, world_size=1, train_images=12_800).name == "SGD"
+
+
+def test_a_choice_made_by_the_driver_is_used_as_is():
+    # the driver resolves once and ships asdict(choice) to the workers (pipelines/train.py run_info)
+    decided = resolve_optimizer("auto", **CONFIGURED, train_images=240, global_batch=16, nominal_batch=64,
+                                epochs=30, num_classes=4)
+    shipped = OptimizerChoice(**asdict(decided))
+    cfg = load_config(None, ["model.num_classes=4", "train.epochs=30"])
+    torch.manual_seed(0)
+    # a restarted worker group of another size still builds the run's optimiser
+    parts = build_train_parts(cfg, model=build_model("n", 4), device=torch.device("cpu"), world_size=4,
+                              batches_per_epoch=20_000, choice=shipped)
+    assert type(parts.optimizer) is torch.optim.AdamW
+    assert (parts.schedule.lr0, parts.schedule.warmup_bias_lr) == (0.00125, 0.0)

@@ -94,17 +94,20 @@ def build_schedule(cfg: JobConfig, *, world_size: int, batches: int, choice: Opt
 
 
 def build_train_parts(cfg: JobConfig, *, model: nn.Module, device: torch.device, world_size: int,
-                      batches_per_epoch: int, train_images: int | None = None) -> TrainParts:
+                      batches_per_epoch: int, train_images: int | None = None,
+                      choice: OptimizerChoice | None = None) -> TrainParts:
     """Loss, optimiser, schedule, EMA and AMP around an already placed (maybe DDP) ``model``.
 
-    ``train_images`` (all workers, per epoch) decides ``train.optimizer=auto``; when not given
-    it is taken as ``batches_per_epoch * batch_size * world_size``.
+    ``choice`` is the run's resolved optimiser (the driver decides once per run, so a worker
+    group restarted at another size keeps it); without it, ``train.optimizer`` is resolved here
+    from ``train_images`` (all workers, per epoch; default ``batches_per_epoch * global batch``).
     """
     t = cfg.train
     bare = getattr(model, "module", model)
     global_batch = t.batch_size * world_size
-    images = train_images if train_images is not None else batches_per_epoch * global_batch
-    choice = resolve_recipe(cfg, world_size=world_size, train_images=images)
+    if choice is None:
+        images = train_images if train_images is not None else batches_per_epoch * global_batch
+        choice = resolve_recipe(cfg, world_size=world_size, train_images=images)
     optimizer = build_optimizer(model, name=choice.name, lr0=choice.lr0, momentum=choice.momentum,
                                 weight_decay=scaled_weight_decay(t.weight_decay, t.nominal_batch, global_batch))
     amp_dtype = resolve_precision(t.amp, device)

@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,9 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
                  f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
                  "train.num_workers=1", "train.use_gpu=false", "tracking.run_name=bench-quality"]
     cfg = load_config(None, overrides)
+    # Ray starts its workers at nice 15; the reference runs at 0. On a machine shared with other
+    # work that alone would starve cocoseg's side, so its local Ray runs its workers at 0 too.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ensure_ray(cfg)
     try:
         t0 = time.perf_counter()
@@ -155,11 +159,12 @@ def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Na
     start = load()
     t0 = time.perf_counter()
     with open(log_path, "w") as log_file:
-        proc = subprocess.run([python, "-c", REF_SCRIPT, payload], cwd=project, env=env, stdout=subprocess.PIPE,
-                              stderr=log_file, text=True, check=False)
+        proc = subprocess.run([python, "-c", REF_SCRIPT, payload], cwd=project, env=env, stdout=log_file,
+                              stderr=subprocess.STDOUT, text=True, check=False)
     seconds = time.perf_counter() - t0
     end = load()
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("COCOSEG_REF_RESULT ")]
+    text = log_path.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.startswith("COCOSEG_REF_RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"reference run failed (exit {proc.returncode}); see {log_path}")
     out = json.loads(lines[-1].split(" ", 1)[1])
@@ -169,7 +174,7 @@ def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Na
     rows = _results_csv(Path(out["save_dir"]) / "results.csv")
     last = {k: float(rows[-1][c]) for k, c in (("mask_ap50_95", "metrics/mAP50-95(M)"), ("mask_ap50", "metrics/mAP50(M)"),
                                                  ("box_ap50_95", "metrics/mAP50-95(B)"), ("box_ap50", "metrics/mAP50(B)"))}
-    chosen = [ln.strip() for ln in log_path.read_text().splitlines() if "optimizer:" in ln][-1:]
+    chosen = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines() if "optimizer:" in ln and "(lr=" in ln][-1:]
     return {"seconds": seconds, "process_s": out["seconds"], "load_start": start, "load_end": end,
             "best": best, "last": last, "epochs": len(rows), "optimizer_log": chosen[0] if chosen else "",
             "curve_mask_ap50_95": [round(float(r["metrics/mAP50-95(M)"]), 4) for r in rows]}
@@ -198,7 +203,7 @@ def report(args: argparse.Namespace, ours: dict | None, ref: dict | None) -> Non
         print(f"  {name}: load average {ls['load1']:.2f}/{ls['load5']:.2f}/{ls['load15']:.2f} at {ls['time']} -> "
               f"{le['load1']:.2f}/{le['load5']:.2f}/{le['load15']:.2f} at {le['time']}")
     if ours:
-        print(f"  cocoseg: {ours['recipe'].get('optimizer')} lr0 {ours['recipe'].get('lr0')} "
+        print(f"  cocoseg: {ours['recipe'].get('name')} lr0 {ours['recipe'].get('lr0')} "
               f"({ours['recipe'].get('reason')}); train loops {ours['train_s']:.0f} s + validation {ours['val_s']:.0f} s "
               f"of {ours['seconds']:.0f} s (ingest {ours['ingest_s']:.0f} s not counted); best epoch {ours['best_epoch']}")
     if ref:
