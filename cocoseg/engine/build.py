@@ -19,7 +19,13 @@ from cocoseg.data.schema import read_split_table
 from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
 from cocoseg.engine.ema import ModelEMA
 from cocoseg.engine.loop import TrainParts, resolve_precision
-from cocoseg.engine.optim import OptimizerChoice, Schedule, build_optimizer, resolve_optimizer, scaled_weight_decay
+from cocoseg.engine.optim import (
+    OptimizerChoice,
+    Schedule,
+    build_optimizer,
+    resolve_optimizer,
+    scaled_weight_decay,
+)
 from cocoseg.engine.preview import render_predictions
 from cocoseg.loss import SegmentationLoss
 from cocoseg.metrics import COCOEvaluator, flatten_metrics
