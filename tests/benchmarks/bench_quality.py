@@ -226,13 +226,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work = Path(args.workdir or tmp)
         src = write_dataset(work / "source", args.train_images, args.val_images, args.imgsz)
-        ours = None if args.skip_cocoseg else run_cocoseg(src, work / "cocoseg", args)
-        ref = None
+        ours = ref = None
+
+        def save() -> None:  # after each side: a long run interrupted later keeps what it measured
+            if args.json:
+                Path(args.json).write_text(json.dumps({"args": vars(args), "cocoseg": ours, "reference": ref}, indent=1))
+
+        if not args.skip_cocoseg:
+            ours = run_cocoseg(src, work / "cocoseg", args)
+            save()
+            report(args, ours, None)
         if ref_python:
             ref = run_reference(ref_python, write_yolo_layout(src, work / "yolo"), work / "reference", args)
+            save()
         report(args, ours, ref)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"args": vars(args), "cocoseg": ours, "reference": ref}, indent=1))
     return 0
 
 
