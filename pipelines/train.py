@@ -35,7 +35,8 @@ from cocoseg import storage, tracking
 from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
 from cocoseg.data.augment import preset_for_epoch
 from cocoseg.data.schema import list_shards
-from cocoseg.engine.build import batches_per_epoch
+from cocoseg.engine.build import batches_per_epoch, resolve_recipe
+from cocoseg.engine.optim import OptimizerChoice
 from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import UserError, get_logger, git_commit
 from pipelines import config_path
@@ -99,11 +100,13 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
     storage.write_json(storage.join(run_dir, "config.json"), to_dict(cfg))
     _drop_torn_ray_snapshot(run_dir)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
-    mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
-                                parent_run_id or cfg.tracking.parent_run_id)
     n_train = min(manifest["splits"]["train"]["images"], t.max_train_images or 1 << 62)
+    recipe = resolve_recipe(cfg, world_size=t.num_workers, train_images=n_train)
+    log.info("%s", recipe.describe(t.optimizer))
+    mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
+                                parent_run_id or cfg.tracking.parent_run_id, recipe)
     run_info = {"run_dir": run_dir, "run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-                "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size),
+                "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size), "recipe": asdict(recipe),
                 "snapshot_id": manifest["snapshot_id"], "snapshot_uri": manifest["snapshot_uri"],
                 "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
     trainer = TorchTrainer(
@@ -164,7 +167,8 @@ def _drop_torn_ray_snapshot(run_dir: str) -> None:
         storage.delete(uri)
 
 
-def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str) -> str:
+def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str,
+                recipe: OptimizerChoice | None = None) -> str:
     """Reuse the MLflow run of an earlier attempt of this run (a resume), else create it."""
     journal = tracking.read_journal(tracking.journal_uri(run_dir))
     if journal:
@@ -177,7 +181,7 @@ def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest:
         root = cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root)
         artifacts = storage.join(root, "mlartifacts")
     return tracking.create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
-                               params=to_dict(cfg), tags=tags, parent_run_id=parent, artifact_location=artifacts)
+                               params={**to_dict(cfg), "recipe": asdict(recipe) if recipe else {}}, tags=tags, parent_run_id=parent, artifact_location=artifacts)
 
 
 def _finish_tracking(uri: str, run_id: str, run_dir: str) -> None:

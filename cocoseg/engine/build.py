@@ -19,7 +19,13 @@ from cocoseg.data.schema import read_split_table
 from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
 from cocoseg.engine.ema import ModelEMA
 from cocoseg.engine.loop import TrainParts, resolve_precision
-from cocoseg.engine.optim import Schedule, build_optimizer, scaled_weight_decay
+from cocoseg.engine.optim import (
+    OptimizerChoice,
+    Schedule,
+    build_optimizer,
+    resolve_optimizer,
+    scaled_weight_decay,
+)
 from cocoseg.engine.preview import render_predictions
 from cocoseg.loss import SegmentationLoss
 from cocoseg.metrics import COCOEvaluator, flatten_metrics
@@ -38,6 +44,7 @@ __all__ = [
     "build_train_parts",
     "build_validator",
     "model_card",
+    "resolve_recipe",
 ]
 
 
@@ -68,27 +75,52 @@ def batches_per_epoch(train_images: int, world_size: int, batch_size: int) -> in
     return max(1, math.ceil((train_images // world_size) / batch_size))
 
 
-def build_schedule(cfg: JobConfig, *, world_size: int, batches: int) -> Schedule:
+def resolve_recipe(cfg: JobConfig, *, world_size: int, train_images: int) -> OptimizerChoice:
+    """``train.optimizer`` resolved for this run (``auto``: from its iteration count, spec 9.2).
+
+    ``train_images`` is the number of training images one epoch covers (all workers together).
+    Pure: the driver (which logs the choice) and every worker get the same answer.
+    """
     t = cfg.train
+    return resolve_optimizer(t.optimizer, lr0=t.lr0, momentum=t.momentum, warmup_bias_lr=t.warmup_bias_lr,
+                             train_images=train_images, global_batch=t.batch_size * world_size,
+                             nominal_batch=t.nominal_batch, epochs=t.epochs, num_classes=cfg.model.num_classes)
+
+
+def build_schedule(cfg: JobConfig, *, world_size: int, batches: int, choice: OptimizerChoice | None = None) -> Schedule:
+    """The LR / momentum / accumulation schedule; ``choice`` (the resolved optimiser) supplies
+    lr0, the momentum target and the bias warm-up LR (default: resolved from ``batches``)."""
+    t = cfg.train
+    if choice is None:
+        choice = resolve_recipe(cfg, world_size=world_size, train_images=batches * t.batch_size * world_size)
     return Schedule(epochs=t.epochs, batches_per_epoch=batches, global_batch=t.batch_size * world_size,
-                    lr0=t.lr0, lrf=t.lrf, momentum=t.momentum, warmup_epochs=t.warmup_epochs,
-                    warmup_momentum=t.warmup_momentum, warmup_bias_lr=t.warmup_bias_lr,
+                    lr0=choice.lr0, lrf=t.lrf, momentum=choice.momentum, warmup_epochs=t.warmup_epochs,
+                    warmup_momentum=t.warmup_momentum, warmup_bias_lr=choice.warmup_bias_lr,
                     nominal_batch=t.nominal_batch, cos_lr=t.cos_lr)
 
 
 def build_train_parts(cfg: JobConfig, *, model: nn.Module, device: torch.device, world_size: int,
-                      batches_per_epoch: int) -> TrainParts:
-    """Loss, optimiser, schedule, EMA and AMP around an already placed (maybe DDP) ``model``."""
+                      batches_per_epoch: int, train_images: int | None = None,
+                      choice: OptimizerChoice | None = None) -> TrainParts:
+    """Loss, optimiser, schedule, EMA and AMP around an already placed (maybe DDP) ``model``.
+
+    ``choice`` is the run's resolved optimiser (the driver decides once per run, so a worker
+    group restarted at another size keeps it); without it, ``train.optimizer`` is resolved here
+    from ``train_images`` (all workers, per epoch; default ``batches_per_epoch * global batch``).
+    """
     t = cfg.train
     bare = getattr(model, "module", model)
     global_batch = t.batch_size * world_size
-    optimizer = build_optimizer(model, name=t.optimizer, lr0=t.lr0, momentum=t.momentum,
+    if choice is None:
+        images = train_images if train_images is not None else batches_per_epoch * global_batch
+        choice = resolve_recipe(cfg, world_size=world_size, train_images=images)
+    optimizer = build_optimizer(model, name=choice.name, lr0=choice.lr0, momentum=choice.momentum,
                                 weight_decay=scaled_weight_decay(t.weight_decay, t.nominal_batch, global_batch))
     amp_dtype = resolve_precision(t.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    schedule = build_schedule(cfg, world_size=world_size, batches=batches_per_epoch, choice=choice)
     return TrainParts(model=model, loss_fn=SegmentationLoss.from_model(bare), optimizer=optimizer,
-                      schedule=build_schedule(cfg, world_size=world_size, batches=batches_per_epoch),
-                      ema=ModelEMA(bare, decay=t.ema_decay, tau=t.ema_tau), device=device,
+                      schedule=schedule, ema=ModelEMA(bare, decay=t.ema_decay, tau=t.ema_tau), device=device,
                       amp_dtype=amp_dtype, scaler=scaler, grad_clip=t.grad_clip,
                       loss_scale=float(world_size) if hasattr(model, "no_sync") else 1.0)
 

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 __all__ = [
+    "AUTO_MAX_ITERATIONS",
     "GROUP_NAMES",
+    "OptimizerChoice",
     "Schedule",
     "StepSettings",
     "accumulate_steps",
@@ -27,6 +29,7 @@ __all__ = [
     "clip_and_step",
     "lr_factor",
     "param_groups",
+    "resolve_optimizer",
     "scaled_weight_decay",
 ]
 
@@ -74,6 +77,47 @@ def scaled_weight_decay(weight_decay: float, nominal_batch: int, global_batch: i
     return weight_decay * global_batch * accumulate_steps(nominal_batch, global_batch) / nominal_batch
 
 
+# optimizer=auto (spec 9.2): runs of at most this many optimiser iterations get AdamW.
+AUTO_MAX_ITERATIONS = 10_000
+
+
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """The optimiser a run uses and the recipe values that go with it (``reason``: why, one line)."""
+
+    name: str
+    lr0: float
+    momentum: float
+    warmup_bias_lr: float
+    reason: str
+
+    def describe(self, requested: str) -> str:
+        """``optimizer auto -> AdamW(lr=0.00125, momentum=0.9): 720 iterations <= 10000``."""
+        return f"optimizer {requested} -> {self.name}(lr={self.lr0:g}, momentum={self.momentum:g}): {self.reason}"
+
+
+def resolve_optimizer(name: str, *, lr0: float, momentum: float, warmup_bias_lr: float, train_images: int,
+                      global_batch: int, nominal_batch: int, epochs: int, num_classes: int) -> OptimizerChoice:
+    """Resolve ``train.optimizer`` (``auto``, ``SGD``, ``Adam``, ``AdamW``) to what the run uses.
+
+    An explicit name keeps the configured ``lr0`` / ``momentum`` / ``warmup_bias_lr``. ``auto``
+    ignores them and counts optimiser iterations as ``ceil(train_images / max(global_batch,
+    nominal_batch)) * epochs``: up to :data:`AUTO_MAX_ITERATIONS` it takes AdamW with
+    ``lr0 = round(0.002 * 5 / (4 + num_classes), 6)`` (a short run needs Adam's per-parameter
+    step sizes; 0.000119 for 80 classes), beyond that SGD lr0 0.01; momentum 0.9 and no bias
+    warm-up LR in both cases (the bias group's 0.1 warm-up start would swamp an Adam step).
+    """
+    if name != "auto":
+        return OptimizerChoice(name, lr0, momentum, warmup_bias_lr, "set in the config")
+    iterations = math.ceil(train_images / max(global_batch, nominal_batch)) * epochs
+    count = (f"{iterations} iterations (ceil({train_images} images / max(batch {global_batch}, "
+             f"nominal {nominal_batch})) x {epochs} epochs)")
+    if iterations > AUTO_MAX_ITERATIONS:
+        return OptimizerChoice("SGD", 0.01, 0.9, 0.0, f"{count} > {AUTO_MAX_ITERATIONS}")
+    return OptimizerChoice("AdamW", round(0.002 * 5 / (4 + num_classes), 6), 0.9, 0.0,
+                           f"{count} <= {AUTO_MAX_ITERATIONS}, {num_classes} classes")
+
+
 def build_optimizer(model: nn.Module, *, name: str = "SGD", lr0: float = 0.01, momentum: float = 0.937,
                     weight_decay: float = 5e-4) -> torch.optim.Optimizer:
     """SGD (Nesterov) or Adam/AdamW (betas (momentum, 0.999)) over :func:`param_groups`.
@@ -89,7 +133,7 @@ def build_optimizer(model: nn.Module, *, name: str = "SGD", lr0: float = 0.01, m
     if name in ("Adam", "AdamW"):
         cls = torch.optim.AdamW if name == "AdamW" else torch.optim.Adam
         return cls(groups, lr=lr0, betas=(momentum, 0.999))
-    raise ValueError(f"unknown optimizer {name!r}: use SGD, Adam or AdamW")
+    raise ValueError(f"unknown optimizer {name!r}: use SGD, Adam or AdamW (resolve 'auto' with resolve_optimizer)")
 
 
 def lr_factor(epoch: float, epochs: int, lrf: float, cos_lr: bool) -> float:

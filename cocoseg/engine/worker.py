@@ -59,6 +59,7 @@ from cocoseg.engine.checkpoint import (
     upload,
 )
 from cocoseg.engine.loop import EpochResult, LoopState, fit
+from cocoseg.engine.optim import OptimizerChoice
 from cocoseg.utils import get_logger
 
 __all__ = ["FITNESS_KEY", "train_loop_per_worker"]
@@ -146,7 +147,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     parts = build.build_train_parts(cfg, model=model, device=device, world_size=world,
-                                    batches_per_epoch=run["batches_per_epoch"])
+                                    batches_per_epoch=run["batches_per_epoch"],
+                                    choice=OptimizerChoice(**run["recipe"]) if run.get("recipe") else None)
     state, _ = _resume(parts, LoopState(), run["run_dir"], rank, world)
     _record_attempt(run["run_dir"], state.epoch, rank, world, device)
     if state.epoch:

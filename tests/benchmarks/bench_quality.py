@@ -1,0 +1,247 @@
+"""Quality from the same compute (issue 9, item 2). A plain script:
+
+    python tests/benchmarks/bench_quality.py [--epochs 30] [--train-images 240] [--val-images 60]
+    COCOSEG_REF_PYTHON=/work/.venv-ref/bin/python python tests/benchmarks/bench_quality.py
+
+Trains the n model from scratch with cocoseg's DEFAULT recipe (only data, size, epochs, batch
+and class count are set) on the project's synthetic shapes (``cocoseg.data.synthetic``,
+``--train-images`` + ``--val-images`` images at ``--imgsz`` px, 4 classes) through the real job
+path: ingest -> ``pipelines.train.run`` on a private local Ray, one CPU worker. Prints box and
+mask AP50-95 / AP50 (pycocotools, EMA weights) and wall time, with the split between training
+and validation.
+
+When ``$COCOSEG_REF_PYTHON`` names a Python with ``ultralytics`` installed, the same images
+are written in YOLO layout and the reference trains on them in a separate process with its
+own defaults (``YOLO("yolov8n-seg.yaml")``, pretrained=False, same imgsz / batch / epochs,
+workers 0, seed 0, deterministic, ``YOLO_OFFLINE=1``); the two runs are made one after the
+other, never overlapping, with the load average at the start and end of each. Nothing of the
+reference is imported here: it is driven through a small inline script in a subprocess.
+
+Figures are "best" (the selected checkpoint: cocoseg's best epoch by val mask AP50-95, the
+reference's best.pt as re-validated at the end of its run) and "last" (the final epoch).
+``--json PATH`` writes everything measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+NUM_CLASSES = 4
+
+# Run by $COCOSEG_REF_PYTHON: train with the reference's defaults, print one JSON result line.
+REF_SCRIPT = r"""
+import json, sys, time
+from ultralytics import YOLO
+a = json.loads(sys.argv[1])
+model = YOLO("yolov8n-seg.yaml")
+start = time.perf_counter()
+metrics = model.train(data=a["data"], epochs=a["epochs"], imgsz=a["imgsz"], batch=a["batch"], workers=0,
+                      seed=0, deterministic=True, pretrained=False, device="cpu",
+                      project=a["project"], name="ref", exist_ok=True)
+seconds = time.perf_counter() - start
+print("COCOSEG_REF_RESULT " + json.dumps({"seconds": seconds, "results": dict(metrics.results_dict),
+                                          "save_dir": str(model.trainer.save_dir)}), flush=True)
+"""
+
+
+def load() -> dict:
+    """Load average and the ``uptime`` line, for the record."""
+    one, five, fifteen = os.getloadavg()
+    return {"load1": one, "load5": five, "load15": fifteen, "time": time.strftime("%H:%M:%S")}
+
+
+def write_dataset(root: Path, train_images: int, val_images: int, imgsz: int) -> Path:
+    from cocoseg.data.synthetic import write_synthetic_coco
+
+    total = train_images + val_images
+    summary = write_synthetic_coco(str(root), images=total, size=(imgsz, imgsz), seed=0,
+                                   val_fraction=val_images / total)
+    assert summary["splits"] == {"train": train_images, "val": val_images}, summary["splits"]
+    return root
+
+
+def write_yolo_layout(src: Path, dest: Path) -> Path:
+    """The same JPEGs and polygons as ``images/<split>/`` + ``labels/<split>/`` + ``data.yaml``."""
+    names = None
+    for split in ("train", "val"):
+        coco = json.loads((src / "annotations" / f"instances_{split}.json").read_text())
+        names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+        (dest / "images" / split).mkdir(parents=True, exist_ok=True)
+        (dest / "labels" / split).mkdir(parents=True, exist_ok=True)
+        anns: dict[int, list] = {}
+        for a in coco["annotations"]:
+            anns.setdefault(a["image_id"], []).append(a)
+        for img in coco["images"]:
+            shutil.copyfile(src / split / img["file_name"], dest / "images" / split / img["file_name"])
+            w, h = img["width"], img["height"]
+            lines = []
+            for a in anns.get(img["id"], []):
+                poly = a["segmentation"][0]
+                xy = " ".join(f"{v / (w if i % 2 == 0 else h):.6f}" for i, v in enumerate(poly))
+                lines.append(f"{a['category_id'] - 1} {xy}")
+            (dest / "labels" / split / (Path(img["file_name"]).stem + ".txt")).write_text("\n".join(lines) + "\n")
+    yaml_lines = [f"path: {dest}", "train: images/train", "val: images/val", "names:"]
+    yaml_lines += [f"  {i}: {n}" for i, n in enumerate(names or [])]
+    (dest / "data.yaml").write_text("\n".join(yaml_lines) + "\n")
+    return dest / "data.yaml"
+
+
+def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
+    """Ingest + the train job with default settings; per-epoch curve from the run's journal."""
+    import ray
+
+    from cocoseg import tracking
+    from cocoseg.config import load_config, with_overrides
+    from pipelines import ingest, train
+    from pipelines._train_checks import ensure_ray
+
+    overrides = [f"storage.root={root}", f"ingest.source={src}", f"model.num_classes={NUM_CLASSES}",
+                 f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
+                 "train.num_workers=1", "train.use_gpu=false", "tracking.run_name=bench-quality"]
+    cfg = load_config(None, overrides)
+    # Ray starts its workers at nice 15; the reference runs at 0. On a machine shared with other
+    # work that alone would starve cocoseg's side, so its local Ray runs its workers at 0 too.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ensure_ray(cfg)
+    try:
+        t0 = time.perf_counter()
+        manifest = ingest.run(cfg)
+        ingest_s = time.perf_counter() - t0
+        cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
+        start = load()
+        t0 = time.perf_counter()
+        result = train.run(cfg)
+        seconds = time.perf_counter() - t0
+        end = load()
+    finally:
+        ray.shutdown()
+    curve = [r["metrics"] for r in tracking.read_journal(tracking.journal_uri(result.run_dir))]
+    params = _mlflow_params(result.tracking_uri, result.mlflow_run_id)
+    best = max(curve, key=lambda m: m.get("val/mask_ap50_95", -1.0))
+    pick = {k: [m.get(f"val/{k}", float("nan")) for m in (best, curve[-1])]
+            for k in ("mask_ap50_95", "mask_ap50", "box_ap50_95", "box_ap50")}
+    return {"seconds": seconds, "ingest_s": ingest_s, "load_start": start, "load_end": end,
+            "train_s": sum(m.get("train/epoch_time_s", 0.0) for m in curve),
+            "val_s": sum(m.get("val/time_s", 0.0) for m in curve),
+            "best": {k: v[0] for k, v in pick.items()}, "last": {k: v[1] for k, v in pick.items()},
+            "best_epoch": curve.index(best), "epochs": len(curve),
+            "recipe": {k[len("recipe."):]: v for k, v in params.items() if k.startswith("recipe.")},
+            "curve_mask_ap50_95": [round(m.get("val/mask_ap50_95", float("nan")), 4) for m in curve]}
+
+
+def _mlflow_params(uri: str, run_id: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(tracking_uri=uri).get_run(run_id).data.params)
+
+
+def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Namespace) -> dict:
+    """Train the reference in its own process; final metrics from its best.pt validation."""
+    payload = json.dumps({"data": str(data_yaml), "epochs": args.epochs, "imgsz": args.imgsz,
+                          "batch": args.batch, "project": str(project)})
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(project / "cfg")}
+    env.pop("PYTHONPATH", None)
+    log_path = project / "reference.log"
+    project.mkdir(parents=True, exist_ok=True)
+    start = load()
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log_file:
+        proc = subprocess.run([python, "-c", REF_SCRIPT, payload], cwd=project, env=env, stdout=log_file,
+                              stderr=subprocess.STDOUT, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    end = load()
+    text = log_path.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.startswith("COCOSEG_REF_RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"reference run failed (exit {proc.returncode}); see {log_path}")
+    out = json.loads(lines[-1].split(" ", 1)[1])
+    r = out["results"]
+    best = {"mask_ap50_95": r["metrics/mAP50-95(M)"], "mask_ap50": r["metrics/mAP50(M)"],
+            "box_ap50_95": r["metrics/mAP50-95(B)"], "box_ap50": r["metrics/mAP50(B)"]}
+    rows = _results_csv(Path(out["save_dir"]) / "results.csv")
+    last = {k: float(rows[-1][c]) for k, c in (("mask_ap50_95", "metrics/mAP50-95(M)"), ("mask_ap50", "metrics/mAP50(M)"),
+                                                 ("box_ap50_95", "metrics/mAP50-95(B)"), ("box_ap50", "metrics/mAP50(B)"))}
+    chosen = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines() if "optimizer:" in ln and "(lr=" in ln][-1:]
+    return {"seconds": seconds, "process_s": out["seconds"], "load_start": start, "load_end": end,
+            "best": best, "last": last, "epochs": len(rows), "optimizer_log": chosen[0] if chosen else "",
+            "curve_mask_ap50_95": [round(float(r["metrics/mAP50-95(M)"]), 4) for r in rows]}
+
+
+def _results_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def report(args: argparse.Namespace, ours: dict | None, ref: dict | None) -> None:
+    print(f"\nbench_quality: n-seg from scratch, synthetic shapes {args.train_images} train / {args.val_images} val, "
+          f"{args.imgsz} px, {NUM_CLASSES} classes, {args.epochs} epochs, batch {args.batch}, CPU")
+    sides = [(name, side) for name, side in (("cocoseg (defaults)", ours), ("reference", ref)) if side]
+    print(f"{'':28s}" + "".join(f"{name:>22s}" for name, _ in sides) + ("   ratio" if len(sides) == 2 else ""))
+    for which in ("best", "last"):
+        for key in ("mask_ap50_95", "mask_ap50", "box_ap50_95", "box_ap50"):
+            vals = [side[which][key] for _, side in sides]
+            ratio = f"   {vals[0] / vals[1]:.2f}x" if len(vals) == 2 and vals[1] > 0 else ""
+            print(f"{which + ' ' + key:28s}" + "".join(f"{v:22.4f}" for v in vals) + ratio)
+    secs = [side["seconds"] for _, side in sides]
+    ratio = f"   {secs[0] / secs[1]:.2f}x" if len(secs) == 2 else ""
+    print(f"{'wall time s':28s}" + "".join(f"{s:22.1f}" for s in secs) + ratio)
+    for name, side in sides:
+        ls, le = side["load_start"], side["load_end"]
+        print(f"  {name}: load average {ls['load1']:.2f}/{ls['load5']:.2f}/{ls['load15']:.2f} at {ls['time']} -> "
+              f"{le['load1']:.2f}/{le['load5']:.2f}/{le['load15']:.2f} at {le['time']}")
+    if ours:
+        print(f"  cocoseg: {ours['recipe'].get('name')} lr0 {ours['recipe'].get('lr0')} "
+              f"({ours['recipe'].get('reason')}); train loops {ours['train_s']:.0f} s + validation {ours['val_s']:.0f} s "
+              f"of {ours['seconds']:.0f} s (ingest {ours['ingest_s']:.0f} s not counted); best epoch {ours['best_epoch']}")
+    if ref:
+        print(f"  reference: {ref['optimizer_log']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--train-images", type=int, default=240)
+    parser.add_argument("--val-images", type=int, default=60)
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--skip-cocoseg", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--workdir", default="", help="keep data and runs here (default: a temporary folder)")
+    parser.add_argument("--json", default="", help="write all figures to this file")
+    args = parser.parse_args()
+    ref_python = "" if args.skip_reference else os.environ.get("COCOSEG_REF_PYTHON", "")
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        work = Path(args.workdir or tmp)
+        src = write_dataset(work / "source", args.train_images, args.val_images, args.imgsz)
+        ours = ref = None
+
+        def save() -> None:  # after each side: a long run interrupted later keeps what it measured
+            if args.json:
+                Path(args.json).write_text(json.dumps({"args": vars(args), "cocoseg": ours, "reference": ref}, indent=1))
+
+        if not args.skip_cocoseg:
+            ours = run_cocoseg(src, work / "cocoseg", args)
+            save()
+            report(args, ours, None)
+        if ref_python:
+            ref = run_reference(ref_python, write_yolo_layout(src, work / "yolo"), work / "reference", args)
+            save()
+        report(args, ours, ref)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
