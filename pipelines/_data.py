@@ -26,19 +26,17 @@ The close-mosaic switch is per epoch: :func:`cocoseg.data.augment.preset_for_epo
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 
-from cocoseg import storage
 from cocoseg.data.augment import get_preset, preset_for_epoch
 from cocoseg.data.collate import collate_train
-from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch, epoch_chunks
+from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch, ChunkAugmenter, epoch_chunks
 
 __all__ = ["EpochStream", "TrainInput", "build_val_dataset", "iter_collated"]
 
@@ -99,40 +97,6 @@ def iter_collated(data: ray.data.Dataset | ray.data.DataIterator | Iterable[Any]
 # The persistent augmentation pool
 
 
-class _AugmentActor:
-    """One input actor: reads the rows of a chunk from the snapshot shards and augments them.
-
-    Keeps the last two shards read (one row group each, as ingest writes them), so consecutive
-    chunks of one shard cost one read; holds nothing else, so a restarted actor gives the same
-    output.
-    """
-
-    def __init__(self, *, imgsz: int, num_classes: int, cached_shards: int = 2):
-        self.imgsz, self.num_classes = imgsz, num_classes
-        self.cached_shards = cached_shards
-        self._tables: OrderedDict[str, Any] = OrderedDict()
-
-    def ready(self) -> bool:
-        return True
-
-    def _table(self, uri: str):
-        if uri not in self._tables:
-            fs, path = storage.filesystem(uri)
-            self._tables[uri] = pq.read_table(path, columns=list(INPUT_COLUMNS), filesystem=fs)
-            while len(self._tables) > self.cached_shards:
-                self._tables.popitem(last=False)
-        self._tables.move_to_end(uri)
-        return self._tables[uri]
-
-    def chunk(self, runs: list[tuple[str, int, int]], preset: str, seed: int, epoch: int) -> dict[str, np.ndarray]:
-        """Rows ``runs`` [(shard uri, first row, end row)] -> the stage's output columns."""
-        rows = []
-        for uri, a, b in runs:
-            rows += self._table(uri).slice(a, b - a).to_pylist()
-        stage = AugmentBatch(preset=preset, imgsz=self.imgsz, seed=seed, epoch=epoch, num_classes=self.num_classes)
-        return stage(rows)
-
-
 @dataclass(frozen=True)
 class TrainInput:
     """What the driver hands every train worker: the actor pool and the epoch plan's inputs.
@@ -157,13 +121,16 @@ class TrainInput:
     @classmethod
     def start(cls, shards: Sequence[tuple[str, int]], *, augment: str, epochs: int, close_mosaic: int,
               imgsz: int, num_classes: int = 80, seed: int = 0, actors: int = 2, cpus_per_actor: float = 1.0,
-              chunk_rows: int = 16, limit: int = 0, shuffle: bool = True, prefetch: int = 2) -> TrainInput:
-        """Start ``actors`` input actors (``cpus_per_actor`` logical CPUs each, any node) and wait
-        until they are up, so that the first epoch does not pay for their start either."""
+              chunk_rows: int = 16, limit: int = 0, shuffle: bool = True, prefetch: int = 2,
+              wait: bool = False) -> TrainInput:
+        """Start ``actors`` input actors (``cpus_per_actor`` logical CPUs each, any node; restarted
+        if they die, which is safe: they hold only a read cache). They boot while the caller goes
+        on (the train workers starting, say); ``wait`` blocks until they are up."""
         get_preset(augment)
-        remote = ray.remote(num_cpus=cpus_per_actor, max_restarts=-1, max_task_retries=3)(_AugmentActor)
+        remote = ray.remote(num_cpus=cpus_per_actor, max_restarts=-1, max_task_retries=3)(ChunkAugmenter)
         pool = tuple(remote.remote(imgsz=imgsz, num_classes=num_classes) for _ in range(actors))
-        ray.get([a.ready.remote() for a in pool])
+        if wait:
+            ray.get([a.ready.remote() for a in pool])
         return cls(actors=pool, shards=tuple((str(u), int(n)) for u, n in shards), augment=augment, epochs=epochs,
                    close_mosaic=close_mosaic, seed=seed, chunk_rows=chunk_rows, limit=limit, shuffle=shuffle,
                    prefetch=prefetch)

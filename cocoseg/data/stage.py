@@ -14,15 +14,18 @@ cheap and type-stable in Arrow), ``image_id`` (B,) int64, ``orig_hw`` (B, 2) int
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from cocoseg import storage
 from cocoseg.data.augment import augment_chunk, get_preset
 from cocoseg.data.instances import NUM_POINTS, format_sample
 
-__all__ = ["INPUT_COLUMNS", "AugmentBatch", "epoch_chunks", "rows_from_batch", "stack_rows"]
+__all__ = ["INPUT_COLUMNS", "AugmentBatch", "ChunkAugmenter", "epoch_chunks", "rows_from_batch", "stack_rows"]
 
 INPUT_COLUMNS = ("image_id", "width", "height", "image", "annotations")
 
@@ -135,3 +138,38 @@ class AugmentBatch:
         samples = augment_chunk(rows_from_batch(batch), preset=self.preset, imgsz=self.imgsz, seed=self.seed,
                                 epoch=self.epoch, num_classes=self.num_classes, num_points=self.num_points)
         return stack_rows([format_sample(s) for s in samples], self.imgsz)
+
+
+class ChunkAugmenter:
+    """One input actor's work (``pipelines._data`` runs it as a Ray actor; plain Python here): read
+    the rows of a chunk from the snapshot shards and augment them.
+
+    Keeps the last two shards read (one row group each, as ingest writes them), so consecutive
+    chunks of one shard cost one read; holds nothing else, so a restarted actor gives the same
+    output.
+    """
+
+    def __init__(self, *, imgsz: int, num_classes: int, cached_shards: int = 2):
+        self.imgsz, self.num_classes = imgsz, num_classes
+        self.cached_shards = cached_shards
+        self._tables: OrderedDict[str, Any] = OrderedDict()
+
+    def ready(self) -> bool:
+        return True
+
+    def _table(self, uri: str):
+        if uri not in self._tables:
+            fs, path = storage.filesystem(uri)
+            self._tables[uri] = pq.read_table(path, columns=list(INPUT_COLUMNS), filesystem=fs)
+            while len(self._tables) > self.cached_shards:
+                self._tables.popitem(last=False)
+        self._tables.move_to_end(uri)
+        return self._tables[uri]
+
+    def chunk(self, runs: list[tuple[str, int, int]], preset: str, seed: int, epoch: int) -> dict[str, np.ndarray]:
+        """Rows ``runs`` [(shard uri, first row, end row)] -> the stage's output columns."""
+        rows = []
+        for uri, a, b in runs:
+            rows += self._table(uri).slice(a, b - a).to_pylist()
+        stage = AugmentBatch(preset=preset, imgsz=self.imgsz, seed=seed, epoch=epoch, num_classes=self.num_classes)
+        return stage(rows)
