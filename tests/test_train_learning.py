@@ -30,7 +30,10 @@ def test_val_mask_ap50_rises_above_half(ray_local, tmp_path):
                              "train.num_workers=2", f"train.epochs={EPOCHS}", f"train.close_mosaic={EPOCHS}",
                              "train.optimizer=AdamW", "train.lr0=0.002", "train.lrf=0.5", "train.warmup_epochs=0",
                              "train.batch_size=4", "train.nominal_batch=8", "train.weight_decay=0", "train.ema_tau=50",
-                             "tracking.run_name=learn", "tracking.system_metrics=false", "train.max_failures=0"])
+                             "tracking.run_name=learn", "tracking.system_metrics=false",
+                             # a worker health check can time out on an overloaded host (seen at load
+                             # average 120): resume from the last checkpoint rather than fail
+                             "train.max_failures=2"])
     result = train.run(cfg)
     curve = [(r["step"], r["metrics"]["train/loss"], r["metrics"]["val/mask_ap50"])
              for r in tracking.read_journal(tracking.journal_uri(result.run_dir))]

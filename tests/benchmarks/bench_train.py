@@ -15,8 +15,8 @@ Data: the real coco8-seg images and polygons (``$COCOSEG_SHARED/data/coco8-seg``
 under distinct image ids, written as snapshot-shaped Parquet; the Pillow-drawn rows of
 ``tests/augment_rows.py`` when that folder is absent.
 
-Usage: ``python tests/benchmarks/bench_train.py --part a [--images 256] [--imgsz 640]
-[--preset yolov8] [--map-batch 16] [--rounds 3]``
+Usage: ``python tests/benchmarks/bench_train.py --part a [--images 256] [--epochs 3] [--imgsz 640]
+[--preset yolov8] [--map-batch 16] [--rounds 3] [--persistent]``
 """
 
 from __future__ import annotations
