@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,36 +165,71 @@ def run_ray(paths: list[str], args) -> dict:
     return _result(startup, epochs)
 
 
+class _Side:
+    """A DataLoader run in a second Python process, started now; ``result()`` waits for it."""
+
+    def __init__(self, paths: list[str], args, out: Path):
+        cmd = [sys.executable, __file__, "--part", "a", "--only", "torch", "--data", str(Path(paths[0]).parent),
+               "--images", str(args.images), "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
+               "--preset", args.preset, "--map-batch", str(args.map_batch), "--batch", str(args.batch),
+               "--rounds", "1", "--json", str(out)]
+        self.out, self.proc = out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def result(self) -> dict:
+        if self.proc.wait() != 0:
+            raise RuntimeError(f"the side-by-side DataLoader run failed (exit {self.proc.returncode})")
+        return json.loads(self.out.read_text())
+
+
+_side = _Side
+
+
 def part_a(args) -> dict:
     import ray
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        paths, source = write_snapshot(Path(tmp) / "train", args.images)
+        if args.data:  # the files of a parent run (--side-by-side)
+            paths, source = sorted(str(p) for p in Path(args.data).glob("*.parquet")), "parent run"
+        else:
+            paths, source = write_snapshot(Path(tmp) / "train", args.images)
         # workers inherit the environment: make the repo importable in Ray's worker processes
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         # 2 physical cores; logical CPUs over-subscribed (as in tests/conftest.py)
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        if args.only != "torch":
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         # Ray's first actor in a fresh cluster pays worker-process start and imports; a training
         # job pays that once per cluster, so it stays out of the rounds (each round still starts
         # and stops its own input actors, inside its timing).
         warm = time.perf_counter()
-        ray.get(ray.remote(lambda: None).remote())
-        print(f"Ray warm-up (first task in the cluster): {time.perf_counter() - warm:.1f} s", flush=True)
+        if args.only != "torch":
+            ray.get(ray.remote(lambda: None).remote())
+            print(f"Ray warm-up (first task in the cluster): {time.perf_counter() - warm:.1f} s", flush=True)
         pipes = {"ray": run_ray, "torch": run_torch}
         if args.persistent:
             pipes["torch_persistent"] = lambda p, a: run_torch(p, a, persistent=True)
+        if args.only:
+            pipes = {args.only: pipes[args.only]}
         results = {name: [] for name in pipes}
         try:
             for r in range(args.rounds):
+                if args.side_by_side:  # the DataLoader in a second process, at the same time
+                    results["torch"].append(_side(paths, args, Path(tmp) / f"torch-{r}.json"))
                 for name, fn in pipes.items():
-                    res = fn(paths, args)
-                    results[name].append(res)
+                    if args.side_by_side and name == "torch":
+                        res = results["torch"][-1] = results["torch"][-1].result()
+                    else:
+                        res = fn(paths, args)
+                        results[name].append(res)
                     print(f"round {r} {name:16s}: {res['images']} images in {args.epochs} epochs, "
                           f"{res['total_img_s']:.1f} img/s end to end (start-up {res['startup_s']:.2f} s); first batch "
                           f"per epoch {', '.join(f'{x:.2f}' for x in res['first_batch_s'])} s", flush=True)
         finally:
-            ray.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()
+    if args.only:
+        Path(args.json).write_text(json.dumps(results[args.only][0]))
+        return {}
     ratio = {name: statistics.median(r["total_img_s"] / t["total_img_s"]
                                      for r, t in zip(results["ray"], results[name], strict=True))
              for name in pipes if name != "ray"}
@@ -228,13 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="also write the summary here")
     parser.add_argument("--epochs", type=int, default=3, help="(a) epochs per pipeline run; (b) per training run")
     parser.add_argument("--persistent", action="store_true", help="(a) also a DataLoader with persistent_workers")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="(a) run the DataLoader in a second process at the same time as the Ray input (pairs "
+                             "the two under the same load when the host's load swings)")
+    parser.add_argument("--only", default="", help=argparse.SUPPRESS)  # internal: one pipeline, one round
+    parser.add_argument("--data", default="", help=argparse.SUPPRESS)  # internal: reuse these Parquet files
     parser.add_argument("--train-imgsz", type=int, default=160, help="(b) input size of the training runs")
     parser.add_argument("--steps", type=int, default=20, help="(c) timed GPU steps per configuration")
     args = parser.parse_args(argv)
     out = {}
     for part in args.part.split(","):
         out[part] = PARTS[part](args)
-    if args.json:
+    if args.json and not args.only:  # (--only wrote its own result there)
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
