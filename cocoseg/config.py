@@ -144,10 +144,9 @@ class TrainConfig:
     checkpoints_to_keep: int = 2  # full Ray checkpoints kept: the best N by val mask AP50-95, plus the latest
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
-    data_actors: int = 2  # Ray Data actors decoding + augmenting per dataset (CPU, any node)
+    data_actors: int = 2  # input actors decoding + augmenting for all workers, kept all run (CPU, any node)
     data_cpus_per_actor: float = 1.0
-    data_batch_rows: int = 16  # rows per map_batches call
-    mosaic_buffer: int = 64  # per-actor buffer of recent images that mosaic partners come from
+    data_batch_rows: int = 16  # rows per input-actor call; mosaic partners come from the same call's rows
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -1,36 +1,44 @@
-"""Ray Data input stage: a snapshot split -> a stream of augmented, model-ready rows.
+"""Input stage: snapshot shards -> augmented, model-ready batches on each train worker.
 
-Decode and augmentation run in Ray Data actors on CPU (any node with CPUs, GPU-less ones
-included); the train worker only batches and collates:
+Decode and augmentation run in a pool of long-lived Ray actors on CPU (any node with CPUs,
+GPU-less ones included), started once per run by the driver and kept across epochs; the train
+worker only plans, collects and collates:
 
-    ds = build_train_dataset(shard_paths, preset="yolov8", imgsz=640, seed=cfg.train.seed)
-    trainer = TorchTrainer(..., datasets={"train": ds, ...})
+    inputs = TrainInput.start(shards, augment="yolov8", epochs=100, close_mosaic=10, imgsz=640, seed=0)
+    trainer = TorchTrainer(..., train_loop_config={..., "input": inputs})
     # in the worker (cocoseg/engine/worker.py):
-    shard = ray.train.get_dataset_shard("train")
-    for tb in iter_collated(shard, batch_size=16):   # TrainBatch, images (B, 3, S, S) uint8
-        ...
+    stream = inputs.for_worker(rank, world)
+    for epoch in ...:
+        for rows in stream.epoch(epoch, batch_size=16):   # numpy columns, see cocoseg.data.stage
+            tb = collate(rows)
 
-Close-mosaic is explicit in the epoch loop: pass a second dataset built with the
-``"yolov8-close"`` preset (``preset_for_epoch``) and iterate that one for the last K epochs;
-a dataset that is never iterated costs nothing.
+Why not Ray Data: a Ray Data execution starts its own actor pool, and Ray 2.60 has no way to keep
+one across executions (ray-project/ray#46479, open), so each epoch paid 3-18 s before its first
+batch here. ``streaming_split(equal=True)`` over all epochs at once would keep the actors but not
+the epoch boundaries per worker. This pool keeps actors and prefetch running across epochs, and
+makes the stream reproducible: which rows form which chunk on which worker is planned from (seed,
+epoch) alone (:func:`cocoseg.data.stage.epoch_chunks`) and each chunk's output depends on its rows,
+seed and epoch only (:func:`cocoseg.data.augment.augment_chunk`), never on the actor that ran it.
+The close-mosaic switch is per epoch: :func:`cocoseg.data.augment.preset_for_epoch`.
 
-Mosaic partners come from each actor's bounded buffer of recently decoded images of the same
-stream (``buffer_size``), never from random access into the split. File order is shuffled every
-epoch (``shuffle=True``); rows inside a file stay in order, mosaic mixes four of them into every
-training image, and the consumer can add ``local_shuffle_buffer_size`` to ``iter_batches``.
+``build_val_dataset`` is the Ray Data form for a one-pass letterboxed split.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 
+from cocoseg.data.augment import get_preset, preset_for_epoch
 from cocoseg.data.collate import collate_train
-from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
+from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch, ChunkAugmenter, epoch_chunks
 
-__all__ = ["build_train_dataset", "build_val_dataset", "iter_collated"]
+__all__ = ["EpochStream", "TrainInput", "build_val_dataset", "iter_collated"]
 
 
 def _actors(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
@@ -62,28 +70,6 @@ def _read(paths: str | Sequence[str], rows_per_block: int, filesystem: Any, shuf
     return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
-def build_train_dataset(paths: str | Sequence[str], *, preset: str = "yolov8", imgsz: int = 640,
-                        seed: int = 0, epoch: int | None = None, batch_size: int = 16,
-                        concurrency: int | tuple[int, int] = 2, cpus_per_actor: float = 1.0,
-                        buffer_size: int = 64, num_classes: int = 80, shuffle: bool = True,
-                        filesystem: Any = None) -> ray.data.Dataset:
-    """Lazy Ray Dataset of augmented training rows from snapshot Parquet ``paths``.
-
-    ``batch_size`` is rows per ``map_batches`` call (one actor call: larger amortises Ray's
-    per-task overhead, smaller lowers latency and memory); ``concurrency`` the actor pool size
-    (int, or (min, max) to autoscale); ``cpus_per_actor`` what each actor reserves: keep at least
-    one logical CPU per node free for the Parquet read tasks (see ray-notes.md, CPU pitfall).
-    ``epoch=None`` draws fresh randomness per execution, so each epoch differs.
-    """
-    ds = _read(paths, batch_size, filesystem, shuffle="files" if shuffle else None)
-    return ds.map_batches(
-        AugmentBatch,
-        fn_constructor_kwargs={"preset": preset, "imgsz": imgsz, "seed": seed, "epoch": epoch,
-                               "buffer_size": buffer_size, "num_classes": num_classes},
-        batch_size=batch_size, batch_format="pyarrow", compute=_actors(concurrency), num_cpus=cpus_per_actor,
-    )
-
-
 def build_val_dataset(paths: str | Sequence[str], *, imgsz: int = 640, batch_size: int = 16,
                       concurrency: int | tuple[int, int] = 1, cpus_per_actor: float = 1.0,
                       num_classes: int = 80, filesystem: Any = None) -> ray.data.Dataset:
@@ -105,3 +91,133 @@ def iter_collated(data: ray.data.Dataset | ray.data.DataIterator | Iterable[Any]
     for batch in data.iter_batches(batch_size=batch_size, batch_format="numpy",
                                    prefetch_batches=prefetch_batches, drop_last=drop_last):
         yield collate(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The persistent augmentation pool
+
+
+@dataclass(frozen=True)
+class TrainInput:
+    """What the driver hands every train worker: the actor pool and the epoch plan's inputs.
+
+    ``shards`` [(uri, rows)] in snapshot order; ``augment``/``epochs``/``close_mosaic`` pick each
+    epoch's preset through ``preset_for_epoch``; ``chunk_rows`` rows per actor call; ``limit``
+    keeps the first N rows of the split (0: all); ``prefetch`` chunks in flight per actor and
+    worker. Picklable (actor handles travel in ``train_loop_config``).
+    """
+
+    actors: tuple[Any, ...]
+    shards: tuple[tuple[str, int], ...]
+    augment: str
+    epochs: int
+    close_mosaic: int
+    seed: int = 0
+    chunk_rows: int = 16
+    limit: int = 0
+    shuffle: bool = True
+    prefetch: int = 2
+
+    @classmethod
+    def start(cls, shards: Sequence[tuple[str, int]], *, augment: str, epochs: int, close_mosaic: int,
+              imgsz: int, num_classes: int = 80, seed: int = 0, actors: int = 2, cpus_per_actor: float = 1.0,
+              chunk_rows: int = 16, limit: int = 0, shuffle: bool = True, prefetch: int = 2,
+              wait: bool = False) -> TrainInput:
+        """Start ``actors`` input actors (``cpus_per_actor`` logical CPUs each, any node; restarted
+        if they die, which is safe: they hold only a read cache). They boot while the caller goes
+        on (the train workers starting, say); ``wait`` blocks until they are up."""
+        get_preset(augment)
+        remote = ray.remote(num_cpus=cpus_per_actor, max_restarts=-1, max_task_retries=3)(ChunkAugmenter)
+        pool = tuple(remote.remote(imgsz=imgsz, num_classes=num_classes) for _ in range(actors))
+        if wait:
+            ray.get([a.ready.remote() for a in pool])
+        return cls(actors=pool, shards=tuple((str(u), int(n)) for u, n in shards), augment=augment, epochs=epochs,
+                   close_mosaic=close_mosaic, seed=seed, chunk_rows=chunk_rows, limit=limit, shuffle=shuffle,
+                   prefetch=prefetch)
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+    def images_per_worker(self, world: int) -> int:
+        total = min(sum(n for _, n in self.shards), self.limit or 1 << 62)
+        return total // world
+
+    def preset(self, epoch: int) -> str:
+        return preset_for_epoch(self.augment, epoch, self.epochs, self.close_mosaic)
+
+    def for_worker(self, rank: int, world: int) -> EpochStream:
+        return EpochStream(self, rank, world)
+
+
+class EpochStream:
+    """One worker's stream of epochs: chunks planned by ``epoch_chunks``, sent round-robin to the
+    actors, up to ``prefetch x actors`` in flight. Submission runs on past the end of an epoch
+    into the next one, so its first batch is already being made while this worker validates and
+    checkpoints."""
+
+    def __init__(self, spec: TrainInput, rank: int, world: int):
+        self.spec, self.rank, self.world = spec, rank, world
+        self._inflight: deque[tuple[int, Any]] = deque()  # (epoch, ObjectRef of one chunk)
+        self._plan: Iterator[tuple[int, list[tuple[str, int, int]]]] = iter(())
+        self._next_epoch = -1  # the epoch the in-flight queue starts with (-1: unknown, replan)
+        self._sent = 0
+
+    def _tasks(self, first: int) -> Iterator[tuple[int, list[tuple[str, int, int]]]]:
+        s = self.spec
+        for epoch in range(first, s.epochs):
+            chunks = epoch_chunks([n for _, n in s.shards], seed=s.seed, epoch=epoch, rank=self.rank,
+                                  world=self.world, chunk_rows=s.chunk_rows, limit=s.limit, shuffle=s.shuffle)
+            for chunk in chunks:
+                yield epoch, [(s.shards[i][0], a, b) for i, a, b in chunk]
+
+    def _top_up(self) -> None:
+        s = self.spec
+        while len(self._inflight) < s.prefetch * len(s.actors):
+            task = next(self._plan, None)
+            if task is None:
+                return
+            epoch, runs = task
+            actor = s.actors[(self._sent + self.rank) % len(s.actors)]
+            self._inflight.append((epoch, actor.chunk.remote(runs, self.spec.preset(epoch), s.seed, epoch)))
+            self._sent += 1
+
+    def epoch(self, epoch: int, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """This worker's rows of ``epoch`` in batches of ``batch_size`` (the last one shorter)."""
+        if epoch != self._next_epoch:  # first call, a resume, or an epoch abandoned midway
+            self._inflight.clear()
+            self._plan = self._tasks(epoch)
+        self._next_epoch = -1  # until this epoch has been delivered in full
+        carry: list[dict[str, np.ndarray]] = []
+        have = 0
+        while True:
+            self._top_up()
+            if not self._inflight or self._inflight[0][0] != epoch:
+                break
+            part = ray.get(self._inflight.popleft()[1])
+            carry.append(part)
+            have += len(part["image_id"])
+            while have >= batch_size:
+                batch, carry = _take(carry, batch_size)
+                have -= batch_size
+                yield batch
+        if have:
+            yield _take(carry, have)[0]
+        self._next_epoch = epoch + 1
+
+
+def _take(parts: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+    """The first ``n`` rows of the column batches ``parts`` (one new writable batch), and the rest."""
+    out, rest, need = [], [], n
+    for part in parts:
+        k = len(part["image_id"])
+        if need <= 0:
+            rest.append(part)
+        elif k <= need:
+            out.append(part)
+            need -= k
+        else:
+            out.append({c: v[:need] for c, v in part.items()})
+            rest.append({c: v[need:] for c, v in part.items()})
+            need = 0
+    return {c: np.concatenate([p[c] for p in out]) for c in out[0]}, rest

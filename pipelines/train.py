@@ -33,14 +33,13 @@ from ray.train.torch import TorchTrainer
 
 from cocoseg import storage, tracking
 from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
-from cocoseg.data.augment import preset_for_epoch
 from cocoseg.data.schema import list_shards
 from cocoseg.engine.build import batches_per_epoch, resolve_recipe
 from cocoseg.engine.optim import OptimizerChoice
 from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import UserError, get_logger, git_commit
 from pipelines import config_path
-from pipelines._data import build_train_dataset
+from pipelines._data import TrainInput
 from pipelines._train_checks import (
     check_cluster,
     lost_capacity,
@@ -71,17 +70,14 @@ class TrainResult:
         return asdict(self)
 
 
-def _datasets(cfg: JobConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
+    """Start the run's input actors (decode + augment, kept for all epochs; see pipelines._data)."""
     t, m = cfg.train, cfg.model
-    shards = {"train": list_shards(manifest, "train")}
-    common = {"imgsz": m.imgsz, "num_classes": m.num_classes, "batch_size": t.data_batch_rows,
-              "concurrency": t.data_actors, "cpus_per_actor": t.data_cpus_per_actor}
-    last = preset_for_epoch(t.augment, t.epochs - 1, t.epochs, t.close_mosaic)
-    data = {name: build_train_dataset(shards["train"], preset=preset, seed=t.seed, buffer_size=t.mosaic_buffer, **common)
-            for name, preset in (("train", t.augment), ("train_close", last))}
-    if t.max_train_images:
-        data = {k: v.limit(t.max_train_images) for k, v in data.items()}
-    return data
+    rows = [int(s["rows"]) for s in manifest["splits"]["train"]["shards"]]
+    return TrainInput.start(list(zip(list_shards(manifest, "train"), rows, strict=True)), augment=t.augment,
+                            epochs=t.epochs, close_mosaic=t.close_mosaic, imgsz=m.imgsz, num_classes=m.num_classes,
+                            seed=t.seed, actors=t.data_actors, cpus_per_actor=t.data_cpus_per_actor,
+                            chunk_rows=t.data_batch_rows, limit=t.max_train_images)
 
 
 def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
@@ -109,9 +105,10 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
                 "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size), "recipe": asdict(recipe),
                 "snapshot_id": manifest["snapshot_id"], "snapshot_uri": manifest["snapshot_uri"],
                 "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
+    inputs = _train_input(cfg, manifest)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "run": run_info, "make_logger": functools.partial(
+        train_loop_config={"job": to_dict(cfg), "run": run_info, "input": inputs, "make_logger": functools.partial(
             tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
             system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s)},
         scaling_config=ray.train.ScalingConfig(
@@ -127,7 +124,6 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
                 checkpoint_score_order="max")),
-        datasets=_datasets(cfg, manifest),
     )
     try:
         result = trainer.fit()
@@ -140,6 +136,8 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
         if lost is not None:
             raise lost from None
         raise
+    finally:
+        inputs.stop()
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     _finish_tracking(tracking_uri, mlflow_run_id, run_dir)
     out = TrainResult(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, run_dir=run_dir,

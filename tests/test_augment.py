@@ -34,7 +34,7 @@ from cocoseg.data.instances import (
     overlap_map,
 )
 from cocoseg.data.letterbox import letterbox, letterbox_params, to_original_boxes, to_original_points
-from cocoseg.data.stage import AugmentBatch
+from cocoseg.data.stage import AugmentBatch, epoch_chunks
 
 # ---------------------------------------------------------------------------------------------
 # decode
@@ -207,14 +207,60 @@ def test_hsv_keeps_shape_and_dtype() -> None:
 
 def test_same_seed_same_output_and_different_seed_differs() -> None:
     rows = make_rows(6, (200, 130), instances=2)
-    a = AugmentBatch(preset="yolov8", imgsz=128, seed=5, epoch=0, buffer_size=8)(rows)
-    b = AugmentBatch(preset="yolov8", imgsz=128, seed=5, epoch=0, buffer_size=8)(rows)
-    c = AugmentBatch(preset="yolov8", imgsz=128, seed=6, epoch=0, buffer_size=8)(rows)
-    d = AugmentBatch(preset="yolov8", imgsz=128, seed=5, epoch=1, buffer_size=8)(rows)
+    a = AugmentBatch(preset="yolov8", imgsz=128, seed=5, epoch=0)(rows)
+    b = AugmentBatch(preset="yolov8", imgsz=128, seed=5, epoch=0)(rows)
+    c = AugmentBatch(preset="yolov8", imgsz=128, seed=6, epoch=0)(rows)
+    d = AugmentBatch(preset="yolov8", imgsz=128, seed=5, epoch=1)(rows)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["masks"], b["masks"])
     assert list(a["labels"]) == list(b["labels"])
     assert not np.array_equal(a["image"], c["image"])
     assert not np.array_equal(a["image"], d["image"])
+
+
+def _by_id(batch: dict) -> dict[int, tuple[bytes, bytes, bytes]]:
+    return {int(i): (batch["image"][k].tobytes(), batch["masks"][k].tobytes(), batch["labels"][k])
+            for k, i in enumerate(batch["image_id"])}
+
+
+def test_row_output_does_not_depend_on_its_batch() -> None:
+    """Without mosaic, a row's output is a function of (seed, epoch, image id): the same in any
+    batch, at any position; another epoch differs."""
+    rows = make_rows(8, (200, 130), instances=2)
+    stage = AugmentBatch(preset="yolov8-close", imgsz=96, seed=3, epoch=4)
+    whole = _by_id(stage(rows))
+    parts = {**_by_id(stage(rows[5:] + rows[:2])), **_by_id(stage(rows[2:5][::-1]))}
+    assert parts == whole
+    other = _by_id(AugmentBatch(preset="yolov8-close", imgsz=96, seed=3, epoch=5)(rows))
+    assert all(other[i][0] != whole[i][0] for i in whole)
+
+
+def test_mosaic_partners_come_from_the_chunk_whatever_its_order() -> None:
+    """With mosaic, the output depends on the chunk's rows, not their order or what ran before
+    (the same actor having augmented other rows first changes nothing)."""
+    rows = make_rows(6, (200, 130), instances=1)
+    stage = AugmentBatch(preset="yolov8", imgsz=128, seed=1, epoch=2)
+    first = _by_id(stage(rows))
+    stage(make_rows(6, (90, 70), seed=9, instances=3))  # unrelated work in between
+    assert _by_id(stage(rows[::-1])) == first
+    assert max(np.frombuffer(v[2], np.float32).size // 5 for v in first.values()) > 1  # partners joined
+
+
+def test_epoch_chunks_cover_each_row_once_and_are_seeded() -> None:
+    shard_rows = [7, 5, 9, 3]
+    plans = {w: [epoch_chunks(shard_rows, seed=0, epoch=1, rank=r, world=w, chunk_rows=4) for r in range(w)]
+             for w in (1, 2, 3)}
+    for world, per_rank in plans.items():
+        rows = [(s, i) for chunks in per_rank for chunk in chunks for s, a, b in chunk for i in range(a, b)]
+        assert len(rows) == len(set(rows)) == (24 // world) * world  # once each; equal split drops the rest
+        assert len({sum(b - a for c in chunks for _, a, b in c) for chunks in per_rank}) == 1  # equal parts
+        assert all(sum(b - a for _, a, b in c) <= 4 for chunks in per_rank for c in chunks)
+    again = epoch_chunks(shard_rows, seed=0, epoch=1, rank=0, world=1, chunk_rows=4)
+    assert again == plans[1][0]
+    orders = {tuple(s for c in epoch_chunks(shard_rows, seed=0, epoch=e, rank=0, world=1, chunk_rows=24)
+                    for s, _, _ in c) for e in range(6)}
+    assert len(orders) > 1  # the shard order changes with the epoch
+    limited = epoch_chunks(shard_rows, seed=0, epoch=0, rank=0, world=1, chunk_rows=100, limit=10, shuffle=False)
+    assert limited == [[(0, 0, 7), (1, 0, 3)]]
 
 
 def test_close_mosaic_preset_has_no_mosaic() -> None:

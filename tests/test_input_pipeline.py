@@ -11,10 +11,9 @@ from augment_rows import make_rows, write_split
 
 from cocoseg import storage
 from cocoseg.data.collate import ValBatch, collate_val
-from cocoseg.structures import TrainBatch
 
-# Each test starts a Ray Data execution (actor start-up included): 3-18 s per test measured on
-# the shared 2-core machine (load average ~30), the first one paying Ray Data's one-off warm-up.
+# The val test starts a Ray Data execution (3-18 s measured on the shared 2-core machine at load
+# average ~30); the train test starts two small pools of input actors.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -22,21 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def split(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     rows = make_rows(24, (120, 90), instances=2)
     return write_split(rows, tmp_path_factory.mktemp("snapshot") / "train", rows_per_file=8)
-
-
-def _check_train_batches(batches: list[TrainBatch], imgsz: int, expect_ids: set[int]) -> None:
-    seen = []
-    for tb in batches:
-        b = tb.images.shape[0]
-        assert tb.images.shape == (b, 3, imgsz, imgsz) and tb.images.dtype == torch.uint8
-        t = tb.targets
-        assert t.masks.shape == (b, imgsz // 4, imgsz // 4) and t.masks.dtype == torch.int32
-        for i in range(b):  # map values index the image's rows (a tiny instance may cover no cell)
-            assert int(t.masks[i].max()) <= int((t.batch_idx == i).sum())
-        assert int((t.masks > 0).sum()) > 0
-        assert bool((t.cls >= 0).all()) and bool((t.cls < 4).all())
-        seen += tb.image_ids.tolist()
-    assert sorted(seen) == sorted(expect_ids)  # every row exactly once (mosaic keeps the current id)
 
 
 def test_val_stage_keeps_letterbox_params(ray_local, split: list[str]) -> None:
@@ -52,16 +36,46 @@ def test_val_stage_keeps_letterbox_params(ray_local, split: list[str]) -> None:
     assert all(vb.orig_hw.tolist() == [[90, 120]] * len(vb.image_ids) for vb in batches)
 
 
-def test_train_stage_streams_snapshot_from_s3(ray_local, s3_bucket: str, split: list[str]) -> None:
-    """Snapshot shards on a real S3 protocol server -> Ray Data actors -> collated TrainBatches."""
-    from pipelines._data import build_train_dataset, iter_collated
+def _epoch_ids(stream, epoch: int, batch: int) -> dict[int, tuple[bytes, bytes]]:
+    out = {}
+    for rows in stream.epoch(epoch, batch_size=batch):
+        assert len(rows["image_id"]) <= batch
+        for k, i in enumerate(rows["image_id"]):
+            assert int(i) not in out  # once per epoch
+            out[int(i)] = (rows["image"][k].tobytes(), rows["labels"][k])
+    return out
+
+
+def test_train_input_streams_epochs_from_s3(ray_local, s3_bucket: str, split: list[str]) -> None:
+    """Snapshot shards on a real S3 protocol server -> the persistent input actors -> per-rank
+    epochs: every row once per epoch across the two ranks, in equal parts; close-mosaic in the
+    last epoch (per preset_for_epoch); the same epoch reproduced by a second pool; epochs differ."""
+    from pipelines._data import TrainInput
 
     client = storage.s3_client()
     bucket = s3_bucket.removeprefix("s3://")
+    uris = []
     for path in split:
         client.upload_file(path, bucket, f"snapshots/s1/train/{Path(path).name}")
-    ds = build_train_dataset(f"{s3_bucket}/snapshots/s1/train/", preset="yolov8", imgsz=64, seed=1,
-                             batch_size=8, concurrency=1, buffer_size=16)
-    batches = list(iter_collated(ds, batch_size=6))
-    _check_train_batches(batches, 64, set(range(1, 25)))
-    assert max(int((tb.targets.batch_idx == 0).sum()) for tb in batches) > 2  # mosaic brought partners
+        uris.append(f"{s3_bucket}/snapshots/s1/train/{Path(path).name}")
+    shards = [(u, 8) for u in uris]
+    inputs = TrainInput.start(shards, augment="yolov8", epochs=3, close_mosaic=1, imgsz=64, num_classes=4,
+                              seed=7, actors=1, cpus_per_actor=0.5, chunk_rows=4)
+    try:
+        assert [inputs.preset(e) for e in range(3)] == ["yolov8", "yolov8", "yolov8-close"]
+        streams = [inputs.for_worker(r, 2) for r in range(2)]
+        epochs = [[_epoch_ids(s, e, batch=3) for s in streams] for e in range(3)]
+    finally:
+        inputs.stop()
+    for per_rank in epochs:
+        assert len(per_rank[0]) == len(per_rank[1]) == 12
+        assert sorted([*per_rank[0], *per_rank[1]]) == list(range(1, 25))
+    instances = [[len(v[1]) // 20 for r in per_rank for v in r.values()] for per_rank in epochs]
+    assert max(instances[0]) > 2 and max(instances[2]) <= 2  # mosaic brings partners; closed: one image
+    assert epochs[0][0] != epochs[1][0]
+    again = TrainInput.start(shards, augment="yolov8", epochs=3, close_mosaic=1, imgsz=64, num_classes=4,
+                             seed=7, actors=2, cpus_per_actor=0.5, chunk_rows=4)
+    try:  # a fresh pool, another actor count, epoch 1 first (as after a resume)
+        assert _epoch_ids(again.for_worker(1, 2), 1, batch=5) == epochs[1][1]
+    finally:
+        again.stop()

@@ -109,5 +109,7 @@ def test_n_model_overfits_synthetic_shapes() -> None:
     report = (f"loss {first:.2f} -> {last:.2f} ({first / last:.1f}x) in {time.perf_counter() - start:.0f} s; "
               f"mask AP50 {metrics['segm']['AP50']:.3f}, box AP50 {metrics['bbox']['AP50']:.3f}")
     print(report)
+    # Measured (docs/reproducibility.md): 206.28 -> 14.22 (14.5x), mask AP50 1.000, the same in
+    # six runs out of six (seeded, one thread); the bars sit far below.
     assert first / last >= 5.0, report
     assert metrics["segm"]["AP50"] >= 0.5, report

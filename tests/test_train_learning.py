@@ -30,13 +30,18 @@ def test_val_mask_ap50_rises_above_half(ray_local, tmp_path):
                              "train.num_workers=2", f"train.epochs={EPOCHS}", f"train.close_mosaic={EPOCHS}",
                              "train.optimizer=AdamW", "train.lr0=0.002", "train.lrf=0.5", "train.warmup_epochs=0",
                              "train.batch_size=4", "train.nominal_batch=8", "train.weight_decay=0", "train.ema_tau=50",
-                             "tracking.run_name=learn", "tracking.system_metrics=false", "train.max_failures=0"])
+                             "tracking.run_name=learn", "tracking.system_metrics=false",
+                             # a worker health check can time out on an overloaded host (seen at load
+                             # average 120): resume from the last checkpoint rather than fail
+                             "train.max_failures=2"])
     result = train.run(cfg)
     curve = [(r["step"], r["metrics"]["train/loss"], r["metrics"]["val/mask_ap50"])
              for r in tracking.read_journal(tracking.journal_uri(result.run_dir))]
     print("\nlearning curve (epoch, train loss, val mask AP50):\n" +
           "\n".join(f"  {e:2d}  {loss:8.3f}  {ap:.3f}" for e, loss, ap in curve))
+    # Measured (docs/reproducibility.md): the same curve to the last digit run after run (the
+    # input is seeded by (seed, epoch, image id)); max AP50 0.995, crossing 0.5 at epoch 8 of 14.
     assert max(ap for _, _, ap in curve) > 0.5
-    # The loss must fall clearly too (a run scoring AP by some accident would not). Measured on
-    # CI: 12.0 -> 6.2 (0.51x) over 14 epochs; DDP batch order varies, so the bar sits at 0.6x.
+    # The loss must fall clearly too (a run scoring AP by some accident would not): measured
+    # 11.89 -> 5.54 (0.47x); the bar at 0.6x leaves room for other thread counts and recipes.
     assert curve[-1][1] < 0.6 * curve[0][1]

@@ -10,8 +10,11 @@ global RNG. A :class:`~cocoseg.data.instances.Sample` carries the image and its 
   last ``close_mosaic`` epochs (:func:`preset_for_epoch`).
 - ``"val"``: letterbox only; keeps the letterbox parameters to map predictions back.
 
-Mosaic partners come from a bounded :class:`MosaicBuffer` of recently loaded images of the same
-stream, never from random access into the dataset. Images are loaded with the longer side equal
+Two forms of the chain: :func:`augment_chunk` (training input) seeds each image from (seed,
+epoch, image id) and draws its mosaic partners among the other rows of its chunk, so the output
+does not depend on timing; :func:`augment_rows` (stream form) shares one generator and draws
+partners from a bounded :class:`MosaicBuffer` of the stream's recent images. Neither uses random
+access into the dataset. Images are loaded with the longer side equal
 to the input size (spec 8.3); Pillow does the resampling (no OpenCV).
 """
 
@@ -32,8 +35,8 @@ from cocoseg.data.instances import NUM_POINTS, Sample, boxes_from_segments, inst
 from cocoseg.data.letterbox import FILL, letterbox, letterbox_params
 from cocoseg.utils import UserError
 
-__all__ = ["PRESETS", "AugmentPreset", "MosaicBuffer", "augment_hsv", "augment_rows", "colour_matrix", "flip_horizontal", "flip_vertical",
-           "get_preset", "load_letterboxed", "load_sample", "mosaic4", "preset_for_epoch", "random_affine", "warp_affine"]
+__all__ = ["PRESETS", "AugmentPreset", "MosaicBuffer", "augment_chunk", "augment_hsv", "augment_rows", "colour_matrix", "flip_horizontal", "flip_vertical",
+           "get_preset", "image_rng", "load_letterboxed", "load_sample", "mosaic4", "preset_for_epoch", "random_affine", "warp_affine"]
 
 
 @dataclass(frozen=True)
@@ -332,13 +335,28 @@ def flip_vertical(sample: Sample) -> Sample:
 # The chain
 
 
+def _finish(smp: Sample, p: AugmentPreset, out_hw: tuple[int, int], rng: np.random.Generator) -> Sample:
+    """The per-image tail of every chain: affine, HSV, flips (each only where the preset asks)."""
+    if p.affine:
+        smp = random_affine(smp, out_hw, p, rng)
+    if any(p.hsv_gains):
+        smp = replace(smp, image=augment_hsv(smp.image, p.hsv_gains, rng))
+    if p.fliplr > 0 and rng.random() < p.fliplr:
+        smp = flip_horizontal(smp)
+    if p.flipud > 0 and rng.random() < p.flipud:
+        smp = flip_vertical(smp)
+    return smp
+
+
 def augment_rows(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPreset, imgsz: int,
                  rng: np.random.Generator, buffer: MosaicBuffer | None = None, num_classes: int = 80,
                  num_points: int = NUM_POINTS) -> list[Sample]:
-    """Apply a preset's chain to each snapshot row, in order. Output images are imgsz x imgsz.
+    """Stream form: apply a preset's chain to each row, in order, with one shared ``rng``.
+    Output images are imgsz x imgsz.
 
     ``buffer`` holds the stream's recent images for mosaic (required when the preset mosaics);
-    every loaded row is added to it before its partners are drawn.
+    every loaded row is added to it before its partners are drawn, so a row's output depends on
+    what came before it. The training input uses :func:`augment_chunk`, which does not.
     """
     p = get_preset(preset)
     out_hw = (imgsz, imgsz)
@@ -355,13 +373,46 @@ def augment_rows(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPres
                                    num_points=num_points)
             if buffer is not None and p.mosaic > 0:
                 buffer.add(load_sample(row, imgsz, num_classes=num_classes, num_points=num_points))
-        if p.affine:
-            smp = random_affine(smp, out_hw, p, rng)
-        if any(p.hsv_gains):
-            smp = replace(smp, image=augment_hsv(smp.image, p.hsv_gains, rng))
-        if p.fliplr > 0 and rng.random() < p.fliplr:
-            smp = flip_horizontal(smp)
-        if p.flipud > 0 and rng.random() < p.flipud:
-            smp = flip_vertical(smp)
-        samples.append(smp)
+        samples.append(_finish(smp, p, out_hw, rng))
+    return samples
+
+
+def image_rng(seed: int, epoch: int, image_id: int) -> np.random.Generator:
+    """The generator of one image in one epoch: keyed on (seed, epoch, image id) only, never on
+    the worker, the actor, the batch or the arrival order."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & _MASK63, int(epoch) & _MASK63,
+                                                         int(image_id) & _MASK63, _AUGMENT_TAG]))
+
+
+_MASK63 = (1 << 63) - 1
+_AUGMENT_TAG = 0x617567  # "aug": keeps these streams apart from other seeded streams of a run
+
+
+def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPreset, imgsz: int,
+                  seed: int, epoch: int, num_classes: int = 80, num_points: int = NUM_POINTS) -> list[Sample]:
+    """Chunk form, reproducible: each row gets :func:`image_rng` (seed, epoch, its image id).
+
+    Mosaic partners are drawn with the row's own generator among the *other* rows of the chunk
+    (all decoded first; candidates in image-id order), so a row's output depends on (seed, epoch,
+    image id, the set of the chunk's rows) and on nothing that happened before or elsewhere. Whoever forms the chunks decides what
+    "the same chunk" means (``cocoseg.data.stage.epoch_chunks``: seeded by (seed, epoch)).
+    A one-row chunk mosaics the image with itself.
+    """
+    p = get_preset(preset)
+    out_hw = (imgsz, imgsz)
+    rngs = [image_rng(seed, epoch, int(r.get("image_id", -1))) for r in rows]
+    loaded: list[Sample | None] = [None] * len(rows)
+    if p.mosaic > 0:
+        loaded = [load_sample(r, imgsz, num_classes=num_classes, num_points=num_points) for r in rows]
+    samples = []
+    by_id = sorted(range(len(rows)), key=lambda j: int(rows[j].get("image_id", -1)))  # order-free choice
+    for i, (row, rng) in enumerate(zip(rows, rngs, strict=True)):
+        if p.mosaic > 0 and rng.random() < p.mosaic:
+            others = [j for j in by_id if j != i] or [i]
+            picks = rng.choice(len(others), size=3, replace=len(others) < 3)
+            smp = mosaic4([loaded[i], *(loaded[others[int(k)]] for k in picks)], imgsz, rng)
+        else:
+            smp = load_letterboxed(row, out_hw, scaleup=p.scaleup, num_classes=num_classes,
+                                   num_points=num_points)
+        samples.append(_finish(smp, p, out_hw, rng))
     return samples

@@ -1,8 +1,9 @@
 """Per-batch functions of the input pipeline: snapshot rows in, augmented model-ready rows out.
 
-:class:`AugmentBatch` is the callable class that ``Dataset.map_batches`` runs in a Ray Data actor
-(it holds the preset, seed, epoch and the mosaic buffer); the same object works without Ray, for
-example inside a torch ``DataLoader`` worker. This module does not import Ray.
+:class:`AugmentBatch` is the callable that the input actors (``pipelines._data``) run on one
+chunk of rows (it holds the preset, seed and epoch; no state between calls); the same object works
+without Ray, for example inside a torch ``DataLoader`` worker. :func:`epoch_chunks` plans which
+rows form which chunk on which worker in an epoch. This module does not import Ray.
 
 Output columns (one row per image; see :mod:`cocoseg.data.instances` for their meaning):
 ``image`` (B, S, S, 3) uint8 (HWC), ``masks`` (B, S/4, S/4) int32, ``labels`` (B,) of bytes (each the
@@ -13,16 +14,18 @@ cheap and type-stable in Arrow), ``image_id`` (B,) int64, ``orig_hw`` (B, 2) int
 
 from __future__ import annotations
 
-import secrets
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from cocoseg.data.augment import MosaicBuffer, augment_rows, get_preset
+from cocoseg import storage
+from cocoseg.data.augment import augment_chunk, get_preset
 from cocoseg.data.instances import NUM_POINTS, format_sample
 
-__all__ = ["INPUT_COLUMNS", "AugmentBatch", "batch_seed", "rows_from_batch", "stack_rows"]
+__all__ = ["INPUT_COLUMNS", "AugmentBatch", "ChunkAugmenter", "epoch_chunks", "rows_from_batch", "stack_rows"]
 
 INPUT_COLUMNS = ("image_id", "width", "height", "image", "annotations")
 
@@ -61,40 +64,112 @@ def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int) -> dict[str
     }
 
 
-def batch_seed(seed: int, epoch: int, rows: Sequence[Mapping[str, Any]]) -> np.random.SeedSequence:
-    """Seed of one batch: (seed, epoch, first image id, batch length).
+def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int, world: int,
+                 chunk_rows: int, limit: int = 0, shuffle: bool = True) -> list[list[tuple[int, int, int]]]:
+    """This worker's chunks of one epoch: lists of ``(shard index, first row, end row)`` runs.
 
-    Keyed on the batch's content rather than on which actor runs it, so the same rows in the same
-    epoch get the same draws however Ray schedules them (mosaic partners still depend on what the
-    actor's buffer saw before).
+    The split's rows in snapshot order (the first ``limit`` only, when > 0) are cut into one run
+    per shard; the shard order is permuted by (seed, epoch) when ``shuffle``; the concatenation
+    is split into ``world`` equal contiguous parts (the ``len % world`` last rows are dropped, as
+    an equal split must), and this ``rank``'s part into chunks of ``chunk_rows`` consecutive rows
+    (the last one shorter). Rows inside a shard keep their order; mosaic mixes them. The same
+    arguments give the same chunks, on any machine; every kept row is in exactly one chunk of
+    exactly one rank.
     """
-    first = int(rows[0].get("image_id", 0)) if rows else 0
-    return np.random.SeedSequence([seed, epoch, first & 0x7FFFFFFFFFFFFFFF, len(rows)])
+    if world < 1 or not 0 <= rank < world or chunk_rows < 1:
+        raise ValueError(f"epoch_chunks: need 0 <= rank < world and chunk_rows >= 1 (got rank={rank}, "
+                         f"world={world}, chunk_rows={chunk_rows})")
+    runs, left = [], limit if limit > 0 else sum(shard_rows)
+    for index, rows in enumerate(shard_rows):
+        take = min(int(rows), left)
+        if take > 0:
+            runs.append((index, 0, take))
+        left -= take
+    if shuffle:
+        order = np.random.default_rng(np.random.SeedSequence([seed & _MASK63, epoch & _MASK63, _PLAN_TAG]))
+        runs = [runs[int(i)] for i in order.permutation(len(runs))]
+    per = sum(b - a for _, a, b in runs) // world
+    return _cut(runs, rank * per, (rank + 1) * per, chunk_rows)
+
+
+_MASK63 = (1 << 63) - 1
+_PLAN_TAG = 0x706C616E  # "plan": the file-order stream, apart from the per-image ones
+
+
+def _cut(runs: Sequence[tuple[int, int, int]], lo: int, hi: int, size: int) -> list[list[tuple[int, int, int]]]:
+    """Rows [lo, hi) of the concatenated ``runs``, as chunks of ``size`` rows (lists of runs)."""
+    chunks: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    filled, pos = 0, 0
+    for shard, a, b in runs:
+        start, stop = max(a, a + lo - pos), min(b, a + hi - pos)
+        pos += b - a
+        while start < stop:
+            take = min(stop - start, size - filled)
+            current.append((shard, start, start + take))
+            filled, start = filled + take, start + take
+            if filled == size:
+                chunks.append(current)
+                current, filled = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class AugmentBatch:
-    """``map_batches`` callable: decode + augment + format a batch of snapshot rows.
+    """``map_batches`` / actor callable: decode + augment + format a chunk of snapshot rows.
 
     Args (keywords): ``preset`` name (:data:`cocoseg.data.augment.PRESETS`), ``imgsz`` output side
-    (multiple of 32), ``seed``, ``epoch`` (None: a fresh random stream per instance, so every epoch
-    of a long-running Ray dataset differs; an int makes batches reproducible), ``buffer_size``
-    (mosaic partners kept in memory; spec 8.3 uses min(N, 8 x batch, 1000)), ``num_classes``,
-    ``num_points`` per resampled polygon.
+    (multiple of 32), ``seed`` and ``epoch`` (with the image id they seed each image, see
+    :func:`cocoseg.data.augment.augment_chunk`; mosaic partners come from the same call's rows),
+    ``num_classes``, ``num_points`` per resampled polygon. Holds no state between calls.
     """
 
-    def __init__(self, *, preset: str, imgsz: int, seed: int = 0, epoch: int | None = None,
-                 buffer_size: int = 64, num_classes: int = 80, num_points: int = NUM_POINTS):
+    def __init__(self, *, preset: str, imgsz: int, seed: int = 0, epoch: int = 0,
+                 num_classes: int = 80, num_points: int = NUM_POINTS):
         self.preset = get_preset(preset)
         self.imgsz = int(imgsz)
         self.seed = int(seed)
-        self.epoch = int(epoch) if epoch is not None else secrets.randbits(62)
+        self.epoch = int(epoch)
         self.num_classes = num_classes
         self.num_points = num_points
-        self.buffer = MosaicBuffer(buffer_size) if self.preset.mosaic > 0 else None
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
-        rows = rows_from_batch(batch)
-        rng = np.random.default_rng(batch_seed(self.seed, self.epoch, rows))
-        samples = augment_rows(rows, preset=self.preset, imgsz=self.imgsz, rng=rng, buffer=self.buffer,
-                               num_classes=self.num_classes, num_points=self.num_points)
+        samples = augment_chunk(rows_from_batch(batch), preset=self.preset, imgsz=self.imgsz, seed=self.seed,
+                                epoch=self.epoch, num_classes=self.num_classes, num_points=self.num_points)
         return stack_rows([format_sample(s) for s in samples], self.imgsz)
+
+
+class ChunkAugmenter:
+    """One input actor's work (``pipelines._data`` runs it as a Ray actor; plain Python here): read
+    the rows of a chunk from the snapshot shards and augment them.
+
+    Keeps the last two shards read (one row group each, as ingest writes them), so consecutive
+    chunks of one shard cost one read; holds nothing else, so a restarted actor gives the same
+    output.
+    """
+
+    def __init__(self, *, imgsz: int, num_classes: int, cached_shards: int = 2):
+        self.imgsz, self.num_classes = imgsz, num_classes
+        self.cached_shards = cached_shards
+        self._tables: OrderedDict[str, Any] = OrderedDict()
+
+    def ready(self) -> bool:
+        return True
+
+    def _table(self, uri: str):
+        if uri not in self._tables:
+            fs, path = storage.filesystem(uri)
+            self._tables[uri] = pq.read_table(path, columns=list(INPUT_COLUMNS), filesystem=fs)
+            while len(self._tables) > self.cached_shards:
+                self._tables.popitem(last=False)
+        self._tables.move_to_end(uri)
+        return self._tables[uri]
+
+    def chunk(self, runs: list[tuple[str, int, int]], preset: str, seed: int, epoch: int) -> dict[str, np.ndarray]:
+        """Rows ``runs`` [(shard uri, first row, end row)] -> the stage's output columns."""
+        rows = []
+        for uri, a, b in runs:
+            rows += self._table(uri).slice(a, b - a).to_pylist()
+        stage = AugmentBatch(preset=preset, imgsz=self.imgsz, seed=seed, epoch=epoch, num_classes=self.num_classes)
+        return stage(rows)

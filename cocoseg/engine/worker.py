@@ -5,8 +5,9 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
 - rank, world size and device from ``ray.train.get_context()`` / ``ray.train.torch.get_device()``;
 - DDP through ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: TorchTrainer picks
   the backend from ``use_gpu``);
-- input from ``ray.train.get_dataset_shard``: ``train`` (mosaic preset) and ``train_close`` (the
-  preset after ``close_mosaic``) are split across workers. Validation runs on rank 0 from the
+- input from the driver's pool of input actors (``loop_config["input"]``, a
+  ``pipelines._data.TrainInput``, kept across epochs): each rank streams its equal part of every
+  epoch, in that epoch's preset (close-mosaic included). Validation runs on rank 0 from the
   val split read in-process (letterbox only, prepared once and kept; see ``build_val_batches``);
 - resume from the run's newest *complete* checkpoint (model, EMA, optimiser, scaler, epoch,
   step, RNG): Ray's ``get_checkpoint()`` names the latest *registered* one, but a checkpoint that
@@ -130,7 +131,8 @@ def _repair_weights(run_dir: str, folder: str, marker: dict[str, Any]) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train on this worker. ``loop_config``: ``job`` (resolved config dict), ``run`` (run_dir,
-    batches_per_epoch, snapshot_id, snapshot_uri, class_names, category_ids, run_id) and
+    batches_per_epoch, snapshot_id, snapshot_uri, class_names, category_ids, run_id), ``input``
+    (the driver's ``TrainInput``: ``for_worker(rank, world).epoch(e, batch_size=...)``) and
     ``make_logger``, a picklable factory of the rank-0 metric logger (``log_epoch(step,
     metrics)``, ``close()``): tracking sits beside the engine in the layering, so the driver
     injects it rather than the engine importing it."""
@@ -154,13 +156,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if state.epoch:
         log.info("rank %d resumed from the checkpoint of epoch %d", rank, state.epoch - 1)
 
-    shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "train_close")}
-    close_from = cfg.train.epochs - cfg.train.close_mosaic
+    # The driver's persistent input actors (pipelines._data.TrainInput), kept across epochs; the
+    # stream picks each epoch's preset (close-mosaic) and this rank's rows of it.
+    stream = loop_config["input"].for_worker(rank, world)
     collate = build.build_train_collate(cfg)
 
     def train_batches(epoch: int):
-        shard = shards["train_close" if epoch >= close_from else "train"]
-        for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2):
+        for rows in stream.epoch(epoch, batch_size=cfg.train.batch_size):
             yield collate(rows)
 
     validate = None

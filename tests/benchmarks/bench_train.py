@@ -1,12 +1,13 @@
 """Training benchmarks (issue 4, item 9). A plain script: ``python tests/benchmarks/bench_train.py``.
 
-(a) Input pipeline: images/s delivered by the Ray Data input stage (Parquet read -> decode ->
-    augment in Ray Data actors -> collate on the consumer) against a plain torch ``DataLoader``
-    with 2 worker processes doing the same work (the same ``AugmentBatch`` over the same Parquet
-    files, collate in the main process), in the same run, on 2 CPUs; prints the ratio
-    (target >= 0.8x). Both pipelines alternate ``--rounds`` times; the ratio is the median of the
-    per-round ratios. "total" includes start-up (actors / worker processes); "steady" counts from
-    the first batch on.
+(a) Input pipeline over ``--epochs`` epochs: images/s end to end delivered by the training input
+    (persistent input actors of ``pipelines._data.TrainInput``: Parquet read -> decode -> augment
+    in 2 Ray actors -> collate on the consumer), their start-up included, against a plain torch
+    ``DataLoader`` with 2 worker processes doing the same work (the same ``AugmentBatch`` over the
+    same Parquet files, collate in the main process), in the same run, on 2 CPUs; prints the
+    ratio (target >= 1.0x) and the seconds to the first batch of every epoch (target <= 1 s from
+    the second epoch on). The pipelines alternate ``--rounds`` times; the ratio is the median of
+    the per-round ratios. ``--persistent`` adds a DataLoader with ``persistent_workers=True``.
 (b) Training images/s with 1 and 2 workers: see ``bench_training`` (train helper).
 (c) GPU figures (n and s at 640, batch 16/32, bf16, utilisation): see ``bench_gpu`` (train helper).
 
@@ -14,8 +15,8 @@ Data: the real coco8-seg images and polygons (``$COCOSEG_SHARED/data/coco8-seg``
 under distinct image ids, written as snapshot-shaped Parquet; the Pillow-drawn rows of
 ``tests/augment_rows.py`` when that folder is absent.
 
-Usage: ``python tests/benchmarks/bench_train.py --part a [--images 256] [--imgsz 640]
-[--preset yolov8] [--map-batch 16] [--rounds 3]``
+Usage: ``python tests/benchmarks/bench_train.py --part a [--images 256] [--epochs 3] [--imgsz 640]
+[--preset yolov8] [--map-batch 16] [--rounds 3] [--persistent]``
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,113 +90,160 @@ def _identity(batch):
 
 
 class ParquetAugment(tud.IterableDataset):
-    """Each DataLoader worker reads its share of the files and augments them like a Ray actor."""
+    """Each DataLoader worker reads its share of the files and augments them, chunk by chunk, with
+    the same ``AugmentBatch`` the input actors run."""
 
     def __init__(self, paths: list[str], preset: str, imgsz: int, rows: int):
         self.paths, self.preset, self.imgsz, self.rows = paths, preset, imgsz, rows
+        self.epoch = 0
 
     def __iter__(self):
         from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
 
         info = tud.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        augment = AugmentBatch(preset=self.preset, imgsz=self.imgsz, seed=0, epoch=wid)
+        augment = AugmentBatch(preset=self.preset, imgsz=self.imgsz, seed=0, epoch=self.epoch)
         for path in self.paths[wid::nw]:
             for rb in pq.ParquetFile(path).iter_batches(batch_size=self.rows, columns=list(INPUT_COLUMNS)):
                 yield augment(pa.Table.from_batches([rb]))
 
 
-def _drain(batches, collate, start: float | None = None) -> tuple[int, float, float, float]:
-    """Consume, collating each batch; returns (images, total s, images/s after the first batch,
-    seconds to the first batch)."""
-    start = time.perf_counter() if start is None else start
+def _epoch(batches, collate, start: float) -> tuple[int, float, float]:
+    """Consume one epoch, collating each batch; returns (images, seconds, seconds to the first batch)."""
     first = None
     images = 0
     for batch in batches:
         tb = collate(batch)
         images += int(tb.images.shape[0])
         if first is None:
-            first, first_images = time.perf_counter(), images
-    end = time.perf_counter()
-    return images, end - start, (images - first_images) / max(end - first, 1e-9), first - start
+            first = time.perf_counter() - start
+    return images, time.perf_counter() - start, first
 
 
-def run_torch(paths: list[str], args) -> dict:
+def _result(startup: float, epochs: list[tuple[int, float, float]]) -> dict:
+    images = sum(e[0] for e in epochs)
+    total = startup + sum(e[1] for e in epochs)
+    return {"images": images, "startup_s": startup, "total_s": total, "total_img_s": images / total,
+            "epoch_s": [e[1] for e in epochs], "first_batch_s": [e[2] for e in epochs]}
+
+
+def run_torch(paths: list[str], args, persistent: bool = False) -> dict:
+    """A torch DataLoader, 2 worker processes (``persistent_workers`` as given), collate here."""
     from cocoseg.data.collate import collate_train
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    loader = tud.DataLoader(ParquetAugment(paths, args.preset, args.imgsz, args.map_batch), batch_size=None,
-                            num_workers=2, collate_fn=_identity, prefetch_factor=2, persistent_workers=False)
-    return _result(*_drain(loader, collate_train, start))
-
-
-def _result(images: int, total: float, steady: float, first: float) -> dict:
-    return {"images": images, "total_s": total, "total_img_s": images / total, "steady_img_s": steady,
-            "first_batch_s": first}
+    data = ParquetAugment(paths, args.preset, args.imgsz, args.map_batch)
+    loader = tud.DataLoader(data, batch_size=None, num_workers=2, collate_fn=_identity, prefetch_factor=2,
+                            persistent_workers=persistent)
+    startup = time.perf_counter() - start  # workers start when the first epoch is iterated: in its time
+    epochs = []
+    for epoch in range(args.epochs):
+        data.epoch = epoch  # seen by non-persistent workers (forked per epoch)
+        epochs.append(_epoch(loader, collate_train, time.perf_counter()))
+    return _result(startup, epochs)
 
 
 def run_ray(paths: list[str], args) -> dict:
+    """The training input: the persistent input actors (2, 1 CPU each), one stream over all epochs,
+    batches of ``--batch`` re-cut from chunks of ``--map-batch`` rows, collate here."""
     from cocoseg.data.collate import collate_train
-    from pipelines._data import build_train_dataset
+    from pipelines._data import TrainInput
 
+    rows = [pq.ParquetFile(p).metadata.num_rows for p in paths]
     start = time.perf_counter()
-    ds = build_train_dataset(paths, preset=args.preset, imgsz=args.imgsz, seed=0, batch_size=args.map_batch,
-                             concurrency=2, cpus_per_actor=1.0, shuffle=False)
-    batches = ds.iter_batches(batch_size=args.batch, batch_format="numpy", prefetch_batches=2)
-    return _result(*_drain(batches, collate_train, start))
+    inputs = TrainInput.start(list(zip(paths, rows, strict=True)), augment=args.preset, epochs=args.epochs,
+                              close_mosaic=0, imgsz=args.imgsz, seed=0, actors=2, cpus_per_actor=1.0,
+                              chunk_rows=args.map_batch)
+    startup = time.perf_counter() - start
+    try:
+        stream = inputs.for_worker(0, 1)
+        epochs = [_epoch(stream.epoch(e, batch_size=args.batch), collate_train, time.perf_counter())
+                  for e in range(args.epochs)]
+    finally:
+        inputs.stop()
+    return _result(startup, epochs)
+
+
+class _Side:
+    """A DataLoader run in a second Python process, started now; ``result()`` waits for it."""
+
+    def __init__(self, paths: list[str], args, out: Path):
+        cmd = [sys.executable, __file__, "--part", "a", "--only", "torch", "--data", str(Path(paths[0]).parent),
+               "--images", str(args.images), "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
+               "--preset", args.preset, "--map-batch", str(args.map_batch), "--batch", str(args.batch),
+               "--rounds", "1", "--json", str(out)]
+        self.out, self.proc = out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def result(self) -> dict:
+        if self.proc.wait() != 0:
+            raise RuntimeError(f"the side-by-side DataLoader run failed (exit {self.proc.returncode})")
+        return json.loads(self.out.read_text())
+
+
+_side = _Side
 
 
 def part_a(args) -> dict:
     import ray
 
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        paths, source = write_snapshot(Path(tmp) / "train", args.images)
+        if args.data:  # the files of a parent run (--side-by-side)
+            paths, source = sorted(str(p) for p in Path(args.data).glob("*.parquet")), "parent run"
+        else:
+            paths, source = write_snapshot(Path(tmp) / "train", args.images)
         # workers inherit the environment: make the repo importable in Ray's worker processes
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        # 2 physical cores; logical CPUs over-subscribed (as in tests/conftest.py) so the Parquet
-        # read tasks can run beside the two augmentation actors
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
-        # Ray Data's first execution in a fresh cluster costs ~25-30 s here (worker imports, its
-        # internal actors); a training job pays that once, not per epoch, so it is kept out of the
-        # rounds. Each round still starts its own augmentation actors, as every epoch does.
+        # 2 physical cores; logical CPUs over-subscribed (as in tests/conftest.py)
+        if args.only != "torch":
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # Ray's first actor in a fresh cluster pays worker-process start and imports; a training
+        # job pays that once per cluster, so it stays out of the rounds (each round still starts
+        # and stops its own input actors, inside its timing).
         warm = time.perf_counter()
-        ray.data.read_parquet(paths, columns=["image_id"]).count()
-        print(f"Ray Data warm-up (first execution in the cluster): {time.perf_counter() - warm:.1f} s", flush=True)
-        results = {"ray": [], "torch": []}
+        if args.only != "torch":
+            ray.get(ray.remote(lambda: None).remote())
+            print(f"Ray warm-up (first task in the cluster): {time.perf_counter() - warm:.1f} s", flush=True)
+        pipes = {"ray": run_ray, "torch": run_torch}
+        if args.persistent:
+            pipes["torch_persistent"] = lambda p, a: run_torch(p, a, persistent=True)
+        if args.only:
+            pipes = {args.only: pipes[args.only]}
+        results = {name: [] for name in pipes}
         try:
             for r in range(args.rounds):
-                for name, fn in (("ray", run_ray), ("torch", run_torch)):
-                    res = fn(paths, args)
-                    results[name].append(res)
-                    print(f"round {r} {name:5s}: {res['images']} images, total {res['total_img_s']:.1f} img/s, "
-                          f"steady {res['steady_img_s']:.1f} img/s, first batch after {res['first_batch_s']:.1f} s",
-                          flush=True)
+                if args.side_by_side:  # the DataLoader in a second process, at the same time
+                    results["torch"].append(_side(paths, args, Path(tmp) / f"torch-{r}.json"))
+                for name, fn in pipes.items():
+                    if args.side_by_side and name == "torch":
+                        res = results["torch"][-1] = results["torch"][-1].result()
+                    else:
+                        res = fn(paths, args)
+                        results[name].append(res)
+                    print(f"round {r} {name:16s}: {res['images']} images in {args.epochs} epochs, "
+                          f"{res['total_img_s']:.1f} img/s end to end (start-up {res['startup_s']:.2f} s); first batch "
+                          f"per epoch {', '.join(f'{x:.2f}' for x in res['first_batch_s'])} s", flush=True)
         finally:
-            ray.shutdown()
-    med = {name: {k: statistics.median(x[k] for x in rs) for k in ("total_img_s", "steady_img_s", "first_batch_s")}
-           for name, rs in results.items()}
-    summary = {
-        "data": source, "images": args.images, "imgsz": args.imgsz, "preset": args.preset,
-        "map_batch": args.map_batch, "batch": args.batch, "rounds": args.rounds,
-        "load_avg_1m": os.getloadavg()[0], "median": med,
-        # ratios are taken per round (the two pipelines ran back to back under the same load), then
-        # the median; "total" is the honest one, "steady" credits Ray with work done before its
-        # first batch arrived
-        "ratio_total": statistics.median(r["total_img_s"] / t["total_img_s"]
-                                         for r, t in zip(results["ray"], results["torch"], strict=True)),
-        "ratio_steady": statistics.median(r["steady_img_s"] / t["steady_img_s"]
-                                          for r, t in zip(results["ray"], results["torch"], strict=True)),
-        "rounds_detail": results,
-    }
-    print(f"(a) input pipeline, {args.images} images at {args.imgsz}, preset {args.preset}: "
-          f"Ray Data {med['ray']['total_img_s']:.1f} img/s vs DataLoader(2 workers) "
-          f"{med['torch']['total_img_s']:.1f} img/s end to end -> ratio {summary['ratio_total']:.2f}x "
-          f"(target >= 0.8x; after the first batch {summary['ratio_steady']:.2f}x; first batch after "
-          f"{med['ray']['first_batch_s']:.1f} s vs {med['torch']['first_batch_s']:.1f} s)")
+            if ray.is_initialized():
+                ray.shutdown()
+    if args.only:
+        Path(args.json).write_text(json.dumps(results[args.only][0]))
+        return {}
+    ratio = {name: statistics.median(r["total_img_s"] / t["total_img_s"]
+                                     for r, t in zip(results["ray"], results[name], strict=True))
+             for name in pipes if name != "ray"}
+    summary = {"data": source, "images_per_epoch": args.images, "epochs": args.epochs, "imgsz": args.imgsz,
+               "preset": args.preset, "map_batch": args.map_batch, "batch": args.batch, "rounds": args.rounds,
+               "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+               # per round (the pipelines ran back to back under the same load), then the median
+               "ratio_end_to_end": ratio, "rounds_detail": results}
+    later = [x for r in results["ray"] for x in r["first_batch_s"][1:]]
+    print(f"(a) input pipeline, {args.images} images/epoch x {args.epochs} epochs at {args.imgsz}, preset "
+          f"{args.preset}: persistent input actors vs DataLoader(2 workers) end to end -> "
+          + ", ".join(f"{v:.2f}x vs {k}" for k, v in ratio.items())
+          + f" (target >= 1.0x); first batch of epochs 2..{args.epochs}: max {max(later, default=float('nan')):.2f} s "
+          f"(target <= 1 s); load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     return summary
 
 
@@ -213,14 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="rows per collated training batch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="", help="also write the summary here")
-    parser.add_argument("--epochs", type=int, default=2, help="(b) epochs per training run")
+    parser.add_argument("--epochs", type=int, default=3, help="(a) epochs per pipeline run; (b) per training run")
+    parser.add_argument("--persistent", action="store_true", help="(a) also a DataLoader with persistent_workers")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="(a) run the DataLoader in a second process at the same time as the Ray input (pairs "
+                             "the two under the same load when the host's load swings)")
+    parser.add_argument("--only", default="", help=argparse.SUPPRESS)  # internal: one pipeline, one round
+    parser.add_argument("--data", default="", help=argparse.SUPPRESS)  # internal: reuse these Parquet files
     parser.add_argument("--train-imgsz", type=int, default=160, help="(b) input size of the training runs")
     parser.add_argument("--steps", type=int, default=20, help="(c) timed GPU steps per configuration")
     args = parser.parse_args(argv)
     out = {}
     for part in args.part.split(","):
         out[part] = PARTS[part](args)
-    if args.json:
+    if args.json and not args.only:  # (--only wrote its own result there)
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
