@@ -120,12 +120,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             fitness = result.metrics.get("val/mask_ap50_95", -1.0)
             ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint)
 
+    batches = _with_progress(train_batches, run["batches_per_epoch"], cfg.train.epochs) if rank == 0 else train_batches
     try:
-        fit(parts, epochs=cfg.train.epochs, state=state, train_batches=train_batches, validate=validate,
+        fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
             on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every)
     finally:
         if logger is not None:
             logger.close()
+
+
+def _with_progress(train_batches, total: int, epochs: int):
+    """Rank 0's batches of an epoch behind a progress bar. ``tqdm_ray`` draws it on the driver
+    (a plain tqdm in a worker would be garbled by Ray's log forwarding)."""
+    from ray.experimental import tqdm_ray
+
+    def batches(epoch: int):
+        bar = tqdm_ray.tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")
+        try:
+            for batch in train_batches(epoch):
+                yield batch
+                bar.update(1)
+        finally:
+            bar.close()
+
+    return batches
 
 
 def _save_and_publish(cfg: JobConfig, run: dict[str, Any], parts, result: EpochResult, tmp: Path):
@@ -140,6 +158,7 @@ def _save_and_publish(cfg: JobConfig, run: dict[str, Any], parts, result: EpochR
     publish(folder, storage.join(weights, "last"))
     if result.is_best:
         publish(folder, storage.join(weights, "best"))
-    if result.preview is not None:
-        storage.write_bytes(storage.join(run["run_dir"], "plots", "val_predictions.png"), result.preview)
+    if result.preview is not None:  # the latest, and one per validated epoch (its evolution in MLflow)
+        for name in ("val_predictions.png", f"val_predictions_epoch{result.epoch:03d}.png"):
+            storage.write_bytes(storage.join(run["run_dir"], "plots", name), result.preview)
     return ray.train.Checkpoint.from_directory(str(folder))
