@@ -158,3 +158,54 @@ def test_down_at_the_end_is_journaled_and_sync_completes_it(tiny_snapshot, serve
     out = cli("sync-mlflow", result.run_dir)
     assert "FINISHED" in out.stdout, out.stdout
     _assert_complete(server.uri, record["run_id"], epochs=2)
+
+
+def _fake_manifest(tmp_path) -> dict:
+    return {"snapshot_id": "0123456789abcdef", "snapshot_uri": str(tmp_path / "snapshots" / "0123456789abcdef"),
+            "schema_version": 1, "class_names": ["circle", "square"],
+            "splits": {"train": {"images": 30, "annotations": 70, "shards": 1},
+                       "val": {"images": 10, "annotations": 20, "shards": 1}}}
+
+
+def test_run_record_carries_a_run_through_an_outage_without_ray(server, tmp_path):
+    """The lifecycle alone (no training): opened while the server is down (offline_ok), epochs
+    journaled by the rank-0 logger, the end journaled, then completed once the server is up."""
+    run_dir = str(tmp_path / "runs" / "r")
+    storage.write_json(storage.join(run_dir, "config.json"), {"tracking": {"tracking_uri": server.uri}})
+    for name in ("best", "last"):
+        storage.write_json(storage.join(run_dir, "weights", name, "model_card.json"), {"variant": "n"})
+        storage.write_bytes(storage.join(run_dir, "weights", name, "model.safetensors"), b"weights")
+    storage.write_bytes(storage.join(run_dir, "plots", "val_predictions_epoch001.png"), b"\x89PNG fake")
+    with pytest.raises(tracking.TrackingUnavailable, match="is not reachable"):
+        tracking.open_run(run_dir, tracking_uri=server.uri, experiment="t-record", run_name="r",
+                          params={"model": {"variant": "n"}}, tags={"snapshot_id": "0123456789abcdef"})
+    run_id = tracking.open_run(run_dir, tracking_uri=server.uri, experiment="t-record", run_name="r",
+                               params={"model": {"variant": "n"}}, tags={"snapshot_id": "0123456789abcdef"},
+                               inputs=tracking.dataset_inputs(_fake_manifest(tmp_path)), offline_ok=True)
+    assert run_id == ""
+    logger = tracking.RunLogger(tracking_uri=server.uri, run_id="", journal=tracking.journal_uri(run_dir),
+                                system_metrics=False)
+    for epoch in range(2):
+        logger.log_epoch(epoch, {"val/mask_ap50": 0.1 * (epoch + 1), "val/mask_ap50_95/circle": 0.2,
+                                 "val/mask_ap50_95/square": 0.3, "val/box_ap50_95/circle": 0.4})
+    assert not logger.close()
+    assert tracking.end_run(run_dir, "FINISHED") is None  # still down: journaled, one warning
+
+    server.start()
+    done = tracking.complete_run(run_dir)
+    assert done.finished and done.sent == 2 and done.run_id
+    client = mlflow.MlflowClient(server.uri)
+    run = client.get_run(done.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"model.variant": "n"}
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {"0123456789abcdef"}
+    plots = {a.path for a in client.list_artifacts(done.run_id, "plots")}
+    assert {"plots/per_class_ap_epoch000.csv", "plots/per_class_ap_epoch001.png",
+            "plots/val_predictions_epoch001.png"} <= plots
+    assert run.data.metrics["val/mask_ap50_95/square"] == pytest.approx(0.3)
+    model = client.get_logged_model(run.data.tags[tracking.ui.MODEL_ID_TAG])
+    assert model.source_run_id == done.run_id and "READY" in str(model.status)
+    assert {m.key for m in model.metrics or []} >= {"val/mask_ap50"}
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    again = tracking.complete_run(run_dir)
+    assert again.sent == 0 and again.present == 2 and again.artifacts == ()

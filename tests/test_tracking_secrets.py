@@ -10,20 +10,15 @@ LoggedModel and the registry version made from it); ``test_mlflow_ui.py`` looks 
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, free_port, stop, wait_http
+from _tracking_support import ADMIN, auth_server_fixture, secret_demo_fixture  # noqa: F401 (registers the fixtures)
 
 from cocoseg import tracking
 from cocoseg.utils import REDACTED, redact, secret_values
 
 mlflow = pytest.importorskip("mlflow")
-
-ADMIN = "admin"
 
 
 def test_redact_uri_credentials_env_secrets_and_nested_values(monkeypatch):
@@ -54,53 +49,6 @@ def test_credentials_leave_the_uri_for_mlflows_variables(monkeypatch):
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr3t-pw"
     assert tracking.auth_env() == {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cr3t-pw"}
-
-
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
-    """``mlflow server --app-name basic-auth`` whose admin password is a fresh random string."""
-    root = tmp_path_factory.mktemp("mlflow-auth-secret")
-    password = "pw-" + secrets.token_hex(12)
-    ini = root / "basic_auth.ini"
-    ini.write_text("[mlflow]\ndefault_permission = READ\n"
-                   f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
-                   f"admin_username = {ADMIN}\nadmin_password = {password}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    port = free_port()
-    env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    exe = BIN / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--app-name", "basic-auth",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", 180, proc, log)
-        yield {"uri": uri, "password": password, "root": root, "ini": ini}
-    finally:
-        stop(proc)
-
-
-DEMO_OVERRIDES = ["train.epochs=1", "train.close_mosaic=1", "model.imgsz=64", "export.imgsz=64",
-                  "train.cpus_per_worker=0.5", "train.data_actors=1", "train.data_cpus_per_actor=0.5",
-                  "train.threads_per_worker=1", "tracking.system_metrics=false", "tracking.experiment=secret-demo"]
-
-
-@pytest.fixture(scope="module")
-def secret_demo(auth_server, tmp_path_factory):
-    """``python -m pipelines.demo`` (its own local Ray) with the password in MLFLOW_TRACKING_URI."""
-    root = tmp_path_factory.mktemp("secret-demo")
-    host = auth_server["uri"].split("://", 1)[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "RAY_ADDRESS"))}
-    env.update(MLFLOW_TRACKING_URI=f"http://{ADMIN}:{auth_server['password']}@{host}",
-               PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--root", str(root / "root"), "--images", "24",
-                           *DEMO_OVERRIDES], capture_output=True, text=True, env=env, cwd=root, timeout=1500)
-    assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return {"demo_root": root / "root", "stdout": proc.stdout, "stderr": proc.stderr, "server": auth_server}
 
 
 def _files_holding(folder: Path, needle: bytes) -> list[str]:

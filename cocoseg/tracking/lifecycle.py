@@ -58,13 +58,13 @@ def open_run(run_dir: str, *, tracking_uri: str, experiment: str, run_name: str,
     :class:`~cocoseg.tracking.journal.TrackingUnavailable` (one line, the URI and the fix).
     """
     record = read_run_record(run_dir)
-    if not record:
+    if not record.get("run_id"):  # new, or never created in MLflow: this call's description wins
+        legacy = jr.read_journal(jr.journal_uri(run_dir))  # a run folder from before the record existed
         record = {"tracking_uri": tracking_uri, "experiment": experiment, "run_name": run_name,
                   "params": jr.flatten_params(params), "tags": dict(tags), "parent_run_id": parent_run_id,
-                  "artifact_location": artifact_location, "inputs": list(inputs), "run_id": "",
-                  "status": "", "completed": False, "model_id": ""}
-        legacy = jr.read_journal(jr.journal_uri(run_dir))  # a run folder from before the record existed
-        record["run_id"] = legacy[-1]["run_id"] if legacy else ""
+                  "artifact_location": artifact_location, "inputs": list(inputs),
+                  "run_id": next((r["run_id"] for r in reversed(legacy) if r["run_id"]), ""),
+                  "status": "", "completed": False, "model_id": record.get("model_id", "")}
         _write_record(run_dir, record)
     if record["run_id"]:
         return record["run_id"]
@@ -111,10 +111,11 @@ def end_run(run_dir: str, status: str) -> Completion | None:
     try:
         return complete_run(run_dir)
     except Exception as exc:
+        reason = "not reachable" if isinstance(exc, jr.TrackingUnavailable) else \
+            redact((str(exc).splitlines() or [type(exc).__name__])[0])[:200]
         log.warning("MLflow at %s did not take the end of the run (%s); everything is journaled in %s; "
                     "when the server answers run: cocoseg sync-mlflow %s", redact(record["tracking_uri"]),
-                    redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200],
-                    storage.join(run_dir, "tracking"), run_dir)
+                    reason, storage.join(run_dir, "tracking"), run_dir)
         return None
 
 
@@ -142,7 +143,7 @@ def complete_run(run_dir: str, tracking_uri: str = "") -> Completion:
         record["tracking_uri"] = tracking_uri
     uri = record["tracking_uri"]
     jr.fast_fail()
-    jr.preflight(uri, hint="then run cocoseg sync-mlflow again")
+    jr.preflight(uri, hint=f"then run cocoseg sync-mlflow {run_dir} again")
     run_id = record["run_id"] or _create(run_dir, record)
     client = jr._client(uri)
     if not record.get("model_id"):  # the run was created before the LoggedModel (a crash between)
