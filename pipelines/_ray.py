@@ -70,6 +70,7 @@ def start_ray(**kwargs: Any) -> None:
         return
     loud = verbose()
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "1" if loud else "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if loud else "false")
     kwargs = {"logging_level": logging.INFO if loud else logging.WARNING, "log_to_driver": True, **kwargs}
     for attempt in (1, 2):
         try:

@@ -110,7 +110,7 @@ def next_steps(uri: str, name: str, weights: str, source: str, root: str, *, ui_
         "predict": f"{bin_dir}/cocoseg predict {weights} {images[0] if images else source} "
                    f"--out {os.path.join(root, 'predictions')}",
         "load champion": f"{store} {bin_dir}/python -c \"import mlflow; "
-                         f"print(mlflow.pyfunc.load_model('{model}').metadata.model_id)\"",
+                         f"print('loaded', mlflow.pyfunc.load_model('{model}').metadata.model_uuid)\"",
         "serve champion": f"PATH={bin_dir}:$PATH {store} mlflow models serve -m {model} --env-manager local "
                           f"--host 127.0.0.1 --port {serve_port}",
     }

@@ -85,7 +85,7 @@ def test_demo_is_short_ends_with_a_champion_and_its_hints_work(tmp_path):
     loaded = subprocess.run(["bash", "-c", hints["load champion"]], cwd=elsewhere, env=_clean_env(),
                             capture_output=True, text=True, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    assert loaded.stdout.strip().startswith("m-")  # the LoggedModel id of the serving package
+    assert loaded.stdout.strip().startswith("loaded ") and len(loaded.stdout.split()[1]) == 32  # model uuid
     assert list(elsewhere.iterdir()) == [], "the hint left files behind (a stray mlflow.db?)"
 
     predicted = subprocess.run(["bash", "-c", hints["predict"]], cwd=elsewhere, env=_clean_env(),

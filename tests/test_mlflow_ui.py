@@ -58,8 +58,8 @@ def test_the_ui_is_fed_a_model_training_run(fed):
     assert model.source_run_id == run.info.run_id and str(model.status) in ("READY", "LoggedModelStatus.READY")
     assert any(m.key == "val/mask_ap50_95" for m in model.metrics or [])  # metrics linked to the model
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
-    # run -> logged model -> version, and back
-    assert version.model_id == model_id and version.run_id == run.info.run_id
+    # the version names the training run's LoggedModel (its files are the serving package)
+    assert version.tags["trained_model_id"] == model_id and version.tags["train_run_id"] == run.info.run_id
     assert "champion" in version.aliases
     assert not any(k.startswith(("export.", "registry.")) for k in run.data.params)
 

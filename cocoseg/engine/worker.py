@@ -19,6 +19,7 @@ a record of where each attempt ran, which the multi-node and fault-tolerance tes
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -37,7 +38,7 @@ from cocoseg.data.schema import snapshot_to_coco
 from cocoseg.engine import build
 from cocoseg.engine.checkpoint import load_train_state, publish, restore_training, save_checkpoint
 from cocoseg.engine.loop import EpochResult, LoopState, fit
-from cocoseg.utils import get_logger
+from cocoseg.utils import get_logger, verbose
 
 __all__ = ["FITNESS_KEY", "train_loop_per_worker"]
 
@@ -76,6 +77,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     injects it rather than the engine importing it."""
     cfg: JobConfig = from_dict(JobConfig, loop_config["job"])
     run = loop_config["run"]
+    if not verbose():  # Ray Train's "Reporting training result N: TrainingReport(...)" per epoch
+        logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

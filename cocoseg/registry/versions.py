@@ -220,13 +220,13 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             created = _ensure_registered_model(client, name)
             aliases = {} if created else _aliases(client, name)
-            # The version points at the training run and at its LoggedModel (the trained weights),
-            # so the UI links run -> logged model -> version both ways; its files are the serving
-            # package just logged (source), which is what `models:/name@alias` loads.
-            train_run, trained_model = _trained_model(client, tags.get("train_run_id", ""))
-            mv = client.create_model_version(name, source=info.model_uri, run_id=train_run or run.info.run_id,
-                                             tags={**tags, "serving_model_id": model_id},
-                                             model_id=trained_model or model_id)
+            # The version's files are the serving package just logged (MLflow requires model_id
+            # to be the LoggedModel holding the source); the training run's own LoggedModel (the
+            # trained weights) is named in a tag, so the version page leads back to it.
+            _, trained_model = _trained_model(client, tags.get("train_run_id", ""))
+            mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
+                                             tags={**tags, **({"trained_model_id": trained_model} if trained_model else {})},
+                                             model_id=model_id)
             version = str(mv.version)
             decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot)
     except (MlflowException, RegistryError, OSError) as exc:
