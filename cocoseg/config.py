@@ -178,6 +178,9 @@ class TrackingConfig:
     parent_run_id: str = ""  # nest the training run under this run (pipelines set it)
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
+    # MLflow down when a run starts: false = fail at once with one line; true = train on the
+    # journal (tracking/) and create the MLflow run at the end or with `cocoseg sync-mlflow RUN_DIR`
+    offline_ok: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from cocoseg.config import JobConfig
 from cocoseg.data.schema import SnapshotError, latest_snapshot, read_manifest
 from cocoseg.utils import UserError
 
-__all__ = ["TrainInputError", "check_cluster", "lost_capacity", "ray_init_kwargs", "resolve_snapshot", "scaling_workers"]
+__all__ = ["TrainInputError", "check_cluster", "ensure_ray", "lost_capacity", "ray_init_kwargs", "resolve_snapshot",
+           "scaling_workers"]
 
 
 class TrainInputError(UserError):
@@ -68,17 +69,17 @@ def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
     """
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        return {"address": address, "log_to_driver": True}
+        return {"address": address}
     need = cfg.train.num_workers * cfg.train.cpus_per_worker + _data_cpus(cfg)
     return {"address": "local", "num_cpus": max(os.cpu_count() or 1, math.ceil(need)), "include_dashboard": False}
 
 
 def ensure_ray(cfg: JobConfig) -> None:
-    """Start Ray (per :func:`ray_init_kwargs`) unless this process is already connected."""
-    import ray
+    """Start Ray (per :func:`ray_init_kwargs`) unless this process is already connected; the
+    start-up is retried once, then reported in one line (``pipelines._ray.start_ray``)."""
+    from pipelines._ray import start_ray
 
-    if not ray.is_initialized():
-        ray.init(**ray_init_kwargs(cfg))
+    start_ray(**ray_init_kwargs(cfg))
 
 
 def scaling_workers(cfg: JobConfig) -> int | tuple[int, int]:

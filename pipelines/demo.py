@@ -14,13 +14,15 @@ run). A rerun re-uses the unchanged snapshot (the ingest is a no-op) and trains 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from cocoseg.config import ConfigError, load_config, with_overrides
-from cocoseg.utils import UserError
+from cocoseg.utils import UserError, redact, set_verbose
 from pipelines._train_checks import ensure_ray
 
 # A small run that visibly learns on a laptop in a few minutes: the synthetic shapes at 96 px, no
@@ -45,11 +47,14 @@ DEMO_DEFAULTS = [
 ]
 
 
-def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
-    """Run every stage; returns what each produced (snapshot, MLflow run, weights, export, version)."""
+def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port: int = 5000,
+        serve_port: int = 5001) -> dict:
+    """Run every stage; returns what each produced (snapshot, MLflow run, weights, export, version)
+    and ``hints``, the commands to run next (printed at the end)."""
     from cocoseg.data.synthetic import write_synthetic_coco
     from pipelines import export, ingest, register, train
 
+    started = time.monotonic()
     root = str(Path(root).resolve())
     source = os.path.join(root, "source")
     if not os.path.exists(os.path.join(source, "annotations")):
@@ -82,13 +87,33 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120) -> dict:
         "gate": f"{reg.decision.decision}: {reg.decision.reason}",
     }
     summary["champion"] = f"{reg.name} v{champion_version(trained.tracking_uri, reg.name)}"
-    uri = trained.tracking_uri
-    ui = (f"  {uri}   (an MLflow server: open it in a browser)" if uri.startswith(("http://", "https://"))
-          else f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   (then http://127.0.0.1:5000)")
-    print("\n".join(["", "demo finished:", *[f"  {k:18s} {v}" for k, v in summary.items()],
-                     "", "open the MLflow UI with:", ui,
-                     f"and load the champion with mlflow.pyfunc.load_model('models:/{reg.name}@champion')"]))
+    summary["hints"] = next_steps(trained.tracking_uri, reg.name, trained.best_weights, source, root,
+                                  ui_port=ui_port, serve_port=serve_port)
+    print(redact("\n".join(["", f"demo finished in {time.monotonic() - started:.0f} s:",
+                             *[f"  {k:18s} {v}" for k, v in summary.items() if k != "hints"],
+                             "", "next:", *[f"  {k:15s} {v}" for k, v in summary["hints"].items()]])), flush=True)
     return summary
+
+
+def next_steps(uri: str, name: str, weights: str, source: str, root: str, *, ui_port: int = 5000,
+               serve_port: int = 5001) -> dict[str, str]:
+    """Commands to run next, each complete as printed (absolute paths, the store named)."""
+    bin_dir = os.path.dirname(sys.executable)  # the venv's bin (not resolved: it is a symlink)
+    images = sorted(glob.glob(os.path.join(source, "val", "*.jpg")))
+    store = f"MLFLOW_TRACKING_URI={uri}"
+    model = f"models:/{name}@champion"
+    ui = (f"open {uri} in a browser" if uri.startswith(("http://", "https://")) else
+          f"{bin_dir}/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {ui_port}"
+          f"   # then open http://127.0.0.1:{ui_port}")
+    return {
+        "MLflow UI": ui,
+        "predict": f"{bin_dir}/cocoseg predict {weights} {images[0] if images else source} "
+                   f"--out {os.path.join(root, 'predictions')}",
+        "load champion": f"{store} {bin_dir}/python -c \"import mlflow; "
+                         f"print('loaded', mlflow.pyfunc.load_model('{model}').metadata.model_uuid)\"",
+        "serve champion": f"PATH={bin_dir}:$PATH {store} mlflow models serve -m {model} --env-manager local "
+                          f"--host 127.0.0.1 --port {serve_port}",
+    }
 
 
 def champion_version(tracking_uri: str, name: str) -> str:
@@ -105,10 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=".cocoseg", help="local folder used as object storage")
     parser.add_argument("--images", type=int, default=120, help="synthetic images to generate")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and pycocotools' own output too")
+    parser.add_argument("--ui-port", type=int, default=5000, help="port in the printed `mlflow ui` hint")
+    parser.add_argument("--serve-port", type=int, default=5001, help="port in the printed serving hint")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides (train.epochs=2 ...)")
     args = parser.parse_args(argv)
+    set_verbose(args.verbose)
     try:
-        run(args.root, args.overrides, args.images)
+        run(args.root, args.overrides, args.images, ui_port=args.ui_port, serve_port=args.serve_port)
     except (ConfigError, UserError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from typing import Any
 from cocoseg import bundle, storage
 from cocoseg.config import JobConfig, load_config, to_dict
 from cocoseg.export import export_bundle
-from cocoseg.utils import UserError, get_logger
+from cocoseg.utils import UserError, get_logger, redact
 from pipelines import config_path
 
 __all__ = ["main", "run"]
@@ -65,7 +65,7 @@ def run(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None,
         local_out = Path(tmp) / "export" if storage.is_s3(out) else Path(out)
         manifest = export_bundle(model, weights_file=weights_file, card=card.to_dict(), out_dir=local_out,
                                  cfg=cfg.export, num_classes=card.num_classes, metrics=metrics,
-                                 resolved_config=to_dict(cfg), timing_cache_dir=cache,
+                                 resolved_config=redact(to_dict(cfg)), timing_cache_dir=cache,
                                  train_run_id=train_run_id)
         if storage.is_s3(out):
             storage.delete(storage.join(out, bundle.MANIFEST))

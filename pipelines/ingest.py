@@ -50,8 +50,9 @@ def _write_shards(specs: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobC
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    from pipelines._ray import start_ray
+
+    start_ray(address=os.environ.get("RAY_ADDRESS"))
     ic = cfg.ingest
     kwargs = {"snapshot": writer.uri, "id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
               "decode_check": ic.decode_check}

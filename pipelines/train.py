@@ -19,6 +19,7 @@ key) is refused before any worker starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -37,16 +38,20 @@ from cocoseg.data.schema import list_shards
 from cocoseg.engine.build import batches_per_epoch, resolve_recipe
 from cocoseg.engine.optim import OptimizerChoice
 from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
-from cocoseg.utils import UserError, get_logger, git_commit
+from cocoseg.utils import UserError, get_logger, git_commit, redact, set_verbose
 from pipelines import config_path
 from pipelines._data import TrainInput
+from pipelines._ray import quiet_ray_data, train_logging_config
 from pipelines._train_checks import (
     check_cluster,
+    ensure_ray,
     lost_capacity,
-    ray_init_kwargs,
     resolve_snapshot,
     scaling_workers,
 )
+
+# The MLflow params of a training run: the sections this job reads (not export.* / registry.*).
+PARAM_SECTIONS = ("model", "train", "storage", "tracking")
 
 __all__ = ["TrainResult", "main", "run"]
 
@@ -84,8 +89,13 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
     """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics."""
     started = time.perf_counter()
     manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
-    if not ray.is_initialized():
-        ray.init(**ray_init_kwargs(cfg))
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
+    if cfg.tracking.tracking_uri:  # without credentials from here on (they are in MLflow's variables)
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    if not cfg.tracking.offline_ok:
+        tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
+    ensure_ray(cfg)
+    quiet_ray_data()
     check_cluster(cfg)
     t = cfg.train
     run_name = cfg.tracking.run_name or f"{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -93,9 +103,8 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
     if not storage.is_s3(runs_root):
         runs_root = os.path.abspath(runs_root)
     run_dir = storage.join(runs_root, run_name)
-    storage.write_json(storage.join(run_dir, "config.json"), to_dict(cfg))
+    storage.write_json(storage.join(run_dir, "config.json"), redact(to_dict(cfg)))
     _drop_torn_ray_snapshot(run_dir)
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     n_train = min(manifest["splits"]["train"]["images"], t.max_train_images or 1 << 62)
     recipe = resolve_recipe(cfg, world_size=t.num_workers, train_images=n_train)
     log.info("%s", recipe.describe(t.optimizer))
@@ -110,12 +119,14 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
         train_loop_per_worker,
         train_loop_config={"job": to_dict(cfg), "run": run_info, "input": inputs, "make_logger": functools.partial(
             tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
-            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s)},
+            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
+            credentials=tracking.auth_env(), epochs=t.epochs,
+            model_id=tracking.read_run_record(run_dir).get("model_id", ""))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling_workers(cfg), use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=runs_root,
+            name=run_name, storage_path=runs_root, logging_config=train_logging_config(),
             # A group that cannot start (a node lost, a fixed group too big for what is left) is a
             # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures,
@@ -125,13 +136,12 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
                 num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
                 checkpoint_score_order="max")),
     )
+    journal = tracking.journal_uri(run_dir)
     try:
-        result = trainer.fit()
+        with tracking.EpochPrinter(lambda: tracking.read_journal(journal), t.epochs):
+            result = trainer.fit()
     except Exception:
-        try:
-            tracking.finish_run(tracking_uri, mlflow_run_id, "FAILED")
-        except Exception as exc:  # MLflow down too: keep the training error, not this one
-            log.warning("could not mark MLflow run %s FAILED (%s)", mlflow_run_id, exc)
+        tracking.end_run(run_dir, "FAILED")  # journaled; never hides the training error
         lost = lost_capacity(cfg)
         if lost is not None:
             raise lost from None
@@ -139,7 +149,8 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
     finally:
         inputs.stop()
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    _finish_tracking(tracking_uri, mlflow_run_id, run_dir)
+    completion = tracking.end_run(run_dir, "FINISHED")
+    mlflow_run_id = completion.run_id if completion else mlflow_run_id
     out = TrainResult(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, run_dir=run_dir,
                       best_weights=storage.join(run_dir, "weights", "best"),
                       last_weights=storage.join(run_dir, "weights", "last"), metrics=metrics,
@@ -167,10 +178,8 @@ def _drop_torn_ray_snapshot(run_dir: str) -> None:
 
 def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str,
                 recipe: OptimizerChoice | None = None) -> str:
-    """Reuse the MLflow run of an earlier attempt of this run (a resume), else create it."""
-    journal = tracking.read_journal(tracking.journal_uri(run_dir))
-    if journal:
-        return journal[-1]["run_id"]
+    """Reuse the MLflow run of an earlier attempt of this run (a resume), else create it ("" when
+    MLflow is down and ``tracking.offline_ok``: it is created when the run ends or is synced)."""
     ctx = ray.get_runtime_context()
     tags = {"snapshot_id": manifest["snapshot_id"], "git_commit": git_commit(), "variant": cfg.model.variant,
             "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or ctx.get_job_id(), "run_dir": run_dir}
@@ -178,32 +187,28 @@ def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest:
     if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, not in the current directory
         root = cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root)
         artifacts = storage.join(root, "mlartifacts")
-    return tracking.create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
-                               params={**to_dict(cfg), "recipe": asdict(recipe) if recipe else {}}, tags=tags, parent_run_id=parent, artifact_location=artifacts)
-
-
-def _finish_tracking(uri: str, run_id: str, run_dir: str) -> None:
-    try:
-        tracking.sync_journal(tracking.journal_uri(run_dir), uri)
-        tracking.log_run_artifacts(uri, run_id, run_dir)
-        tracking.finish_run(uri, run_id)
-    except Exception as exc:  # training succeeded; tracking can be completed later
-        log.warning("MLflow at %s did not take the run's artifacts (%s); run: cocoseg sync-mlflow %s",
-                    uri, exc, run_dir)
+    params = {k: v for k, v in to_dict(cfg).items() if k in PARAM_SECTIONS}
+    if recipe is not None:
+        params["recipe"] = asdict(recipe)
+    return tracking.open_run(run_dir, tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
+                             params=params, tags=tags, parent_run_id=parent, artifact_location=artifacts,
+                             inputs=tracking.dataset_inputs(manifest), offline_ok=cfg.tracking.offline_ok)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=None, help="job config YAML")
     parser.add_argument("--parent-run-id", default="", help="nest the MLflow run under this run")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and pycocotools' own output too")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
+    set_verbose(args.verbose)
     try:
         result = run(load_config(config_path(args.config), args.overrides), parent_run_id=args.parent_run_id)
     except (ConfigError, UserError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
-    print(f"MLflow run {result.mlflow_run_id} at {result.tracking_uri}; best weights {result.best_weights}")
+    print(redact(f"MLflow run {result.mlflow_run_id} at {result.tracking_uri}; best weights {result.best_weights}"))
     return 0
 
 

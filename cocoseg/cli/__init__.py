@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from cocoseg import __version__
 from cocoseg.config import ConfigError
 from cocoseg.storage import StorageError
-from cocoseg.utils import UserError
+from cocoseg.utils import UserError, redact, set_verbose
 
 from . import data as _data
 from . import deploy as _deploy
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train YOLOv8-seg models on COCO-Seg: ingest, train, evaluate, export, register.",
     )
     parser.add_argument("--version", action="version", version=f"cocoseg {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and pycocotools' own output too (or COCOSEG_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for area in _AREAS:
         area.register(sub)
@@ -40,13 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    set_verbose(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except (ConfigError, UserError, StorageError, FileNotFoundError) as exc:
-        print(f"cocoseg {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"cocoseg {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cocoseg {args.command}: interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ device) into the run folder: one record per worker per attempt, never overwritte
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import socket
@@ -61,7 +62,7 @@ from cocoseg.engine.checkpoint import (
 )
 from cocoseg.engine.loop import EpochResult, LoopState, fit
 from cocoseg.engine.optim import OptimizerChoice
-from cocoseg.utils import get_logger
+from cocoseg.utils import get_logger, verbose
 
 __all__ = ["FITNESS_KEY", "train_loop_per_worker"]
 
@@ -138,6 +139,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     injects it rather than the engine importing it."""
     cfg: JobConfig = from_dict(JobConfig, loop_config["job"])
     run = loop_config["run"]
+    if not verbose():  # Ray Train's "Reporting training result N: TrainingReport(...)" per epoch
+        logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -187,12 +190,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if checkpoint is not None:
                 _publish(run, Path(checkpoint.path), result)
 
+    batches = _with_progress(train_batches, run["batches_per_epoch"], cfg.train.epochs) if rank == 0 else train_batches
     try:
-        fit(parts, epochs=cfg.train.epochs, state=state, train_batches=train_batches, validate=validate,
+        fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
             on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every)
     finally:
         if logger is not None:
             logger.close()
+
+
+def _with_progress(train_batches, total: int, epochs: int):
+    """Rank 0's batches of an epoch behind a progress bar. ``tqdm_ray`` draws it on the driver
+    (a plain tqdm in a worker would be garbled by Ray's log forwarding)."""
+    from ray.experimental import tqdm_ray
+
+    def batches(epoch: int):
+        bar = tqdm_ray.tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")
+        try:
+            for batch in train_batches(epoch):
+                yield batch
+                bar.update(1)
+        finally:
+            bar.close()
+
+    return batches
 
 
 def _save(cfg: JobConfig, run: dict[str, Any], parts, result: EpochResult, tmp: Path):
@@ -221,5 +242,6 @@ def _publish(run: dict[str, Any], folder: Path, result: EpochResult) -> None:
     publish(folder, storage.join(weights, "last"))
     if result.is_best:
         publish(folder, storage.join(weights, "best"))
-    if result.preview is not None:
-        storage.write_bytes(storage.join(run["run_dir"], "plots", "val_predictions.png"), result.preview)
+    if result.preview is not None:  # the latest, and one per validated epoch (its evolution in MLflow)
+        for name in ("val_predictions.png", f"val_predictions_epoch{result.epoch:03d}.png"):
+            storage.write_bytes(storage.join(run["run_dir"], "plots", name), result.preview)

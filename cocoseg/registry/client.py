@@ -14,7 +14,6 @@ import base64
 import os
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from cocoseg.utils import UserError
 
@@ -26,13 +25,11 @@ class RegistryError(UserError):
 
 
 def resolve_tracking_uri(tracking_uri: str = "", storage_root: str = "./.cocoseg") -> str:
-    """The URI to use: the config's, else ``$MLFLOW_TRACKING_URI``, else SQLite under the root."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri:
-        return uri
-    root = Path(storage_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    """The URI to use: the config's, else ``$MLFLOW_TRACKING_URI``, else SQLite under the root;
+    credentials in it move to MLflow's variables (the same rule as training's)."""
+    from cocoseg import tracking
+
+    return tracking.resolve_tracking_uri(tracking_uri, storage_root)
 
 
 def _auth_header() -> dict[str, str]:

@@ -175,6 +175,19 @@ def _undo(client: Any, name: str, version: str | None, created: bool, model_id: 
             log.error("cleanup after a failed registration of %s failed too: %s", name, exc)
 
 
+def _trained_model(client: Any, train_run_id: str) -> tuple[str, str]:
+    """(training run id, its LoggedModel id) when that run is on this server and has one, else ("", "")."""
+    from cocoseg.tracking.ui import MODEL_ID_TAG
+
+    if not train_run_id:
+        return "", ""
+    try:
+        model_id = client.get_run(train_run_id).data.tags.get(MODEL_ID_TAG, "")
+    except Exception:  # another server's run, or deleted: the version keeps the register run only
+        return "", ""
+    return (train_run_id, model_id) if model_id else ("", "")
+
+
 def _aliases(client: Any, name: str) -> dict[str, str]:
     found = {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER)}
     return {alias: str(v.version) for alias, v in found.items() if v is not None}
@@ -207,8 +220,13 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             created = _ensure_registered_model(client, name)
             aliases = {} if created else _aliases(client, name)
+            # The version's files are the serving package just logged (MLflow requires model_id
+            # to be the LoggedModel holding the source); the training run's own LoggedModel (the
+            # trained weights) is named in a tag, so the version page leads back to it.
+            _, trained_model = _trained_model(client, tags.get("train_run_id", ""))
             mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
-                                             tags=tags, model_id=model_id)
+                                             tags={**tags, **({"trained_model_id": trained_model} if trained_model else {})},
+                                             model_id=model_id)
             version = str(mv.version)
             decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot)
     except (MlflowException, RegistryError, OSError) as exc:

@@ -1,11 +1,10 @@
-"""MLflow tracking for training runs: one run per training, metrics from rank 0, an outage journal.
+"""The metric journal and the rank-0 logger; tracking URIs, their credentials, the server check.
 
 Who does what:
 
-- The *driver* (``pipelines/train.py``) calls :func:`create_run` before any worker starts (so a
-  restarted worker group logs into the same run), nested under a parent run when a pipeline
-  launches it, with the resolved config as params and the snapshot / commit / Ray job / variant
-  tags; after training it calls :func:`log_run_artifacts` and :func:`finish_run`.
+- The *driver* (``pipelines/train.py``) opens the run before any worker starts (so a restarted
+  worker group logs into the same run) through ``lifecycle.open_run``, and ends it through
+  ``lifecycle.end_run``; both are journaled in the run record (``lifecycle.py``).
 - Rank 0 of the train workers holds a :class:`RunLogger`: per-epoch metrics, system metrics.
 
 Every epoch's metrics are first appended to a JSONL *journal* beside the checkpoints
@@ -17,7 +16,8 @@ logging an epoch but before its checkpoint was registered, and the epoch was tra
 not logged a second time, so every epoch's metrics land exactly once.
 
 The tracking URI comes from the config, else ``MLFLOW_TRACKING_URI``, else a SQLite file under
-the storage root (or ``./.cocoseg`` when the root is on S3).
+the storage root (or ``./.cocoseg`` when the root is on S3). Credentials in it move to MLflow's
+``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` variables; every URI passed on is clean.
 """
 
 from __future__ import annotations
@@ -25,24 +25,33 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cocoseg import storage
-from cocoseg.utils import get_logger
+from cocoseg.utils import UserError, get_logger, redact
 
 __all__ = [
+    "AUTH_ENV",
     "JOURNAL_NAME",
     "RunLogger",
+    "TrackingUnavailable",
+    "adopt_credentials",
+    "auth_env",
     "create_run",
+    "fast_fail",
     "finish_run",
     "flatten_params",
     "journal_uri",
-    "log_run_artifacts",
-    "plot_curves",
+    "log_params",
+    "preflight",
     "read_journal",
     "resolve_tracking_uri",
+    "split_credentials",
     "sync_journal",
 ]
 
@@ -57,16 +66,115 @@ _FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_B
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
+# MLflow's own variables for credentials: the client adds them to every request, so a URI never
+# has to carry them.
+AUTH_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+class TrackingUnavailable(UserError):
+    """The MLflow server cannot be used (down, or our login is refused)."""
+
+
+def split_credentials(uri: str) -> tuple[str, str, str]:
+    """``http://user:pw@host:5000/x`` -> (``http://host:5000/x``, user, pw); no credentials: (uri, "", "")."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme.startswith("http") or parts.password is None and parts.username is None:
+        return uri, "", ""
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    clean = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return clean, urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
+
+
+def adopt_credentials(uri: str) -> str:
+    """The URI without credentials; credentials it carried go to ``MLFLOW_TRACKING_USERNAME`` /
+    ``_PASSWORD`` of this process, where the MLflow client (and :func:`preflight`) read them.
+
+    So a password given in ``tracking.tracking_uri`` works, and it never reaches a param, a tag,
+    a journal, a config file or a printed link: only the clean URI is passed on.
+    """
+    clean, user, password = split_credentials(uri)
+    if user or password:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return clean
+
+
+def auth_env() -> dict[str, str]:
+    """The MLflow credential variables set in this process (handed to the train workers)."""
+    return {k: os.environ[k] for k in AUTH_ENV if os.environ.get(k)}
+
+
+def fast_fail() -> None:
+    """A dead server must cost seconds, not minutes (mlflow's default is 7 retries with
+    exponential backoff and a 120 s timeout); applies unless the user set these variables."""
+    for key, value in _FAST_FAIL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def resolve_tracking_uri(configured: str, storage_root: str) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``."""
-    if configured:
-        return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
+
+    Credentials in the URI are moved into MLflow's variables (:func:`adopt_credentials`); the
+    returned URI has none.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return adopt_credentials(uri)
     root = "./.cocoseg" if storage.is_s3(storage_root) else storage_root
     path = Path(root).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def _http_status(url: str, headers: dict[str, str], timeout: float) -> int:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (configured URI)
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _auth_header() -> dict[str, str]:
+    import base64
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None and password is not None:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+OFFLINE_HINT = "or set tracking.offline_ok=true to train on the journal and send it later (cocoseg sync-mlflow RUN_DIR)"
+
+
+def preflight(uri: str, timeout: float = 5.0, hint: str = OFFLINE_HINT) -> None:
+    """Raise :class:`TrackingUnavailable` (one line naming ``uri`` and the fix) when the MLflow
+    server at ``uri`` is down or refuses our login; a few seconds at most. Non-HTTP URIs
+    (``sqlite:///``, a folder) pass: there is no server to ask."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    base = uri.rstrip("/")
+    try:
+        status = _http_status(f"{base}/health", {}, timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} is not reachable ({reason}); start it "
+                                  f"(mlflow server --host ... --port ...) or fix tracking.tracking_uri / "
+                                  f"MLFLOW_TRACKING_URI, {hint}") from None
+    if status >= 500:
+        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} answers /health with HTTP {status}; "
+                                  f"check its log, {hint}")
+    status = _http_status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", _auth_header(), timeout)
+    if status == 401:
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        detail = f"the credentials of user {who!r} were refused" if who else "no credentials were given"
+        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} requires authentication and {detail} "
+                                  "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if status == 403:
+        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} refused access for user "
+                                  f"{os.environ.get('MLFLOW_TRACKING_USERNAME')!r} (HTTP 403)")
 
 
 def journal_uri(run_dir: str) -> str:
@@ -82,7 +190,7 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
             out.update(flatten_params(value, f"{name}."))
         else:
             out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return out
+    return redact(out)
 
 
 def _client(tracking_uri: str):
@@ -95,22 +203,31 @@ def create_run(*, tracking_uri: str, experiment: str, run_name: str, params: Map
                tags: Mapping[str, str], parent_run_id: str = "", artifact_location: str = "") -> str:
     """Create the training run (nested under ``parent_run_id`` if given); returns its id.
 
+    The experiment is created as a model-training experiment (its ``mlflow.experimentKind``).
     ``artifact_location`` applies when the experiment is new (the embedded SQLite store would
     otherwise put artifacts in ``./mlruns`` of whatever the current directory is).
     """
-    from mlflow.entities import Param
+    from .ui import set_experiment_kind
 
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location or None)
-    all_tags = {k: str(v) for k, v in tags.items()}
+    set_experiment_kind(client, exp_id)
+    all_tags = redact({k: str(v) for k, v in tags.items()})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, run_name=run_name or None, tags=all_tags)
-    items = [Param(k, v[:6000]) for k, v in flatten_params(params).items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    log_params(client, run.info.run_id, flatten_params(params))
     return run.info.run_id
+
+
+def log_params(client, run_id: str, flat: Mapping[str, str]) -> None:
+    """Log flattened params (redacted again: this is an edge) in batches of 100, MLflow's limit."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in redact(dict(flat)).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
@@ -128,11 +245,14 @@ def _logged_steps(client, run_id: str) -> set[int]:
     return {int(m.step) for m in client.get_metric_history(run_id, STEP_KEY)}
 
 
-def _send(client, run_id: str, record: Mapping[str, Any]) -> None:
+def _send(client, run_id: str, record: Mapping[str, Any], model_id: str = "") -> None:
     from mlflow.entities import Metric
 
+    from .ui import metric_key
+
     ts = int(record["timestamp"] * 1000)
-    metrics = [Metric(k, float(v), ts, int(record["step"])) for k, v in record["metrics"].items()]
+    metrics = [Metric(metric_key(k), float(v), ts, int(record["step"]), model_id=model_id or None)
+               for k, v in record["metrics"].items()]
     client.log_batch(run_id, metrics=metrics)  # one request: the step lands whole or not at all
 
 
@@ -144,10 +264,15 @@ class RunLogger:
     """
 
     def __init__(self, *, tracking_uri: str, run_id: str, journal: str, system_metrics: bool = True,
-                 system_metrics_interval: float = 10.0):
-        for key, value in _FAST_FAIL_ENV.items():
-            os.environ.setdefault(key, value)
-        self.tracking_uri = tracking_uri
+                 system_metrics_interval: float = 10.0, credentials: Mapping[str, str] | None = None,
+                 epochs: int = 0, model_id: str = ""):
+        """``run_id`` empty: MLflow was down when the run started (``tracking.offline_ok``); the
+        epochs are only journaled and the driver (or ``cocoseg sync-mlflow``) sends them.
+        ``credentials``: MLflow's auth variables from the driver (a worker of an existing
+        cluster does not inherit the driver's environment)."""
+        fast_fail()
+        os.environ.update(credentials or {})
+        self.tracking_uri = redact(tracking_uri)
         self.run_id = run_id
         self.journal = journal
         self.records = read_journal(journal)  # a restarted worker continues the same journal
@@ -157,7 +282,9 @@ class RunLogger:
         self._warned = False
         self._monitor = None
         self._monitor_interval = system_metrics_interval
-        if system_metrics:
+        self.epochs = epochs
+        self.model_id = model_id  # the run's LoggedModel: metrics are logged against it
+        if system_metrics and run_id:
             self._start_monitor(system_metrics_interval)
 
     def _start_monitor(self, interval: float) -> None:
@@ -183,6 +310,9 @@ class RunLogger:
         """Send the pending records; returns True when nothing is left unsent."""
         if not self._pending:
             return True
+        if not self.run_id:
+            self.offline = True
+            return False
         try:
             client = _client(self.tracking_uri)
             if self._known_steps is None:
@@ -190,7 +320,7 @@ class RunLogger:
             while self._pending:
                 record = self._pending[0]
                 if record["step"] not in self._known_steps:
-                    _send(client, self.run_id, record)
+                    _send(client, self.run_id, record, self.model_id)
                     self._known_steps.add(record["step"])
                 self._pending.pop(0)
         except Exception as exc:  # any transport or server error: keep training, keep the record
@@ -225,16 +355,21 @@ class RunLogger:
         return self.flush()
 
 
-def sync_journal(journal: str, tracking_uri: str = "") -> tuple[int, int]:
+def sync_journal(journal: str, tracking_uri: str = "", run_id: str = "", model_id: str = "") -> tuple[int, int]:
     """Replay a journal into MLflow; returns (steps sent, steps already there).
 
-    ``tracking_uri`` overrides the one recorded in the journal (e.g. the server moved).
+    ``tracking_uri`` overrides the one recorded in the journal (e.g. the server moved);
+    ``run_id`` fills records journaled before the MLflow run existed (an offline start);
+    ``model_id``: the run's LoggedModel, which the metrics are logged against.
     """
     records = read_journal(journal)
     sent = present = 0
     by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        by_run.setdefault((tracking_uri or r["tracking_uri"], r["run_id"]), []).append(r)
+        rid = r["run_id"] or run_id
+        if not rid:
+            continue
+        by_run.setdefault((tracking_uri or r["tracking_uri"], rid), []).append(r)
     for (uri, run_id), items in by_run.items():
         client = _client(uri)
         known = _logged_steps(client, run_id)
@@ -242,66 +377,7 @@ def sync_journal(journal: str, tracking_uri: str = "") -> tuple[int, int]:
             if r["step"] in known:
                 present += 1
                 continue
-            _send(client, run_id, r)
+            _send(client, run_id, r, model_id)
             known.add(r["step"])
             sent += 1
     return sent, present
-
-
-def plot_curves(records: Iterable[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Training curves from journal records: ``losses.png``, ``metrics.png`` (AP), ``lr.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = sorted(records, key=lambda r: r["step"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    panels = {"losses.png": lambda k: k.startswith(("train/loss", "val/loss")),
-              "metrics.png": lambda k: k.startswith("val/") and "ap" in k,
-              "lr.png": lambda k: k.startswith("lr/")}
-    written = []
-    for name, wanted in panels.items():
-        keys = sorted({k for r in records for k in r["metrics"] if wanted(k)})
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            pts = [(r["step"], r["metrics"][key]) for r in records if key in r["metrics"]]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=80)
-        plt.close(fig)
-        written.append(out_dir / name)
-    return written
-
-
-def log_run_artifacts(tracking_uri: str, run_id: str, run_dir: str) -> list[str]:
-    """Upload the run's artifacts from its storage folder: config, model card, curves, weights.
-
-    ``run_dir`` holds ``config.json``, ``plots/*.png`` and ``weights/{best,last}/``; curves are
-    drawn from the journal here. Returns the artifact paths logged.
-    """
-    import tempfile
-
-    client = _client(tracking_uri)
-    logged = []
-    with tempfile.TemporaryDirectory(prefix="cocoseg-artifacts-") as tmp:
-        for path in plot_curves(read_journal(journal_uri(run_dir)), Path(tmp) / "plots"):
-            client.log_artifact(run_id, str(path), artifact_path="plots")
-            logged.append(f"plots/{path.name}")
-        for entry in storage.list_files(run_dir):
-            rel = storage.filesystem(entry.uri)[1][len(storage.filesystem(run_dir)[1]):].lstrip("/")
-            if not rel.startswith(("weights/", "plots/", "config.json")):
-                continue
-            local = Path(tmp) / "files" / rel
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(storage.read_bytes(entry.uri))
-            folder = str(Path(rel).parent) if "/" in rel else None
-            client.log_artifact(run_id, str(local), artifact_path=folder)
-            logged.append(rel)
-    return logged

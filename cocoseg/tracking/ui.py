@@ -1,0 +1,163 @@
+"""What the MLflow UI shows for a training run: experiment kind, dataset inputs, the LoggedModel,
+per-class AP tables and charts (MLflow 3.17 APIs).
+
+- The experiment carries ``mlflow.experimentKind = custom_model_development``, the tag the UI
+  reads to choose its model-training view over the GenAI one.
+- The snapshot's train and val splits are the run's dataset inputs (``log_inputs``): name,
+  digest = snapshot id, source URI, counts and schema version in the profile.
+- The trained weights are a LoggedModel whose source run is the training run: created (PENDING)
+  with the run, every epoch's metrics logged against its ``model_id``, ``weights/best`` uploaded
+  and READY at the end, linked as the run's output; registry versions point at it
+  (``cocoseg.registry``).
+- Per-class AP: the validator's ``val/{box,mask}_{ap50_95,ap50}/<class>`` metrics of each
+  validated epoch become ``plots/per_class_ap_epochNNN.csv`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cocoseg import storage
+from cocoseg.utils import get_logger
+
+__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "MODEL_ID_TAG", "PER_CLASS_KINDS", "create_trained_model",
+           "dataset_inputs", "finish_trained_model", "log_dataset_inputs", "metric_key", "per_class_artifacts",
+           "per_class_table", "set_experiment_kind"]
+
+log = get_logger(__name__)
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MODEL_ID_TAG = "cocoseg.model_id"  # run tag: the LoggedModel of the trained weights
+PER_CLASS_KINDS = ("box_ap50_95", "box_ap50", "mask_ap50_95", "mask_ap50")
+_PER_CLASS = re.compile(r"^val/(?P<kind>box_ap50_95|box_ap50|mask_ap50_95|mask_ap50)/(?P<cls>.+)$")
+
+
+def set_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Mark the experiment as model training unless someone chose a kind already."""
+    exp = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def dataset_inputs(manifest: Mapping[str, Any], splits: Sequence[str] = ("train", "val")) -> list[dict[str, Any]]:
+    """Dataset-input descriptors (JSON-able, kept in the run record) of a snapshot's splits."""
+    uri = manifest["snapshot_uri"]
+    out = []
+    for split in splits:
+        info = manifest["splits"][split]
+        profile = {"images": info.get("images"), "instances": info.get("annotations"), "shards": info.get("shards"),
+                   "schema_version": manifest.get("schema_version"), "classes": len(manifest.get("class_names", []))}
+        out.append({"name": f"cocoseg-{split}", "digest": manifest["snapshot_id"][:36],
+                    "source_type": "s3" if storage.is_s3(uri) else "local",
+                    "source": json.dumps({"uri": storage.join(uri, split)}),
+                    "schema": json.dumps({"cocoseg_schema_version": manifest.get("schema_version"),
+                                          "class_names": list(manifest.get("class_names", []))}),
+                    "profile": json.dumps(profile), "context": split})
+    return out
+
+
+def log_dataset_inputs(client: Any, run_id: str, inputs: Iterable[Mapping[str, Any]]) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    items = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                  source=d["source"], schema=d["schema"], profile=d["profile"]),
+                          tags=[InputTag("mlflow.data.context", d["context"])]) for d in inputs]
+    if items:
+        client.log_inputs(run_id, datasets=items)
+
+
+def create_trained_model(client: Any, run_id: str, record: Mapping[str, Any]) -> str:
+    """A PENDING LoggedModel for the weights this run will train (its source run is ``run_id``);
+    every epoch's metrics are logged against its ``model_id``, so the model page shows them."""
+    params = record.get("params", {})
+    variant = params.get("model.variant", "")
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        experiment_id=run.info.experiment_id, name=f"yolov8{variant}-seg", source_run_id=run_id,
+        tags={"snapshot_id": str(record.get("tags", {}).get("snapshot_id", "")), "format": "cocoseg-checkpoint"},
+        params={k.split(".", 1)[1]: str(v) for k, v in params.items() if k in ("model.variant", "model.num_classes",
+                                                                              "model.imgsz")},
+        model_type="yolov8-seg")
+    client.set_tag(run_id, MODEL_ID_TAG, model.model_id)
+    return model.model_id
+
+
+def finish_trained_model(client: Any, run_id: str, run_dir: str, model_id: str, step: int) -> None:
+    """Upload ``weights/best`` into the LoggedModel, mark it READY (FAILED when the run left no
+    weights) and link it as the run's output."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    best = storage.join(run_dir, "weights", "best")
+    if not storage.exists(storage.join(best, "model_card.json")):
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+        return
+    with tempfile.TemporaryDirectory(prefix="cocoseg-model-") as tmp:
+        client.log_model_artifacts(model_id, str(storage.download_dir(best, Path(tmp) / "best")))
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+
+
+def metric_key(key: str) -> str:
+    """MLflow keys allow letters, digits, ``_ - . /`` and spaces; class names may hold others."""
+    return re.sub(r"[^\w\-./ ]", "_", key)
+
+
+def per_class_table(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{class: {box_ap50_95, box_ap50, mask_ap50_95, mask_ap50}}`` from ``val/<kind>/<class>`` keys."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        m = _PER_CLASS.match(key)
+        if m:
+            table.setdefault(m["cls"], {})[m["kind"]] = float(value)
+    return dict(sorted(table.items()))
+
+
+def per_class_artifacts(records: Iterable[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """Per validated epoch: ``per_class_ap_epochNNN.csv`` (one row per class) and ``.png`` (bars
+    of box and mask AP50-95 and AP50 per class). Epochs without per-class metrics write nothing."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for r in sorted(records, key=lambda r: r["step"]):
+        table = per_class_table(r["metrics"])
+        if not table:
+            continue
+        stem = out_dir / f"per_class_ap_epoch{int(r['step']):03d}"
+        with open(f"{stem}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["class", *PER_CLASS_KINDS])
+            for name, row in table.items():
+                writer.writerow([name, *(f"{row[k]:.4f}" if k in row else "" for k in PER_CLASS_KINDS)])
+        written += [Path(f"{stem}.csv"), _bar_chart(table, Path(f"{stem}.png"), int(r["step"]))]
+    return written
+
+
+def _bar_chart(table: Mapping[str, Mapping[str, float]], path: Path, epoch: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(table)
+    x = np.arange(len(names))
+    width = 0.2
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) + 2), 4))
+    for i, kind in enumerate(PER_CLASS_KINDS):
+        ax.bar(x + (i - 1.5) * width, [table[n].get(kind, 0.0) for n in names], width, label=kind)
+    ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AP")
+    ax.set_title(f"per-class AP, epoch {epoch}")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,88 @@
+"""The one way every job (and ``make demo``) starts or joins Ray, and how quiet Ray is.
+
+:func:`start_ray` retries a start-up that timed out once (a loaded host sometimes misses Ray's
+start-up deadline), then reports one line saying what to check; it never shows Ray's traceback.
+
+Quiet by default (``--verbose`` or ``COCOSEG_VERBOSE=1`` turns each of these back on):
+
+- Ray's driver log level is WARNING (no "Started a local Ray instance" banner);
+- Ray Train's own console logs (``Reporting training result N: TrainingReport(...)`` per epoch)
+  are off: :func:`train_logging_config` is ``LoggingConfig(log_level="WARNING")``;
+- Train V2's print patch, which shows every worker ``print`` twice, is off
+  (``RAY_TRAIN_ENABLE_PRINT_PATCH=0`` in the environment a local Ray inherits);
+- Ray Data's execution plans (``DataContext.print_on_execution_start``) and its progress bars
+  (``enable_progress_bars``) are off; the training progress bar is our own (``tqdm_ray``);
+- worker output still reaches the driver (``log_to_driver``): warnings and the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from cocoseg.utils import UserError, get_logger, verbose
+
+__all__ = ["RayStartError", "quiet_ray_data", "start_ray", "train_logging_config"]
+
+log = get_logger("pipelines.ray")
+
+
+class RayStartError(UserError):
+    """Ray could not be started or joined."""
+
+
+def quiet_ray_data() -> None:
+    """Ray Data settings of this process (datasets carry them to where they execute)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.print_on_execution_start = verbose()
+    ctx.enable_progress_bars = verbose()
+
+
+def train_logging_config():
+    """``RunConfig(logging_config=...)`` for Ray Train: its per-report INFO lines only when verbose."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
+
+
+def _what_to_check(kwargs: dict[str, Any]) -> str:
+    address = kwargs.get("address") or os.environ.get("RAY_ADDRESS") or ""
+    if address and address != "local":
+        return (f"check that the cluster at {address} is up (`ray status --address {address}`) and reachable "
+                "from here, or unset RAY_ADDRESS to start a private local Ray")
+    return ("check free memory and disk under /tmp/ray (`df -h /tmp`), the load (`uptime`), and another Ray "
+            "of yours on this host (`ray status`; stop only your own); then rerun")
+
+
+def start_ray(**kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` with the quiet settings, unless this process is already connected.
+
+    A start-up that fails is retried once (after ``ray.shutdown()``); a second failure raises
+    :class:`RayStartError` with one line: the reason and what to check.
+    """
+    import ray
+
+    quiet_ray_data()
+    if ray.is_initialized():
+        return
+    loud = verbose()
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "1" if loud else "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if loud else "false")
+    kwargs = {"logging_level": logging.INFO if loud else logging.WARNING, "log_to_driver": True, **kwargs}
+    for attempt in (1, 2):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises plain Exception / ConnectionError / TimeoutError here
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            try:
+                ray.shutdown()
+            except Exception:  # nothing was started; shutdown of nothing may fail too
+                pass
+            if attempt == 1:
+                log.warning("Ray did not start (%s); retrying once", reason)
+                continue
+            raise RayStartError(f"Ray did not start after 2 tries ({reason}); {_what_to_check(kwargs)}") from None
