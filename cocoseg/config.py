@@ -141,6 +141,7 @@ class TrainConfig:
     checkpoints_to_keep: int = 2  # full Ray checkpoints kept: the best N by val mask AP50-95, plus the latest
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
+    preview_images: int = 8  # val images in the per-epoch preview (ground truth | prediction); 0: none
     data_actors: int = 2  # Ray Data actors decoding + augmenting per dataset (CPU, any node)
     data_cpus_per_actor: float = 1.0
     data_batch_rows: int = 16  # rows per map_batches call

@@ -196,14 +196,13 @@ def test_serving_decode_agrees_with_the_torch_postprocess():
     size, (h0, w0) = 64, (48, 80)
     image = np.random.default_rng(0).integers(0, 255, (h0, w0, 3), dtype=np.uint8)
     x, scale, pad = serving.letterbox(image, size)
-    ref_scale, ref_pad = letterbox_params((h0, w0), (size, size))
-    assert ref_scale == pytest.approx(scale) and tuple(ref_pad) == pad
+    lb = letterbox_params((h0, w0), (size, size))
+    assert lb.gain == pytest.approx(scale) and lb.pad == pad
     with torch.no_grad():
         pred, proto = TinySeg().eval()(torch.from_numpy(x)[None])
     ours = serving.postprocess(pred[0].numpy(), proto[0].numpy(), num_classes=3, size=size, scale=scale, pad=pad,
                                shape=(h0, w0), conf=0.3, iou=0.7, max_det=10, masks=True)
-    (ref,) = torch_postprocess(pred, proto, input_hw=(size, size), orig_hw=[(h0, w0)], conf=0.3, iou=0.7,
-                               max_det=10, multi_label=False)
+    (ref,) = torch_postprocess(pred, proto, letterboxes=[lb], conf=0.3, iou=0.7, max_det=10, multi_label=False)
     assert len(ours["scores"]) == len(ref) > 0
     assert ours["classes"] == ref.classes.tolist()
     np.testing.assert_allclose(ours["scores"], ref.scores.numpy(), atol=1e-4)
