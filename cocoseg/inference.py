@@ -38,8 +38,9 @@ from cocoseg.model.postprocess import encode_rle, masks_to_rle, postprocess
 from cocoseg.structures import Detections, LetterboxParams, letterbox_params
 from cocoseg.utils import UserError
 
-__all__ = ["EVAL_CODE_VERSION", "LETTERBOX_RULE", "ImageReadError", "Predictor", "Protocol", "decode_image",
-           "detections_record", "encode_rle", "masks_to_rle", "resolve_weights"]
+__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "DetectBatch", "ImageReadError", "Predictor",
+           "Protocol", "decode_image", "detections_from_row", "detections_record", "encode_rle", "masks_to_rle",
+           "read_image", "resolve_weights"]
 
 LETTERBOX_RULE = "square imgsz; gain min(S/h, S/w), upscaling; bilinear; pad 114 split round(d/2 -/+ 0.1)"
 # Bump when post-processing or scoring changes numbers: AP measured under another value is not comparable.
@@ -207,3 +208,53 @@ def read_image(uri: str) -> np.ndarray:
     except (FileNotFoundError, IsADirectoryError, storage.StorageError) as exc:
         raise ImageReadError(f"{uri}: cannot read image: {exc}") from None
     return decode_image(data, name=uri)
+
+
+# ------------------------------------------------------------------ batch inference (Ray Data)
+
+DETECTION_COLUMNS = ("image_id", "height", "width", "boxes_xyxy", "scores", "classes", "masks_rle")
+
+
+class DetectBatch:
+    """``map_batches`` callable (one per actor): snapshot rows -> one row of detections per image.
+
+    Letterboxes the rows exactly as training validation does (the ``val`` preset of
+    :class:`cocoseg.data.stage.AugmentBatch`, EXIF not applied), runs the predictor under
+    ``protocol`` and returns a pyarrow Table with :data:`DETECTION_COLUMNS`: boxes flattened
+    (n * 4 floats, original pixels), masks as COCO RLE ``counts`` strings. No pixels leave the actor.
+    """
+
+    def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
+                 threads: int = 1) -> None:
+        from cocoseg.data.stage import AugmentBatch
+
+        torch.set_num_threads(threads)
+        self.protocol = Protocol(**protocol)
+        self.predictor = Predictor.load(weights, device=device).for_evaluation(self.protocol)
+        self.stage = AugmentBatch(preset="val", imgsz=self.protocol.imgsz, seed=0, epoch=0, num_classes=num_classes)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from cocoseg.data.collate import collate_val
+
+        vb = collate_val(self.stage(batch))
+        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
+        dets = self.predictor.detect(vb.images, self.predictor.letterboxes_for(sizes), masks="rle")
+        return pa.table({
+            "image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
+            "height": pa.array([s[0] for s in sizes], pa.int32()), "width": pa.array([s[1] for s in sizes], pa.int32()),
+            "boxes_xyxy": pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32())),
+            "scores": pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32())),
+            "classes": pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32())),
+            "masks_rle": pa.array([[r["counts"] for r in d.masks_rle] for d in dets], pa.list_(pa.string())),
+        })
+
+
+def detections_from_row(row: dict[str, Any]) -> Detections:
+    """One row of :class:`DetectBatch` output -> :class:`Detections` (masks as RLE)."""
+    size = [int(row["height"]), int(row["width"])]
+    boxes = torch.tensor(np.asarray(row["boxes_xyxy"], np.float32).reshape(-1, 4))
+    return Detections(boxes, torch.tensor(np.asarray(row["scores"], np.float32)),
+                      torch.tensor(np.asarray(row["classes"], np.int64)),
+                      masks_rle=[{"size": size, "counts": c} for c in row["masks_rle"]])

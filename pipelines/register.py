@@ -4,7 +4,10 @@
         --export s3://bucket/cocoseg/exports/<run> --name cocoseg-yolov8-seg \\
         tracking.tracking_uri=https://mlflow.example.internal registry.promotion_margin=0.005
 
-(or ``cocoseg register EXPORT_DIR --name NAME``). Credentials for a basic-auth server come from
+(or ``cocoseg register EXPORT_DIR --name NAME``). The gate's metric comes from the evaluate
+job: an export whose ``metrics.json`` carries no evaluation provenance (``eval.protocol_hash``)
+is evaluated first (``pipelines.evaluate`` on ``--snapshot``, default the card's data snapshot
+under ``storage.root``) and registered with those metrics. Credentials for a basic-auth server come from
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` in the job's environment.
 
 Reads: a committed export directory (``cocoseg.bundle``: every file checked against the
@@ -17,10 +20,14 @@ immutable; the gate decides again). A failure leaves no version behind.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from cocoseg import storage
+from cocoseg import bundle, storage
 from cocoseg.config import JobConfig, load_config
 from cocoseg.registry import Registration, register_export, resolve_tracking_uri
 from cocoseg.utils import UserError, get_logger
@@ -31,11 +38,32 @@ __all__ = ["main", "run"]
 log = get_logger("pipelines.register")
 
 
-def run(cfg: JobConfig, export_dir: str, name: str | None = None) -> Registration:
-    """Register ``export_dir``; returns the version and the gate's decision."""
+def _evaluated_copy(cfg: JobConfig, export_dir: str, local: Path, snapshot: str, dest: Path) -> Path:
+    """``local`` (the export) copied to ``dest`` with the evaluate job's metrics, re-committed."""
+    from cocoseg.data.schema import snapshot_uri
+    from pipelines import evaluate
+
+    card = bundle.open_bundle(local).card
+    snapshot = snapshot or snapshot_uri(cfg.storage.root, str(card.get("data_snapshot", "")))
+    log.info("%s has no evaluation provenance: evaluating it on %s first", export_dir, snapshot)
+    doc = evaluate.run(cfg, export_dir, snapshot, out=str(dest.parent / "eval"))
+    shutil.copytree(local, dest, ignore=shutil.ignore_patterns(bundle.MANIFEST))
+    original = json.loads((local / bundle.METRICS).read_text())
+    (dest / bundle.METRICS).write_text(json.dumps({**original, **evaluate.export_metrics(doc)}, indent=2, sort_keys=True))
+    manifest = json.loads((local / bundle.MANIFEST).read_text())
+    bundle.write_manifest(dest, {k: v for k, v in manifest.items() if k not in ("files", "format_version")})
+    return dest
+
+
+def run(cfg: JobConfig, export_dir: str, name: str | None = None, snapshot: str = "") -> Registration:
+    """Register ``export_dir`` (evaluated first when it carries no evaluation); returns the version and
+    the gate's decision."""
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
-    with storage.local_copy(export_dir) as local:
-        result = register_export(local, name=name or cfg.registry.model_name, tracking_uri=uri,
+    with storage.local_copy(export_dir) as local, tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp:
+        source = Path(local)
+        if "eval.protocol_hash" not in bundle.open_bundle(source).metrics:
+            source = _evaluated_copy(cfg, export_dir, source, snapshot, Path(tmp) / "export")
+        result = register_export(source, name=name or cfg.registry.model_name, tracking_uri=uri,
                                  experiment=cfg.tracking.experiment, metric=cfg.registry.gate_metric,
                                  margin=cfg.registry.promotion_margin, same_snapshot=cfg.registry.same_snapshot)
     log.info("%s v%s: %s (%s)", result.name, result.version, result.decision.decision, result.decision.reason)
@@ -46,11 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.register", description=__doc__.splitlines()[0])
     parser.add_argument("--export", required=True, help="export directory written by pipelines.export")
     parser.add_argument("--name", default=None, help="registered model name (default registry.model_name)")
+    parser.add_argument("--snapshot", default="", help="snapshot to evaluate on when the export has no evaluation")
     parser.add_argument("--config", default=None, help="job config YAML")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     try:
-        run(load_config(config_path(args.config), args.overrides), args.export, args.name)
+        run(load_config(config_path(args.config), args.overrides), args.export, args.name, args.snapshot)
     except (UserError, ValueError) as exc:
         print(f"pipelines.register: error: {exc}", file=sys.stderr)
         return 2
