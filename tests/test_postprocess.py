@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from cocoseg.data.letterbox import letterbox
-from cocoseg.structures import letterbox_params
 from cocoseg.model.postprocess import (
     box_iou,
     decode_outputs,
@@ -18,7 +17,7 @@ from cocoseg.model.postprocess import (
     process_masks,
     scale_boxes_to_original,
 )
-from cocoseg.structures import RawOutputs  # noqa: I001
+from cocoseg.structures import RawOutputs, letterbox_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,6 @@ from torch import nn
 from cocoseg import storage
 from cocoseg.config import JobConfig, ModelConfig, config_hash
 from cocoseg.data.collate import ValBatch, collate_train, collate_val
-from cocoseg.structures import SegTargets
 from cocoseg.data.schema import read_split_table
 from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
 from cocoseg.engine.ema import ModelEMA
@@ -27,6 +26,7 @@ from cocoseg.loss import SegmentationLoss
 from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.model import build_model as _build_model
 from cocoseg.model.weights import CheckpointError, ModelCard, import_reference, load_checkpoint
+from cocoseg.structures import SegTargets
 
 _VAL_CACHE_BYTES = 1 << 30
 

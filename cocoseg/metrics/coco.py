@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-
-from cocoseg.model.postprocess import masks_to_rle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cocoseg.model.postprocess import masks_to_rle
 from cocoseg.structures import Detections
 from cocoseg.utils import UserError
 

@@ -27,8 +27,16 @@ from cocoseg import bundle
 from cocoseg.utils import get_logger
 
 from .client import RegistryError, connect
-from .gate import (CHALLENGER, CHAMPION, METRIC_TAG, PROVENANCE_TAGS, SNAPSHOT_TAG, GateDecision, alias_version,
-                   run_gate)
+from .gate import (
+    CHALLENGER,
+    CHAMPION,
+    METRIC_TAG,
+    PROVENANCE_TAGS,
+    SNAPSHOT_TAG,
+    GateDecision,
+    alias_version,
+    run_gate,
+)
 
 __all__ = ["Registration", "register_export", "version_tags"]
 
