@@ -7,7 +7,9 @@
 (or ``cocoseg register EXPORT_DIR --name NAME``). The gate's metric comes from the evaluate
 job: an export whose ``metrics.json`` carries no evaluation provenance (``eval.protocol_hash``)
 is evaluated first (``pipelines.evaluate`` on ``--snapshot``, default the card's data snapshot
-under ``storage.root``) and registered with those metrics. Credentials for a basic-auth server come from
+under ``storage.root`` when it is there) and registered with those metrics; without a snapshot it
+is registered with its own metrics and a warning (the gate then never promotes it over an
+evaluated champion). Credentials for a basic-auth server come from
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` in the job's environment.
 
 Reads: a committed export directory (``cocoseg.bundle``: every file checked against the
@@ -38,13 +40,21 @@ __all__ = ["main", "run"]
 log = get_logger("pipelines.register")
 
 
+def _card_snapshot(cfg: JobConfig, card: dict) -> str:
+    """The card's data snapshot under ``storage.root`` when it exists there, else ""."""
+    from cocoseg.data.schema import snapshot_uri
+
+    snapshot_id = str(card.get("data_snapshot") or "")
+    if not snapshot_id:
+        return ""
+    uri = snapshot_uri(cfg.storage.root, snapshot_id)
+    return uri if storage.exists(storage.join(uri, "_manifest.json")) else ""
+
+
 def _evaluated_copy(cfg: JobConfig, export_dir: str, local: Path, snapshot: str, dest: Path) -> Path:
     """``local`` (the export) copied to ``dest`` with the evaluate job's metrics, re-committed."""
-    from cocoseg.data.schema import snapshot_uri
     from pipelines import evaluate
 
-    card = bundle.open_bundle(local).card
-    snapshot = snapshot or snapshot_uri(cfg.storage.root, str(card.get("data_snapshot", "")))
     log.info("%s has no evaluation provenance: evaluating it on %s first", export_dir, snapshot)
     doc = evaluate.run(cfg, export_dir, snapshot, out=str(dest.parent / "eval"))
     shutil.copytree(local, dest, ignore=shutil.ignore_patterns(bundle.MANIFEST))
@@ -61,8 +71,14 @@ def run(cfg: JobConfig, export_dir: str, name: str | None = None, snapshot: str 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     with storage.local_copy(export_dir) as local, tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp:
         source = Path(local)
-        if "eval.protocol_hash" not in bundle.open_bundle(source).metrics:
-            source = _evaluated_copy(cfg, export_dir, source, snapshot, Path(tmp) / "export")
+        b = bundle.open_bundle(source)
+        if "eval.protocol_hash" not in b.metrics:
+            snapshot = snapshot or _card_snapshot(cfg, b.card)
+            if snapshot:
+                source = _evaluated_copy(cfg, export_dir, source, snapshot, Path(tmp) / "export")
+            else:
+                log.warning("%s carries no evaluation and its data snapshot is not under storage.root: registering "
+                            "its own metrics; the gate will not promote it over an evaluated champion", export_dir)
         result = register_export(source, name=name or cfg.registry.model_name, tracking_uri=uri,
                                  experiment=cfg.tracking.experiment, metric=cfg.registry.gate_metric,
                                  margin=cfg.registry.promotion_margin, same_snapshot=cfg.registry.same_snapshot)
