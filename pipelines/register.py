@@ -75,7 +75,12 @@ def run(cfg: JobConfig, export_dir: str, name: str | None = None, snapshot: str 
         if "eval.protocol_hash" not in b.metrics:
             snapshot = snapshot or _card_snapshot(cfg, b.card)
             if snapshot:
-                source = _evaluated_copy(cfg, export_dir, source, snapshot, Path(tmp) / "export")
+                try:
+                    source = _evaluated_copy(cfg, export_dir, source, snapshot, Path(tmp) / "export")
+                except Exception as exc:  # noqa: BLE001 (registration must not depend on an evaluation cluster)
+                    log.error("evaluating %s on %s failed (%s: %s); registering its own metrics, which the gate "
+                              "will not compare with an evaluated champion", export_dir, snapshot,
+                              type(exc).__name__, exc)
             else:
                 log.warning("%s carries no evaluation and its data snapshot is not under storage.root: registering "
                             "its own metrics; the gate will not promote it over an evaluated champion", export_dir)
