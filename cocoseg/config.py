@@ -144,6 +144,7 @@ class TrainConfig:
     checkpoints_to_keep: int = 2  # full Ray checkpoints kept: the best N by val mask AP50-95, plus the latest
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
+    preview_images: int = 8  # val images in the per-epoch preview (ground truth | prediction); 0: none
     data_actors: int = 2  # input actors decoding + augmenting for all workers, kept all run (CPU, any node)
     data_cpus_per_actor: float = 1.0
     data_batch_rows: int = 16  # rows per input-actor call; mosaic partners come from the same call's rows
@@ -239,6 +240,32 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluate job (pipelines/evaluate.py) and batch inference (pipelines/infer.py)."""
+
+    split: str = "val"
+    imgsz: int = 0  # 0: the model card's
+    conf: float = 0.001  # the evaluation protocol (spec 11); infer uses predict_conf
+    iou: float = 0.7
+    max_det: int = 300
+    predict_conf: float = 0.25  # pipelines.infer: predict mode (one label per box)
+    batch_size: int = 16  # rows per actor call
+    actors: int = 0  # 0: one per cluster CPU (or GPU with use_gpu) / cpus_per_actor
+    cpus_per_actor: float = 1.0
+    use_gpu: bool = False
+    threads_per_actor: int = 1  # torch intra-op threads in each actor
+
+    def __post_init__(self) -> None:
+        _check(self.imgsz >= 0 and self.imgsz % 32 == 0, "evaluate.imgsz", "must be 0 or a multiple of 32")
+        _check(0 <= self.conf < 1 and 0 <= self.predict_conf < 1 and 0 < self.iou <= 1, "evaluate.conf",
+               "conf and predict_conf must be in [0, 1), iou in (0, 1]")
+        _check(self.max_det >= 1 and self.batch_size >= 1 and self.actors >= 0, "evaluate.batch_size",
+               "batch_size and max_det must be >= 1, actors >= 0")
+        _check(self.cpus_per_actor > 0 and self.threads_per_actor >= 1, "evaluate.cpus_per_actor",
+               "must be > 0 (threads_per_actor >= 1)")
+
+
+@dataclass(frozen=True)
 class RetrainConfig:
     """Scheduled retraining (pipelines/retrain.py): when to train and how to start."""
 
@@ -258,6 +285,7 @@ class JobConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 # --------------------------------------------------------------------------------------------

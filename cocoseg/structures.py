@@ -116,13 +116,16 @@ class Detections:
     """Post-processed detections of one image, in *original image* pixels.
 
     - ``boxes_xyxy``: (n, 4) float32; ``scores``: (n,) float32; ``classes``: (n,) int64 (0..nc-1);
-    - ``masks``: (n, H0, W0) bool at the original image size, or None when not computed.
+    - ``masks``: (n, H0, W0) bool at the original image size, or None when not computed;
+    - ``masks_rle``: the same masks as COCO compressed RLEs (``{"size": [H0, W0], "counts": str}``),
+      when post-processing was asked for RLEs (evaluation, JSON outputs) instead of dense masks.
     """
 
     boxes_xyxy: torch.Tensor
     scores: torch.Tensor
     classes: torch.Tensor
     masks: torch.Tensor | None = None
+    masks_rle: list[dict] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

@@ -36,16 +36,27 @@ log = get_logger("pipelines.export")
 
 
 def _metrics(weights: str, card_metrics: dict[str, Any], metrics_file: str | None) -> dict[str, Any]:
+    """``--metrics`` (an evaluate job's metrics.json is flattened with its provenance), else
+    ``<weights>/eval-val/metrics.json`` or ``<weights>/metrics.json``, else the card's metrics."""
+    from pipelines.evaluate import METRICS_FILE, export_metrics
+
+    def read(uri: str) -> dict[str, Any]:
+        doc = dict(storage.read_json(uri))
+        return export_metrics(doc) if "protocol_hash" in doc and "metrics" in doc else doc
+
+    evaluated = storage.join(weights, "eval-val", METRICS_FILE)
+    if not metrics_file and storage.exists(evaluated):
+        metrics_file = evaluated
     if metrics_file:
         try:
-            return dict(storage.read_json(metrics_file))
+            return read(metrics_file)
         except FileNotFoundError:
             raise UserError(f"metrics file {metrics_file} does not exist") from None
         except ValueError as exc:
             raise UserError(f"{metrics_file}: not a JSON object of metrics ({exc})") from None
     beside = storage.join(weights, "metrics.json")
     if storage.exists(beside):
-        return dict(storage.read_json(beside))
+        return read(beside)
     return dict(card_metrics)
 
 

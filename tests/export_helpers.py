@@ -48,7 +48,7 @@ def save_weights(model: nn.Module, path: Path) -> Path:
 
 
 def make_export(root: Path, *, metric: float | None = 0.3, snapshot: str = "snap-val-1", seed: int = 0,
-                imgsz: int = 64, **cfg_kw) -> Path:
+                imgsz: int = 64, extra_metrics: dict | None = None, **cfg_kw) -> Path:
     """A complete export directory for TinySeg with the given mask AP50-95."""
     root.mkdir(parents=True, exist_ok=True)
     model = TinySeg(seed=seed).eval()
@@ -56,7 +56,7 @@ def make_export(root: Path, *, metric: float | None = 0.3, snapshot: str = "snap
     card = {"variant": "tiny", "num_classes": 3, "class_names": ["a", "b", "c"], "imgsz": imgsz,
             "data_snapshot": "snap-train-1", "train_run_id": "run-123", "git_commit": "abc123"}
     metrics = {"val_snapshot": snapshot, **({"val/mask_ap50_95": metric, "val/box_ap50_95": metric + 0.1}
-                                            if metric is not None else {})}
+                                            if metric is not None else {}), **(extra_metrics or {})}
     cfg = ExportConfig(imgsz=imgsz, bench=False, **cfg_kw)
     export_bundle(model, weights_file=weights, card=card, out_dir=root, cfg=cfg, num_classes=3,
                   metrics=metrics, resolved_config={"export": {"imgsz": imgsz}})

@@ -10,7 +10,6 @@ from cocoseg.data.letterbox import letterbox
 from cocoseg.model.postprocess import (
     box_iou,
     decode_outputs,
-    letterbox_params,
     masks_to_original,
     nms,
     non_max_suppression,
@@ -18,7 +17,7 @@ from cocoseg.model.postprocess import (
     process_masks,
     scale_boxes_to_original,
 )
-from cocoseg.structures import RawOutputs
+from cocoseg.structures import RawOutputs, letterbox_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -123,17 +122,16 @@ def test_letterbox_round_trip(orig_hw: tuple[int, int]) -> None:
     image[y1:y2, x1:x2] = 255
     boxed, params = letterbox(image, (320, 320))
     assert boxed.shape == (320, 320, 3)
-    ratio_pad = (params.gain, (float(params.pad_left), float(params.pad_top)))
-    assert ratio_pad == letterbox_params(orig_hw, (320, 320))  # the data side and the inverse agree
-    gain, (left, top) = ratio_pad
+    assert params == letterbox_params(orig_hw, (320, 320))  # the data side and the inverse agree
+    gain, (left, top) = params.gain, params.pad
     assert (boxed[:int(top)] == 114).all() and (boxed[:, :int(left)] == 114).all()
     # Box: forward by hand, back with scale_boxes_to_original.
     box = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float64)
     fwd = box * gain + torch.tensor([left, top, left, top])
-    torch.testing.assert_close(scale_boxes_to_original(fwd, orig_hw, ratio_pad), box)
+    torch.testing.assert_close(scale_boxes_to_original(fwd, params), box)
     # Mask: the white rectangle in the letterboxed frame mapped back covers the original one.
     mask = torch.from_numpy(boxed[..., 0] > 127)[None]
-    back = masks_to_original(mask, orig_hw, ratio_pad)[0].numpy()
+    back = masks_to_original(mask, params)[0].numpy()
     truth = image[..., 0] > 127
     iou = (back & truth).sum() / (back | truth).sum()
     assert back.shape == truth.shape and iou > 0.95
@@ -163,3 +161,58 @@ def test_box_iou() -> None:
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([[1 / 3, 0.0]]))
+
+
+def test_nms_over_several_blocks_matches_reference() -> None:
+    """More candidates than one block (NMS_BLOCK): the block-wise solution is still the greedy one."""
+    gen = torch.Generator().manual_seed(1)
+    xy = torch.rand(1500, 2, generator=gen) * 300
+    boxes = torch.cat((xy, xy + 10 + torch.rand(1500, 2, generator=gen) * 90), 1).double()
+    scores = torch.rand(1500, generator=gen).double()
+    expected = _reference_nms(boxes.tolist(), scores.tolist(), 0.6)
+    assert len(expected) > 600  # the kept boxes span more than one block
+    assert nms(boxes, scores, 0.6).tolist() == expected
+    assert nms(boxes, scores, 0.6, max_keep=300).tolist() == expected[:300]
+
+
+@pytest.mark.parametrize("orig_hw", [(64, 64), (48, 80), (100, 37), (130, 200)])
+def test_box_cropped_masks_equal_the_dense_spec_path(orig_hw: tuple[int, int]) -> None:
+    """mask_crops (work inside each box only) == upsample -> crop -> > 0 -> un-pad -> resize on
+    the full frame, and the RLEs equal pycocotools' encoding of the dense masks."""
+    from pycocotools import mask as mask_utils
+
+    from cocoseg.model.postprocess import encode_rle, mask_crops, paste_masks
+
+    gen = torch.Generator().manual_seed(sum(orig_hw))
+    lb = letterbox_params(orig_hw, (64, 64))
+    proto = torch.randn(32, 16, 16, generator=gen)
+    coeffs = torch.randn(40, 32, generator=gen)
+    xy = torch.rand(40, 2, generator=gen) * 70 - 5
+    boxes = torch.cat((xy, xy + torch.rand(40, 2, generator=gen) * 50), 1)
+    dense = masks_to_original(process_masks(proto, coeffs, boxes, (64, 64)), lb)
+    crops = mask_crops(proto, coeffs, boxes, lb)
+    fast = paste_masks(crops, lb.orig_hw)
+    assert dense.any() and (dense != fast).sum() <= 2  # bit-level float noise at most, on a resize tie
+    expected = mask_utils.encode(np.asfortranarray(fast.numpy().transpose(1, 2, 0).astype(np.uint8)))
+    assert [r["counts"] for r in encode_rle(crops, lb.orig_hw)] == [r["counts"].decode() for r in expected]
+
+
+def test_postprocess_golden_on_a_seeded_input() -> None:
+    """Boxes, scores, classes and mask areas/RLEs of a seeded eval output, letterboxed 96x64 -> 64."""
+    from _golden import check_golden
+
+    gen = torch.Generator().manual_seed(7)
+    nc, anchors = 3, 84  # 8x8 + 4x4 + 2x2 at 64 px
+    pred = torch.zeros(1, 4 + nc + 32, anchors)
+    pred[0, :2] = torch.rand(2, anchors, generator=gen) * 64
+    pred[0, 2:4] = 4 + torch.rand(2, anchors, generator=gen) * 30
+    pred[0, 4:4 + nc] = torch.rand(nc, anchors, generator=gen) ** 3
+    pred[0, 4 + nc:] = torch.randn(32, anchors, generator=gen)
+    proto = torch.randn(1, 32, 16, 16, generator=gen)
+    lb = letterbox_params((64, 96), (64, 64))
+    (det,) = postprocess(pred, proto, letterboxes=[lb], conf=0.05, max_det=20)
+    (rle,) = postprocess(pred, proto, letterboxes=[lb], conf=0.05, max_det=20, masks="rle")
+    check_golden("postprocess_seeded", {
+        "boxes_xyxy": [[round(v, 3) for v in b] for b in det.boxes_xyxy.tolist()],
+        "scores": [round(v, 5) for v in det.scores.tolist()], "classes": det.classes.tolist(),
+        "mask_areas": det.masks.sum((1, 2)).tolist(), "rle": [r["counts"] for r in rle.masks_rle]})

@@ -51,7 +51,9 @@ def _versions(client, name: str) -> list[str]:
 
 def test_decide_rule():
     assert decide("m", 0.3, None, 0.0).decision == "bootstrap"
-    assert decide("m", 0.31, 0.30, 0.01, champion_version="1").decision == "promoted"
+    assert decide("m", 0.32, 0.30, 0.01, champion_version="1").decision == "promoted"
+    tie = decide("m", 0.30, 0.30, 0.0, champion_version="1")
+    assert tie.decision == "rejected" and "a tie is not a promotion" in tie.reason
     short = decide("m", 0.305, 0.30, 0.01, champion_version="1")
     assert short.decision == "rejected" and "short by" in short.reason and not short.promote
     other = decide("m", 0.9, 0.3, 0.0, champion_version="1", snapshots=("a", "b"))
@@ -196,14 +198,13 @@ def test_serving_decode_agrees_with_the_torch_postprocess():
     size, (h0, w0) = 64, (48, 80)
     image = np.random.default_rng(0).integers(0, 255, (h0, w0, 3), dtype=np.uint8)
     x, scale, pad = serving.letterbox(image, size)
-    ref_scale, ref_pad = letterbox_params((h0, w0), (size, size))
-    assert ref_scale == pytest.approx(scale) and tuple(ref_pad) == pad
+    lb = letterbox_params((h0, w0), (size, size))
+    assert lb.gain == pytest.approx(scale) and lb.pad == pad
     with torch.no_grad():
         pred, proto = TinySeg().eval()(torch.from_numpy(x)[None])
     ours = serving.postprocess(pred[0].numpy(), proto[0].numpy(), num_classes=3, size=size, scale=scale, pad=pad,
                                shape=(h0, w0), conf=0.3, iou=0.7, max_det=10, masks=True)
-    (ref,) = torch_postprocess(pred, proto, input_hw=(size, size), orig_hw=[(h0, w0)], conf=0.3, iou=0.7,
-                               max_det=10, multi_label=False)
+    (ref,) = torch_postprocess(pred, proto, letterboxes=[lb], conf=0.3, iou=0.7, max_det=10, multi_label=False)
     assert len(ours["scores"]) == len(ref) > 0
     assert ours["classes"] == ref.classes.tolist()
     np.testing.assert_allclose(ours["scores"], ref.scores.numpy(), atol=1e-4)
@@ -230,3 +231,32 @@ def test_register_job_reads_an_export_from_s3(mlflow_server, exports, s3_bucket)
     with pytest.raises(BundleError, match="model.onnx is missing"):
         job.run(cfg, uri, name)
     assert _versions(connect(mlflow_server), name) == [result.version]
+
+
+def test_decide_refuses_measurements_that_are_not_comparable():
+    same = {"eval.snapshot_id": "s1", "eval.split": "val", "eval.images": "60", "eval.protocol_hash": "abc"}
+    assert decide("m", 0.5, 0.3, 0.0, champion_version="1", provenance=(same, dict(same))).decision == "promoted"
+    for key, other in (("eval.snapshot_id", "s2"), ("eval.split", "test"), ("eval.images", "59"),
+                       ("eval.protocol_hash", "def")):
+        result = decide("m", 0.9, 0.3, 0.0, champion_version="1", provenance=(same, {**same, key: other}))
+        assert result.decision == "rejected" and "not comparable" in result.reason
+        assert key.removeprefix("eval.") in result.reason
+    legacy = decide("m", 0.9, 0.3, 0.0, champion_version="1", provenance=(same, dict.fromkeys(same, "")))
+    assert legacy.decision == "rejected" and "missing" in legacy.reason
+
+
+def test_gate_tags_a_protocol_mismatch_and_does_not_promote(mlflow_server, tmp_path):
+    """Two registrations whose evaluations ran under different protocols: the better one stays challenger."""
+    from mlflow import MlflowClient
+
+    prov = {"eval.snapshot_id": "snap-val-1", "eval.split": "val", "eval.images": 12}
+    first = make_export(tmp_path / "a", metric=0.3, seed=0, extra_metrics={**prov, "eval.protocol_hash": "p1"})
+    second = make_export(tmp_path / "b", metric=0.6, seed=1, extra_metrics={**prov, "eval.protocol_hash": "p2"})
+    name = _name()
+    register_export(first, name=name, tracking_uri=mlflow_server)
+    result = register_export(second, name=name, tracking_uri=mlflow_server)
+    assert result.decision.decision == "rejected" and "protocol_hash 'p2' vs 'p1'" in result.decision.reason
+    tags = MlflowClient(mlflow_server).get_model_version(name, result.version).tags
+    assert tags["gate.decision"] == "rejected" and "not comparable" in tags["gate.reason"]
+    assert tags["eval.protocol_hash"] == "p2" and tags["eval.images"] == "12"
+    assert alias_version(connect(mlflow_server), name, CHAMPION).version != result.version

@@ -17,12 +17,13 @@ from cocoseg.utils import UserError, redact, set_verbose
 
 from . import data as _data
 from . import deploy as _deploy
+from . import evaluate as _evaluate
 from . import model as _model
 from . import train as _train
 
 __all__ = ["build_parser", "main"]
 
-_AREAS = (_data, _model, _train, _deploy)
+_AREAS = (_data, _model, _train, _deploy, _evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

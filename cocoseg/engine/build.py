@@ -26,12 +26,13 @@ from cocoseg.engine.optim import (
     resolve_optimizer,
     scaled_weight_decay,
 )
-from cocoseg.engine.preview import render_predictions
+from cocoseg.engine.preview import render_validation_preview
+from cocoseg.inference import Predictor, Protocol
 from cocoseg.loss import SegmentationLoss
-from cocoseg.metrics import COCOEvaluator, flatten_metrics
+from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.model import build_model as _build_model
-from cocoseg.model.postprocess import postprocess
 from cocoseg.model.weights import CheckpointError, ModelCard, import_reference, load_checkpoint
+from cocoseg.structures import SegTargets
 
 _VAL_CACHE_BYTES = 1 << 30
 
@@ -129,10 +130,13 @@ def build_train_collate(cfg: JobConfig) -> Callable[[Any], Any]:
     return collate_train
 
 
-def _val_metrics(flat: dict[str, float]) -> dict[str, float]:
+def _val_metrics(evaluated: dict[str, Any]) -> dict[str, float]:
+    """``val/{box,mask}_{ap50_95,ap50,ap75}`` plus per class ``val/{box,mask}_{ap50_95,ap50}/<name>``."""
+    flat = flatten_metrics(evaluated)
     names = {"AP": "ap50_95", "AP50": "ap50", "AP75": "ap75"}
-    return {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"]
-            for kind in ("box", "mask") for stat in names if f"{kind}/{stat}" in flat}
+    out = {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"]
+           for kind in ("box", "mask") for stat in names if f"{kind}/{stat}" in flat}
+    return {**out, **per_class_metrics(evaluated, prefix="val/")}
 
 
 def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterable[ValBatch]]:
@@ -164,35 +168,41 @@ def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterabl
     return batches
 
 
+def _first_images(batch: ValBatch, n: int) -> tuple[torch.Tensor, SegTargets]:
+    """The first ``n`` images of a batch and their targets (for the preview)."""
+    t = batch.targets
+    rows = t.batch_idx < n
+    return batch.images[:n], SegTargets(t.batch_idx[rows], t.cls[rows], t.boxes_cxcywh_norm[rows], t.masks[:n])
+
+
 def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]], *, device: torch.device,
                     coco_gt: dict[str, Any], category_ids: list[int], class_names: list[str]
                     ) -> Callable[[nn.Module, int], tuple[dict[str, float], bytes | None]]:
     """``validate(ema_module, epoch) -> (metrics, preview PNG)`` with the COCO evaluator.
 
     ``val_batches()`` yields letterboxed :class:`ValBatch` es of the val split; ``coco_gt`` is the
-    split as a COCO dict. Metrics: ``val/{box,mask}_{ap50_95,ap50,ap75}``.
+    split as a COCO dict. Detections come from :class:`cocoseg.inference.Predictor` under the
+    evaluation :class:`~cocoseg.inference.Protocol` (masks straight to RLE). Metrics:
+    ``val/{box,mask}_{ap50_95,ap50,ap75}``, per class ``val/{box,mask}_{ap50_95,ap50}/<name>``
+    and ``val/images``. The preview shows the first ``train.preview_images`` images.
     """
     evaluator = COCOEvaluator(coco_gt, category_ids=category_ids)
-    amp_dtype = resolve_precision(cfg.train.amp, device)
+    protocol = Protocol(imgsz=cfg.model.imgsz)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_precision(cfg.train.amp, device)]
+    preview_images = cfg.train.preview_images
 
-    @torch.no_grad()
     def validate(model: nn.Module, epoch: int) -> tuple[dict[str, float], bytes | None]:
-        model.eval()
+        predictor = Predictor(model, class_names=class_names, device=device, precision=precision).for_evaluation(protocol)
         evaluator.reset()
-        preview = None
+        preview, images = None, 0
         for batch in val_batches():
-            batch = batch.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                pred, proto = model(batch.images.float() / 255.0)
-            pred, proto = pred.float(), proto.float()
-            ratio_pads = [(float(g), (float(p[0]), float(p[1]))) for g, p in zip(batch.gains, batch.pads, strict=True)]
-            orig_hw = [(int(h), int(w)) for h, w in batch.orig_hw]
-            detections = postprocess(pred, proto, input_hw=tuple(batch.images.shape[2:]), orig_hw=orig_hw,
-                                     ratio_pads=ratio_pads)
-            evaluator.process(batch.image_ids.tolist(), detections)
-            if preview is None:
-                preview = render_predictions(batch.images[:4].cpu(), pred[:4], proto[:4], class_names)
-        return _val_metrics(flatten_metrics(evaluator.evaluate())), preview
+            letterboxes = predictor.letterboxes_for(batch.orig_hw.tolist())
+            evaluator.process(batch.image_ids.tolist(), predictor.detect(batch.images, letterboxes, masks="rle"))
+            images += len(letterboxes)
+            if preview is None and preview_images > 0:
+                shown = Predictor(model, class_names=class_names, imgsz=protocol.imgsz, device=device)
+                preview = render_validation_preview(*_first_images(batch, preview_images), shown, class_names)
+        return {**_val_metrics(evaluator.evaluate()), "val/images": float(images)}, preview
 
     return validate
 

@@ -1,51 +1,54 @@
-"""A PNG of validation images with predicted masks and boxes, logged with each epoch."""
+"""The validation preview logged with each epoch: ground truth beside predictions.
+
+``render_validation_preview(images, targets, predictor, class_names, min_side=480) -> PNG bytes``
+draws N letterboxed validation images, each as a (ground truth | prediction) pair scaled to at
+least ``min_side`` px, masks filled in class colours with ``name score`` labels
+(:func:`cocoseg.viz.render_comparison`). Predictions come from the one predictor at its own
+settings (predict mode: conf 0.25, one label per box), in the letterboxed frame.
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-from cocoseg.model.postprocess import postprocess
+from cocoseg.inference import Predictor
+from cocoseg.structures import Detections, SegTargets, letterbox_params
+from cocoseg.viz import render_comparison, to_png
 
-__all__ = ["render_predictions"]
-
-_PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-                     (70, 240, 240), (240, 50, 230), (210, 245, 60)], dtype=np.float32)
+__all__ = ["render_validation_preview", "targets_as_detections"]
 
 
-def render_predictions(images: torch.Tensor, pred: torch.Tensor, proto: torch.Tensor,
-                       class_names: Sequence[str], conf: float = 0.25) -> bytes:
-    """PNG bytes of up to 4 images side by side with their detections drawn on.
+def targets_as_detections(targets: SegTargets, image_hw: tuple[int, int], batch_size: int) -> list[Detections]:
+    """Training-layout ground truth -> one :class:`Detections` per image in input pixels (score 1).
 
-    ``images`` (B, 3, H, W) uint8 letterboxed network inputs; ``pred``/``proto`` the eval-mode
-    outputs for them. Detections are kept in the network-input frame (no inverse letterbox), at
-    predict-mode settings (``conf``, one label per box).
+    Masks come from the 1/4-scale overlap maps (instance k of an image is the value k + 1),
+    enlarged 4x by repetition.
     """
-    hw = tuple(images.shape[2:])
-    detections = postprocess(pred, proto, input_hw=hw, orig_hw=[hw] * images.shape[0],
-                             ratio_pads=[(1.0, (0.0, 0.0))] * images.shape[0], conf=conf, multi_label=False)
-    tiles = []
-    for image, det in zip(images, detections, strict=True):
-        canvas = image.permute(1, 2, 0).numpy().astype(np.float32)
-        for mask, cls in zip(det.masks.numpy(), det.classes.tolist(), strict=True):
-            canvas[mask] = 0.5 * canvas[mask] + 0.5 * _PALETTE[cls % len(_PALETTE)]
-        tile = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(tile)
-        for box, cls, score in zip(det.boxes_xyxy.tolist(), det.classes.tolist(), det.scores.tolist(), strict=True):
-            colour = tuple(int(c) for c in _PALETTE[cls % len(_PALETTE)])
-            draw.rectangle(box, outline=colour, width=1)
-            name = class_names[cls] if cls < len(class_names) else str(cls)
-            draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=colour)
-        tiles.append(tile)
-    sheet = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (0, 0, 0))
-    x = 0
-    for tile in tiles:
-        sheet.paste(tile, (x, 0))
-        x += tile.width
-    out = io.BytesIO()
-    sheet.save(out, format="PNG")
-    return out.getvalue()
+    h, w = image_hw
+    boxes = targets.boxes_cxcywh_norm.cpu() * torch.tensor([w, h, w, h], dtype=torch.float32)
+    xyxy = torch.cat((boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2), 1)
+    out = []
+    for b in range(batch_size):
+        rows = (targets.batch_idx.cpu() == b).nonzero(as_tuple=True)[0]
+        overlap = targets.masks[b].cpu()
+        ratio = h // overlap.shape[0]
+        masks = torch.stack([overlap == k + 1 for k in range(len(rows))]) if len(rows) else \
+            torch.zeros(0, *overlap.shape, dtype=torch.bool)
+        masks = masks.repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)[:, :h, :w]
+        out.append(Detections(xyxy[rows], torch.ones(len(rows)), targets.cls.cpu()[rows], masks))
+    return out
+
+
+def render_validation_preview(images: torch.Tensor, targets: SegTargets, predictor: Predictor,
+                              class_names: Sequence[str], *, min_side: int = 480) -> bytes:
+    """PNG bytes: ``images`` (N, 3, S, S) uint8 letterboxed, their ``targets``, and the predictor's
+    detections of them, as (ground truth | prediction) pairs."""
+    hw = (int(images.shape[2]), int(images.shape[3]))
+    identity = [letterbox_params(hw, hw)] * images.shape[0]
+    predictions = predictor.detect(images, identity, masks="full")
+    truths = targets_as_detections(targets, hw, images.shape[0])
+    rgbs = [np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy()) for img in images]
+    return to_png(render_comparison(rgbs, truths, predictions, class_names, min_side=min_side))

@@ -12,7 +12,7 @@ import math
 import torch
 
 # Anchors and DFL decoding are shared with inference, so they live with the model (layer L1).
-from cocoseg.model.postprocess import decode_distributions, distances_to_boxes, make_anchors
+from cocoseg.model.anchors import decode_distributions, distances_to_boxes, make_anchors
 
 __all__ = ["bbox_ciou", "boxes_to_distances", "decode_distributions", "distances_to_boxes", "make_anchors"]
 

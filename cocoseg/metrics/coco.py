@@ -6,8 +6,8 @@
     metrics = evaluator.evaluate()                        # {"bbox": {...}, "segm": {...}}
 
 Each entry of the result holds ``AP`` (AP50-95), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` (0..1,
-as COCOeval's ``stats[0:6]``) and ``per_class`` ({class name: AP50-95}, classes with ground truth
-only). Model class k maps to the k-th category id of ``category_ids`` (default: the ground
+as COCOeval's ``stats[0:6]``), ``per_class`` ({class name: AP50-95}) and ``per_class_ap50``
+({class name: AP50}), both for the classes with ground truth only. Model class k maps to the k-th category id of ``category_ids`` (default: the ground
 truth's category ids in ascending order, which for COCO is the 80 -> 91 map of spec 12).
 """
 
@@ -25,10 +25,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cocoseg.model.postprocess import masks_to_rle
 from cocoseg.structures import Detections
 from cocoseg.utils import UserError
 
-__all__ = ["COCOEvaluator", "EvaluationError", "detections_to_coco", "flatten_metrics"]
+__all__ = ["COCOEvaluator", "EvaluationError", "detections_to_coco", "flatten_metrics", "per_class_metrics"]
 
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -39,7 +40,8 @@ class EvaluationError(UserError):
 
 def detections_to_coco(image_id: int, det: Detections, category_ids: Sequence[int]) -> list[dict[str, Any]]:
     """One image's detections -> COCO result dicts (bbox xywh rounded to 3 decimals, score to 5,
-    ``segmentation`` a compressed RLE of the original-size mask when ``det.masks`` is set)."""
+    ``segmentation`` the compressed RLE of the original-size mask: ``det.masks_rle`` when set,
+    else ``det.masks`` encoded)."""
     if len(det) == 0:
         return []
     boxes = det.boxes_xyxy.detach().cpu().double().numpy()
@@ -49,18 +51,14 @@ def detections_to_coco(image_id: int, det: Detections, category_ids: Sequence[in
     if classes.min() < 0 or classes.max() >= len(category_ids):
         raise EvaluationError(f"image {image_id}: class index {int(classes.max())} outside the "
                               f"{len(category_ids)} categories of the ground truth")
-    rles = None
-    if det.masks is not None:
-        masks = det.masks.detach().cpu().numpy().astype(np.uint8)  # (n, h, w)
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    rles = det.masks_rle if det.masks_rle is not None else (
+        masks_to_rle(det.masks) if det.masks is not None else None)
     results = []
     for i in range(len(det)):
         row = {"image_id": int(image_id), "category_id": int(category_ids[int(classes[i])]),
                "bbox": [float(v) for v in xywh[i]], "score": float(scores[i])}
         if rles is not None:
-            rle = dict(rles[i])
-            rle["counts"] = rle["counts"].decode("utf-8")
-            row["segmentation"] = rle
+            row["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"]}
         results.append(row)
     return results
 
@@ -121,7 +119,7 @@ class COCOEvaluator:
             image_id = int(image_id)
             if image_id not in self.coco.imgs:
                 raise EvaluationError(f"image id {image_id} is not in the ground truth")
-            if "segm" in self.iou_types and det.masks is None:
+            if "segm" in self.iou_types and det.masks is None and det.masks_rle is None:
                 raise ValueError("segm evaluation needs Detections.masks (postprocess with_masks=True)")
             self._image_ids.add(image_id)
             self._results.extend(detections_to_coco(image_id, det, self.category_ids))
@@ -140,8 +138,8 @@ class COCOEvaluator:
         if not self._results or not image_ids:
             present = {a["category_id"] for a in self.coco.dataset["annotations"]
                        if a["image_id"] in self._image_ids}
-            return {**dict.fromkeys(_STAT_NAMES, 0.0),
-                    "per_class": {names[c]: 0.0 for c in self.category_ids if c in present}}
+            zeros = {names[c]: 0.0 for c in self.category_ids if c in present}
+            return {**dict.fromkeys(_STAT_NAMES, 0.0), "per_class": zeros, "per_class_ap50": dict(zeros)}
         results = self._results if iou_type == "segm" else [
             {k: v for k, v in r.items() if k != "segmentation"} for r in self._results]
         coco_dt = _quiet(self.coco.loadRes, results)
@@ -153,19 +151,31 @@ class COCOEvaluator:
         stats = {name: max(float(v), 0.0) for name, v in zip(_STAT_NAMES, evaluator.stats[:6], strict=True)}
         # precision: [iou thresholds, recall points, categories, area ranges, max dets]
         precision = evaluator.eval["precision"]
-        per_class = {}
+        per_class, per_class_ap50 = {}, {}
         for k, cat_id in enumerate(evaluator.params.catIds):
             if cat_id not in names:
                 continue
             p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
-            if p.size:  # -1 everywhere means the class has no ground truth in these images
-                per_class[names[cat_id]] = float(p.mean())
-        return {**stats, "per_class": per_class}
+            if (p > -1).any():  # -1 everywhere means the class has no ground truth in these images
+                per_class[names[cat_id]] = float(p[p > -1].mean())
+                p50 = p[0][p[0] > -1]  # iouThrs[0] = 0.5
+                per_class_ap50[names[cat_id]] = float(p50.mean()) if p50.size else 0.0
+        return {**stats, "per_class": per_class, "per_class_ap50": per_class_ap50}
 
 
 def flatten_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """``{"bbox": {"AP": .3}, "segm": {...}}`` -> ``{"box/AP": .3, "mask/AP": ...}`` (no per-class)."""
     prefix = {"bbox": "box", "segm": "mask"}
     return {f"{prefix.get(t, t)}/{k}": float(v) for t, m in metrics.items() for k, v in m.items()
-            if k != "per_class" and not (isinstance(v, float) and math.isnan(v))}
+            if not k.startswith("per_class") and not (isinstance(v, float) and math.isnan(v))}
+
+
+def per_class_metrics(metrics: Mapping[str, Mapping[str, Any]], prefix: str = "") -> dict[str, float]:
+    """Per-class AP as flat keys: ``{prefix}{box,mask}_ap50_95/<class>`` and ``..._ap50/<class>``."""
+    kinds = {"bbox": "box", "segm": "mask"}
+    out = {}
+    for iou_type, m in metrics.items():
+        kind = kinds.get(iou_type, iou_type)
+        for key, stat in (("per_class", "ap50_95"), ("per_class_ap50", "ap50")):
+            out.update({f"{prefix}{kind}_{stat}/{name}": float(v) for name, v in m.get(key, {}).items()})
+    return out

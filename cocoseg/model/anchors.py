@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["decode_distances", "make_anchors"]
+__all__ = ["decode_distances", "decode_distributions", "distances_to_boxes", "make_anchors"]
 
 
 def make_anchors(feats: Sequence[torch.Tensor | tuple[int, int]], strides: Sequence[float] | torch.Tensor,
@@ -63,3 +63,18 @@ def decode_distances(distances: torch.Tensor, anchor_points: torch.Tensor, *, xy
     if xywh:
         return torch.cat(((top_left_xy + bottom_right_xy) / 2, bottom_right_xy - top_left_xy), dim)
     return torch.cat((top_left_xy, bottom_right_xy), dim)
+
+
+def decode_distributions(logits: torch.Tensor, reg_max: int = 16) -> torch.Tensor:
+    """DFL expectation: (..., 4 * reg_max) logits -> (..., 4) ltrb distances in grid units.
+
+    The last dimension is side-major (``side * reg_max + bin``), sides left, top, right, bottom.
+    """
+    probs = logits.unflatten(-1, (4, reg_max)).softmax(-1)
+    bins = torch.arange(reg_max, dtype=probs.dtype, device=probs.device)
+    return probs @ bins
+
+
+def distances_to_boxes(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """(..., 2) anchor points and (..., 4) ltrb distances -> (..., 4) xyxy boxes, same units."""
+    return decode_distances(distances, points, xywh=False)

@@ -1,9 +1,13 @@
 """Champion/challenger aliases, the metric gate, manual promotion and rollback.
 
 Serving follows ``models:/NAME@champion`` and never a version number. A new version gets the
-alias ``challenger``; it takes ``champion`` only if its gate metric (mask AP50-95 by default,
-measured on the same validation snapshot) is >= the champion's + ``margin``; with no champion
-yet it becomes champion directly. Every decision is written as ``gate.*`` version tags with the
+alias ``challenger``; it takes ``champion`` only if its gate metric (mask AP50-95 by default)
+is *greater* than the champion's + ``margin`` (a tie is not a promotion) and both were measured
+comparably: the evaluate job's provenance tags (``eval.snapshot_id``, ``eval.split``,
+``eval.images``, ``eval.protocol_hash``) must be present on both versions and equal; any
+difference (or a version without them beside one with them) is "not comparable" and never
+promotes. Versions that both predate the evaluate job fall back to comparing ``val_snapshot``.
+With no champion yet the candidate becomes champion directly. Every decision is written as ``gate.*`` version tags with the
 numbers, and a version that takes ``champion`` records ``previous_champion`` so that
 :func:`rollback` can point the alias back without any other state.
 
@@ -40,6 +44,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 METRIC_TAG = "metric.{}"  # version tag holding a metric value as text
 SNAPSHOT_TAG = "val_snapshot"
+# What the evaluate job records (pipelines/evaluate.py, export_metrics); equal on both sides or no promotion.
+PROVENANCE_TAGS = ("eval.snapshot_id", "eval.split", "eval.images", "eval.protocol_hash")
 
 
 @dataclass(frozen=True)
@@ -78,24 +84,45 @@ def _who() -> str:
         return "unknown"
 
 
+def _provenance_mismatch(provenance: tuple[dict[str, str], dict[str, str]] | None,
+                         champion_version: str | None) -> str:
+    """Why the two measurements are not comparable ("" when they are, or when neither has provenance)."""
+    if not provenance:
+        return ""
+    ours, theirs = provenance
+    if not any(ours.values()) and not any(theirs.values()):
+        return ""
+    diffs = [f"{key.removeprefix('eval.')} {ours.get(key) or 'missing'!r} vs {theirs.get(key) or 'missing'!r}"
+             for key in PROVENANCE_TAGS if not ours.get(key) or ours.get(key) != theirs.get(key)]
+    if not diffs:
+        return ""
+    return (f"not comparable: challenger vs champion v{champion_version} differ in " + "; ".join(diffs)
+            + "; evaluate both with `cocoseg evaluate` on one snapshot split under one protocol")
+
+
 def decide(metric: str, challenger: float, champion: float | None, margin: float, *,
-           champion_version: str | None = None, snapshots: tuple[str, str] | None = None) -> GateDecision:
-    """The pure gate rule (no I/O). ``snapshots`` = (challenger's, champion's) val snapshot ids."""
+           champion_version: str | None = None, snapshots: tuple[str, str] | None = None,
+           provenance: tuple[dict[str, str], dict[str, str]] | None = None) -> GateDecision:
+    """The pure gate rule (no I/O). ``snapshots`` = (challenger's, champion's) val snapshot ids
+    (the legacy check); ``provenance`` = their :data:`PROVENANCE_TAGS` values."""
     if champion is None:
         return GateDecision("bootstrap", f"no champion yet: {metric}={challenger:.6g} becomes champion",
                             metric, challenger, None, None, margin)
-    if snapshots and all(snapshots) and snapshots[0] != snapshots[1]:
-        return GateDecision("rejected", f"not comparable: challenger measured on val snapshot {snapshots[0]!r}, "
-                            f"champion v{champion_version} on {snapshots[1]!r}; re-evaluate both on one snapshot",
-                            metric, challenger, champion_version, champion, margin)
+    mismatch = _provenance_mismatch(provenance, champion_version)
+    if not mismatch and snapshots and all(snapshots) and snapshots[0] != snapshots[1]:
+        mismatch = (f"not comparable: challenger measured on val snapshot {snapshots[0]!r}, champion "
+                    f"v{champion_version} on {snapshots[1]!r}; re-evaluate both on one snapshot")
+    if mismatch:
+        return GateDecision("rejected", mismatch, metric, challenger, champion_version, champion, margin)
     needed = champion + margin
-    if challenger >= needed:
-        return GateDecision("promoted", f"{metric} {challenger:.6g} >= champion v{champion_version} "
+    if challenger > needed:
+        return GateDecision("promoted", f"{metric} {challenger:.6g} > champion v{champion_version} "
                             f"{champion:.6g} + margin {margin:g}", metric, challenger, champion_version,
                             champion, margin)
-    return GateDecision("rejected", f"{metric} {challenger:.6g} < champion v{champion_version} {champion:.6g} "
-                        f"+ margin {margin:g} (short by {needed - challenger:.3g})", metric, challenger,
-                        champion_version, champion, margin)
+    tie = " (a tie is not a promotion)" if challenger == needed else ""
+    return GateDecision("rejected", f"{metric} {challenger:.6g} does not beat champion v{champion_version} "
+                        f"{champion:.6g} + margin {margin:g} (short by {needed - challenger:.3g}){tie}", metric,
+                        challenger, champion_version, champion, margin)
 
 
 def alias_version(client: Any, name: str, alias: str):
@@ -147,11 +174,12 @@ def run_gate(client: Any, name: str, version: str, *, metric: str, margin: float
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion = alias_version(client, name, CHAMPION)
     champ_value = metric_value(champion, metric) if champion is not None else None
-    snapshots = None
+    snapshots = provenance = None
     if same_snapshot and champion is not None:
         snapshots = (candidate.tags.get(SNAPSHOT_TAG, ""), champion.tags.get(SNAPSHOT_TAG, ""))
-    result = decide(metric, value, champ_value, margin,
-                    champion_version=champion.version if champion is not None else None, snapshots=snapshots)
+        provenance = tuple({k: v.tags.get(k, "") for k in PROVENANCE_TAGS} for v in (candidate, champion))
+    result = decide(metric, value, champ_value, margin, champion_version=champion.version if champion is not None
+                    else None, snapshots=snapshots, provenance=provenance)
     for key, text in result.tags().items():
         client.set_model_version_tag(name, version, key, text)
     if result.promote:

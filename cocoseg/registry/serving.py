@@ -18,7 +18,9 @@ Request: one row per image, column ``image`` holding the encoded file (JPEG/PNG)
 Pre/post-processing follows the model card: letterbox to ``imgsz`` (gray 114 padding, centred),
 RGB / 255; class-aware greedy NMS; masks = coeffs @ protos upsampled to the network input,
 cropped to the box (x1 <= col < x2), > 0, un-padded and resized to the image (bilinear, >= 0.5),
-the conventions of ``cocoseg.model.postprocess`` (a test checks they agree).
+the conventions of ``cocoseg.model.postprocess`` and ``cocoseg.inference.Predictor``: this file is
+their torch-free twin for serving hosts, and tests check that both give the same detections (also
+on an EXIF-rotated JPEG through ``mlflow models serve``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["SegmentationModel", "decode_image", "letterbox", "nms_xyxy", "postprocess", "rle_encode"]
 
@@ -39,7 +41,8 @@ PAD_VALUE = 114
 
 
 def decode_image(value: Any) -> np.ndarray:
-    """base64 text or bytes of an encoded image -> (H, W, 3) uint8 RGB."""
+    """base64 text or bytes of an encoded image -> (H, W, 3) uint8 RGB, upright: the EXIF
+    orientation is applied, as ``cocoseg.inference.decode_image`` does for ``cocoseg predict``."""
     if isinstance(value, str):
         try:
             value = base64.b64decode(value, validate=True)
@@ -49,7 +52,7 @@ def decode_image(value: Any) -> np.ndarray:
         raise ValueError(f"column 'image' must hold base64 text or bytes, got {type(value).__name__}")
     try:
         with Image.open(io.BytesIO(value)) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
     except Exception as exc:
         raise ValueError(f"cannot decode the image: {exc}") from None
 

@@ -27,7 +27,16 @@ from cocoseg import bundle
 from cocoseg.utils import get_logger
 
 from .client import RegistryError, connect
-from .gate import CHALLENGER, CHAMPION, METRIC_TAG, SNAPSHOT_TAG, GateDecision, alias_version, run_gate
+from .gate import (
+    CHALLENGER,
+    CHAMPION,
+    METRIC_TAG,
+    PROVENANCE_TAGS,
+    SNAPSHOT_TAG,
+    GateDecision,
+    alias_version,
+    run_gate,
+)
 
 __all__ = ["Registration", "register_export", "version_tags"]
 
@@ -78,6 +87,8 @@ def version_tags(b: bundle.ExportBundle, metric: str) -> dict[str, str]:
     for key, value in b.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             tags[METRIC_TAG.format(key)] = repr(float(value))
+        if key in PROVENANCE_TAGS:  # what the evaluate job measured on, compared by the gate
+            tags[key] = str(int(value) if key == "eval.images" else value)
     engine = export.get("engine", {})
     if engine.get("built"):
         tags.update({"engine_sha256": b.sha256(bundle.ENGINE), "trt.version": engine.get("tensorrt_version"),

@@ -1,0 +1,260 @@
+"""The one predictor: images (or snapshot rows) -> :class:`~cocoseg.structures.Detections`.
+
+Every path that turns pixels into detections goes through here: training validation
+(``engine/build.build_validator``), ``cocoseg predict``, the MLflow preview, ``pipelines.evaluate``
+and ``pipelines.infer`` (the served pyfunc is a torch-free twin, see ``registry/serving.py``)::
+
+    predictor = Predictor.load("s3://bucket/runs/r1/weights/best", conf=0.25)
+    (det,) = predictor.predict([decode_image(open("a.jpg", "rb").read())])   # original-image pixels
+
+One letterbox type (:class:`~cocoseg.structures.LetterboxParams`) travels from the decode to
+post-processing; NMS, masks and the RLE encoder are those of :mod:`cocoseg.model.postprocess`.
+
+EXIF orientation: image *files* (predict, infer, serving) are shown upright, so
+:func:`decode_image` applies the EXIF orientation; snapshot rows (validation, evaluate) are not
+rotated, because COCO's sizes and polygons refer to the stored pixel grid
+(:func:`cocoseg.data.decode.decode_rgb`).
+
+:class:`Protocol` names what makes two AP figures comparable (imgsz, conf, iou, max_det,
+multi-label, letterbox rule, evaluation code version); its :meth:`Protocol.hash` is recorded by
+the evaluate job and compared by the promotion gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cocoseg import __version__, storage
+from cocoseg.data.letterbox import letterbox
+from cocoseg.model.postprocess import encode_rle, masks_to_rle, postprocess
+from cocoseg.structures import Detections, LetterboxParams, letterbox_params
+from cocoseg.utils import UserError
+
+__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "DetectBatch", "ImageReadError", "Predictor",
+           "Protocol", "decode_image", "detections_from_row", "detections_record", "encode_rle", "masks_to_rle",
+           "read_image", "resolve_weights"]
+
+LETTERBOX_RULE = "square imgsz; gain min(S/h, S/w), upscaling; bilinear; pad 114 split round(d/2 -/+ 0.1)"
+# Bump when post-processing or scoring changes numbers: AP measured under another value is not comparable.
+EVAL_CODE_VERSION = "2"
+
+
+class ImageReadError(UserError):
+    """An input image that is missing or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The settings an AP figure depends on; two figures compare only under equal hashes."""
+
+    imgsz: int = 640
+    conf: float = 0.001
+    iou: float = 0.7
+    max_det: int = 300
+    multi_label: bool = True
+    letterbox: str = LETTERBOX_RULE
+    code_version: str = f"cocoseg {__version__} eval {EVAL_CODE_VERSION}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hash(self) -> str:
+        """16 hex digits of SHA-256 over the canonical JSON of :meth:`to_dict`."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def decode_image(data: bytes, *, name: str = "image") -> np.ndarray:
+    """Encoded image file -> (h, w, 3) uint8 RGB, upright (EXIF orientation applied).
+
+    Raises :class:`ImageReadError` naming ``name`` for anything Pillow cannot decode, including
+    images past Pillow's decompression-bomb limit.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{name}: not a decodable image ({len(data)} bytes): {exc}") from None
+
+
+def resolve_weights(weights: str) -> str:
+    """A checkpoint folder (local or ``s3://``) as is; ``models:/NAME@ALIAS`` (or ``/VERSION``)
+    downloaded from the MLflow registry (``MLFLOW_TRACKING_URI``) to a local folder holding the
+    version's ``model.safetensors`` and ``model_card.json``."""
+    if not weights.startswith("models:/"):
+        return weights
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    dest = tempfile.mkdtemp(prefix="cocoseg-weights-")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=weights, dst_path=dest))
+    found = {p.name: p for p in local.rglob("*") if p.name in ("model.safetensors", "model_card.json")}
+    if len(found) != 2:
+        raise UserError(f"{weights}: the registered model holds no model.safetensors + model_card.json")
+    folder = Path(dest) / "checkpoint"
+    folder.mkdir()
+    for name, path in found.items():
+        (folder / name).write_bytes(path.read_bytes())
+    return str(folder)
+
+
+class Predictor:
+    """A model in eval mode plus the settings that turn its outputs into detections.
+
+    ``model``: a cocoseg segmentation model (eval forward ``(pred, proto)``); ``imgsz``: square
+    input side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (predict
+    defaults; :meth:`for_evaluation` gives the evaluation ones); ``precision``: ``fp32``, ``bf16``
+    or ``fp16`` (autocast; CUDA only, fp32 elsewhere).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, class_names: Sequence[str], imgsz: int = 640,
+                 conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
+                 device: str | torch.device | None = None, precision: str = "fp32") -> None:
+        if imgsz % 32 or imgsz <= 0:
+            raise UserError(f"imgsz {imgsz} is not a positive multiple of 32")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"precision {precision!r}: use fp32, bf16 or fp16")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.imgsz, self.conf, self.iou, self.max_det, self.multi_label = imgsz, conf, iou, max_det, multi_label
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.amp_dtype = dtype if self.device.type == "cuda" else None
+
+    @classmethod
+    def load(cls, weights: str, *, imgsz: int = 0, device: str = "cpu", **kwargs: Any) -> Predictor:
+        """From a checkpoint folder (local / ``s3://``) or ``models:/NAME@ALIAS``; ``imgsz`` 0 = the card's."""
+        from cocoseg.model.weights import load_checkpoint
+
+        model, card = load_checkpoint(resolve_weights(weights), device=device)
+        return cls(model, class_names=card.class_names, imgsz=imgsz or int(card.imgsz), device=device, **kwargs)
+
+    def for_evaluation(self, protocol: Protocol | None = None) -> Predictor:
+        """The same model with the evaluation protocol's NMS settings (conf 0.001, multi-label, ...)."""
+        p = protocol or Protocol(imgsz=self.imgsz)
+        return Predictor(self.model, class_names=self.class_names, imgsz=p.imgsz, conf=p.conf, iou=p.iou,
+                         max_det=p.max_det, multi_label=p.multi_label, device=self.device,
+                         precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"))
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol(imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,
+                        multi_label=self.multi_label)
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, LetterboxParams]:
+        """(h, w, 3) uint8 -> the (S, S, 3) letterboxed input and its geometry."""
+        return letterbox(rgb, (self.imgsz, self.imgsz))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) uint8 letterboxed inputs -> fp32 eval outputs ``(pred, proto)``."""
+        x = images.to(self.device, non_blocking=True).float() / 255.0
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            pred, proto = self.model(x)
+        return pred.float(), proto.float()
+
+    def detect(self, images: torch.Tensor, letterboxes: Sequence[LetterboxParams], *,
+               masks: str = "full") -> list[Detections]:
+        """Letterboxed (B, 3, S, S) uint8 inputs and their geometry -> detections in original pixels.
+
+        ``masks``: ``full`` (dense (n, h0, w0) bool on CPU), ``rle`` (COCO RLEs) or ``none``.
+        """
+        pred, proto = self.forward(images)
+        dets = postprocess(pred, proto, letterboxes=letterboxes, conf=self.conf, iou=self.iou,
+                           max_det=self.max_det, multi_label=self.multi_label, masks=masks)
+        return [Detections(d.boxes_xyxy.cpu(), d.scores.cpu(), d.classes.cpu(),
+                           d.masks.cpu() if d.masks is not None else None, d.masks_rle) for d in dets]
+
+    def predict(self, images: Sequence[np.ndarray], *, masks: str = "full") -> list[Detections]:
+        """Decoded (h, w, 3) uint8 RGB images -> one :class:`Detections` each, original pixels."""
+        if not len(images):
+            return []
+        prepared = [self.prepare(np.asarray(rgb)) for rgb in images]
+        batch = torch.from_numpy(np.stack([p[0] for p in prepared])).permute(0, 3, 1, 2)
+        return self.detect(batch, [p[1] for p in prepared], masks=masks)
+
+    def letterboxes_for(self, orig_hw: Sequence[tuple[int, int]]) -> list[LetterboxParams]:
+        """The geometry of images of these sizes letterboxed by :meth:`prepare` (the val preset's rule)."""
+        return [letterbox_params((int(h), int(w)), (self.imgsz, self.imgsz)) for h, w in orig_hw]
+
+
+def detections_record(det: Detections, class_names: Sequence[str], *, digits: int = 2) -> dict[str, Any]:
+    """Column form of one image's detections (what predict JSON and infer Parquet rows hold):
+    ``boxes_xyxy`` (original pixels), ``scores``, ``classes``, ``class_names``, ``masks_rle``."""
+    classes = [int(c) for c in det.classes.tolist()]
+    rles = det.masks_rle if det.masks_rle is not None else (masks_to_rle(det.masks) if det.masks is not None else [])
+    return {"boxes_xyxy": [[round(float(v), digits) for v in box] for box in det.boxes_xyxy.tolist()],
+            "scores": [round(float(s), 5) for s in det.scores.tolist()], "classes": classes,
+            "class_names": [class_names[c] if c < len(class_names) else str(c) for c in classes],
+            "masks_rle": list(rles)}
+
+
+def read_image(uri: str) -> np.ndarray:
+    """An image file (local or ``s3://``) -> upright (h, w, 3) uint8; :class:`ImageReadError` if unreadable."""
+    try:
+        data = storage.read_bytes(uri)
+    except (FileNotFoundError, IsADirectoryError, storage.StorageError) as exc:
+        raise ImageReadError(f"{uri}: cannot read image: {exc}") from None
+    return decode_image(data, name=uri)
+
+
+# ------------------------------------------------------------------ batch inference (Ray Data)
+
+DETECTION_COLUMNS = ("image_id", "height", "width", "boxes_xyxy", "scores", "classes", "masks_rle")
+
+
+class DetectBatch:
+    """``map_batches`` callable (one per actor): snapshot rows -> one row of detections per image.
+
+    Letterboxes the rows exactly as training validation does (the ``val`` preset of
+    :class:`cocoseg.data.stage.AugmentBatch`, EXIF not applied), runs the predictor under
+    ``protocol`` and returns a pyarrow Table with :data:`DETECTION_COLUMNS`: boxes flattened
+    (n * 4 floats, original pixels), masks as COCO RLE ``counts`` strings. No pixels leave the actor.
+    """
+
+    def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
+                 threads: int = 1) -> None:
+        from cocoseg.data.stage import AugmentBatch
+
+        torch.set_num_threads(threads)
+        self.protocol = Protocol(**protocol)
+        self.predictor = Predictor.load(weights, device=device).for_evaluation(self.protocol)
+        self.stage = AugmentBatch(preset="val", imgsz=self.protocol.imgsz, seed=0, epoch=0, num_classes=num_classes)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from cocoseg.data.collate import collate_val
+
+        vb = collate_val(self.stage(batch))
+        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
+        dets = self.predictor.detect(vb.images, self.predictor.letterboxes_for(sizes), masks="rle")
+        return pa.table({
+            "image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
+            "height": pa.array([s[0] for s in sizes], pa.int32()), "width": pa.array([s[1] for s in sizes], pa.int32()),
+            "boxes_xyxy": pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32())),
+            "scores": pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32())),
+            "classes": pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32())),
+            "masks_rle": pa.array([[r["counts"] for r in d.masks_rle] for d in dets], pa.list_(pa.string())),
+        })
+
+
+def detections_from_row(row: dict[str, Any]) -> Detections:
+    """One row of :class:`DetectBatch` output -> :class:`Detections` (masks as RLE)."""
+    size = [int(row["height"]), int(row["width"])]
+    boxes = torch.tensor(np.asarray(row["boxes_xyxy"], np.float32).reshape(-1, 4))
+    return Detections(boxes, torch.tensor(np.asarray(row["scores"], np.float32)),
+                      torch.tensor(np.asarray(row["classes"], np.int64)),
+                      masks_rle=[{"size": size, "counts": c} for c in row["masks_rle"]])
