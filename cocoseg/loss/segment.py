@@ -115,9 +115,12 @@ class SegmentationLoss:
         image_hw = (sizes[0][0] * int(self.strides[0]), sizes[0][1] * int(self.strides[0]))
 
         gt_labels, gt_boxes, gt_valid, slot = pad_targets(targets, batch, image_hw)
-        pred_boxes = distances_to_boxes(points, decode_distributions(pred_dist, reg_max))  # grid units
-        probs = pred_logits.detach().sigmoid()
-        assigned = self.assigner(probs, (pred_boxes.detach() * stride).float(), points * stride,
+        # The assigner sees detached predictions of every anchor: decoded without a graph here, and
+        # again with one for the positives only (the box terms), which is all the backward needs.
+        with torch.no_grad():
+            probs = pred_logits.sigmoid()
+            boxes_px = distances_to_boxes(points, decode_distributions(pred_dist, reg_max)) * stride
+        assigned = self.assigner(probs, boxes_px.float(), points * stride,
                                  gt_labels, gt_boxes, gt_valid, dense_scores=False)
         fg_b, fg_a = assigned.fg_mask.nonzero(as_tuple=True)  # (P,), (P,) in image, anchor order
         weight = assigned.weight[fg_b, fg_a]  # (P,) soft score of each positive
@@ -125,7 +128,7 @@ class SegmentationLoss:
 
         index = (fg_b, fg_a, assigned.labels[fg_b, fg_a])
         loss_cls = sparse_target_bce(pred_logits, probs, index, weight.to(pred_logits.dtype)) / score_sum
-        loss_box, loss_dfl = self._box_losses(pred_dist, pred_boxes, points, stride, assigned,
+        loss_box, loss_dfl = self._box_losses(pred_dist, points, stride, assigned,
                                               (fg_b, fg_a, weight), score_sum)
         loss_mask = self._mask_loss(coeffs, proto, targets.masks, assigned, (fg_b, fg_a), image_hw)
 
@@ -135,7 +138,7 @@ class SegmentationLoss:
         total = batch * sum(terms.values())
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
-    def _box_losses(self, pred_dist: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor,
+    def _box_losses(self, pred_dist: torch.Tensor, points: torch.Tensor,
                     stride: torch.Tensor, assigned: Assignment,
                     positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor], score_sum: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +148,13 @@ class SegmentationLoss:
             zero = pred_dist.sum() * 0.0 + 0.0  # keeps the graph; + 0.0 turns -0.0 into 0.0
             return zero, zero
         target_boxes = assigned.boxes_xyxy[fg_b, fg_a] / stride[fg_a]  # (P, 4) grid units
-        iou = bbox_ciou(pred_boxes[fg_b, fg_a], target_boxes)
+        logits = pred_dist[fg_b, fg_a]  # (P, 4 * reg_max)
+        pred_boxes = distances_to_boxes(points[fg_a], decode_distributions(logits, self.reg_max))
+        iou = bbox_ciou(pred_boxes, target_boxes)
         loss_box = ((1.0 - iou) * weight).sum() / score_sum
 
         target_dist = boxes_to_distances(points[fg_a], target_boxes, self.reg_max - 1 - 0.01)  # (P, 4)
-        logits = pred_dist[fg_b, fg_a].reshape(-1, self.reg_max)  # (P*4, reg_max)
+        logits = logits.reshape(-1, self.reg_max)  # (P*4, reg_max)
         tau = target_dist.reshape(-1)
         left = tau.long()
         w_left = (left + 1).to(tau.dtype) - tau
