@@ -87,7 +87,6 @@ class _CroppedMaskBCE(torch.autograd.Function):
             dlogits = dlogits * grad
             grad_coeffs[g.b, :, g.anchors] = crop @ dlogits.T  # (nm, K); anchors of one gt are distinct
             grad_proto[g.b, :, g.y1:g.y2, g.x1:g.x2] += (coef @ dlogits).view(-1, g.y2 - g.y1, g.x2 - g.x1)
-        ctx.saved = None  # free the crops as soon as they are used
         return grad_coeffs, grad_proto, None, None
 
 
