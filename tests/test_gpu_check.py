@@ -22,13 +22,14 @@ import gpu_check  # noqa: E402
 def _dry_run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, dict], str]:
     out = tmp_path / "rows.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-dry-run", "--budget-s", "900", "--wheels",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-dry-run", "--budget-s", "1500", "--wheels",
                            str(tmp_path / "no-wheels"), "--json", str(out), *extra],
-                          capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+                          capture_output=True, text=True, timeout=1700, env=env, cwd=REPO)
     rows = {r["name"]: r for r in json.loads(out.read_text())} if out.exists() else {}
     return proc.returncode, rows, proc.stdout + proc.stderr[-3000:]
 
 
+@pytest.mark.timeout(1800)  # ~25 s of CPU; generous for loaded shared hosts
 def test_cpu_dry_run_runs_every_row(tmp_path: Path) -> None:
     rc, rows, log = _dry_run(tmp_path)
     expected = {"pytest -m gpu", "train n b2", "ddp gloo 1 rank", "onnx export + ort parity", "train n b2 compile"}
@@ -44,6 +45,7 @@ def test_cpu_dry_run_runs_every_row(tmp_path: Path) -> None:
     assert rc == 0, log
 
 
+@pytest.mark.timeout(1800)
 def test_a_failing_row_does_not_stop_the_others(tmp_path: Path) -> None:
     rc, rows, log = _dry_run(tmp_path, "--rows", "^(ddp|train n b2$)", "--break", "ddp gloo 1 rank")
     assert set(rows) == {"train n b2", "ddp gloo 1 rank"}, log

@@ -236,3 +236,16 @@ def test_fused_class_and_mask_terms_match_dense_autograd() -> None:
     for a, b in zip(torch.autograd.grad(fused, (coeffs, proto)), torch.autograd.grad(dense, (coeffs, proto)), strict=True):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda c, p: cropped_mask_bce(c, p, gt_maps, groups), (coeffs, proto))
+
+
+def test_loss_backward_under_autocast() -> None:
+    """Inside an autocast region (as in the train step) the loss is still float32 and back-propagates
+    to the bf16 outputs (the hand-written terms switch autocast off for their own math)."""
+    outputs, targets = _seeded_batch(seed=5)
+    leaves = [t.bfloat16().requires_grad_() for t in (*outputs.feats, outputs.mask_coeffs, outputs.proto)]
+    criterion = SegmentationLoss(num_classes=NC)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = criterion(RawOutputs(leaves[:3], leaves[3], leaves[4]), targets)
+    assert losses["loss"].dtype == torch.float32
+    grads = torch.autograd.grad(losses["loss"], leaves)
+    assert all(g.dtype == torch.bfloat16 and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0) for g in grads)

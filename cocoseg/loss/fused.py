@@ -26,6 +26,11 @@ __all__ = ["MaskGroup", "cropped_mask_bce", "sparse_target_bce"]
 class _SparseTargetBCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, probs, index, target):  # noqa: ANN001, ANN205 (autograd signature)
+        with torch.autocast(logits.device.type, enabled=False):  # float32 also under autocast
+            return _SparseTargetBCE._forward(ctx, logits, probs, index, target)
+
+    @staticmethod
+    def _forward(ctx, logits, probs, index, target):  # noqa: ANN001, ANN205
         picked = logits[index]
         ctx.save_for_backward(probs, target)
         ctx.index, ctx.shape, ctx.dtype = index, logits.shape, logits.dtype
@@ -65,6 +70,13 @@ class MaskGroup(NamedTuple):
 class _CroppedMaskBCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coeffs, proto, gt_maps, groups):  # noqa: ANN001, ANN205
+        # The loss is float32 even when the forward ran under autocast; the saved crops are then
+        # float32 too, which the backward (run outside autocast) relies on.
+        with torch.autocast(coeffs.device.type, enabled=False):
+            return _CroppedMaskBCE._forward(ctx, coeffs, proto, gt_maps, groups)
+
+    @staticmethod
+    def _forward(ctx, coeffs, proto, gt_maps, groups):  # noqa: ANN001, ANN205
         total = coeffs.new_zeros(())
         saved = []
         for g in groups:

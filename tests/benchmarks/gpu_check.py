@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: list[Row] = []
     remaining = lambda: max(deadline - time.monotonic(), 1.0)  # noqa: E731
-    run_row(rows, "pytest -m gpu", lambda: row_tests(plan, min(150.0, remaining())), deadline, broken)
+    run_row(rows, "pytest -m gpu", lambda: row_tests(plan, remaining() if plan.dry_run else min(150.0, remaining())), deadline, broken)
     for variant in plan.variants:
         for batch in plan.batches:
             run_row(rows, f"train {variant} b{batch}", lambda v=variant, b=batch: row_train(plan, v, b, False),
