@@ -114,7 +114,7 @@ def cocoseg_worker(batch_file: str, variant: str, threads: int) -> None:
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         outputs = model(images)
         leaves = [*outputs.feats, outputs.mask_coeffs, outputs.proto]
         t1 = time.perf_counter()
@@ -127,7 +127,7 @@ def cocoseg_worker(batch_file: str, variant: str, threads: int) -> None:
         t4 = time.perf_counter()
         opt.step()
         t5 = time.perf_counter()
-        print(TAG + json.dumps({"step": t5 - t0, "net_fwd": t1 - t0, "loss_fwd": t2 - t1, "assigner": timed.last,
+        print(TAG + json.dumps({"step": t5 - t0, "cpu": time.process_time() - c0, "net_fwd": t1 - t0, "loss_fwd": t2 - t1, "assigner": timed.last,
                                 "loss_bwd": t3 - t2, "net_bwd": t4 - t3, "optim": t5 - t4}), flush=True)
     _final(rss_before)
 
@@ -165,7 +165,7 @@ print(tag + json.dumps({"ready": True, "version": __import__("ultralytics").__ve
 for line in sys.stdin:
     if line.strip() != "step":
         break
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     preds = model(batch["img"])
     t1 = time.perf_counter()
     loss, _ = model.loss(batch, preds)
@@ -175,7 +175,7 @@ for line in sys.stdin:
     t3 = time.perf_counter()
     opt.step()
     t4 = time.perf_counter()
-    print(tag + json.dumps({"step": t4 - t0, "net_fwd": t1 - t0, "loss_fwd": t2 - t1, "backward": t3 - t2,
+    print(tag + json.dumps({"step": t4 - t0, "cpu": time.process_time() - c0, "net_fwd": t1 - t0, "loss_fwd": t2 - t1, "backward": t3 - t2,
                             "optim": t4 - t3}), flush=True)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(tag + json.dumps({"peak_rss_mib": peak, "step_rss_mib": peak - rss_before}), flush=True)
@@ -252,6 +252,8 @@ def measure(batch_file: Path, variant: str, threads: int, pairs: int) -> dict:
         ratios = [r["step"] / c["step"] for r, c in zip(ref, coco, strict=True)]
         out["step_ratio_ref_over_cocoseg"] = round(med(ratios), 3)
         out["step_ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        # CPU seconds per step: less sensitive than wall time to other jobs on a shared host.
+        out["cpu_ratio_ref_over_cocoseg"] = round(med(r["cpu"] / c["cpu"] for r, c in zip(ref, coco, strict=True)), 3)
     out["load_avg_1min"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
     return out
 
@@ -261,18 +263,18 @@ def _rss(final: dict) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| threads | side | step s | net fwd | loss fwd | assigner | loss bwd | net bwd | optim | "
-            "loss share | peak RSS MiB | step RSS MiB | ratio ref/cocoseg | load avg |")
+    head = ("| threads | side | step s | CPU s | net fwd | loss fwd | assigner | loss bwd | net bwd | optim | "
+            "loss share | peak RSS MiB | step RSS MiB | ratio ref/cocoseg (wall; CPU) | load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         c = r["cocoseg"]
-        lines.append(f"| {r['threads']} | cocoseg | {c['step']} | {c['net_fwd']} | {c['loss_fwd']} | {c['assigner']} | "
+        lines.append(f"| {r['threads']} | cocoseg | {c['step']} | {c['cpu']} | {c['net_fwd']} | {c['loss_fwd']} | {c['assigner']} | "
                      f"{c['loss_bwd']} | {c['net_bwd']} | {c['optim']} | {r['loss_share_pct']} % | "
-                     f"{c['peak_rss_mib']} | {c['step_rss_mib']} | {r.get('step_ratio_ref_over_cocoseg', '-')} | "
+                     f"{c['peak_rss_mib']} | {c['step_rss_mib']} | {r.get('step_ratio_ref_over_cocoseg', '-')}; {r.get('cpu_ratio_ref_over_cocoseg', '-')} | "
                      f"{r['load_avg_1min'][0]} -> {r['load_avg_1min'][1]} |")
         if "reference" in r:
             f = r["reference"]
-            lines.append(f"| {r['threads']} | reference | {f['step']} | {f['net_fwd']} | {f['loss_fwd']} | - | "
+            lines.append(f"| {r['threads']} | reference | {f['step']} | {f['cpu']} | {f['net_fwd']} | {f['loss_fwd']} | - | "
                          f"(in bwd) | {f['backward']} (all) | {f['optim']} | - | {f['peak_rss_mib']} | "
                          f"{f['step_rss_mib']} | | |")
     return "\n".join(lines)
@@ -298,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_batch(batch_file, args.batch, args.imgsz, args.instances)
         for threads in (int(t) for t in args.threads.split(",")):
             rows.append(measure(batch_file, args.variant, threads, args.pairs))
+            print(json.dumps(rows[-1]), flush=True)  # each thread count as soon as it is measured
     figures = {"variant": args.variant, "imgsz": args.imgsz, "batch": args.batch,
                "instances_per_image": args.instances, "rows": rows}
     print(json.dumps(figures, indent=1))
