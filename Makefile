@@ -4,6 +4,8 @@
 #   make test-all  every test, `extended` ones too
 #   make bench  the benchmarks under tests/benchmarks (print ratios against in-run baselines)
 #   make lint   ruff + the import-layering contract
+#   make gpu-wheels  the GPU check's extra needs as wheels in .whl/ (<= 30 MB; GPU_REF=1 adds ultralytics)
+#   make gpu-check   on a CUDA machine: tests/benchmarks/gpu_check.py (docs/gpu-check.md)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +18,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_ROOT ?= .cocoseg
 
-.PHONY: setup test test-all demo lint bench clean infra-tools
+.PHONY: setup test test-all demo lint bench clean infra-tools gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -58,3 +60,25 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .venv-iac .venv-hcl .cocoseg build *.egg-info
+
+# The GPU check's wheels: what a bare Python 3.12 + torch/numpy/pyarrow/onnx/onnxruntime/
+# safetensors/pytest machine lacks, for CPython 3.12 manylinux x86_64, plus the project itself.
+GPU_PY      ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_WHEELS  ?= .whl
+GPU_REF     ?= 0
+GPU_DEPS    ?= pycocotools==2.0.11 pyyaml==6.0.4 pillow==13.0.0
+GPU_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(GPU_PY) -m pip download -q --no-deps $(GPU_PLATFORM) -d $(GPU_WHEELS) $(GPU_DEPS)
+	test "$(GPU_REF)" = 0 || $(GPU_PY) -m pip download -q --no-deps $(GPU_PLATFORM) -d $(GPU_WHEELS) ultralytics==8.4.190
+	$(GPU_PY) -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) .
+	rm -rf build cocoseg.egg-info
+	$(GPU_PY) tests/benchmarks/gpu_check.py --check-wheels --wheels $(GPU_WHEELS)
+
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) tests/benchmarks/gpu_check.py --check-wheels --wheels $(GPU_WHEELS)
+	$(PYTHON) tests/benchmarks/gpu_check.py --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)

@@ -2,8 +2,10 @@
 
 Everything is computed for the whole batch at once on (B, M, A) tensors: B images, M the
 largest number of ground-truth boxes in any image (rows beyond an image's own count are padding),
-A anchor points. CIoU is only evaluated on the (gt, anchor) pairs whose anchor lies inside the
-box, which are few compared with B * M * A.
+A anchor points. CIoU and the alignment are only evaluated on the (gt, anchor) pairs whose anchor
+lies inside the box, which are few compared with B * M * A. Reductions over the short M axis
+(argmax, sums) are strided and slow on the CPU, so they are done only where they matter: the
+multiply-claimed anchors for the overlap argmax, and an index-weighted sum for the assigned row.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ class Assignment(NamedTuple):
     - ``labels`` (B, A) int64, class of the assigned box (0 for background anchors);
     - ``boxes_xyxy`` (B, A, 4) float, assigned box in input pixels (that of gt 0 for background);
     - ``scores`` (B, A, nc) float, one-hot class times the normalised alignment (0 for background);
+      None when the assigner was called with ``dense_scores=False`` (the loss needs only ``weight``);
     - ``fg_mask`` (B, A) bool, anchor has a positive;
-    - ``gt_index`` (B, A) int64, row of the assigned box in the padded gt tensor (0 for background).
+    - ``gt_index`` (B, A) int64, row of the assigned box in the padded gt tensor (0 for background);
+    - ``weight`` (B, A) float, the normalised alignment, i.e. ``scores.sum(-1)`` (0 for background).
     """
 
     labels: torch.Tensor
     boxes_xyxy: torch.Tensor
-    scores: torch.Tensor
+    scores: torch.Tensor | None
     fg_mask: torch.Tensor
     gt_index: torch.Tensor
+    weight: torch.Tensor
 
 
 class TaskAlignedAssigner:
@@ -53,23 +58,20 @@ class TaskAlignedAssigner:
     @torch.no_grad()
     def __call__(self, pred_scores: torch.Tensor, pred_boxes_xyxy: torch.Tensor,
                  anchor_points: torch.Tensor, gt_labels: torch.Tensor, gt_boxes_xyxy: torch.Tensor,
-                 gt_valid: torch.Tensor) -> Assignment:
-        batch, num_anchors, _ = pred_scores.shape
+                 gt_valid: torch.Tensor, *, dense_scores: bool = True) -> Assignment:
         num_gt = gt_boxes_xyxy.shape[1]
         if num_gt == 0:
-            return self._background(pred_scores, pred_boxes_xyxy)
+            return self._background(pred_scores, pred_boxes_xyxy, dense_scores)
 
         candidate = self._anchors_inside(anchor_points, gt_boxes_xyxy) & gt_valid[..., None]
         align, overlaps = self._alignment(pred_scores, pred_boxes_xyxy, gt_labels, gt_boxes_xyxy, candidate)
         positive = self._topk_mask(align) & candidate  # (B, M, A)
-
-        # An anchor claimed by several boxes keeps the one it overlaps most (argmax over all M).
-        claimed = positive.sum(1, keepdim=True) > 1
-        best = torch.zeros_like(positive).scatter_(1, overlaps.argmax(1, keepdim=True), True)
-        positive = torch.where(claimed, best, positive)
+        positive = self._resolve_claims(positive, overlaps)
 
         fg_mask = positive.any(1)  # (B, A)
-        gt_index = positive.to(torch.uint8).argmax(1)  # (B, A): the single positive row, else 0
+        # At most one positive row per anchor now: its index is the index-weighted sum (0 if none).
+        rows = torch.arange(num_gt, device=positive.device).view(1, -1, 1)
+        gt_index = (positive * rows).sum(1)  # (B, A) int64
         labels = gt_labels.gather(1, gt_index)
         boxes = gt_boxes_xyxy.gather(1, gt_index[..., None].expand(-1, -1, 4))
 
@@ -77,19 +79,22 @@ class TaskAlignedAssigner:
         align = align * positive
         best_align = align.amax(-1, keepdim=True)  # (B, M, 1)
         best_overlap = (overlaps * positive).amax(-1, keepdim=True)
-        norm = (align * best_overlap / (best_align + self.eps)).amax(1)  # (B, A)
-        scores = torch.zeros(batch, num_anchors, self.num_classes, dtype=pred_scores.dtype,
-                             device=pred_scores.device)
-        scores.scatter_(2, labels[..., None], 1.0)
-        scores *= (norm * fg_mask)[..., None]
-        return Assignment(labels, boxes, scores, fg_mask, gt_index)
+        weight = (align * best_overlap / (best_align + self.eps)).amax(1) * fg_mask  # (B, A)
+        scores = self._dense(labels, weight) if dense_scores else None
+        return Assignment(labels, boxes, scores, fg_mask, gt_index, weight.to(pred_scores.dtype))
 
-    def _background(self, pred_scores: torch.Tensor, pred_boxes: torch.Tensor) -> Assignment:
+    def _dense(self, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(B, A) labels and weights -> (B, A, nc) one-hot scores times weight."""
+        scores = torch.zeros(*labels.shape, self.num_classes, dtype=weight.dtype, device=weight.device)
+        return scores.scatter_(2, labels[..., None], weight[..., None])
+
+    def _background(self, pred_scores: torch.Tensor, pred_boxes: torch.Tensor, dense: bool) -> Assignment:
         batch, num_anchors, _ = pred_scores.shape
         dev = pred_scores.device
         zeros_long = torch.zeros(batch, num_anchors, dtype=torch.long, device=dev)
-        return Assignment(zeros_long, torch.zeros_like(pred_boxes), torch.zeros_like(pred_scores),
-                          torch.zeros(batch, num_anchors, dtype=torch.bool, device=dev), zeros_long.clone())
+        return Assignment(zeros_long, torch.zeros_like(pred_boxes), torch.zeros_like(pred_scores) if dense else None,
+                          torch.zeros(batch, num_anchors, dtype=torch.bool, device=dev), zeros_long.clone(),
+                          torch.zeros(batch, num_anchors, dtype=pred_scores.dtype, device=dev))
 
     @staticmethod
     def _anchors_inside(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -102,14 +107,14 @@ class TaskAlignedAssigner:
     def _alignment(self, pred_scores: torch.Tensor, pred_boxes: torch.Tensor, gt_labels: torch.Tensor,
                    gt_boxes: torch.Tensor, candidate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, M, A) alignment ``s**alpha * u**beta`` and overlap ``u``, zero off the candidates."""
-        num_anchors = pred_scores.shape[1]
-        # Probability of each gt's class at every anchor: gather along the class axis.
-        class_prob = pred_scores.transpose(1, 2).gather(1, gt_labels[..., None].expand(-1, -1, num_anchors))
-        class_prob = class_prob * candidate
-        overlaps = torch.zeros(candidate.shape, dtype=pred_boxes.dtype, device=pred_boxes.device)
         b_idx, m_idx, a_idx = candidate.nonzero(as_tuple=True)
-        overlaps[b_idx, m_idx, a_idx] = bbox_ciou(gt_boxes[b_idx, m_idx], pred_boxes[b_idx, a_idx]).clamp_(0)
-        align = class_prob.pow(self.alpha) * overlaps.pow(self.beta)
+        # Probability of each candidate's gt class at its anchor, read straight from (B, A, nc).
+        class_prob = pred_scores[b_idx, a_idx, gt_labels[b_idx, m_idx]]
+        ciou = bbox_ciou(gt_boxes[b_idx, m_idx], pred_boxes[b_idx, a_idx]).clamp_(0)
+        overlaps = torch.zeros(candidate.shape, dtype=pred_boxes.dtype, device=pred_boxes.device)
+        align = torch.zeros(candidate.shape, dtype=pred_boxes.dtype, device=pred_boxes.device)
+        overlaps[b_idx, m_idx, a_idx] = ciou
+        align[b_idx, m_idx, a_idx] = class_prob.to(ciou.dtype).pow(self.alpha) * ciou.pow(self.beta)
         return align, overlaps
 
     def _topk_mask(self, align: torch.Tensor) -> torch.Tensor:
@@ -117,3 +122,14 @@ class TaskAlignedAssigner:
         k = min(self.topk, align.shape[-1])
         idx = align.topk(k, dim=-1, largest=True).indices
         return torch.zeros_like(align, dtype=torch.bool).scatter_(-1, idx, True)
+
+    @staticmethod
+    def _resolve_claims(positive: torch.Tensor, overlaps: torch.Tensor) -> torch.Tensor:
+        """An anchor claimed by several boxes keeps the one it overlaps most (first on ties, over all M)."""
+        claimed_b, claimed_a = (positive.sum(1) > 1).nonzero(as_tuple=True)
+        if claimed_b.numel() == 0:
+            return positive
+        best = overlaps[claimed_b, :, claimed_a].argmax(-1)  # (C,)
+        positive[claimed_b, :, claimed_a] = False
+        positive[claimed_b, best, claimed_a] = True
+        return positive

@@ -6,8 +6,10 @@ Usage::
     losses = criterion(raw_outputs, targets)            # RawOutputs, SegTargets
     losses["loss"].backward()
 
-The whole batch is processed at once: targets are padded to (B, M, ...) tensors, the assigner
-works on (B, M, A), and the mask loss is computed for all positive anchors of all images together.
+The whole batch is processed at once: targets are padded to (B, M, ...) tensors and the assigner
+works on (B, M, A). The class and mask terms are hand-written autograd functions
+(:mod:`cocoseg.loss.fused`): the class target is sparse, and the mask term is computed per
+ground-truth box inside its crop of the prototype grid, for all of that box's positives at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cocoseg.structures import RawOutputs, SegTargets
 
 from .assigner import Assignment, TaskAlignedAssigner
 from .boxes import bbox_ciou, boxes_to_distances, decode_distributions, distances_to_boxes, make_anchors
+from .fused import MaskGroup, cropped_mask_bce, sparse_target_bce
 
 __all__ = ["LossGains", "SegmentationLoss", "pad_targets"]
 
@@ -80,6 +83,7 @@ class SegmentationLoss:
         self.reg_max = reg_max
         self.gains = gains
         self.assigner = TaskAlignedAssigner(num_classes=num_classes, topk=topk, alpha=alpha, beta=beta)
+        self._anchor_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, **kwargs) -> SegmentationLoss:
@@ -107,19 +111,26 @@ class SegmentationLoss:
             raise ValueError(f"feature maps have {flat.shape[1]} channels, expected 4*{reg_max}+{nc}")
         pred_dist, pred_logits = flat.transpose(1, 2).split((4 * reg_max, nc), 2)
         sizes = [(f.shape[2], f.shape[3]) for f in feats]
-        points, stride = make_anchors(sizes, list(self.strides), dtype=pred_dist.dtype, device=proto.device)
+        points, stride = self._anchors(sizes, pred_dist.dtype, proto.device)
         image_hw = (sizes[0][0] * int(self.strides[0]), sizes[0][1] * int(self.strides[0]))
 
         gt_labels, gt_boxes, gt_valid, slot = pad_targets(targets, batch, image_hw)
-        pred_boxes = distances_to_boxes(points, decode_distributions(pred_dist, reg_max))  # grid units
-        assigned = self.assigner(pred_logits.detach().sigmoid(), (pred_boxes.detach() * stride).float(),
-                                 points * stride, gt_labels, gt_boxes, gt_valid)
-        score_sum = assigned.scores.sum().clamp(min=1.0)
+        # The assigner sees detached predictions of every anchor: decoded without a graph here, and
+        # again with one for the positives only (the box terms), which is all the backward needs.
+        with torch.no_grad():
+            probs = pred_logits.sigmoid()
+            boxes_px = distances_to_boxes(points, decode_distributions(pred_dist, reg_max)) * stride
+        assigned = self.assigner(probs, boxes_px.float(), points * stride,
+                                 gt_labels, gt_boxes, gt_valid, dense_scores=False)
+        fg_b, fg_a = assigned.fg_mask.nonzero(as_tuple=True)  # (P,), (P,) in image, anchor order
+        weight = assigned.weight[fg_b, fg_a]  # (P,) soft score of each positive
+        score_sum = weight.sum().clamp(min=1.0)
 
-        loss_cls = F.binary_cross_entropy_with_logits(pred_logits, assigned.scores.to(pred_logits.dtype),
-                                                      reduction="sum") / score_sum
-        loss_box, loss_dfl = self._box_losses(pred_dist, pred_boxes, points, stride, assigned, score_sum)
-        loss_mask = self._mask_loss(coeffs, proto, targets.masks, assigned, image_hw)
+        index = (fg_b, fg_a, assigned.labels[fg_b, fg_a])
+        loss_cls = sparse_target_bce(pred_logits, probs, index, weight.to(pred_logits.dtype)) / score_sum
+        loss_box, loss_dfl = self._box_losses(pred_dist, points, stride, assigned,
+                                              (fg_b, fg_a, weight), score_sum)
+        loss_mask = self._mask_loss(coeffs, proto, targets.masks, assigned, (fg_b, fg_a), image_hw)
 
         g = self.gains
         terms = {"loss_box": g.box * loss_box, "loss_mask": g.mask * loss_mask,
@@ -127,22 +138,23 @@ class SegmentationLoss:
         total = batch * sum(terms.values())
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
-    def _box_losses(self, pred_dist: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor,
-                    stride: torch.Tensor, assigned: Assignment, score_sum: torch.Tensor
+    def _box_losses(self, pred_dist: torch.Tensor, points: torch.Tensor,
+                    stride: torch.Tensor, assigned: Assignment,
+                    positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor], score_sum: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CIoU and DFL terms over the positive anchors, both in grid units (spec 7.4)."""
-        fg = assigned.fg_mask
-        if not bool(fg.any()):
+        """CIoU and DFL terms over the positive anchors ``(image, anchor, weight)``, in grid units (spec 7.4)."""
+        fg_b, fg_a, weight = positives
+        if fg_b.numel() == 0:
             zero = pred_dist.sum() * 0.0 + 0.0  # keeps the graph; + 0.0 turns -0.0 into 0.0
             return zero, zero
-        weight = assigned.scores.sum(-1)[fg]  # (P,)
-        target_boxes = (assigned.boxes_xyxy / stride)[fg]  # (P, 4) grid units
-        iou = bbox_ciou(pred_boxes[fg], target_boxes)
+        target_boxes = assigned.boxes_xyxy[fg_b, fg_a] / stride[fg_a]  # (P, 4) grid units
+        logits = pred_dist[fg_b, fg_a]  # (P, 4 * reg_max)
+        pred_boxes = distances_to_boxes(points[fg_a], decode_distributions(logits, self.reg_max))
+        iou = bbox_ciou(pred_boxes, target_boxes)
         loss_box = ((1.0 - iou) * weight).sum() / score_sum
 
-        anchor_points = points.expand(fg.shape[0], -1, -1)[fg]
-        target_dist = boxes_to_distances(anchor_points, target_boxes, self.reg_max - 1 - 0.01)  # (P, 4)
-        logits = pred_dist[fg].view(-1, self.reg_max)  # (P*4, reg_max)
+        target_dist = boxes_to_distances(points[fg_a], target_boxes, self.reg_max - 1 - 0.01)  # (P, 4)
+        logits = logits.reshape(-1, self.reg_max)  # (P*4, reg_max)
         tau = target_dist.reshape(-1)
         left = tau.long()
         w_left = (left + 1).to(tau.dtype) - tau
@@ -152,37 +164,66 @@ class SegmentationLoss:
         loss_dfl = (dfl * weight).sum() / score_sum
         return loss_box, loss_dfl
 
+    def _anchors(self, sizes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``make_anchors`` for these level sizes, built once per (sizes, dtype, device) and kept."""
+        key = (tuple(sizes), dtype, str(device))
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = make_anchors(sizes, list(self.strides), dtype=dtype, device=device)
+        return self._anchor_cache[key]
+
     def _mask_loss(self, coeffs: torch.Tensor, proto: torch.Tensor, gt_maps: torch.Tensor,
-                   assigned: Assignment, image_hw: tuple[int, int]) -> torch.Tensor:
+                   assigned: Assignment, positives: tuple[torch.Tensor, torch.Tensor],
+                   image_hw: tuple[int, int]) -> torch.Tensor:
         """Prototype mask loss over every positive anchor of the batch (spec 7.4, "seg").
 
         Per positive: BCE of ``coeffs_a @ proto_b`` against the assigned instance's mask, kept
         inside the assigned gt box, averaged over the proto grid and divided by the box's
-        normalised area; summed over positives and divided by their number.
+        normalised area; summed over positives and divided by their number. Only the box's crop
+        is ever computed (the rest of the grid contributes exactly zero).
         """
-        fg = assigned.fg_mask
-        if not bool(fg.any()):
+        fg_b, fg_a = positives
+        if fg_b.numel() == 0:
             return proto.sum() * 0.0 + coeffs.sum() * 0.0 + 0.0
         _, _, mh, mw = proto.shape
         if gt_maps.shape[-2:] != (mh, mw):  # only when mask_ratio != 4: nearest, as classic YOLOv8
             gt_maps = F.interpolate(gt_maps[:, None].float(), (mh, mw), mode="nearest")[:, 0]
-        img_idx, anchor_idx = fg.nonzero(as_tuple=True)  # (P,), (P,)
-        gt_mask = (gt_maps[img_idx] == (assigned.gt_index[img_idx, anchor_idx] + 1)[:, None, None])
-        # One batched matmul over images: positives are packed per image into (B, P_max, 32) rows
-        # (zero-padded), multiplied with that image's (32, mh*mw) prototypes, then unpacked.
-        slot = (fg.cumsum(1) - 1)[img_idx, anchor_idx]  # (P,) position among the image's positives
-        packed = coeffs.new_zeros(fg.shape[0], int(slot.max()) + 1, coeffs.shape[1])
-        packed[img_idx, slot] = coeffs.transpose(1, 2)[img_idx, anchor_idx]
-        logits = torch.bmm(packed, proto.flatten(2))[img_idx, slot].view(-1, mh, mw)  # (P, mh, mw)
-        bce = F.binary_cross_entropy_with_logits(logits, gt_mask.to(logits.dtype), reduction="none")
+        groups = _mask_groups(fg_b, fg_a, assigned, image_hw, (mh, mw))
+        return cropped_mask_bce(coeffs, proto, gt_maps, groups) / fg_b.shape[0]
 
-        boxes_norm = assigned.boxes_xyxy[img_idx, anchor_idx] / torch.tensor(
-            [image_hw[1], image_hw[0], image_hw[1], image_hw[0]], dtype=torch.float32, device=proto.device)
-        boxes_grid = boxes_norm * torch.tensor([mw, mh, mw, mh], dtype=torch.float32, device=proto.device)
-        inside = _box_crop_mask(boxes_grid, mh, mw)  # (P, mh, mw)
-        area = (boxes_norm[:, 2] - boxes_norm[:, 0]) * (boxes_norm[:, 3] - boxes_norm[:, 1])
-        per_positive = (bce * inside).mean((1, 2)) / area
-        return per_positive.sum() / img_idx.shape[0]
+
+def _mask_groups(fg_b: torch.Tensor, fg_a: torch.Tensor, assigned: Assignment, image_hw: tuple[int, int],
+                 grid_hw: tuple[int, int]) -> list[MaskGroup]:
+    """Positives grouped by their (image, gt box), with each box's crop of the ``grid_hw`` grid.
+
+    A pixel with integer column c, row r is kept iff x1 <= c < x2 and y1 <= r < y2 (spec 7.4), i.e.
+    columns ``ceil(x1) .. ceil(x2) - 1``; boxes whose crop holds no pixel centre are dropped (they
+    add exactly zero). One host transfer for the whole batch.
+    """
+    (h, w), (mh, mw) = image_hw, grid_hw
+    gt = assigned.gt_index[fg_b, fg_a]
+    key = fg_b * (int(gt.max()) + 1) + gt
+    key, order = key.sort(stable=True)
+    anchors_sorted = fg_a[order]
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    starts = first.nonzero().view(-1)
+    lead = order[starts]  # one positive per group, to read its box
+    norm = torch.tensor([w, h, w, h], dtype=torch.float32, device=gt.device)
+    grid = torch.tensor([mw, mh, mw, mh], dtype=torch.float32, device=gt.device)
+    boxes_norm = assigned.boxes_xyxy[fg_b[lead], fg_a[lead]].float() / norm
+    bounds = (boxes_norm * grid).ceil().clamp_(min=0)
+    bounds = torch.minimum(bounds, grid).long()
+    area = (boxes_norm[:, 2] - boxes_norm[:, 0]) * (boxes_norm[:, 3] - boxes_norm[:, 1])
+    scale = 1.0 / (mh * mw * area)
+    counts = torch.diff(starts, append=starts.new_tensor([key.shape[0]]))
+    rows = torch.stack([fg_b[lead], gt[lead], bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3]], 1)
+    groups = []
+    for (b, slot, x1, y1, x2, y2), s, k, anchors in zip(rows.tolist(), scale.tolist(), counts.tolist(),
+                                                       anchors_sorted.split(counts.tolist()), strict=True):
+        if x2 > x1 and y2 > y1 and k:
+            groups.append(MaskGroup(b, slot, anchors, y1, y2, x1, x2, s))
+    return groups
 
 
 def _check_targets(targets: SegTargets, batch: int) -> None:
@@ -198,11 +239,3 @@ def _check_targets(targets: SegTargets, batch: int) -> None:
         problems.append(f"masks must be (B={batch}, H/4, W/4) overlap maps, got {tuple(targets.masks.shape)}")
     if problems:
         raise ValueError("SegTargets do not fit the model outputs: " + "; ".join(problems))
-
-
-def _box_crop_mask(boxes_xyxy: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(P, 4) boxes in grid cells -> (P, H, W) bool: column c, row r kept iff x1 <= c < x2, y1 <= r < y2."""
-    cols = torch.arange(width, device=boxes_xyxy.device, dtype=boxes_xyxy.dtype)[None, None, :]
-    rows = torch.arange(height, device=boxes_xyxy.device, dtype=boxes_xyxy.dtype)[None, :, None]
-    x1, y1, x2, y2 = (boxes_xyxy[:, i, None, None] for i in range(4))
-    return (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
