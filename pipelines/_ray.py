@@ -12,7 +12,11 @@ Quiet by default (``--verbose`` or ``COCOSEG_VERBOSE=1`` turns each of these bac
   (``RAY_TRAIN_ENABLE_PRINT_PATCH=0`` in the environment a local Ray inherits);
 - Ray Data's execution plans (``DataContext.print_on_execution_start``) and its progress bars
   (``enable_progress_bars``) are off; the training progress bar is our own (``tqdm_ray``);
-- worker output still reaches the driver (``log_to_driver``): warnings and the progress bar.
+- worker output reaches the driver (``log_to_driver``) through a filter
+  (:func:`_filter_worker_output`): the progress bar and cocoseg's own warnings and errors pass,
+  Ray's internal chatter (C++ log lines, per-report lines, a ``PlacementGroupCleaner`` traceback
+  when another Ray runs on the host) does not; a failing worker still fails the job with its error;
+- the driver's Ray, Ray Data and MLflow loggers say only what is at WARNING (Ray: ERROR) or above.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from typing import Any
 from cocoseg.utils import UserError, get_logger, verbose
 
 __all__ = ["RayStartError", "quiet_ray_data", "start_ray", "train_logging_config"]
+
+# cocoseg's own log lines (``HH:MM:SS LEVEL cocoseg.x: ...``, cocoseg.utils.get_logger) that a
+# worker's output may carry to the driver when Ray is quiet.
+_KEPT_WORKER_LEVELS = (" WARNING cocoseg", " ERROR cocoseg", " CRITICAL cocoseg")
 
 log = get_logger("pipelines.ray")
 
@@ -39,6 +47,44 @@ def quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.print_on_execution_start = verbose()
     ctx.enable_progress_bars = verbose()
+    if not verbose():  # "Progress bars disabled", per-execution INFO lines
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _filter_worker_output() -> None:
+    """Replace Ray's printer of worker output on this driver with one that lets through only the
+    progress bars (``tqdm_ray``) and cocoseg's warnings and errors. It uses Ray's (private) log
+    dispatcher; if a Ray release changes it, the unfiltered default stays and nothing breaks."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+        printer = ray_worker.print_to_stdstream
+    except (ImportError, AttributeError):
+        return
+
+    def keep(line: str) -> bool:
+        return RAY_TQDM_MAGIC in line or any(level in line for level in _KEPT_WORKER_LEVELS)
+
+    def handler(data: dict[str, Any]) -> None:
+        lines = [line for line in data.get("lines", []) if keep(line)]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix=False)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", handler)
+
+
+def _quiet_driver_loggers() -> None:
+    """MLflow's INFO lines (database set-up) and UserWarnings (signature hints) on the driver."""
+    import warnings
+
+    import mlflow  # noqa: F401  (its import configures its loggers: set the level after it)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
 
 
 def train_logging_config():
@@ -71,10 +117,13 @@ def start_ray(**kwargs: Any) -> None:
     loud = verbose()
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "1" if loud else "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if loud else "false")
-    kwargs = {"logging_level": logging.INFO if loud else logging.WARNING, "log_to_driver": True, **kwargs}
+    kwargs = {"logging_level": logging.INFO if loud else logging.ERROR, "log_to_driver": True, **kwargs}
     for attempt in (1, 2):
         try:
             ray.init(**kwargs)
+            if not loud:
+                _filter_worker_output()
+                _quiet_driver_loggers()
             return
         except Exception as exc:  # Ray raises plain Exception / ConnectionError / TimeoutError here
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cocoseg.config import ConfigError, load_config, with_overrides
-from cocoseg.utils import UserError, redact, set_verbose
+from cocoseg.utils import UserError, redact, set_verbose, verbose
 from pipelines._train_checks import ensure_ray
 
 # A small run that visibly learns on a laptop in a few minutes: the synthetic shapes at 96 px, no
@@ -136,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides (train.epochs=2 ...)")
     args = parser.parse_args(argv)
     set_verbose(args.verbose)
+    if not verbose():  # the demo prints its own step lines and summary; the jobs' INFO logs are --verbose
+        os.environ.setdefault("COCOSEG_LOG_LEVEL", "WARNING")  # for loggers configured from here on
+        logging.getLogger("cocoseg").setLevel(logging.WARNING)
     try:
         run(args.root, args.overrides, args.images, ui_port=args.ui_port, serve_port=args.serve_port)
     except (ConfigError, UserError) as exc:
