@@ -254,9 +254,11 @@ class EvaluateConfig:
     cpus_per_actor: float = 1.0
     use_gpu: bool = False
     threads_per_actor: int = 1  # torch intra-op threads in each actor
+    chunk_images: int = 256  # pipelines.infer: images per output Parquet file (the unit of resume)
 
     def __post_init__(self) -> None:
         _check(self.imgsz >= 0 and self.imgsz % 32 == 0, "evaluate.imgsz", "must be 0 or a multiple of 32")
+        _check(self.chunk_images >= 1, "evaluate.chunk_images", "must be >= 1 (images per output file)")
         _check(0 <= self.conf < 1 and 0 <= self.predict_conf < 1 and 0 < self.iou <= 1, "evaluate.conf",
                "conf and predict_conf must be in [0, 1), iou in (0, 1]")
         _check(self.max_det >= 1 and self.batch_size >= 1 and self.actors >= 0, "evaluate.batch_size",

@@ -38,9 +38,9 @@ from cocoseg.model.postprocess import encode_rle, masks_to_rle, postprocess
 from cocoseg.structures import Detections, LetterboxParams, letterbox_params
 from cocoseg.utils import UserError
 
-__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "DetectBatch", "ImageReadError", "Predictor",
-           "Protocol", "decode_image", "detections_from_row", "detections_record", "encode_rle", "masks_to_rle",
-           "read_image", "resolve_weights"]
+__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "DetectBatch", "ImageReadError",
+           "PredictImages", "Predictor", "Protocol", "decode_image", "detections_from_row", "detections_record",
+           "encode_rle", "masks_to_rle", "prediction_schema", "read_image", "resolve_weights"]
 
 LETTERBOX_RULE = "square imgsz; gain min(S/h, S/w), upscaling; bilinear; pad 114 split round(d/2 -/+ 0.1)"
 # Bump when post-processing or scoring changes numbers: AP measured under another value is not comparable.
@@ -258,3 +258,79 @@ def detections_from_row(row: dict[str, Any]) -> Detections:
     return Detections(boxes, torch.tensor(np.asarray(row["scores"], np.float32)),
                       torch.tensor(np.asarray(row["classes"], np.int64)),
                       masks_rle=[{"size": size, "counts": c} for c in row["masks_rle"]])
+
+
+def prediction_schema() -> Any:
+    """The pyarrow schema of one batch-inference row (``pipelines.infer``): ``source_uri``,
+    ``width`` / ``height`` (upright image, pixels), ``boxes_xyxy`` (n x 4, original pixels),
+    ``scores``, ``classes``, ``class_names``, ``masks_rle`` (COCO compressed RLE ``counts`` strings,
+    size ``[height, width]``) and ``error`` (null when the image was predicted; then the
+    other columns except ``source_uri`` are null)."""
+    import pyarrow as pa
+
+    return pa.schema([("source_uri", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+                      ("boxes_xyxy", pa.list_(pa.list_(pa.float32(), 4))), ("scores", pa.list_(pa.float32())),
+                      ("classes", pa.list_(pa.int32())), ("class_names", pa.list_(pa.string())),
+                      ("masks_rle", pa.list_(pa.string())), ("error", pa.string())])
+
+
+class PredictImages:
+    """``map_batches`` callable (one per actor): encoded image files -> one prediction row each.
+
+    Input columns: ``source_uri``, ``data`` (the file's bytes, null when it could not be read),
+    ``error`` (why it could not be read, else null), plus ``passthrough`` columns copied as they
+    are. Files are decoded by :func:`decode_image` (EXIF orientation applied, as ``cocoseg
+    predict`` and the served model do) and run through the one :class:`Predictor` under
+    ``protocol`` (predict mode: ``evaluate.predict_conf``, one label per box). Output:
+    :func:`prediction_schema` plus the pass-through columns. An image that cannot be decoded or
+    predicted becomes a row whose ``error`` says why: one bad file never fails the batch.
+    """
+
+    def __init__(self, *, weights: str, protocol: dict[str, Any], device: str = "cpu", threads: int = 1,
+                 passthrough: Sequence[str] = ("chunk",)) -> None:
+        torch.set_num_threads(threads)
+        p = Protocol(**protocol)
+        self.passthrough = tuple(passthrough)
+        self.predictor = Predictor.load(weights, imgsz=p.imgsz, device=device, conf=p.conf, iou=p.iou,
+                                        max_det=p.max_det, multi_label=p.multi_label)
+
+    def _predict(self, images: dict[int, np.ndarray], errors: list[str | None]) -> dict[int, Detections]:
+        """One batched forward; if it fails, image by image so the failure stays with its image."""
+        keys = list(images)
+        try:
+            return dict(zip(keys, self.predictor.predict([images[k] for k in keys], masks="rle"), strict=True))
+        except Exception:  # noqa: BLE001 (isolated below, per image)
+            pass
+        out = {}
+        for k in keys:
+            try:
+                (out[k],) = self.predictor.predict([images[k]], masks="rle")
+            except Exception as exc:  # noqa: BLE001 (recorded in the row: never a crash for one image)
+                errors[k] = f"prediction failed ({type(exc).__name__}: {exc})"[:500]
+        return out
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        uris = batch.column("source_uri").to_pylist()
+        errors: list[str | None] = batch.column("error").to_pylist()
+        images: dict[int, np.ndarray] = {}
+        for i, data in enumerate(batch.column("data").to_pylist()):
+            if errors[i] is None:
+                try:
+                    images[i] = decode_image(data or b"", name=uris[i])
+                except ImageReadError as exc:
+                    errors[i] = str(exc)
+        dets = self._predict(images, errors)
+        rows = []
+        for i, uri in enumerate(uris):
+            row: dict[str, Any] = {"source_uri": uri, "error": errors[i]}
+            if i in dets and errors[i] is None:
+                h, w = images[i].shape[:2]
+                row.update(width=w, height=h, **detections_record(dets[i], self.predictor.class_names))
+                row["masks_rle"] = [r["counts"] for r in row["masks_rle"]]
+            rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=prediction_schema())
+        for name in self.passthrough:
+            table = table.append_column(name, batch.column(name))
+        return table

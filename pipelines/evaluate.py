@@ -43,13 +43,13 @@ from cocoseg.model.weights import read_card
 from cocoseg.utils import UserError, get_logger
 from pipelines import config_path
 
-__all__ = ["METRICS_FILE", "export_metrics", "main", "run"]
+__all__ = ["METRICS_FILE", "export_metrics", "main", "pool_size", "run"]
 
 log = get_logger("pipelines.evaluate")
 METRICS_FILE = "metrics.json"
 
 
-def _pool_size(cfg: JobConfig) -> int:
+def pool_size(cfg: JobConfig) -> int:
     """Actors: ``evaluate.actors``, else as many as the cluster's CPUs (or GPUs) hold."""
     e = cfg.evaluate
     if e.actors:
@@ -70,7 +70,7 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
         ds = ray.data.read_parquet(shards, columns=list(INPUT_COLUMNS))
     finally:
         ctx.use_datasource_v2 = saved
-    actors = _pool_size(cfg)
+    actors = pool_size(cfg)
     log.info("evaluate: %d actor(s), %s per actor, batch %d", actors, "1 GPU" if e.use_gpu else f"{e.cpus_per_actor:g} CPU",
              e.batch_size)
     ds = ds.repartition(target_num_rows_per_block=e.batch_size).map_batches(

@@ -18,12 +18,14 @@ from cocoseg.utils import UserError, redact, set_verbose
 from . import data as _data
 from . import deploy as _deploy
 from . import evaluate as _evaluate
+from . import infer as _infer
 from . import model as _model
 from . import train as _train
+from . import tune as _tune
 
 __all__ = ["build_parser", "main"]
 
-_AREAS = (_data, _model, _train, _deploy, _evaluate)
+_AREAS = (_data, _model, _train, _tune, _deploy, _evaluate, _infer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,206 @@
+"""Batch inference job: weights + a folder, ``s3://`` prefix or snapshot of images -> Parquet predictions.
+
+    ray job submit --working-dir . -- python -m pipelines.infer --config pipelines/configs/evaluate.yaml \\
+        --weights models:/cocoseg-yolov8-seg@champion --source s3://bucket/incoming/2026-12-04/ \\
+        --out s3://bucket/predictions/2026-12-04
+
+(or ``cocoseg infer WEIGHTS SOURCE --out DEST``). Reads: every file under SOURCE (a non-image
+file is reported, not skipped) or the rows of a snapshot (``--split``, default all). Ray Data
+tasks read the bytes; an actor pool (sized as the evaluate job's, ``evaluate.*``) decodes them
+with the EXIF orientation applied and runs :class:`cocoseg.inference.PredictImages` (the one
+predictor, predict mode: ``evaluate.predict_conf``). Writes, under DEST: one Parquet file per
+chunk of ``evaluate.chunk_images`` sources (one per shard for a snapshot), one row per image
+(:func:`cocoseg.inference.prediction_schema`; an unreadable image is a row whose ``error`` says
+why, so read = predicted + failed), then ``_manifest.json`` last (weights SHA-256, protocol and
+its hash, counts, files).
+
+Rerun: with the same weights, protocol and source listing it is a no-op that says so; a run
+killed midway resumes, keeping every part file already written (see ``pipelines/_infer_io.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from cocoseg import storage
+from cocoseg.config import ConfigError, JobConfig, load_config
+from cocoseg.inference import PredictImages, Protocol, resolve_weights
+from cocoseg.utils import UserError, get_logger
+from pipelines import config_path
+from pipelines._infer_io import (
+    MANIFEST,
+    Chunk,
+    plan_chunks,
+    read_chunks,
+    read_part_meta,
+    weights_identity,
+    write_part,
+)
+from pipelines._ray import start_ray
+from pipelines.evaluate import pool_size
+
+__all__ = ["main", "run", "summary"]
+
+log = get_logger("pipelines.infer")
+
+
+def _predictions(cfg: JobConfig, weights: str, protocol: Protocol, todo: list[Chunk]):
+    """Ray Data: chunk descriptions -> read tasks -> actor pool -> prediction tables to the driver."""
+    e = cfg.evaluate
+    items = [{"chunk": c.name, "uris": list(c.uris), "label": c.label} for c in todo]
+    # One read task per chunk. Its own CPU share keeps Ray Data from fusing it into the actors, so
+    # reading (I/O, S3 latency) overlaps the model instead of stalling it.
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        read_chunks, batch_size=1, batch_format="numpy", num_cpus=0.5)
+    ds = ds.map_batches(
+        PredictImages, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
+                                              "device": "cuda" if e.use_gpu else "cpu", "threads": e.threads_per_actor},
+        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool_size(cfg)),
+        num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def _infer(cfg, weights, protocol, todo, out, key) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    """Run the chunks; each part is written as soon as all its rows are in. Returns entries, failures."""
+    from tqdm import tqdm
+
+    expected = {c.name: c.rows for c in todo}
+    pending: dict[str, list[pa.Table]] = defaultdict(list)
+    entries, failures = {}, []
+    with tqdm(total=sum(expected.values()), unit="img", desc="infer", mininterval=1.0, file=sys.stderr) as bar:
+        for table in _predictions(cfg, weights, protocol, todo):
+            for name in set(table.column("chunk").to_pylist()):
+                pending[name].append(table.filter(pc.equal(table.column("chunk"), name)).drop_columns(["chunk"]))
+                if sum(t.num_rows for t in pending[name]) == expected[name]:
+                    rows = pa.concat_tables(pending.pop(name))
+                    entries[name] = write_part(out, name, rows, key)
+                    bad = rows.filter(pc.is_valid(rows.column("error")))
+                    failures += zip(bad.column("source_uri").to_pylist(), bad.column("error").to_pylist(), strict=True)
+            bar.update(table.num_rows)
+    if pending:  # a chunk whose row count differs from its plan: never write a part that is not whole
+        raise UserError(f"{len(pending)} chunk(s) came back incomplete ({', '.join(sorted(pending)[:3])}); rerun to resume")
+    return entries, failures
+
+
+def _previous(out: str, key: dict[str, str], planned: set[str]) -> dict[str, Any] | None:
+    """The manifest of an earlier run into OUT: returned when it holds exactly this plan (a no-op),
+    an error when it was made from other inputs, else removed (the folder is rebuilt and re-committed)."""
+    uri = storage.join(out, MANIFEST)
+    if not storage.exists(uri):
+        return None
+    doc = storage.read_json(uri)
+    if doc.get("identity") != key:
+        raise UserError(f"{uri}: {out} holds predictions of other weights, protocol or source ({doc.get('identity')}); "
+                        "choose another --out, or delete that folder to replace them")
+    if set(doc.get("files", {})) == planned:
+        try:
+            storage.check_manifest(out, MANIFEST)
+            return doc
+        except storage.IncompleteError:
+            pass
+    storage.delete(uri)
+    return None
+
+
+def run(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "") -> dict[str, Any]:
+    """Predict every image of ``source`` into ``out``; returns the manifest (plus ``summary`` and ``noop``)."""
+    started = time.perf_counter()
+    ident = weights_identity(weights, resolve_weights(weights))
+    e = cfg.evaluate
+    protocol = Protocol(imgsz=e.imgsz or ident["imgsz"], conf=e.predict_conf, iou=e.iou, max_det=e.max_det,
+                        multi_label=False)
+    key = {"source": source, "weights_sha256": ident["sha256"], "protocol_hash": protocol.hash()}
+    described, chunks = plan_chunks(source, out, e.chunk_images, split)
+    previous = _previous(out, key, {c.name for c in chunks})
+    if previous is not None:
+        msg = (f"nothing to do: {out} already holds these predictions ({previous['counts']['read']} images, same "
+               f"weights {ident['sha256'][:12]}, protocol {key['protocol_hash']}, source listing)")
+        print(msg)
+        return {**previous, "noop": True, "summary": msg}
+    existing = {f.uri.replace("\\", "/").rsplit("/", 1)[-1]: f.uri for f in storage.list_files(out, recursive=False)}
+    for name, uri in existing.items():
+        if ".parquet.tmp-" in name:  # a local write cut short by a kill: never committed, so never counted
+            storage.delete(uri)
+    entries = {c.name: read_part_meta(existing[c.name], key) for c in chunks if c.name in existing}
+    todo = [c for c in chunks if c.name not in entries]
+    log.info("infer: %d chunk(s) planned, %d already written, %d to run", len(chunks), len(entries), len(todo))
+    failures: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+    if todo:
+        start_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        t0 = time.perf_counter()  # images/s of the job, not of a local Ray's start-up
+        new, failures = _infer(cfg, weights, protocol, todo, out, key)
+        entries.update(new)
+    seconds = time.perf_counter() - t0
+    planned = {c.name for c in chunks}
+    for name, uri in existing.items():  # parts of an earlier listing of the same source and weights
+        if name.startswith("part-") and name.endswith(".parquet") and name not in planned:
+            read_part_meta(uri, key)
+            storage.delete(uri)
+    files = {c.name: entries[c.name] for c in chunks}
+    read_now = sum(c.rows for c in todo)
+    counts = {"read": sum(f["rows"] for f in files.values()), "failed": sum(f["failed"] for f in files.values()),
+              "detections": sum(f["detections"] for f in files.values())}
+    counts["predicted"] = counts["read"] - counts["failed"]
+    doc = {"kind": "cocoseg-predictions", "identity": key, "source": described, "weights": ident,
+           "protocol": protocol.to_dict(), "protocol_hash": protocol.hash(), "exif": "applied (decode_image)",
+           "counts": counts, "this_run": {"images": read_now, "seconds": round(seconds, 3),
+                                          "images_per_s": round(read_now / max(seconds, 1e-9), 3),
+                                          "files_reused": len(chunks) - len(todo)},
+           "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files}
+    storage.write_json(storage.join(out, MANIFEST), doc)  # last: the folder is complete from here on
+    doc["summary"] = summary(doc, out, failures, time.perf_counter() - started)
+    print(doc["summary"])
+    return {**doc, "noop": False}
+
+
+def summary(doc: dict[str, Any], out: str, failures: list[tuple[str, str]], seconds: float) -> str:
+    """The one-screen report printed at the end."""
+    c, r, w, p = doc["counts"], doc["this_run"], doc["weights"], doc["protocol"]
+    lines = [f"infer: {c['read']} images read, {c['predicted']} predicted, {c['failed']} failed, "
+             f"{c['detections']} detections in {len(doc['files'])} file(s)",
+             f"  this run: {r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.1f} img/s), "
+             f"{r['files_reused']} file(s) already written and kept; {seconds:.1f} s in all",
+             f"  weights:  {w['uri']} (sha256 {w['sha256'][:12]}, {w['variant']}, {w['num_classes']} classes)",
+             f"  protocol: {doc['protocol_hash']} (imgsz {p['imgsz']}, conf {p['conf']}, iou {p['iou']}, "
+             f"max_det {p['max_det']}; EXIF orientation applied)",
+             f"  output:   {out} ({len(doc['files'])} Parquet file(s) + {MANIFEST}); "
+             f"read with pandas.read_parquet({out!r})"]
+    for uri, error in failures[:8]:
+        lines.append(f"  failed:   {error if error.startswith(uri) else f'{uri}: {error}'}"[:200])
+    if len(failures) > 8:
+        lines.append(f"  ... and {len(failures) - 8} more failures (the `error` column)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.infer", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", required=True, help="checkpoint folder (local, s3://) or models:/NAME@ALIAS")
+    parser.add_argument("--source", required=True, help="folder or s3:// prefix of images, or a snapshot folder")
+    parser.add_argument("--out", required=True, help="output folder for the Parquet predictions (local or s3://)")
+    parser.add_argument("--split", default="", help="snapshot split(s) to run on (default: every split)")
+    parser.add_argument("--config", default=None, help="job config YAML (the evaluate section)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. evaluate.chunk_images=512")
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(config_path(args.config), args.overrides), args.weights, args.source, args.out,
+            split=args.split)
+    except (ConfigError, UserError, ValueError, FileNotFoundError, storage.StorageError) as exc:
+        print(f"pipelines.infer: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
