@@ -42,6 +42,7 @@ __all__ = [
     "StorageConfig",
     "TrackingConfig",
     "TrainConfig",
+    "TuneConfig",
     "config_hash",
     "from_dict",
     "load_config",
@@ -276,6 +277,35 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search (pipelines/tune.py): trials of the train job under ASHA.
+
+    ``space`` maps dotted config keys to one distribution each, e.g.
+    ``{"train.lr0": {"loguniform": [1e-4, 1e-2]}, "train.optimizer": {"choice": ["SGD", "AdamW"]}}``
+    (``uniform`` / ``loguniform`` / ``randint`` take ``[low, high]``, randint's high exclusive);
+    the job validates it against this schema before any trial starts.
+    """
+
+    name: str = "search"  # <storage.root>/tune/<name>: the search state (rerun = resume) and its results
+    space: dict[str, Any] = field(default_factory=dict)
+    num_trials: int = 8
+    max_concurrent_trials: int = 2
+    epochs: int = 0  # epochs per trial (ASHA's max_t); 0: train.epochs
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
+    seed: int = 0  # the sampler's seed: the same seed draws the same trials
+    train_best: bool = False  # then train the best config to train.epochs, export and register it (challenger)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()) and "/" not in self.name, "tune.name", "must be a non-empty folder name")
+        _check(self.num_trials >= 1, "tune.num_trials", "must be >= 1")
+        _check(self.max_concurrent_trials >= 1, "tune.max_concurrent_trials", "must be >= 1")
+        _check(self.epochs >= 0, "tune.epochs", "must be >= 0 (0: train.epochs)")
+        _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1 epoch")
+        _check(self.reduction_factor > 1, "tune.reduction_factor", "must be > 1 (2 keeps the better half at each rung)")
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything a pipeline job reads. Sections not used by a job are simply ignored."""
 
@@ -288,6 +318,7 @@ class JobConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,8 +85,10 @@ def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
                             chunk_rows=t.data_batch_rows, limit=t.max_train_images)
 
 
-def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
-    """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics."""
+def run(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:
+    """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics.
+
+    ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter)."""
     started = time.perf_counter()
     manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
@@ -126,7 +128,7 @@ def run(cfg: JobConfig, *, parent_run_id: str = "") -> TrainResult:
             num_workers=scaling_workers(cfg), use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=runs_root, logging_config=train_logging_config(),
+            name=run_name, storage_path=runs_root, logging_config=train_logging_config(), callbacks=list(callbacks) or None,
             # A group that cannot start (a node lost, a fixed group too big for what is left) is a
             # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures,

@@ -1,0 +1,153 @@
+"""What ``pipelines.tune`` keeps of a search: per-trial rows, MLflow marks, the table and the plot.
+
+Each trial is an ordinary training run (``<storage.root>/runs/<search>-<trial id>``) whose MLflow
+run is nested under the search's parent run. After the search, :func:`trial_rows` reads one row
+per trial from Tune's results and the run folder, :func:`mark_trial_run` tags each trial's MLflow
+run (``tune.status``: completed / stopped_early / error; a stopped run ends as ``KILLED`` with
+its curves and weights sent), and :func:`write_report` writes ``results.csv``, ``results.json``
+and ``metric_vs_params.png`` beside the search state, then logs them on the parent run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cocoseg import storage, tracking
+from cocoseg.engine.worker import FITNESS_KEY
+from cocoseg.utils import get_logger
+
+__all__ = ["EPOCHS_DONE", "best_row", "mark_trial_run", "trial_rows", "write_report"]
+
+log = get_logger("pipelines.tune")
+
+# Reported with every epoch of a trial (epoch + 1): ASHA's clock. Tune's own training_iteration
+# starts again at 1 when a trial restarts after a lost driver, while the run resumes at its epoch.
+EPOCHS_DONE = "epochs_done"
+
+
+def _first_step_at(run_dir: str) -> float | None:
+    """When the run's first worker was ready for its first batch (its earliest attempt record)."""
+    try:
+        times = [storage.read_json(e.uri).get("time") for e in storage.list_files(storage.join(run_dir, "workers"))]
+    except FileNotFoundError:
+        return None
+    return min((t for t in times if t), default=None)
+
+
+def trial_rows(results: Any, space_keys: Sequence[str], run_dir_of, epochs: int,
+               started: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One row per trial of a Tune ``ResultGrid``: its params, status, epochs and metrics."""
+    rows = []
+    for result in results:
+        last = result.metrics or {}
+        trial_id = str(last.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1])  # dir = trial id
+        history = result.metrics_dataframe
+        fitness = [float(v) for v in history[FITNESS_KEY].dropna()] if history is not None and FITNESS_KEY in history else []
+        done = int(last.get(EPOCHS_DONE, 0))
+        status = "error" if result.error else "completed" if done >= epochs else "stopped_early"
+        run_dir = run_dir_of(trial_id)
+        record = tracking.read_run_record(run_dir)
+        rows.append({"trial_id": trial_id, "status": status, "epochs_done": done,
+                     "best_mask_ap50_95": max(fitness, default=float(last.get(FITNESS_KEY, -1.0))),
+                     "last_mask_ap50_95": float(last.get(FITNESS_KEY, -1.0)),
+                     "last_train_loss": float(last.get("train/loss", math.nan)),
+                     **{key: result.config.get(key) for key in space_keys},
+                     "mlflow_run_id": record.get("run_id", ""), "run_dir": run_dir,
+                     "started_at": started.get(trial_id), "first_step_at": _first_step_at(run_dir),
+                     "error": str(result.error).splitlines()[0][:300] if result.error else ""})
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The best trial: highest val mask AP50-95 at any epoch; ties go to the trial that trained
+    longer (ASHA kept it), then to the lower final train loss."""
+    ok = [r for r in rows if r["status"] != "error"]
+    if not ok:
+        raise RuntimeError("every trial failed; see results.json for each trial's error")
+
+    def loss(r: Mapping[str, Any]) -> float:
+        value = r["last_train_loss"]
+        return -value if isinstance(value, float) and not math.isnan(value) else -math.inf
+
+    return max(ok, key=lambda r: (r["best_mask_ap50_95"], r["epochs_done"], loss(r)))
+
+
+def mark_trial_run(row: Mapping[str, Any], search: str, tracking_uri: str) -> None:
+    """Tag the trial's MLflow run; a stopped trial's run is ended as KILLED (idempotent)."""
+    record = tracking.read_run_record(row["run_dir"])
+    if not record.get("run_id"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    tags = {"tune.search": search, "tune.trial_id": row["trial_id"], "tune.status": row["status"],
+            "tune.stopped_early": str(row["status"] == "stopped_early").lower()}
+    for key, value in tags.items():
+        client.set_tag(record["run_id"], key, value)
+    if row["status"] != "completed" and not record.get("completed"):
+        tracking.end_run(row["run_dir"], "KILLED" if row["status"] == "stopped_early" else "FAILED")
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["trial_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _plot(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """PNG: best val mask AP50-95 of each trial against each searched parameter (one panel each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        (kind, args), = space[key].items()
+        for status, marker in (("completed", "o"), ("stopped_early", "x")):
+            pts = [(r[key], r["best_mask_ap50_95"]) for r in rows if r["status"] == status]
+            if kind == "choice":
+                pts = [(list(map(str, args)).index(str(x)), y) for x, y in pts]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=status.replace("_", " "))
+        if kind == "choice":
+            ax.set_xticks(range(len(args)), [str(a) for a in args])
+        elif kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("val mask AP50-95 (best epoch)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Mapping[str, Any]], tune_dir: str,
+                 tracking_uri: str, parent_run_id: str) -> list[str]:
+    """results.csv / results.json / metric_vs_params.png under ``tune_dir``, logged on the parent run."""
+    files = {"results.csv": _csv(rows).encode(), "results.json": json.dumps(list(rows), indent=2).encode()}
+    try:
+        files["metric_vs_params.png"] = _plot(rows, space)
+    except ImportError:  # matplotlib is a dependency; a slimmed image without it still gets the table
+        log.warning("matplotlib is not installed: no metric_vs_params.png")
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    uris = []
+    for name, blob in files.items():
+        uri = storage.join(tune_dir, name)
+        storage.write_bytes(uri, blob)
+        uris.append(uri)
+        with storage.local_copy(uri) as local:
+            client.log_artifact(parent_run_id, str(local), artifact_path="tune")
+    return uris
