@@ -1,4 +1,4 @@
-"""Scheduled retraining: ingest -> (skip if nothing changed) -> train -> export -> register + gate.
+"""Scheduled retraining: ingest -> (skip if nothing changed) -> train -> evaluate -> export -> register + gate.
 
     ray job submit --address http://<head>:8265 --working-dir . -- python -m pipelines.retrain \\
         --config pipelines/configs/retrain.yaml ingest.source=s3://data/coco ingest.dest=s3://data \\
@@ -10,6 +10,8 @@ Reads: the source dataset (``ingest.source``) and the registry's ``champion`` of
 ``registry.model_name``. Writes: a new snapshot when the source changed, one training run
 (``<storage.root>/runs/<name>``), an export (``<storage.root>/exports/<name>``) and one new
 registry version that the metric gate promotes to ``champion`` only if it beats the current one.
+The evaluate job scores the new weights on the snapshot's ``evaluate.split`` before the export, so
+the export and the gate carry evaluated, comparable metrics (``<weights>/eval-<split>``).
 
 Rerun: when ingest finds the source unchanged (no new snapshot) and the champion was trained on
 that snapshot, the job says so and exits 0 without starting any training (``retrain.force=true``
@@ -79,7 +81,7 @@ def _warm_start(cfg: JobConfig, champion: Any) -> str:
 
 def run(cfg: JobConfig) -> dict[str, Any]:
     """One retraining round; returns what happened (``action``: ``skipped`` or ``trained``)."""
-    from pipelines import export, ingest, register, train
+    from pipelines import evaluate, export, ingest, register, train
 
     started = time.perf_counter()
     ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
@@ -101,7 +103,14 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     cfg = with_overrides(cfg, overrides)
     trained = train.run(cfg)
     export_dir = storage.join(cfg.storage.root, "exports", os.path.basename(trained.run_dir.rstrip("/")))
-    export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
+    metrics_file = None
+    # Evaluate here, not in register: register finds a snapshot only under storage.root, and the
+    # cluster pipeline ingests into the data bucket; unevaluated metrics never beat an evaluated champion.
+    if cfg.evaluate.split in manifest.get("splits", {}):
+        evaluate.run(cfg, trained.best_weights, manifest["snapshot_uri"], parent_run=trained.mlflow_run_id,
+                     out=storage.join(trained.best_weights, f"eval-{cfg.evaluate.split}"))
+        metrics_file = storage.join(trained.best_weights, f"eval-{cfg.evaluate.split}", evaluate.METRICS_FILE)
+    export.run(cfg, trained.best_weights, export_dir, metrics_file=metrics_file, train_run_id=trained.mlflow_run_id)
     reg = register.run(cfg, export_dir)
     out = {"action": "trained", "snapshot": snapshot_id, "mlflow_run_id": trained.mlflow_run_id,
            "version": str(reg.version), "decision": reg.decision.decision, "reason": reg.decision.reason,

@@ -276,6 +276,28 @@ def _entrypoints() -> list[tuple[str, str]]:
     return out
 
 
+def _job_options(args: list[str]) -> tuple[list[str], list[str]]:
+    """``--name value`` / ``--name=value`` pairs (their names) apart from the key=value overrides."""
+    options, rest, i = [], [], 0
+    while i < len(args):
+        if args[i].startswith("--"):
+            options.append(args[i].split("=", 1)[0])
+            i += 1 if "=" in args[i] else 2
+        else:
+            rest.append(args[i])
+            i += 1
+    return options, rest
+
+
+def test_evaluate_and_infer_have_rayjobs_and_the_pipeline_evaluates() -> None:
+    jobs = {Path(w).name: shlex.split(e)[2] for w, e in _entrypoints() if "#" not in w}
+    assert jobs["rayjob-evaluate.yaml"] == "pipelines.evaluate" and jobs["rayjob-infer.yaml"] == "pipelines.infer"
+    # The pipeline RayJob runs retrain, whose evaluate step scores the new weights before export/register.
+    assert jobs["rayjob-pipeline.yaml"] == "pipelines.retrain"
+    retrain = (REPO / "pipelines" / "retrain.py").read_text()
+    assert retrain.index("evaluate.run(") < retrain.index("export.run(") < retrain.index("register.run(")
+
+
 def test_entrypoints_are_project_jobs_with_valid_overrides() -> None:
     sys.path.insert(0, str(REPO))
     from cocoseg.config import load_config
@@ -287,9 +309,13 @@ def test_entrypoints_are_project_jobs_with_valid_overrides() -> None:
         assert argv[:2] == ["python", "-m"] and argv[2].startswith("pipelines."), f"{where}: {entry}"
         assert argv[2].removeprefix("pipelines.") in JOBS, f"{where}: unknown job {argv[2]}"
         assert argv[3] == "--config" and re.fullmatch(r"pipelines/configs/[\w.-]+\.yaml", argv[4]), where
+        # A job's own options (`--weights URI`: evaluate, infer) must be ones its parser declares.
+        options, rest = _job_options(argv[5:])
+        source = (REPO / "pipelines" / f"{argv[2].removeprefix('pipelines.')}.py").read_text()
+        assert all(f'add_argument("{o}"' in source for o in options), f"{where}: {options} not all options of {argv[2]}"
         # Environment references become example values; load_config rejects unknown keys and
         # values of the wrong type with the key's name.
-        overrides = [re.sub(r"\$\{?(\w+)\}?", r"example-\1", a) for a in argv[5:]]
+        overrides = [re.sub(r"\$\{?(\w+)\}?", r"example-\1", a) for a in rest]
         assert all("=" in o for o in overrides), f"{where}: {overrides}"
         config = REPO / argv[4]
         assert config.exists(), f"{where}: --config {argv[4]} does not exist"
