@@ -7,7 +7,7 @@ into place, or one S3 PUT) by :func:`write_part`, so a file that exists is a fin
 Each part carries, in its Parquet metadata, the weights' SHA-256, the protocol hash and its own
 counts: a resumed run refuses parts made by other weights and never rereads their rows.
 ``_manifest.json`` is written last and lists every part with its size and SHA-256, in the
-:func:`cocoseg.storage.check_manifest` format.
+:func:`cocoseg.storage.check_manifest` format. :func:`summary` is the report printed at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from cocoseg.data.schema import read_manifest
 from cocoseg.model.weights import read_card
 from cocoseg.utils import UserError
 
-__all__ = ["MANIFEST", "Chunk", "plan_chunks", "read_chunks", "read_part_meta", "weights_identity", "write_part"]
+__all__ = ["MANIFEST", "Chunk", "plan_chunks", "previous_manifest", "read_chunks", "read_part_meta", "summary",
+           "weights_identity", "write_part"]
 
 MANIFEST = "_manifest.json"
 _META = b"cocoseg.infer"  # Parquet key-value metadata of each part (JSON)
@@ -143,3 +144,43 @@ def read_part_meta(uri: str, identity: dict[str, str]) -> dict[str, Any]:
                         "choose another --out, or delete that folder to replace its predictions")
     return {"size": len(data), "sha256": storage.sha256(data), "rows": meta["rows"], "failed": meta["failed"],
             "detections": meta["detections"]}
+
+
+def previous_manifest(out: str, key: dict[str, str], planned: set[str]) -> dict[str, Any] | None:
+    """The manifest of an earlier run into OUT: returned when it holds exactly this plan (a no-op),
+    an error when it was made from other inputs, else removed (the folder is rebuilt and re-committed)."""
+    uri = storage.join(out, MANIFEST)
+    if not storage.exists(uri):
+        return None
+    doc = storage.read_json(uri)
+    if doc.get("identity") != key:
+        raise UserError(f"{uri}: {out} holds predictions of other weights, protocol or source ({doc.get('identity')}); "
+                        "choose another --out, or delete that folder to replace them")
+    if set(doc.get("files", {})) == planned:
+        try:
+            storage.check_manifest(out, MANIFEST)
+            return doc
+        except storage.IncompleteError:
+            pass
+    storage.delete(uri)
+    return None
+
+
+def summary(doc: dict[str, Any], out: str, failures: list[tuple[str, str]], seconds: float) -> str:
+    """The one-screen report printed at the end."""
+    c, r, w, p = doc["counts"], doc["this_run"], doc["weights"], doc["protocol"]
+    lines = [f"infer: {c['read']} images read, {c['predicted']} predicted, {c['failed']} failed, "
+             f"{c['detections']} detections in {len(doc['files'])} file(s)",
+             f"  this run: {r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.1f} img/s; first rows "
+             f"after {r['first_rows_s']:.1f} s), "
+             f"{r['files_reused']} file(s) already written and kept; {seconds:.1f} s in all",
+             f"  weights:  {w['uri']} (sha256 {w['sha256'][:12]}, {w['variant']}, {w['num_classes']} classes)",
+             f"  protocol: {doc['protocol_hash']} (imgsz {p['imgsz']}, conf {p['conf']}, iou {p['iou']}, "
+             f"max_det {p['max_det']}; EXIF orientation applied)",
+             f"  output:   {out} ({len(doc['files'])} Parquet file(s) + {MANIFEST}); "
+             f"read with pandas.read_parquet({out!r})"]
+    for uri, error in failures[:8]:
+        lines.append(f"  failed:   {error if error.startswith(uri) else f'{uri}: {error}'}"[:200])
+    if len(failures) > 8:
+        lines.append(f"  ... and {len(failures) - 8} more failures (the `error` column)")
+    return "\n".join(lines)

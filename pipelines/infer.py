@@ -42,15 +42,17 @@ from pipelines._infer_io import (
     MANIFEST,
     Chunk,
     plan_chunks,
+    previous_manifest,
     read_chunks,
     read_part_meta,
+    summary,
     weights_identity,
     write_part,
 )
 from pipelines._ray import start_ray
 from pipelines.evaluate import pool_size
 
-__all__ = ["main", "run", "summary"]
+__all__ = ["main", "run"]
 
 log = get_logger("pipelines.infer")
 
@@ -71,15 +73,17 @@ def _predictions(cfg: JobConfig, weights: str, protocol: Protocol, todo: list[Ch
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _infer(cfg, weights, protocol, todo, out, key) -> tuple[dict[str, dict], list[tuple[str, str]]]:
-    """Run the chunks; each part is written as soon as all its rows are in. Returns entries, failures."""
+def _infer(cfg, weights, protocol, todo, out, key) -> tuple[dict[str, dict], list[tuple[str, str]], float]:
+    """Run the chunks; each part is written as soon as all its rows are in. Returns the parts'
+    entries, the failures, and the seconds before the first rows came back (actor start, model load)."""
     from tqdm import tqdm
 
     expected = {c.name: c.rows for c in todo}
     pending: dict[str, list[pa.Table]] = defaultdict(list)
-    entries, failures = {}, []
+    entries, failures, start, first = {}, [], time.perf_counter(), None
     with tqdm(total=sum(expected.values()), unit="img", desc="infer", mininterval=1.0, file=sys.stderr) as bar:
         for table in _predictions(cfg, weights, protocol, todo):
+            first = first if first is not None else time.perf_counter() - start
             for name in set(table.column("chunk").to_pylist()):
                 pending[name].append(table.filter(pc.equal(table.column("chunk"), name)).drop_columns(["chunk"]))
                 if sum(t.num_rows for t in pending[name]) == expected[name]:
@@ -90,27 +94,16 @@ def _infer(cfg, weights, protocol, todo, out, key) -> tuple[dict[str, dict], lis
             bar.update(table.num_rows)
     if pending:  # a chunk whose row count differs from its plan: never write a part that is not whole
         raise UserError(f"{len(pending)} chunk(s) came back incomplete ({', '.join(sorted(pending)[:3])}); rerun to resume")
-    return entries, failures
+    return entries, failures, first or 0.0
 
 
-def _previous(out: str, key: dict[str, str], planned: set[str]) -> dict[str, Any] | None:
-    """The manifest of an earlier run into OUT: returned when it holds exactly this plan (a no-op),
-    an error when it was made from other inputs, else removed (the folder is rebuilt and re-committed)."""
-    uri = storage.join(out, MANIFEST)
-    if not storage.exists(uri):
-        return None
-    doc = storage.read_json(uri)
-    if doc.get("identity") != key:
-        raise UserError(f"{uri}: {out} holds predictions of other weights, protocol or source ({doc.get('identity')}); "
-                        "choose another --out, or delete that folder to replace them")
-    if set(doc.get("files", {})) == planned:
-        try:
-            storage.check_manifest(out, MANIFEST)
-            return doc
-        except storage.IncompleteError:
-            pass
-    storage.delete(uri)
-    return None
+def _finished_parts(out: str, key: dict[str, str], chunks: list[Chunk]) -> tuple[dict[str, str], dict[str, dict]]:
+    """OUT's files (name -> URI) and the entries of the parts already written (a resume keeps them)."""
+    existing = {f.uri.replace("\\", "/").rsplit("/", 1)[-1]: f.uri for f in storage.list_files(out, recursive=False)}
+    for name, uri in existing.items():
+        if ".parquet.tmp-" in name:  # a local write cut short by a kill: never committed, so never counted
+            storage.delete(uri)
+    return existing, {c.name: read_part_meta(existing[c.name], key) for c in chunks if c.name in existing}
 
 
 def run(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "") -> dict[str, Any]:
@@ -122,25 +115,22 @@ def run(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "")
                         multi_label=False)
     key = {"source": source, "weights_sha256": ident["sha256"], "protocol_hash": protocol.hash()}
     described, chunks = plan_chunks(source, out, e.chunk_images, split)
-    previous = _previous(out, key, {c.name for c in chunks})
+    previous = previous_manifest(out, key, {c.name for c in chunks})
     if previous is not None:
         msg = (f"nothing to do: {out} already holds these predictions ({previous['counts']['read']} images, same "
                f"weights {ident['sha256'][:12]}, protocol {key['protocol_hash']}, source listing)")
         print(msg)
         return {**previous, "noop": True, "summary": msg}
-    existing = {f.uri.replace("\\", "/").rsplit("/", 1)[-1]: f.uri for f in storage.list_files(out, recursive=False)}
-    for name, uri in existing.items():
-        if ".parquet.tmp-" in name:  # a local write cut short by a kill: never committed, so never counted
-            storage.delete(uri)
-    entries = {c.name: read_part_meta(existing[c.name], key) for c in chunks if c.name in existing}
+    existing, entries = _finished_parts(out, key, chunks)
     todo = [c for c in chunks if c.name not in entries]
     log.info("infer: %d chunk(s) planned, %d already written, %d to run", len(chunks), len(entries), len(todo))
     failures: list[tuple[str, str]] = []
+    startup = 0.0
     t0 = time.perf_counter()
     if todo:
         start_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         t0 = time.perf_counter()  # images/s of the job, not of a local Ray's start-up
-        new, failures = _infer(cfg, weights, protocol, todo, out, key)
+        new, failures, startup = _infer(cfg, weights, protocol, todo, out, key)
         entries.update(new)
     seconds = time.perf_counter() - t0
     planned = {c.name for c in chunks}
@@ -150,38 +140,20 @@ def run(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "")
             storage.delete(uri)
     files = {c.name: entries[c.name] for c in chunks}
     read_now = sum(c.rows for c in todo)
-    counts = {"read": sum(f["rows"] for f in files.values()), "failed": sum(f["failed"] for f in files.values()),
-              "detections": sum(f["detections"] for f in files.values())}
+    counts = {k: sum(f[v] for f in files.values()) for k, v in
+              (("read", "rows"), ("failed", "failed"), ("detections", "detections"))}
     counts["predicted"] = counts["read"] - counts["failed"]
     doc = {"kind": "cocoseg-predictions", "identity": key, "source": described, "weights": ident,
            "protocol": protocol.to_dict(), "protocol_hash": protocol.hash(), "exif": "applied (decode_image)",
            "counts": counts, "this_run": {"images": read_now, "seconds": round(seconds, 3),
                                           "images_per_s": round(read_now / max(seconds, 1e-9), 3),
+                                          "first_rows_s": round(startup, 3),
                                           "files_reused": len(chunks) - len(todo)},
            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files}
     storage.write_json(storage.join(out, MANIFEST), doc)  # last: the folder is complete from here on
     doc["summary"] = summary(doc, out, failures, time.perf_counter() - started)
     print(doc["summary"])
     return {**doc, "noop": False}
-
-
-def summary(doc: dict[str, Any], out: str, failures: list[tuple[str, str]], seconds: float) -> str:
-    """The one-screen report printed at the end."""
-    c, r, w, p = doc["counts"], doc["this_run"], doc["weights"], doc["protocol"]
-    lines = [f"infer: {c['read']} images read, {c['predicted']} predicted, {c['failed']} failed, "
-             f"{c['detections']} detections in {len(doc['files'])} file(s)",
-             f"  this run: {r['images']} images in {r['seconds']:.1f} s ({r['images_per_s']:.1f} img/s), "
-             f"{r['files_reused']} file(s) already written and kept; {seconds:.1f} s in all",
-             f"  weights:  {w['uri']} (sha256 {w['sha256'][:12]}, {w['variant']}, {w['num_classes']} classes)",
-             f"  protocol: {doc['protocol_hash']} (imgsz {p['imgsz']}, conf {p['conf']}, iou {p['iou']}, "
-             f"max_det {p['max_det']}; EXIF orientation applied)",
-             f"  output:   {out} ({len(doc['files'])} Parquet file(s) + {MANIFEST}); "
-             f"read with pandas.read_parquet({out!r})"]
-    for uri, error in failures[:8]:
-        lines.append(f"  failed:   {error if error.startswith(uri) else f'{uri}: {error}'}"[:200])
-    if len(failures) > 8:
-        lines.append(f"  ... and {len(failures) - 8} more failures (the `error` column)")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

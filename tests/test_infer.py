@@ -186,7 +186,6 @@ def test_infer_killed_midway_resumes_without_redoing_files(ray_local, weights, c
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
-@pytest.mark.slow
 def test_infer_on_a_snapshot(ray_local, weights, tmp_path):
     from _train_support import make_snapshot
 
