@@ -21,13 +21,24 @@ from cocoseg import storage, tracking
 from cocoseg.engine.worker import FITNESS_KEY
 from cocoseg.utils import get_logger
 
-__all__ = ["EPOCHS_DONE", "best_row", "mark_trial_run", "trial_rows", "write_report"]
+__all__ = ["EPOCHS_DONE", "SCORE", "search_score", "best_row", "mark_trial_run", "trial_rows", "write_report"]
 
 log = get_logger("pipelines.tune")
 
 # Reported with every epoch of a trial (epoch + 1): ASHA's clock. Tune's own training_iteration
 # starts again at 1 when a trial restarts after a lost driver, while the run resumes at its epoch.
 EPOCHS_DONE = "epochs_done"
+# What ASHA ranks trials on: val mask AP50-95, ties broken by the lower train loss. Early in a
+# search every trial often has AP 0 (nothing detected yet); without the tie-break ASHA could not
+# stop any of them. The tie-break term is below 1e-6, far under any real AP difference.
+SCORE = "score"
+
+
+def search_score(metrics: Mapping[str, Any]) -> float:
+    """``val/mask_ap50_95`` (-1 on an epoch that was not validated) + 1e-6 / (1 + train loss)."""
+    loss = float(metrics.get("train/loss", math.inf))
+    tie_break = 1e-6 / (1.0 + loss) if math.isfinite(loss) and loss >= 0 else 0.0
+    return float(metrics.get(FITNESS_KEY, metrics.get("val/mask_ap50_95", -1.0))) + tie_break
 
 
 def _first_step_at(run_dir: str) -> float | None:

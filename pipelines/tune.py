@@ -41,7 +41,15 @@ from pipelines import config_path
 from pipelines import train as train_job
 from pipelines._ray import start_ray
 from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
-from pipelines._tune_report import EPOCHS_DONE, best_row, mark_trial_run, trial_rows, write_report
+from pipelines._tune_report import (
+    EPOCHS_DONE,
+    SCORE,
+    best_row,
+    mark_trial_run,
+    search_score,
+    trial_rows,
+    write_report,
+)
 from pipelines._tune_search import open_search, train_best, write_best
 from pipelines._tune_space import (
     TRIAL_DRIVER_CPUS,
@@ -72,7 +80,8 @@ class _EpochReport(TuneReportCallback):
     """Tune's reporter from the Train controller, plus ASHA's clock (:data:`EPOCHS_DONE`)."""
 
     def after_report(self, run_context, metrics, checkpoint):
-        super().after_report(run_context, [{**metrics[0], EPOCHS_DONE: int(metrics[0]["epoch"]) + 1}], checkpoint)
+        m = metrics[0]
+        super().after_report(run_context, [{**m, EPOCHS_DONE: int(m["epoch"]) + 1, SCORE: search_score(m)}], checkpoint)
 
 
 def trial_config(base: JobConfig, params: dict[str, Any], trial_id: str) -> JobConfig:
@@ -87,8 +96,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str) 
     run_dir = storage.join(cfg.storage.root, "runs", cfg.tracking.run_name)
     if tracking.read_run_record(run_dir).get("status") == "FINISHED":  # trained before a lost driver
         for record in tracking.read_journal(tracking.journal_uri(run_dir)):
-            metrics = record["metrics"]
-            tune.report({**metrics, FITNESS_KEY: metrics.get("val/mask_ap50_95", -1.0), EPOCHS_DONE: record["step"] + 1})
+            m = {**record["metrics"], FITNESS_KEY: record["metrics"].get("val/mask_ap50_95", -1.0)}
+            tune.report({**m, EPOCHS_DONE: record["step"] + 1, SCORE: search_score(m)})
         return
     train_job.run(cfg, parent_run_id=parent_run_id, callbacks=[_EpochReport()])
 
@@ -107,8 +116,9 @@ class _Progress(tune.Callback):
         self.started[trial.trial_id] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        nan = float("nan")
         print(f"trial {trial.trial_id} epoch {result.get(EPOCHS_DONE, '?')}/{self.epochs}  mask AP50-95 "
-              f"{result.get(FITNESS_KEY, float('nan')):.4f}  {trial.config}", flush=True)
+              f"{result.get(FITNESS_KEY, nan):.4f}  loss {result.get('train/loss', nan):.3f}  {trial.config}", flush=True)
 
 
 def _start_ray(cfg: JobConfig) -> None:
@@ -125,10 +135,11 @@ def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: _Progr
     """A new Tuner, or the restored one when the search state exists (a rerun resumes)."""
     t = cfg.tune
     root = storage.join(cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root), "tune")
-    # Tune places the trial's driver function only; its workers and input actors are placed by
-    # its trainer (check_concurrency counted them for max_concurrent_trials).
+    # A trial's placement group holds its driver function and its input actors (created by the
+    # driver, so Tune's group captures them); its train workers get Train's own group.
+    bundles = [{"CPU": TRIAL_DRIVER_CPUS}] + [{"CPU": cfg.train.data_cpus_per_actor}] * cfg.train.data_actors
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, parent_run_id=parent),
-                                    {"cpu": TRIAL_DRIVER_CPUS})
+                                    tune.PlacementGroupFactory(bundles))
     path = storage.join(root, t.name)
     if tune.Tuner.can_restore(path):
         log.warning("resuming the search in %s (finished trials are kept)", path)
@@ -137,7 +148,7 @@ def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: _Progr
                                               grace_period=t.grace_period, reduction_factor=t.reduction_factor,
                                               stop_last_trials=False)  # a trial's last epoch ends by itself
     return tune.Tuner(trainable, param_space=tune_domains(flat), tune_config=tune.TuneConfig(
-        metric=FITNESS_KEY, mode="max", scheduler=scheduler, num_samples=t.num_trials, trial_dirname_creator=_trial_dirname,
+        metric=SCORE, mode="max", scheduler=scheduler, num_samples=t.num_trials, trial_dirname_creator=_trial_dirname,
         search_alg=tune.search.BasicVariantGenerator(max_concurrent=t.max_concurrent_trials, random_state=t.seed)),
         run_config=tune.RunConfig(name=t.name, storage_path=root, callbacks=[progress], verbose=2 if verbose() else 0,
                                   failure_config=tune.FailureConfig(max_failures=0)))
@@ -150,6 +161,7 @@ def run(cfg: JobConfig) -> TuneResult:
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     tracking.preflight(uri)
     cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}", f"tracking.tracking_uri={uri}"])
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose() else "0")  # else Tune's banner ignores verbose=0
     _start_ray(cfg)
     check_concurrency(cfg, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     check_cluster(cfg)

@@ -360,6 +360,18 @@ def test_scheduled_retraining_variants_share_one_rayjob_spec() -> None:
     assert "pipelines.retrain" in template["spec"]["entrypoint"]
 
 
+def test_tune_rayjob_resumes_its_search_by_name_and_fits_its_trials() -> None:
+    """rayjob-tune.yaml runs the search job with its state on S3 under a name the submitter sets (a
+    retried or resubmitted job resumes it), and the GPU group can hold every concurrent trial."""
+    (job,) = [d for w, d in _ray_docs() if w.endswith("rayjob-tune.yaml")]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[2] == "pipelines.tune" and argv[4] == "pipelines/configs/tune.yaml"
+    assert "storage.root=s3://$CHECKPOINTS_BUCKET" in argv and "tune.name=$TUNE_NAME" in argv
+    value = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv[5:]}
+    gpu = next(g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["maxReplicas"] >= int(value["tune.max_concurrent_trials"]) * int(value["train.num_workers"])
+
+
 def test_rayjobs_clean_up_after_themselves() -> None:
     for where, doc in _ray_docs():
         spec = doc["spec"]["jobTemplate"] if doc["kind"] == "RayCronJob" else doc["spec"]

@@ -75,7 +75,9 @@ def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snap
 
 
 def _driver(tmp_path: Path, snapshot: str, mlflow_server: str, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipelines.tune", *TINY, *SEARCH, f"storage.root={tmp_path}",
+    # 3 trials x 2 epochs: the kill lands while one trial is in flight and one has not started
+    cmd = [sys.executable, "-m", "pipelines.tune", *TINY, *SEARCH, "tune.num_trials=3", "tune.epochs=2",
+           f"storage.root={tmp_path}",
            f"train.snapshot={snapshot}", f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=t-tune-kill",
            "tune.name=killed"]
     env = {**os.environ, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(REPO)}
@@ -111,16 +113,18 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tiny_snapsho
     again = _driver(tmp_path, tiny_snapshot, mlflow_server, log)
     assert again.wait(900) == 0, log.read_text()[-5000:]
     text = log.read_text()
+    print("\n".join(line for line in text.splitlines() if line.startswith(("trial ", "best trial")) or "resuming" in line))
+    print(f"killed at {killed_at:.1f}; finished before the kill: {sorted(finished)}")
     assert "resuming the search" in text
     results = json.loads((tmp_path / "tune" / "killed" / "results.json").read_text())
-    assert len(results) == 4 and all(r["status"] in ("completed", "stopped_early") for r in results), results
+    assert len(results) == 3 and all(r["status"] in ("completed", "stopped_early") for r in results), results
     for name in finished:  # trained before the kill: no worker of it started again
         assert all(a["time"] < killed_at for a in _attempts(tmp_path / "runs" / name)), name
         journal = tracking.read_journal(tracking.journal_uri(str(tmp_path / "runs" / name)))
-        assert [r["step"] for r in journal] == [0, 1, 2], name
+        assert [r["step"] for r in journal] == [0, 1], name
     client = mlflow.tracking.MlflowClient(mlflow_server)
     parent = json.loads((tmp_path / "tune" / "killed" / "search.json").read_text())["parent_run_id"]
-    assert len(_nested(client, "t-tune-kill", parent)) == 4
+    assert len(_nested(client, "t-tune-kill", parent)) == 3
     load_config(str(tmp_path / "tune" / "killed" / "best.yaml"))
 
 
