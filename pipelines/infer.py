@@ -109,6 +109,8 @@ def _finished_parts(out: str, key: dict[str, str], chunks: list[Chunk]) -> tuple
 def run(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "") -> dict[str, Any]:
     """Predict every image of ``source`` into ``out``; returns the manifest (plus ``summary`` and ``noop``)."""
     started = time.perf_counter()
+    # One spelling per place, so a rerun from another working directory is still the same job.
+    source, out = (u.rstrip("/") if storage.is_s3(u) else os.path.abspath(u) for u in (source, out))
     ident = weights_identity(weights, resolve_weights(weights))
     e = cfg.evaluate
     protocol = Protocol(imgsz=e.imgsz or ident["imgsz"], conf=e.predict_conf, iou=e.iou, max_det=e.max_det,
