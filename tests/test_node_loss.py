@@ -11,8 +11,10 @@
 Each node has 3 CPUs and each worker takes 2, so a node holds exactly one worker plus the data
 stage's CPU.
 
-The two cluster tests are marked ``extended`` (``make test-all`` only) until they have been seen
-green: they were written on a host too loaded for ``ray start`` to come up (docs/reliability.md).
+Both cluster tests have been seen green (docs/reliability.md). ``make test`` runs the elastic one;
+the fixed-size one waits out Ray Train's group start timeouts (~2 minutes on 2 cores), so it is
+``extended``: its diagnosis (what the live nodes can place, the one line) is also checked without a
+second node by ``test_min_workers_config_and_the_one_line_diagnosis``.
 """
 
 from __future__ import annotations
@@ -104,7 +106,6 @@ def _run_and_lose_a_node(cluster, tiny_snapshot, root: Path, extra: list[str]):
 
 
 @pytest.mark.slow
-@pytest.mark.extended
 @pytest.mark.timeout(2400)
 def test_node_loss_with_min_workers_goes_on_with_one_worker(three_cpu_nodes, tiny_snapshot, tmp_path):
     rc, out, attempts, killed_at, run_dir = _run_and_lose_a_node(three_cpu_nodes, tiny_snapshot, tmp_path / "s",
@@ -124,7 +125,10 @@ def test_node_loss_with_min_workers_goes_on_with_one_worker(three_cpu_nodes, tin
 def test_node_loss_without_min_workers_fails_in_one_line(three_cpu_nodes, tiny_snapshot, tmp_path):
     rc, out, _, _, _ = _run_and_lose_a_node(three_cpu_nodes, tiny_snapshot, tmp_path / "s", [])
     assert rc != 0
-    lines = [line for line in out.splitlines() if line.startswith("train: error:")]
+    # `ray job submit` repeats the tail of a failed job's log after "Status message:"; the job's own
+    # output is what comes before it.
+    streamed = out.split("Status message:")[0]
+    lines = [line for line in streamed.splitlines() if line.startswith("train: error:")]
     assert len(lines) == 1 and "can no longer place the worker group" in lines[0], out[-5000:]
     assert "train.min_workers=1" in lines[0]
 
