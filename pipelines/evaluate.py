@@ -42,6 +42,7 @@ from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.model.weights import read_card
 from cocoseg.utils import UserError, get_logger
 from pipelines import config_path
+from pipelines._ray import start_ray
 
 __all__ = ["METRICS_FILE", "export_metrics", "main", "pool_size", "run"]
 
@@ -157,8 +158,7 @@ def run(cfg: JobConfig, weights: str, snapshot: str, *, split: str = "", out: st
         if weights.startswith("models:/"):
             raise UserError("--out is required when WEIGHTS is a models:/ URI")
         out = storage.join(weights, f"eval-{split}")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    start_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)  # no-op when connected
     doc = evaluate(cfg, weights, snapshot, split)
     if log_mlflow:
         doc["mlflow_run_id"] = log_to_mlflow(cfg, doc, parent_run)
