@@ -36,6 +36,9 @@ _EXAMPLE = {"choice": "{choice: [SGD, AdamW]}", "uniform": "{uniform: [0.0, 0.00
 # Fixed for all trials: what the search itself is, where runs go, and the resources each trial
 # takes (the concurrency check and Tune's placement assume one shape for every trial).
 _FIXED_PREFIXES = ("tune.", "storage.", "tracking.")
+# train.optimizer=auto picks its own lr / momentum / warmup bias lr (cocoseg.engine.optim): a search
+# over these would train identical trials.
+_AUTO_IGNORES = ("train.lr0", "train.momentum", "train.warmup_bias_lr")
 _FIXED_KEYS = ("train.snapshot", "train.epochs", "train.num_workers", "train.min_workers", "train.cpus_per_worker",
                "train.use_gpu", "train.data_actors", "train.data_cpus_per_actor", "train.placement_strategy")
 
@@ -113,6 +116,9 @@ def validate_space(cfg: JobConfig) -> dict[str, dict[str, Any]]:
         if key.startswith(_FIXED_PREFIXES) or key in _FIXED_KEYS:
             raise ConfigError(f"tune.space.{key}: cannot be searched (it sets the search, where runs go or the "
                               f"resources every trial takes); set it once for all trials, e.g. {key}=...")
+        if key in _AUTO_IGNORES and cfg.train.optimizer == "auto" and "train.optimizer" not in flat:
+            raise ConfigError(f"tune.space.{key}: train.optimizer=auto ignores {key} (it picks its own); set "
+                              "train.optimizer=SGD or AdamW, or search train.optimizer too")
         for value in values:
             try:
                 with_overrides(cfg, [f"{key}={json.dumps(value)}"])

@@ -139,6 +139,7 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tiny_snapsho
     ("{train.epochs: {uniform: [1, 5]}}", "cannot be searched"),
     ("{train.batch_size: {uniform: [4, 16]}}", "can draw 4.0, which the config refuses (train.batch_size: expected an integer"),
     ("{train.optimizer: {choice: [SGD, Lion]}}", "'Lion' is not one of"),
+    ("{train.lr0: {uniform: [0.001, 0.01]}}", "train.optimizer=auto ignores train.lr0"),
 ])
 def test_bad_search_space_is_one_line_before_anything_starts(cli, tmp_path, space, message):
     out = cli("tune", f"storage.root={tmp_path}", f"tune.space={space}", check=False, timeout=120)
@@ -153,7 +154,7 @@ def test_space_forms_and_domains():
 
     from pipelines._tune_space import tune_domains, validate_space
 
-    cfg = load_config(None, ["tune.space={train.momentum: {uniform: [0.8, 0.9]}, train.close_mosaic: {randint: [0, 3]}, "
+    cfg = load_config(None, ["train.optimizer=SGD", "tune.space={train.momentum: {uniform: [0.8, 0.9]}, train.close_mosaic: {randint: [0, 3]}, "
                              "model.variant: {choice: [n, s]}}", "tune.space.train.lr0={loguniform: [0.001, 0.01]}"])
     flat = validate_space(cfg)
     assert set(flat) == {"train.lr0", "train.momentum", "train.close_mosaic", "model.variant"}
