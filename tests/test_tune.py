@@ -74,6 +74,28 @@ def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snap
     assert best.train.snapshot == tiny_snapshot and best.tracking.run_name == ""
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_train_best_trains_exports_and_registers_the_best_as_challenger(tiny_snapshot, mlflow_server, tmp_path):
+    from pipelines import tune
+
+    result = tune.run(_cfg(tmp_path, tiny_snapshot, f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=t-tune-best",
+                           "tune.name=best", "tune.num_trials=1", "tune.epochs=1", "train.epochs=2",
+                           "tune.train_best=true", "export.imgsz=64", "registry.model_name=tune-best-test"))
+    trained = result.trained
+    assert trained["run_dir"].endswith("runs/best-best") and trained["metrics"]["epoch"] == 1  # train.epochs, not tune.epochs
+    client = mlflow.tracking.MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    # registered through the gate: challenger, or champion where the gate promoted it (the first one bootstraps)
+    aliases = set(client.get_model_version("tune-best-test", trained["version"]).aliases)
+    assert aliases == ({"champion"} if trained["decision"] in ("bootstrap", "promoted") else {"challenger"}), trained
+    assert client.get_run(trained["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert tune.run(_cfg(tmp_path, tiny_snapshot, f"tracking.tracking_uri={mlflow_server}",  # a rerun: once per search
+                         "tracking.experiment=t-tune-best", "tune.name=best", "tune.num_trials=1", "tune.epochs=1",
+                         "train.epochs=2", "tune.train_best=true", "export.imgsz=64",
+                         "registry.model_name=tune-best-test")).trained == trained
+    assert len(client.search_model_versions("name='tune-best-test'")) == 1
+
+
 def _driver(tmp_path: Path, snapshot: str, mlflow_server: str, log: Path) -> subprocess.Popen:
     # 3 trials x 2 epochs: the kill lands while one trial is in flight and one has not started
     cmd = [sys.executable, "-m", "pipelines.tune", *TINY, *SEARCH, "tune.num_trials=3", "tune.epochs=2",
