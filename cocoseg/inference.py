@@ -34,7 +34,7 @@ import torch
 
 from cocoseg import __version__, storage
 from cocoseg.data.letterbox import letterbox
-from cocoseg.model.postprocess import encode_rle, masks_to_rle, postprocess
+from cocoseg.model.postprocess import decode, encode_rle, masks_to_rle, postprocess
 from cocoseg.structures import Detections, LetterboxParams, letterbox_params
 from cocoseg.utils import UserError
 
@@ -113,7 +113,7 @@ def resolve_weights(weights: str) -> str:
 class Predictor:
     """A model in eval mode plus the settings that turn its outputs into detections.
 
-    ``model``: a cocoseg segmentation model (eval forward ``(pred, proto)``); ``imgsz``: square
+    ``model``: a cocoseg segmentation model (forward -> ``RawOutputs``); ``imgsz``: square
     input side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (predict
     defaults; :meth:`for_evaluation` gives the evaluation ones); ``precision``: ``fp32``, ``bf16``
     or ``fp16`` (autocast; CUDA only, fp32 elsewhere).
@@ -159,10 +159,10 @@ class Predictor:
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) uint8 letterboxed inputs -> fp32 eval outputs ``(pred, proto)``."""
+        """(B, 3, S, S) uint8 letterboxed inputs -> fp32 decoded outputs ``(pred, proto)``."""
         x = images.to(self.device, non_blocking=True).float() / 255.0
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            pred, proto = self.model(x)
+            pred, proto = decode(self.model(x))
         return pred.float(), proto.float()
 
     def detect(self, images: torch.Tensor, letterboxes: Sequence[LetterboxParams], *,

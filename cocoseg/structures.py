@@ -98,7 +98,8 @@ class TrainBatch:
 
 
 class RawOutputs(NamedTuple):
-    """Training-mode network output (classic YOLOv8 layout, spec 5.1).
+    """The network's output in train and eval mode alike (classic YOLOv8 layout, spec 5.1);
+    ``cocoseg.model.decode`` turns it into ``(pred, proto)``.
 
     - ``feats``: three maps (P3, P4, P5), each (B, 4*reg_max + nc, H_i, W_i): box DFL logits then
       class logits.

@@ -1,8 +1,8 @@
 """Test helpers for the export and registry tests (not a test module).
 
-``TinySeg`` is a stand-in with the eval-mode contract of ``cocoseg.model`` (``(pred, proto)``:
-pred (B, 4 + nc + 32, A) with cx, cy, w, h in input pixels and sigmoid class probabilities,
-proto (B, 32, H/4, W/4)), small enough to export, check and serve in well under a second.
+``TinySeg`` is a stand-in with the forward contract of ``cocoseg.model`` (``RawOutputs``: per
+level (B, 64 + nc, H/s, W/s) maps for s = 8, 16, 32, (B, 32, A) mask coefficients, proto
+(B, 32, H/4, W/4)), small enough to export, check and serve in well under a second.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import nn
 
 from cocoseg.config import ExportConfig
 from cocoseg.export import export_bundle
+from cocoseg.structures import RawOutputs
 
 
 class TinySeg(nn.Module):
@@ -25,21 +26,19 @@ class TinySeg(nn.Module):
         self.nc = num_classes
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.SiLU())  # stride 4: the proto level
         self.down = nn.ModuleList(nn.Conv2d(8, 8, 3, 2, 1) for _ in range(3))  # strides 8, 16, 32
-        self.head = nn.Conv2d(8, 4 + num_classes + 32, 1)
+        self.head = nn.Conv2d(8, 64 + num_classes, 1)  # DFL box logits (4 sides x 16 bins), classes
+        self.coeffs = nn.Conv2d(8, 32, 1)
         self.proto = nn.Conv2d(8, 32, 1)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> RawOutputs:
         f = self.stem(x)
         protos = self.proto(f)
-        size = x.shape[-1]
-        outs = []
+        maps, coeffs = [], []
         for conv in self.down:
             f = conv(f)
-            o = self.head(f).flatten(2)  # (B, 4 + nc + 32, h*w)
-            xy = o[:, :2].sigmoid() * size
-            wh = o[:, 2:4].sigmoid() * size / 2
-            outs.append(torch.cat([xy, wh, o[:, 4:4 + self.nc].sigmoid(), o[:, 4 + self.nc:]], 1))
-        return torch.cat(outs, 2), protos
+            maps.append(self.head(f))
+            coeffs.append(self.coeffs(f).flatten(2))  # (B, 32, h*w)
+        return RawOutputs(maps, torch.cat(coeffs, 2), protos)
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from cocoseg.data.synthetic import SHAPES, make_image
 from cocoseg.loss import SegmentationLoss
 from cocoseg.metrics import COCOEvaluator
-from cocoseg.model import build_model
+from cocoseg.model import build_model, decode
 from cocoseg.model.postprocess import postprocess
 from cocoseg.structures import SegTargets
 
@@ -80,7 +80,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, coco: dict) -> dict:
     with torch.no_grad():
         probe(images)
         probe.eval()
-        pred, proto = probe(images)
+        pred, proto = decode(probe(images))
     evaluator = COCOEvaluator(coco)
     evaluator.process([img["id"] for img in coco["images"]], postprocess(pred, proto))
     return evaluator.evaluate()

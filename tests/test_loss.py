@@ -157,7 +157,7 @@ def test_cuda_loss_and_postprocess_match_cpu() -> None:
     """The same loss and post-processing on a GPU (the CPU path is covered above); skipped without CUDA."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from cocoseg.model.postprocess import decode_outputs, postprocess
+    from cocoseg.model.postprocess import decode, postprocess
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -168,7 +168,7 @@ def test_cuda_loss_and_postprocess_match_cpu() -> None:
     gpu = criterion(cuda_outputs, targets.to("cuda"))
     for key, value in cpu.items():
         assert float(gpu[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), key
-    pred, proto = decode_outputs(outputs, num_classes=NC)
+    pred, proto = decode(outputs)
     (det_cpu,) = postprocess(pred[:1], proto[:1], conf=0.01)
     (det_gpu,) = postprocess(pred[:1].cuda(), proto[:1].cuda(), conf=0.01)
     torch.testing.assert_close(det_gpu.boxes_xyxy.cpu(), det_cpu.boxes_xyxy, atol=1e-3, rtol=0)

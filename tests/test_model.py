@@ -8,10 +8,12 @@ of the n variant.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from cocoseg.model import VARIANTS, ModelError, build_model, decode_distances, make_anchors
+from cocoseg.model import VARIANTS, ModelError, build_model, decode, decode_distances, make_anchors
 from cocoseg.model.info import count_flops, model_info
 from cocoseg.structures import RawOutputs
 
@@ -88,7 +90,14 @@ def _check_eval_mode(model: torch.nn.Module, nc: int) -> None:
     model.eval()
     images = torch.rand(1, 3, H, W)
     with torch.no_grad():
-        pred, proto = model(images)
+        raw = model(images)
+        train_raw = copy.deepcopy(model).train()(images)  # a copy: train mode updates BN statistics
+    # One raw type in both modes (the mode changes BatchNorm only); decoding is decode()'s job.
+    assert isinstance(raw, RawOutputs) and isinstance(train_raw, RawOutputs)
+    assert [f.shape for f in raw.feats] == [f.shape for f in train_raw.feats]
+    assert raw.mask_coeffs.shape == train_raw.mask_coeffs.shape and raw.proto.shape == train_raw.proto.shape
+    pred, proto = decode(raw)
+    assert proto is raw.proto
     anchors = sum((H // s) * (W // s) for s in (8, 16, 32))
     assert tuple(pred.shape) == (1, 4 + nc + 32, anchors)
     assert tuple(proto.shape) == (1, 32, H // 4, W // 4)
@@ -119,7 +128,7 @@ def test_eval_anchor_order_is_p3_to_p5_row_major():
     model.eval()
     images = torch.rand(1, 3, H_ORDER, W_ORDER)
     with torch.no_grad():
-        pred, _ = model(images)
+        pred, _ = decode(model(images))
         # Same network, the head's raw per-level maps (eval BN), from the captured neck outputs.
         feats = _neck_outputs(model, images)
         maps = [torch.cat((b(x), c(x)), 1) for b, c, x in zip(model.head.cv2, model.head.cv3, feats, strict=True)]
@@ -190,9 +199,9 @@ def test_fuse_keeps_outputs():
     model.eval()
     images = torch.rand(1, 3, H, W)
     with torch.no_grad():
-        pred, proto = model(images)
+        pred, proto = decode(model(images))
         model.fuse()
-        pred_f, proto_f = model(images)
+        pred_f, proto_f = decode(model(images))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert sum(p.numel() for p in model.parameters()) == REFERENCE["n"][1]
     torch.testing.assert_close(pred_f, pred, rtol=0, atol=1e-3)
@@ -239,8 +248,8 @@ def test_cuda_forward_matches_cpu():
     model.eval()
     images = torch.rand(2, 3, H, W)
     with torch.no_grad():
-        pred, proto = model(images)
-        pred_gpu, proto_gpu = model.cuda()(images.cuda())
+        pred, proto = decode(model(images))
+        pred_gpu, proto_gpu = decode(model.cuda()(images.cuda()))
     assert pred_gpu.device.type == "cuda" and model.stride.device.type == "cuda"
     torch.testing.assert_close(pred_gpu.cpu(), pred, rtol=0, atol=1e-3)
     torch.testing.assert_close(proto_gpu.cpu(), proto, rtol=0, atol=1e-4)

@@ -20,6 +20,7 @@ from cocoseg.model import (
     CheckpointError,
     ModelCard,
     build_model,
+    decode,
     import_reference,
     load_checkpoint,
     load_weights,
@@ -52,7 +53,7 @@ def imported(reference: Path):
 def _parity(model: torch.nn.Module, reference: Path) -> tuple[float, float]:
     io_ = np.load(reference / REF_IO)
     with torch.no_grad():
-        pred, proto = model.eval()(torch.from_numpy(io_["input"]))
+        pred, proto = decode(model.eval()(torch.from_numpy(io_["input"])))
     assert pred.shape == io_["pred"].shape and proto.shape == io_["proto"].shape
     return (float((pred - torch.from_numpy(io_["pred"])).abs().max()),
             float((proto - torch.from_numpy(io_["proto"])).abs().max()))

@@ -9,7 +9,7 @@ import torch
 from cocoseg.data.letterbox import letterbox
 from cocoseg.model.postprocess import (
     box_iou,
-    decode_outputs,
+    decode,
     masks_to_original,
     nms,
     non_max_suppression,
@@ -79,7 +79,7 @@ def test_class_aware_multilabel_nms_and_thresholds() -> None:
     assert non_max_suppression(pred, num_masks=2, max_det=2)[0].shape == (2, 8)
 
 
-def test_decode_outputs_peaked_distributions() -> None:
+def test_decode_peaked_distributions() -> None:
     """DFL logits peaked on bin 2 (left/top) and bin 3 (right/bottom): every box is the anchor
     point -2/+3 cells, times the level stride."""
     nc, height, width = 2, 64, 32
@@ -89,8 +89,7 @@ def test_decode_outputs_peaked_distributions() -> None:
         f[:, 0 * 16 + 2] = f[:, 1 * 16 + 2] = f[:, 2 * 16 + 3] = f[:, 3 * 16 + 3] = 50.0
         feats.append(f)
     num_anchors = 32 + 8 + 2
-    pred, proto = decode_outputs(RawOutputs(feats, torch.zeros(1, 32, num_anchors), torch.zeros(1, 32, 16, 8)),
-                                 num_classes=nc)
+    pred, proto = decode(RawOutputs(feats, torch.zeros(1, 32, num_anchors), torch.zeros(1, 32, 16, 8)))
     assert pred.shape == (1, 4 + nc + 32, num_anchors)
     # First P3 anchor at (4, 4) px: box (4-16, 4-16, 4+24, 4+24) -> centre (8, 8), size 40.
     torch.testing.assert_close(pred[0, :4, 0], torch.tensor([8.0, 8.0, 40.0, 40.0]), atol=1e-3, rtol=0)

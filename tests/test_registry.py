@@ -191,6 +191,7 @@ def test_serving_decode_agrees_with_the_torch_postprocess():
     import torch
     from export_helpers import TinySeg
 
+    from cocoseg.model import decode
     from cocoseg.model.postprocess import letterbox_params
     from cocoseg.model.postprocess import postprocess as torch_postprocess
     from cocoseg.registry import serving
@@ -201,7 +202,7 @@ def test_serving_decode_agrees_with_the_torch_postprocess():
     lb = letterbox_params((h0, w0), (size, size))
     assert lb.gain == pytest.approx(scale) and lb.pad == pad
     with torch.no_grad():
-        pred, proto = TinySeg().eval()(torch.from_numpy(x)[None])
+        pred, proto = decode(TinySeg().eval()(torch.from_numpy(x)[None]))
     ours = serving.postprocess(pred[0].numpy(), proto[0].numpy(), num_classes=3, size=size, scale=scale, pad=pad,
                                shape=(h0, w0), conf=0.3, iou=0.7, max_det=10, masks=True)
     (ref,) = torch_postprocess(pred, proto, letterboxes=[lb], conf=0.3, iou=0.7, max_det=10, multi_label=False)

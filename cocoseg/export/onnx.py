@@ -13,8 +13,10 @@ The exported graph (``IO_SIGNATURE``):
   ONNX ``NonMaxSuppression`` (class-aware, centre-format boxes, score and IoU thresholds baked
   in as constants). The eager twin of that operator is :func:`nms_reference`.
 
-The model contract is the one of ``cocoseg.model``: in eval mode ``model(images)`` returns
-``(pred, proto)`` with the shapes above.
+The model contract is the one of ``cocoseg.model``: ``model(images)`` returns
+:class:`~cocoseg.structures.RawOutputs`; :class:`ExportWrapper` puts the one decoding
+(:func:`cocoseg.model.decode.decode`) into the graph, so ``pred`` and ``proto`` are the eager
+``decode(model(images))``.
 
 We use the TorchScript exporter by default: it writes one self-contained file (weights
 embedded) in ~0.3 s and supports the custom ``NonMaxSuppression`` symbolic. The dynamo
@@ -34,6 +36,8 @@ import onnx
 import torch
 from torch import nn
 
+from cocoseg.model.decode import decode
+from cocoseg.structures import RawOutputs
 from cocoseg.utils import UserError, get_logger
 
 __all__ = [
@@ -121,6 +125,7 @@ def _iou(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
 class ExportWrapper(nn.Module):
     """Fixes the graph's I/O: ``images`` -> ``pred``, ``proto`` (and ``keep`` with NMS).
 
+    ``model`` returns :class:`RawOutputs`; the wrapper decodes them (:func:`decode`).
     ``num_classes`` is needed only to slice the class rows of ``pred`` for in-graph NMS.
     """
 
@@ -135,8 +140,7 @@ class ExportWrapper(nn.Module):
         self.nms_max_per_class = nms_max_per_class
 
     def forward(self, images: torch.Tensor):
-        out = self.model(images)
-        pred, proto = out[0], out[1]
+        pred, proto = decode(self.model(images))
         if not self.nms:
             return pred, proto
         boxes = pred[:, :4].transpose(1, 2)  # (B, A, 4) cx, cy, w, h
@@ -173,14 +177,12 @@ class OnnxExport:
 
 
 def _check_contract(wrapper: ExportWrapper, sample: torch.Tensor) -> None:
-    """Fail early, in words, when the model does not follow the eval-mode (pred, proto) contract."""
+    """Fail early, in words, when the model does not follow the RawOutputs contract."""
     with torch.no_grad():
         out = wrapper.model(sample)
-    if not isinstance(out, (tuple, list)) or len(out) < 2 or not all(
-            isinstance(t, torch.Tensor) for t in out[:2]):
-        raise ExportError("the model's eval-mode output must be (pred, proto) tensors, got "
-                          f"{type(out).__name__}")
-    pred, proto = out[0], out[1]
+        if not isinstance(out, RawOutputs):
+            raise ExportError(f"the model's output must be cocoseg.structures.RawOutputs, got {type(out).__name__}")
+        pred, proto = decode(out)
     b, _, h, w = sample.shape
     want_rows = 4 + wrapper.num_classes + 32
     if pred.ndim != 3 or pred.shape[0] != b or pred.shape[1] != want_rows:

@@ -2,6 +2,8 @@
 
 - :func:`build_model` / :data:`VARIANTS` (``yolov8.py``), the blocks (``blocks.py``), the head
   (``head.py``);
+- :func:`decode` (``decode.py``): the one decoding of the forward's ``RawOutputs`` (train and
+  eval mode alike) into ``(pred, proto)``;
 - :func:`make_anchors` / :func:`decode_distances` (``anchors.py``), shared with the loss and
   post-processing;
 - checkpoints (``weights.py``): :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_weights`,
@@ -10,6 +12,7 @@
 """
 
 from .anchors import decode_distances, make_anchors
+from .decode import decode
 from .info import ModelInfo, model_info
 from .weights import (
     CheckpointError,
@@ -31,6 +34,7 @@ __all__ = [
     "Scale",
     "SegmentationModel",
     "build_model",
+    "decode",
     "decode_distances",
     "import_reference",
     "load_checkpoint",

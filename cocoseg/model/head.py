@@ -1,5 +1,5 @@
 """The YOLOv8 segmentation head (spec section 5): box, class and mask-coefficient branches per
-level, the prototype network and the fixed DFL integral."""
+level and the prototype network. Decoding is not the head's job: see :mod:`cocoseg.model.decode`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from torch import nn
 
 from cocoseg.structures import RawOutputs
 
-from .anchors import decode_distances, make_anchors
 from .blocks import DFL, Conv, Proto
 
 __all__ = ["SegmentHead"]
@@ -50,6 +49,7 @@ class SegmentHead(nn.Module):
         mask_width = max(ch0 // 4, num_masks)
         self.cv2 = nn.ModuleList(_branch(c, box_width, 4 * reg_max) for c in channels)
         self.cv3 = nn.ModuleList(_branch(c, cls_width, num_classes) for c in channels)
+        # Kept for the reference state-dict layout; decode() applies the same fixed integral.
         self.dfl = DFL(reg_max)
         self.proto = Proto(ch0, proto_channels, num_masks)
         self.cv4 = nn.ModuleList(_branch(c, mask_width, num_masks) for c in channels)
@@ -63,25 +63,12 @@ class SegmentHead(nn.Module):
                 box[-1].bias.fill_(1.0)
                 cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / stride) ** 2))
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> RawOutputs | tuple[torch.Tensor, torch.Tensor]:
-        """Training mode: :class:`RawOutputs`; eval mode: ``(pred, proto)`` (see :meth:`decode`)."""
+    def forward(self, feats: Sequence[torch.Tensor]) -> RawOutputs:
+        """Neck outputs (P3, P4, P5) -> :class:`RawOutputs`, in train and eval mode alike
+        (:func:`cocoseg.model.decode.decode` turns them into boxes and scores)."""
         proto = self.proto(feats[0])  # (B, nm, H/4, W/4)
         batch = proto.shape[0]
         levels = list(zip(self.cv2, self.cv3, self.cv4, feats, strict=True))
         coeffs = torch.cat([mask(x).view(batch, self.num_masks, -1) for _, _, mask, x in levels], 2)  # (B, nm, A)
         maps = [torch.cat((box(x), cls(x)), 1) for box, cls, _, x in levels]
-        if self.training:
-            return RawOutputs(maps, coeffs, proto)
-        return self.decode(maps, coeffs), proto
-
-    def decode(self, maps: Sequence[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
-        """Per-level maps (B, 4*reg_max + nc, H_i, W_i) and coefficients (B, nm, A) ->
-        pred (B, 4 + nc + nm, A): rows 0-3 box (cx, cy, w, h) in input pixels, then sigmoid class
-        scores, then the raw mask coefficients."""
-        batch = coeffs.shape[0]
-        flat = torch.cat([m.view(batch, m.shape[1], -1) for m in maps], 2)  # (B, 4*reg_max + nc, A)
-        box_logits, cls_logits = flat.split((4 * self.reg_max, self.num_classes), 1)
-        anchor_points, stride_tensor = make_anchors(maps, self.strides)  # (A, 2), (A, 1)
-        distances = self.dfl(box_logits)  # (B, 4, A) in grid units
-        boxes = decode_distances(distances, anchor_points.T.unsqueeze(0), xywh=True, dim=1)
-        return torch.cat((boxes * stride_tensor.T, cls_logits.sigmoid(), coeffs), 1)
+        return RawOutputs(maps, coeffs, proto)

@@ -1,8 +1,10 @@
 """Post-processing of YOLOv8-seg outputs (spec 5.2, 10): decode, NMS, masks, inverse letterbox, RLE.
 
-Pipeline for one batch of eval-mode outputs ``pred`` (B, 4 + nc + 32, A) and ``proto``
-(B, 32, H/4, W/4) of an (H, W) network input::
+Pipeline for one batch of decoded outputs ``pred`` (B, 4 + nc + 32, A) and ``proto``
+(B, 32, H/4, W/4) of an (H, W) network input (:func:`decode`, re-exported here, is the one
+decoding of the model's raw outputs; an ONNX export's ``pred``/``proto`` are already decoded)::
 
+    pred, proto = decode(model(images))
     detections = postprocess(pred, proto, letterboxes=[LetterboxParams, ...])
 
 gives one :class:`~cocoseg.structures.Detections` per image, boxes and masks in *original image*
@@ -33,15 +35,15 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from cocoseg.structures import Detections, LetterboxParams, RawOutputs, letterbox_params
+from cocoseg.structures import Detections, LetterboxParams, letterbox_params
 
-from .anchors import decode_distributions, distances_to_boxes, make_anchors
+from .decode import decode
 
 __all__ = [
     "CLASS_OFFSET_PX",
     "MaskCrop",
     "box_iou",
-    "decode_outputs",
+    "decode",
     "encode_rle",
     "letterbox_params",
     "mask_crops",
@@ -57,21 +59,6 @@ __all__ = [
 
 CLASS_OFFSET_PX = 7680.0  # class-aware NMS shifts boxes by class * this, so classes never overlap
 NMS_BLOCK = 512  # candidates whose pairwise IoUs are solved at once
-
-
-def decode_outputs(outputs: RawOutputs, *, num_classes: int, strides: Sequence[float] = (8, 16, 32),
-                   reg_max: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-layout outputs -> the eval layout ``(pred (B, 4+nc+32, A), proto)``.
-
-    ``pred`` rows: box (cx, cy, w, h) in input pixels, class probabilities, mask coefficients.
-    """
-    feats, coeffs, proto = outputs
-    flat = torch.cat([f.flatten(2) for f in feats], 2)  # (B, 4*reg_max + nc, A)
-    box_logits, cls_logits = flat.split((4 * reg_max, num_classes), 1)
-    points, stride = make_anchors([f.shape[2:] for f in feats], strides, dtype=flat.dtype, device=flat.device)
-    xyxy = distances_to_boxes(points, decode_distributions(box_logits.transpose(1, 2), reg_max)) * stride
-    cxcywh = torch.cat(((xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2]), -1)
-    return torch.cat((cxcywh.transpose(1, 2), cls_logits.sigmoid(), coeffs), 1), proto
 
 
 # ------------------------------------------------------------------------------------------ NMS

@@ -76,11 +76,12 @@ class SegmentationModel(nn.Module):
 
     Input: (B, 3, H, W) float RGB in [0, 1], H and W multiples of 32.
 
-    - train mode -> :class:`~cocoseg.structures.RawOutputs` ``(feats, mask_coeffs, proto)``:
-      feats (B, 64 + nc, H/s, W/s) for s = 8, 16, 32; mask_coeffs (B, 32, A); proto
-      (B, 32, H/4, W/4), with A = sum of H/s * W/s.
-    - eval mode -> ``(pred, proto)``: pred (B, 4 + nc + 32, A) = box (cx, cy, w, h) in input
-      pixels, sigmoid class scores, raw mask coefficients; anchors P3 -> P5, row-major.
+    Output, in train and eval mode alike: :class:`~cocoseg.structures.RawOutputs`
+    ``(feats, mask_coeffs, proto)``: feats (B, 64 + nc, H/s, W/s) for s = 8, 16, 32 (DFL box
+    logits then class logits); mask_coeffs (B, 32, A); proto (B, 32, H/4, W/4), with A = sum of
+    H/s * W/s. The mode changes only BatchNorm. :func:`cocoseg.model.decode.decode` turns them
+    into ``(pred, proto)``: pred (B, 4 + nc + 32, A) = box (cx, cy, w, h) in input pixels,
+    sigmoid class scores, raw mask coefficients; anchors P3 -> P5, row-major.
 
     Exposed for the loss and post-processing: ``stride`` (tensor [8, 16, 32], follows
     ``.to()``), ``num_classes``, ``reg_max``, ``num_masks``, ``variant``.
@@ -131,7 +132,7 @@ class SegmentationModel(nn.Module):
     def head(self) -> SegmentHead:
         return self.model[22]
 
-    def forward(self, images: torch.Tensor) -> RawOutputs | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> RawOutputs:
         if not torch.jit.is_tracing():
             _check_input(images)
         m = self.model
