@@ -172,6 +172,13 @@ class Predictor:
         ``masks``: ``full`` (dense (n, h0, w0) bool on CPU), ``rle`` (COCO RLEs) or ``none``.
         """
         pred, proto = self.forward(images)
+        return self.postprocess(pred, proto, letterboxes, masks=masks)
+
+    def postprocess(self, pred: torch.Tensor, proto: torch.Tensor, letterboxes: Sequence[LetterboxParams], *,
+                    masks: str = "full") -> list[Detections]:
+        """Decoded outputs ``pred`` (B, 4 + nc + 32, A), ``proto`` (B, 32, S/4, S/4) float (this
+        model's :meth:`forward`, or an ONNX / TensorRT export's ``pred`` and ``proto``) -> this
+        predictor's detections (NMS settings, masks), on CPU, in original pixels."""
         dets = postprocess(pred, proto, letterboxes=letterboxes, conf=self.conf, iou=self.iou,
                            max_det=self.max_det, multi_label=self.multi_label, masks=masks)
         return [Detections(d.boxes_xyxy.cpu(), d.scores.cpu(), d.classes.cpu(),

@@ -82,6 +82,53 @@ def test_nms_in_graph_matches_the_eager_reference(tmp_path):
     assert keep.shape[1] == 3 and len(keep) > 0 and set(keep[:, 0]) == {0, 1}
 
 
+def test_in_graph_nms_keeps_what_the_torch_nms_keeps_on_the_same_candidates(tmp_path):
+    """ONNX ``NonMaxSuppression`` (``keep``) against the one torch NMS (``postprocess.nms``) run per
+    image and class on the same candidates (score > conf): the same anchors in the same order, and
+    the kept boxes equal the eager model's within 1e-4 px."""
+    from cocoseg.model.postprocess import nms
+
+    model = TinySeg().eval()
+    path = tmp_path / "nms.onnx"
+    conf, iou = 0.5, 0.5
+    export_onnx(model, path, num_classes=3, imgsz=IMGSZ, nms=True, nms_conf=conf, nms_iou=iou)
+    x = parity_input(2, IMGSZ)
+    pred, keep = _session(path).run(["pred", "keep"], {"images": x.numpy()})
+    with torch.no_grad():
+        eager_pred, _ = decode(model(x))
+    pred = torch.from_numpy(pred)
+    xyxy = torch.cat([pred[:, :2] - pred[:, 2:4] / 2, pred[:, :2] + pred[:, 2:4] / 2], 1).transpose(1, 2)
+    suppressed = 0
+    for b in range(2):
+        for c in range(3):
+            scores = pred[b, 4 + c]
+            cand = torch.nonzero(scores > conf).flatten()
+            want = cand[nms(xyxy[b, cand], scores[cand], iou, max_keep=100)].tolist()
+            got = [int(r[2]) for r in keep if r[0] == b and r[1] == c]
+            assert got == want, (b, c)
+            suppressed += len(cand) - len(want)
+            torch.testing.assert_close(pred[b, :4, got], eager_pred[b, :4, got], atol=1e-4, rtol=0)
+    assert len(keep) > 0 and suppressed > 0  # the check saw real suppression, not just thresholding
+
+
+def test_onnx_outputs_through_the_predictor_match_the_eager_predictor(exported):
+    """The export's ``pred``/``proto`` with the predictor's letterbox and post-processing
+    (``bench.onnx_predict``, what the latency bench times) give the eager predictor's detections."""
+    from cocoseg.export.bench import bench_image, onnx_predict, onnx_session
+    from cocoseg.inference import Predictor
+
+    model, path, _ = exported
+    predictor = Predictor(model, class_names=["a", "b", "c"], imgsz=IMGSZ, conf=0.3)
+    image = bench_image(IMGSZ)
+    (eager,) = predictor.predict([image])
+    got = onnx_predict(onnx_session(path, threads=1), predictor, image)
+    assert len(eager) > 0 and got.classes.tolist() == eager.classes.tolist()
+    torch.testing.assert_close(got.scores, eager.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.boxes_xyxy, eager.boxes_xyxy, atol=1e-3, rtol=0)
+    assert got.masks.shape == eager.masks.shape == (len(eager), *image.shape[:2])
+    assert (got.masks != eager.masks).float().mean() < 1e-3
+
+
 def test_nms_reference_suppresses_overlaps():
     boxes = torch.tensor([[[10.0, 10, 10, 10], [11, 10, 10, 10], [40, 40, 10, 10]]])  # cx, cy, w, h
     scores = torch.tensor([[[0.9, 0.8, 0.7]], ])  # one class
@@ -198,6 +245,8 @@ def test_latency_table_has_each_cpu_format(tmp_path):
     table = benchmark(model, path, None, imgsz=IMGSZ, warmup=1, runs=3)
     assert [r["format"] for r in table["rows"]][:2] == ["torch eager", "onnxruntime"]
     assert all(r["median_ms"] > 0 for r in table["rows"]) and table["batch"] == 1
+    assert table["rows"][0]["timed"] == table["rows"][1]["timed"]  # both through the one predictor
+    assert "Predictor" in table["rows"][0]["timed"] and table["image_hw"] == [IMGSZ * 3 // 4, IMGSZ]
     json.dumps(table)
 
 

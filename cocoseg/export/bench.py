@@ -1,8 +1,11 @@
 """Latency of each produced format on the machine at hand.
 
-Batch 1 at ``imgsz`` (640 by default), a fixed input, ``warmup`` untimed runs then the median of
-``runs`` timed runs, in milliseconds. Formats: torch eager (CPU, or CUDA when present), ONNX
-Runtime (CPU execution provider) and the TensorRT engine (only with a CUDA device). Thread
+Batch 1: one fixed (3/4 imgsz x imgsz) RGB image, ``warmup`` untimed runs then the median of
+``runs`` timed runs, in milliseconds. torch eager (CPU, or CUDA when present) and ONNX Runtime
+(CPU execution provider) are timed end to end through the one predictor
+(:class:`cocoseg.inference.Predictor`, predict settings): its letterbox, the forward (eager
+``decode(model(x))`` or the ONNX graph's ``pred``/``proto``), then its NMS and masks. The
+TensorRT engine (only with a CUDA device) is timed on the engine's execution alone. Thread
 counts and the 1-minute load average are recorded with the figures: on a shared 2-core host
 they dominate the numbers (an oversubscribed OpenMP pool can make torch 40x slower).
 """
@@ -21,9 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cocoseg.inference import Predictor
+from cocoseg.structures import Detections
 from cocoseg.utils import get_logger
 
-__all__ = ["bench_engine", "bench_onnxruntime", "bench_torch", "benchmark", "median_ms"]
+__all__ = ["bench_engine", "bench_image", "bench_onnxruntime", "bench_torch", "benchmark", "median_ms",
+           "onnx_predict", "onnx_session"]
 
 log = get_logger(__name__)
 
@@ -40,28 +46,46 @@ def median_ms(fn: Callable[[], Any], *, warmup: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def bench_torch(model: nn.Module, imgsz: int, *, warmup: int, runs: int, device: str = "cpu") -> float:
-    model = model.to(device).eval()
-    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0)).to(device)
+def bench_image(imgsz: int) -> np.ndarray:
+    """The fixed benchmark image: (3/4 imgsz, imgsz, 3) uint8 RGB noise, so the letterbox pads."""
+    return np.random.default_rng(0).integers(0, 256, (imgsz * 3 // 4, imgsz, 3), dtype=np.uint8)
+
+
+def bench_torch(predictor: Predictor, image: np.ndarray, *, warmup: int, runs: int) -> float:
+    """Median ms of ``predictor.predict([image])`` (letterbox, forward, NMS, masks)."""
 
     def step() -> None:
-        with torch.inference_mode():
-            model(x)
-        if device.startswith("cuda"):
+        predictor.predict([image])
+        if predictor.device.type == "cuda":
             torch.cuda.synchronize()
 
     return median_ms(step, warmup=warmup, runs=runs)
 
 
-def bench_onnxruntime(onnx_path: str | Path, imgsz: int, *, warmup: int, runs: int, threads: int) -> float:
+def onnx_predict(sess: Any, predictor: Predictor, image: np.ndarray, *, masks: str = "full") -> Detections:
+    """One image through an ONNX Runtime session of the export, with ``predictor``'s letterbox,
+    input scaling and post-processing: the export's answer to what ``predictor.predict`` gives."""
+    letterboxed, lb = predictor.prepare(image)
+    x = torch.from_numpy(letterboxed).permute(2, 0, 1)[None].float() / 255.0  # as Predictor.forward
+    pred, proto = sess.run(["pred", "proto"], {"images": x.numpy()})
+    (det,) = predictor.postprocess(torch.from_numpy(pred), torch.from_numpy(proto), [lb], masks=masks)
+    return det
+
+
+def onnx_session(onnx_path: str | Path, *, threads: int) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    return median_ms(lambda: sess.run(None, {"images": x}), warmup=warmup, runs=runs)
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def bench_onnxruntime(onnx_path: str | Path, predictor: Predictor, image: np.ndarray, *, warmup: int, runs: int,
+                      threads: int) -> float:
+    """Median ms of :func:`onnx_predict` (letterbox, ONNX Runtime on CPU, NMS, masks)."""
+    sess = onnx_session(onnx_path, threads=threads)
+    return median_ms(lambda: onnx_predict(sess, predictor, image), warmup=warmup, runs=runs)
 
 
 def bench_engine(engine_path: str | Path, imgsz: int, *, warmup: int, runs: int) -> float:
@@ -94,26 +118,29 @@ def bench_engine(engine_path: str | Path, imgsz: int, *, warmup: int, runs: int)
 
 def benchmark(model: nn.Module, onnx_path: str | Path, engine_path: str | Path | None, *, imgsz: int = 640,
               warmup: int = 3, runs: int = 10) -> dict[str, Any]:
-    """Latency table: ``{"rows": [{"format", "device", "median_ms"}], "host": ..., ...}``."""
+    """Latency table: ``{"rows": [{"format", "device", "median_ms", "timed"}], "host": ..., ...}``."""
     threads = torch.get_num_threads()
-    rows = [{"format": "torch eager", "device": "cpu",
-             "median_ms": round(bench_torch(model, imgsz, warmup=warmup, runs=runs), 2)}]
-    rows.append({"format": "onnxruntime", "device": "cpu (CPUExecutionProvider)",
-                 "median_ms": round(bench_onnxruntime(onnx_path, imgsz, warmup=warmup, runs=runs,
+    image = bench_image(imgsz)
+    end_to_end = "letterbox + forward + NMS + masks (cocoseg.inference.Predictor)"
+    predictor = Predictor(model, class_names=[], imgsz=imgsz, device="cpu")
+    rows = [{"format": "torch eager", "device": "cpu", "timed": end_to_end,
+             "median_ms": round(bench_torch(predictor, image, warmup=warmup, runs=runs), 2)}]
+    rows.append({"format": "onnxruntime", "device": "cpu (CPUExecutionProvider)", "timed": end_to_end,
+                 "median_ms": round(bench_onnxruntime(onnx_path, predictor, image, warmup=warmup, runs=runs,
                                                       threads=threads), 2)})
     if torch.cuda.is_available():
-        rows.append({"format": "torch eager", "device": torch.cuda.get_device_name(0),
-                     "median_ms": round(bench_torch(model, imgsz, warmup=warmup, runs=runs,
-                                                    device="cuda"), 2)})
+        cuda = Predictor(model, class_names=[], imgsz=imgsz, device="cuda")
+        rows.append({"format": "torch eager", "device": torch.cuda.get_device_name(0), "timed": end_to_end,
+                     "median_ms": round(bench_torch(cuda, image, warmup=warmup, runs=runs), 2)})
         model.cpu()
     if engine_path is not None:
-        row = {"format": "tensorrt", "device": torch.cuda.get_device_name(0)}
+        row = {"format": "tensorrt", "device": torch.cuda.get_device_name(0), "timed": "engine execution only"}
         try:
             row["median_ms"] = round(bench_engine(engine_path, imgsz, warmup=warmup, runs=runs), 2)
         except RuntimeError as exc:  # e.g. in-graph NMS: an output of data-dependent shape
             row["median_ms"], row["skipped"] = None, str(exc)
             log.warning("TensorRT latency not measured: %s", exc)
         rows.append(row)
-    return {"rows": rows, "batch": 1, "imgsz": imgsz, "warmup": warmup, "runs": runs,
-            "cpu_threads": threads, "host": platform.processor() or platform.machine(),
+    return {"rows": rows, "batch": 1, "imgsz": imgsz, "image_hw": list(image.shape[:2]), "warmup": warmup,
+            "runs": runs, "cpu_threads": threads, "host": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}

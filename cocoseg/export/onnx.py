@@ -11,7 +11,9 @@ The exported graph (``IO_SIGNATURE``):
 - output ``proto``: (B, 32, H/4, W/4) float32 mask prototypes.
 - output ``keep`` (only with ``nms=True``): (K, 3) int64 rows ``[image, class, anchor]`` chosen by
   ONNX ``NonMaxSuppression`` (class-aware, centre-format boxes, score and IoU thresholds baked
-  in as constants). The eager twin of that operator is :func:`nms_reference`.
+  in as constants). The eager twin of that operator is :func:`nms_reference`, which runs the
+  one torch NMS (:func:`cocoseg.model.postprocess.nms`) per image and class; the parity check
+  and ``tests/test_export.py`` compare the graph's ``keep`` with it.
 
 The model contract is the one of ``cocoseg.model``: ``model(images)`` returns
 :class:`~cocoseg.structures.RawOutputs`; :class:`ExportWrapper` puts the one decoding
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from cocoseg.model.decode import decode
+from cocoseg.model.postprocess import nms
 from cocoseg.structures import RawOutputs
 from cocoseg.utils import UserError, get_logger
 
@@ -86,7 +89,8 @@ class _NonMaxSuppression(torch.autograd.Function):
 
 def nms_reference(boxes_cxcywh: torch.Tensor, scores: torch.Tensor, max_per_class: int,
                   iou_threshold: float, score_threshold: float) -> torch.Tensor:
-    """Eager twin of ONNX ``NonMaxSuppression`` (center_point_box=1).
+    """Eager twin of ONNX ``NonMaxSuppression`` (center_point_box=1), through the one torch NMS
+    (:func:`cocoseg.model.postprocess.nms`).
 
     ``boxes_cxcywh``: (B, A, 4) pixels; ``scores``: (B, C, A). Returns (K, 3) int64 rows
     ``[image, class, anchor]``: per image and class, greedy NMS over anchors with score strictly
@@ -95,31 +99,13 @@ def nms_reference(boxes_cxcywh: torch.Tensor, scores: torch.Tensor, max_per_clas
     """
     half = boxes_cxcywh[..., 2:] / 2
     xyxy = torch.cat([boxes_cxcywh[..., :2] - half, boxes_cxcywh[..., :2] + half], dim=-1)
-    rows: list[list[int]] = []
+    rows = [torch.zeros((0, 3), dtype=torch.int64)]
     for b in range(scores.shape[0]):
         for c in range(scores.shape[1]):
-            s = scores[b, c]
-            cand = torch.nonzero(s > score_threshold).flatten()
-            order = cand[torch.argsort(s[cand], descending=True, stable=True)]
-            kept: list[int] = []
-            for idx in order.tolist():
-                if len(kept) >= max_per_class:
-                    break
-                if kept and _iou(xyxy[b, idx], xyxy[b, kept]).max() > iou_threshold:
-                    continue
-                kept.append(idx)
-            rows.extend([b, c, k] for k in kept)
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 3)
-
-
-def _iou(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """IoU of one xyxy box (4,) against (n, 4) boxes."""
-    lt = torch.maximum(box[:2], others[:, :2])
-    rb = torch.minimum(box[2:], others[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area = (box[2:] - box[:2]).prod()
-    areas = (others[:, 2:] - others[:, :2]).prod(dim=1)
-    return inter / (area + areas - inter).clamp(min=1e-9)
+            cand = torch.nonzero(scores[b, c] > score_threshold).flatten()
+            kept = cand[nms(xyxy[b, cand], scores[b, c, cand], iou_threshold, max_keep=max_per_class)]
+            rows.append(torch.stack([torch.full_like(kept, b), torch.full_like(kept, c), kept], 1))
+    return torch.cat(rows).to(torch.int64)
 
 
 class ExportWrapper(nn.Module):
