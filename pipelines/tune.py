@@ -24,21 +24,17 @@ import argparse
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from cocoseg import storage, tracking
-from cocoseg.config import ConfigError, JobConfig, from_dict, load_config, to_dict, with_overrides
-from cocoseg.engine.worker import FITNESS_KEY
+from cocoseg.config import ConfigError, JobConfig, load_config, to_dict, with_overrides
 from cocoseg.utils import UserError, get_logger, redact, set_verbose, verbose
 from pipelines import config_path
-from pipelines import train as train_job
 from pipelines._ray import start_ray
 from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
 from pipelines._tune_report import (
@@ -46,7 +42,6 @@ from pipelines._tune_report import (
     SCORE,
     best_row,
     mark_trial_run,
-    search_score,
     trial_rows,
     write_report,
 )
@@ -55,12 +50,12 @@ from pipelines._tune_space import (
     TRIAL_DRIVER_CPUS,
     check_concurrency,
     per_trial_cpus,
-    to_overrides,
     tune_domains,
     validate_space,
 )
+from pipelines._tune_trial import Progress, run_trial, trial_dirname
 
-__all__ = ["TuneResult", "main", "run", "trial_config"]
+__all__ = ["TuneResult", "main", "run"]
 
 log = get_logger("pipelines.tune")
 
@@ -76,51 +71,6 @@ class TuneResult:
     trained: dict[str, Any] = field(default_factory=dict)  # tune.train_best: run, export and registry version
 
 
-class _EpochReport(TuneReportCallback):
-    """Tune's reporter from the Train controller, plus ASHA's clock (:data:`EPOCHS_DONE`)."""
-
-    def after_report(self, run_context, metrics, checkpoint):
-        m = metrics[0]
-        super().after_report(run_context, [{**m, EPOCHS_DONE: int(m["epoch"]) + 1, SCORE: search_score(m)}], checkpoint)
-
-
-def trial_config(base: JobConfig, params: dict[str, Any], trial_id: str) -> JobConfig:
-    """The train job of one trial: ``base`` with the trial's draw, ``tune.epochs`` and its own run."""
-    return with_overrides(base, [*to_overrides(params), f"train.epochs={base.tune.epochs or base.train.epochs}",
-                                 f"tracking.run_name={base.tune.name}-{trial_id}"])
-
-
-def _trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str) -> None:
-    """One trial's driver function (runs in Tune's trial actor): the train job, reported to Tune."""
-    cfg = trial_config(from_dict(JobConfig, base), params, tune.get_context().get_trial_id())
-    run_dir = storage.join(cfg.storage.root, "runs", cfg.tracking.run_name)
-    if tracking.read_run_record(run_dir).get("status") == "FINISHED":  # trained before a lost driver
-        for record in tracking.read_journal(tracking.journal_uri(run_dir)):
-            m = {**record["metrics"], FITNESS_KEY: record["metrics"].get("val/mask_ap50_95", -1.0)}
-            tune.report({**m, EPOCHS_DONE: record["step"] + 1, SCORE: search_score(m)})
-        return
-    train_job.run(cfg, parent_run_id=parent_run_id, callbacks=[_EpochReport()])
-
-
-def _trial_dirname(trial) -> str:
-    return trial.trial_id
-
-
-class _Progress(tune.Callback):
-    """One console line per trial event; the start times feed the overhead figure in results."""
-
-    def __init__(self, epochs: int):
-        self.epochs, self.started = epochs, {}
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = time.time()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        nan = float("nan")
-        print(f"trial {trial.trial_id} epoch {result.get(EPOCHS_DONE, '?')}/{self.epochs}  mask AP50-95 "
-              f"{result.get(FITNESS_KEY, nan):.4f}  loss {result.get('train/loss', nan):.3f}  {trial.config}", flush=True)
-
-
 def _start_ray(cfg: JobConfig) -> None:
     """A private local Ray gets logical CPUs for the concurrent trials (as pipelines.train does for
     one run); a cluster in RAY_ADDRESS is taken as it is and checked."""
@@ -131,14 +81,14 @@ def _start_ray(cfg: JobConfig) -> None:
     start_ray(**kwargs)
 
 
-def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: _Progress) -> tune.Tuner:
+def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: Progress) -> tune.Tuner:
     """A new Tuner, or the restored one when the search state exists (a rerun resumes)."""
     t = cfg.tune
     root = storage.join(cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root), "tune")
     # A trial's placement group holds its driver function and its input actors (created by the
     # driver, so Tune's group captures them); its train workers get Train's own group.
     bundles = [{"CPU": TRIAL_DRIVER_CPUS}] + [{"CPU": cfg.train.data_cpus_per_actor}] * cfg.train.data_actors
-    trainable = tune.with_resources(tune.with_parameters(_trial, base=base, parent_run_id=parent),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, parent_run_id=parent),
                                     tune.PlacementGroupFactory(bundles))
     path = storage.join(root, t.name)
     if tune.Tuner.can_restore(path):
@@ -148,7 +98,7 @@ def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: _Progr
                                               grace_period=t.grace_period, reduction_factor=t.reduction_factor,
                                               stop_last_trials=False)  # a trial's last epoch ends by itself
     return tune.Tuner(trainable, param_space=tune_domains(flat), tune_config=tune.TuneConfig(
-        metric=SCORE, mode="max", scheduler=scheduler, num_samples=t.num_trials, trial_dirname_creator=_trial_dirname,
+        metric=SCORE, mode="max", scheduler=scheduler, num_samples=t.num_trials, trial_dirname_creator=trial_dirname,
         search_alg=tune.search.BasicVariantGenerator(max_concurrent=t.max_concurrent_trials, random_state=t.seed)),
         run_config=tune.RunConfig(name=t.name, storage_path=root, callbacks=[progress], verbose=2 if verbose() else 0,
                                   failure_config=tune.FailureConfig(max_failures=0)))
@@ -167,7 +117,7 @@ def run(cfg: JobConfig) -> TuneResult:
     check_cluster(cfg)
     tune_dir, parent = open_search(cfg, flat, uri)
     epochs = cfg.tune.epochs or cfg.train.epochs
-    progress = _Progress(epochs)
+    progress = Progress(epochs)
     base = to_dict(replace(cfg, tracking=replace(cfg.tracking, run_name="", parent_run_id="")))
     results = _tuner(cfg, flat, base, parent, progress).fit()
     rows = trial_rows(results, list(flat), lambda tid: storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{tid}"),

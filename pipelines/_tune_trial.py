@@ -1,0 +1,75 @@
+"""The trial side of ``pipelines.tune``: what runs in each Tune trial, and the driver's trial callback.
+
+A trial's driver function (:func:`run_trial`, in Tune's trial actor) resolves its config
+(:func:`trial_config`: the base config, the trial's draw, ``tune.epochs`` and the run name
+``<search>-<trial id>``) and calls ``pipelines.train.run`` with a Ray Train ``UserCallback``
+(:class:`EpochReport`, a ``TuneReportCallback``) that hands each epoch's report to Tune with
+ASHA's clock and score added. The train job is the same code as a plain run: its MLflow run is
+nested under the search's parent run, its checkpoints and resume are the train job's own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from cocoseg import storage, tracking
+from cocoseg.config import JobConfig, from_dict, with_overrides
+from cocoseg.engine.worker import FITNESS_KEY
+from pipelines import train as train_job
+from pipelines._tune_report import EPOCHS_DONE, SCORE, search_score
+from pipelines._tune_space import to_overrides
+
+__all__ = ["EpochReport", "Progress", "run_trial", "trial_config", "trial_dirname"]
+
+
+class EpochReport(TuneReportCallback):
+    """Tune's reporter from the Train controller, plus ASHA's clock (:data:`EPOCHS_DONE`)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0]
+        super().after_report(run_context, [{**m, EPOCHS_DONE: int(m["epoch"]) + 1, SCORE: search_score(m)}], checkpoint)
+
+
+def trial_config(base: JobConfig, params: dict[str, Any], trial_id: str) -> JobConfig:
+    """The train job of one trial: ``base`` with the trial's draw, ``tune.epochs`` and its own run."""
+    return with_overrides(base, [*to_overrides(params), f"train.epochs={base.tune.epochs or base.train.epochs}",
+                                 f"tracking.run_name={base.tune.name}-{trial_id}"])
+
+
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str) -> None:
+    """One trial's driver function (runs in Tune's trial actor): the train job, reported to Tune.
+
+    A trial restarted after a lost driver first reports the epochs its run already journaled
+    (Tune restarts it from nothing; ASHA must see them), then the train job resumes from the run's
+    newest checkpoint, or, when the run had finished, is not started at all."""
+    cfg = trial_config(from_dict(JobConfig, base), params, tune.get_context().get_trial_id())
+    run_dir = storage.join(cfg.storage.root, "runs", cfg.tracking.run_name)
+    for record in tracking.read_journal(tracking.journal_uri(run_dir)):
+        m = {**record["metrics"], FITNESS_KEY: record["metrics"].get("val/mask_ap50_95", -1.0)}
+        tune.report({**m, EPOCHS_DONE: record["step"] + 1, SCORE: search_score(m)})
+    if tracking.read_run_record(run_dir).get("status") == "FINISHED":
+        return
+    train_job.run(cfg, parent_run_id=parent_run_id, callbacks=[EpochReport()])
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+class Progress(tune.Callback):
+    """One console line per trial event; the start times feed the overhead figure in results."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.started = epochs, {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        nan = float("nan")
+        print(f"trial {trial.trial_id} epoch {result.get(EPOCHS_DONE, '?')}/{self.epochs}  mask AP50-95 "
+              f"{result.get(FITNESS_KEY, nan):.4f}  loss {result.get('train/loss', nan):.3f}  {trial.config}", flush=True)
