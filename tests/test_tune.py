@@ -96,6 +96,27 @@ def test_train_best_trains_exports_and_registers_the_best_as_challenger(tiny_sna
     assert len(client.search_model_versions("name='tune-best-test'")) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_search_state_on_s3_and_a_rerun_resumes_it(tiny_snapshot, s3_bucket, tmp_path, capsys):
+    """storage.root=s3://: the search state, runs and best.yaml live in the bucket; the same call
+    again restores the finished search (Tuner.restore) and trains nothing."""
+    from cocoseg import storage
+    from pipelines import tune
+
+    def search():
+        return tune.run(_cfg(s3_bucket, tiny_snapshot, "tune.name=s3", "tune.num_trials=1", "tune.epochs=1",
+                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"))
+
+    first = search()
+    assert first.best_config == f"{s3_bucket}/tune/s3/best.yaml" and storage.exists(first.best_config)
+    assert storage.list_files(f"{s3_bucket}/runs/s3-{first.best['trial_id']}/workers")
+    capsys.readouterr()
+    again = search()
+    assert [r["trial_id"] for r in again.rows] == [first.best["trial_id"]]
+    assert len(storage.list_files(f"{s3_bucket}/runs/s3-{first.best['trial_id']}/workers")) == 1  # not trained again
+
+
 def _driver(tmp_path: Path, snapshot: str, mlflow_server: str, log: Path) -> subprocess.Popen:
     # 3 trials x 2 epochs: the kill lands while one trial is in flight and one has not started
     cmd = [sys.executable, "-m", "pipelines.tune", *TINY, *SEARCH, "tune.num_trials=3", "tune.epochs=2",
