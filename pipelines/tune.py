@@ -6,16 +6,20 @@
 
 (or ``cocoseg tune ...``). Each trial's driver function builds and fits the same ``TorchTrainer``
 as ``pipelines.train.run`` (``tune.epochs`` epochs, the run ``<storage.root>/runs/<name>-<trial
-id>``), reporting every epoch to Tune through ``TuneReportCallback``; ASHA stops the weaker
-trials on val mask AP50-95 (``tune.grace_period``, ``tune.reduction_factor``). The space, the
-keys it names and ``tune.max_concurrent_trials`` against the cluster are checked before any
-trial starts. Writes ``<storage.root>/tune/<name>/``: Tune's search state, ``search.json``,
-``results.{csv,json}``, ``metric_vs_params.png`` and ``best.yaml`` (the best trial's config at
-``train.epochs``, ready for ``pipelines.train``); in MLflow a parent run with one nested run per
-trial. ``tune.train_best=true`` then trains, exports and registers ``best.yaml`` (challenger).
+id>``), reporting every epoch to Tune through ``TuneReportCallback``; ASHA stops the weaker trials
+on val mask AP50-95, ties broken by the lower train loss (``tune.grace_period``,
+``tune.reduction_factor``). The space, the keys it names and ``tune.max_concurrent_trials``
+against the cluster are checked before any trial starts.
 
-Rerun the same command: a resume (``Tuner.restore``). Finished trials are not run again (a trial
-whose training run had finished when the driver died reports its journal instead of training).
+Reads the snapshot (``train.snapshot``). Writes ``<storage.root>/tune/<name>/``: Tune's search
+state, ``search.json``, ``results.{csv,json}``, ``metric_vs_params.png`` and ``best.yaml`` (the
+best trial's config at ``train.epochs``, ready for ``pipelines.train``); one run folder per trial
+under ``<storage.root>/runs/``; in MLflow a parent run with one nested run per trial.
+``tune.train_best=true`` then trains, exports and registers ``best.yaml`` (challenger).
+
+Rerun the same command: a resume (``Tuner.restore``). Finished trials are not trained again: a
+trial restarted after a lost driver reports the epochs its run journaled, then its run resumes
+from its newest checkpoint (or, already finished, is not started).
 """
 
 from __future__ import annotations
