@@ -51,17 +51,22 @@ def draw_detections(rgb: np.ndarray, det: Detections, class_names: Sequence[str]
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image)
-    font = _font(max(10, round(11 * max(scale, 1.0))))
+    # Label size follows the drawn image (~1/30 of its short side), not the upscale factor: a
+    # 96 px image shown at 480 px keeps labels the size of a 480 px image's.
+    font = _font(max(10, round(min(image.size) / 30)))
     for box, cls, score in zip(det.boxes_xyxy.tolist(), det.classes.tolist(), det.scores.tolist(), strict=True):
         colour = class_colour(cls)
         x1, y1, x2, y2 = (v * scale for v in box)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=2)
         name = class_names[cls] if cls < len(class_names) else str(cls)
         label = f"{name} {score:.2f}" if show_scores else name
-        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        # the tag stays inside the image: above the box, or inside its top edge at the image's top;
+        # shifted left when the box ends near the right edge
+        x_text = max(0.0, min(x1, image.width - (right - left) - 4))
         y_text = max(0.0, y1 - (bottom - top) - 3)
-        draw.rectangle((x1, y_text, x1 + (right - left) + 4, y_text + (bottom - top) + 3), fill=colour)
-        draw.text((x1 + 2, y_text), label, fill=(0, 0, 0), font=font)
+        draw.rectangle((x_text, y_text, x_text + (right - left) + 4, y_text + (bottom - top) + 3), fill=colour)
+        draw.text((x_text + 2, y_text - top), label, fill=(0, 0, 0), font=font)
     return image
 
 
