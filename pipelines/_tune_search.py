@@ -73,11 +73,11 @@ def write_best(cfg: JobConfig, best: dict[str, Any], flat: dict[str, Any], tune_
                                     "tracking.parent_run_id="])
     data = to_dict(best_cfg)
     data.pop("tune")
+    uri = storage.join(tune_dir, BEST_CONFIG)
     text = (f"# The best trial ({best['trial_id']}) of search {cfg.tune.name!r}: val mask AP50-95 "
             f"{best['best_mask_ap50_95']:.4f} in {best['epochs_done']} epoch(s); train it to train.epochs with\n"
-            f"#   python -m pipelines.train --config {storage.join(tune_dir, BEST_CONFIG)}\n"
+            f"#   python -m pipelines.train --config {uri if not storage.is_s3(uri) else BEST_CONFIG + '  (a local copy)'}\n"
             + yaml.safe_dump(redact(data), sort_keys=False))
-    uri = storage.join(tune_dir, BEST_CONFIG)
     storage.write_text(uri, text)
     from mlflow.tracking import MlflowClient
 
