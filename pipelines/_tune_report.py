@@ -19,7 +19,7 @@ from typing import Any
 
 from cocoseg import storage, tracking
 from cocoseg.engine.worker import FITNESS_KEY
-from cocoseg.utils import get_logger
+from cocoseg.utils import UserError, get_logger
 
 __all__ = ["EPOCHS_DONE", "SCORE", "search_score", "best_row", "mark_trial_run", "trial_rows", "write_report"]
 
@@ -79,7 +79,8 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     longer (ASHA kept it), then to the lower final train loss."""
     ok = [r for r in rows if r["status"] != "error"]
     if not ok:
-        raise RuntimeError("every trial failed; see results.json for each trial's error")
+        raise UserError("every trial of the search failed; results.json (and each trial's run folder) "
+                        "holds each trial's error")
 
     def loss(r: Mapping[str, Any]) -> float:
         value = r["last_train_loss"]

@@ -54,6 +54,9 @@ def open_search(cfg: JobConfig, flat: dict[str, Any], tracking_uri: str) -> tupl
             raise ConfigError(f"tune.name={cfg.tune.name}: {tune_dir} holds a search with other settings "
                               f"({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} differ); rerun with "
                               "the same config to resume it, or set a new tune.name")
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri).update_run(record["parent_run_id"], status="RUNNING")  # ended FAILED last time?
         return tune_dir, record["parent_run_id"]
     artifacts = storage.join(_root(cfg), "mlartifacts") if tracking_uri.startswith("sqlite:") else ""
     parent = tracking.create_run(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,

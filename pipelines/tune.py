@@ -123,18 +123,22 @@ def run(cfg: JobConfig) -> TuneResult:
     epochs = cfg.tune.epochs or cfg.train.epochs
     progress = Progress(epochs)
     base = to_dict(replace(cfg, tracking=replace(cfg.tracking, run_name="", parent_run_id="")))
-    results = _tuner(cfg, flat, base, parent, progress).fit()
-    rows = trial_rows(results, list(flat), lambda tid: storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{tid}"),
-                      epochs, progress.started)
-    for row in rows:
-        mark_trial_run(row, cfg.tune.name, uri)
-    write_report(rows, flat, tune_dir, uri, parent)
-    best = best_row(rows)
-    best_uri, best_cfg = write_best(cfg, best, flat, tune_dir, uri, parent)
-    out = TuneResult(parent_run_id=parent, tracking_uri=uri, tune_dir=tune_dir, best_config=best_uri,
-                     best=dict(best), rows=rows)
-    if cfg.tune.train_best:
-        out.trained = train_best(best_cfg, tune_dir, parent)
+    try:
+        results = _tuner(cfg, flat, base, parent, progress).fit()
+        rows = trial_rows(results, list(flat), lambda tid: storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{tid}"),
+                          epochs, progress.started)
+        for row in rows:
+            mark_trial_run(row, cfg.tune.name, uri)
+        write_report(rows, flat, tune_dir, uri, parent)
+        best = best_row(rows)
+        best_uri, best_cfg = write_best(cfg, best, flat, tune_dir, uri, parent)
+        out = TuneResult(parent_run_id=parent, tracking_uri=uri, tune_dir=tune_dir, best_config=best_uri,
+                         best=dict(best), rows=rows)
+        if cfg.tune.train_best:
+            out.trained = train_best(best_cfg, tune_dir, parent)
+    except Exception:
+        tracking.finish_run(uri, parent, "FAILED")  # a rerun of the same command sets it running again
+        raise
     tracking.finish_run(uri, parent)
     return out
 
