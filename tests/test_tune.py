@@ -1,6 +1,8 @@
 """pipelines.tune on a real local Ray and a real MLflow server: a 4-trial ASHA search over the
-train job, its MLflow tree and best config, a resume after a SIGKILLed driver, and the refusals of
-a bad search before any trial starts."""
+train job (its MLflow tree, its table and plot, a valid best config), tune.train_best (train,
+export, register through the gate), the search state on S3 (moto) and a rerun that restores it,
+a resume after a SIGKILLed driver that trains no finished trial again, and the refusals of a bad
+search (unknown key, bad distribution, too much concurrency) before any trial starts."""
 
 from __future__ import annotations
 
