@@ -89,8 +89,9 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return max(ok, key=lambda r: (r["best_mask_ap50_95"], r["epochs_done"], loss(r)))
 
 
-def mark_trial_run(row: Mapping[str, Any], search: str, tracking_uri: str) -> None:
-    """Tag the trial's MLflow run; a stopped trial's run is ended as KILLED (idempotent)."""
+def mark_trial_run(row: Mapping[str, Any], space_keys: Sequence[str], search: str, tracking_uri: str) -> None:
+    """Tag the trial's MLflow run (its draw as ``tune.overrides``, beside the params of the resolved
+    config it trained with); a stopped trial's run is ended as KILLED (idempotent)."""
     record = tracking.read_run_record(row["run_dir"])
     if not record.get("run_id"):
         return
@@ -98,7 +99,8 @@ def mark_trial_run(row: Mapping[str, Any], search: str, tracking_uri: str) -> No
 
     client = MlflowClient(tracking_uri)
     tags = {"tune.search": search, "tune.trial_id": row["trial_id"], "tune.status": row["status"],
-            "tune.stopped_early": str(row["status"] == "stopped_early").lower()}
+            "tune.stopped_early": str(row["status"] == "stopped_early").lower(),
+            "tune.overrides": " ".join(f"{k}={json.dumps(row[k])}" for k in space_keys)}
     for key, value in tags.items():
         client.set_tag(record["run_id"], key, value)
     if row["status"] != "completed" and not record.get("completed"):

@@ -128,7 +128,7 @@ def run(cfg: JobConfig) -> TuneResult:
         rows = trial_rows(results, list(flat), lambda tid: storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{tid}"),
                           epochs, progress.started)
         for row in rows:
-            mark_trial_run(row, cfg.tune.name, uri)
+            mark_trial_run(row, list(flat), cfg.tune.name, uri)
         write_report(rows, flat, tune_dir, uri, parent)
         best = best_row(rows)
         best_uri, best_cfg = write_best(cfg, best, flat, tune_dir, uri, parent)

@@ -63,6 +63,7 @@ def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snap
     for row in rows:
         run = by_trial[row["trial_id"]]
         assert run.data.params["train.lr0"] == str(row["train.lr0"])  # the trial's draw is the run's param
+        assert run.data.tags["tune.overrides"] == f"train.lr0={row['train.lr0']!r} train.optimizer=\"{row['train.optimizer']}\""
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/mask_ap50_95"))
         assert steps[:row["epochs_done"]] == list(range(row["epochs_done"])), (row, steps)
         stopped = row["status"] == "stopped_early"
