@@ -56,6 +56,9 @@ def _killer(run_dir: str, timeline: list[tuple[float, str]], stop: threading.Eve
 
 
 @pytest.mark.slow
+# `make test-all` only: tests/test_chaos.py (in `make test`) SIGKILLs a worker mid-epoch too and asserts
+# the same (resume from the newest complete checkpoint, every epoch in MLflow exactly once).
+@pytest.mark.extended
 @pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_sigkilled_worker_resumes_from_checkpoint_and_logs_each_epoch_once(tiny_snapshot, mlflow_server, tmp_path):
     from pipelines import train

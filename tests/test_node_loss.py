@@ -111,6 +111,7 @@ def test_node_loss_with_min_workers_goes_on_with_one_worker(three_cpu_nodes, tin
     rc, out, attempts, killed_at, run_dir = _run_and_lose_a_node(three_cpu_nodes, tiny_snapshot, tmp_path / "s",
                                                                  ["train.min_workers=1"])
     assert rc == 0, out[-5000:]
+    assert "succeeded" in out and "MLflow run" in out  # the driver's own logs came back to the submitter
     first = [a for a in attempts if a["time"] < killed_at]
     later = [a for a in attempts if a["time"] > killed_at]
     assert len({a["node_id"] for a in first}) == 2 and {a["world_size"] for a in first} == {2}

@@ -142,6 +142,9 @@ def _finished_runs(root: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+# `make test-all` only: test_search_state_on_s3_and_a_rerun_resumes_it (in `make test`) restores a
+# search with the same command and checks that no finished trial trains again.
+@pytest.mark.extended
 @pytest.mark.timeout(1200)
 def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tiny_snapshot, mlflow_server, tmp_path):
     log = tmp_path / "driver.log"
