@@ -42,8 +42,17 @@ def _validator_metrics(tiny_snapshot: str, weights: str) -> dict[str, float]:
                                      coco_gt=snapshot_to_coco(tiny_snapshot, "val"),
                                      category_ids=manifest["category_ids"], class_names=manifest["class_names"])
     model, _ = load_checkpoint(weights)
-    metrics, preview = validate(model, 0)
-    assert preview[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics, plots = validate(model, 0)
+    assert plots["preview"][:8] == b"\x89PNG\r\n\x1a\n"
+    curves = plots["curves"]  # what the worker journals for the best epoch and tracking draws
+    assert set(curves["pr50"]) == {"box", "mask"} and curves["class_names"] == manifest["class_names"]
+    # every true object is in its class's column once, found (some row) or missed (background row)
+    gt = snapshot_to_coco(tiny_snapshot, "val")
+    objects = [sum(1 for a in gt["annotations"] if a["category_id"] == c and not a.get("iscrowd"))
+               for c in manifest["category_ids"]]
+    matrix = curves["confusion"]["matrix"]
+    assert len(matrix) == len(objects) + 1
+    assert [sum(row[c] for row in matrix) for c in range(len(objects))] == objects
     return metrics
 
 

@@ -128,3 +128,38 @@ def test_no_detections_and_bad_input() -> None:
                                            torch.zeros(1, 100, 100, dtype=torch.bool))])
     with pytest.raises(EvaluationError, match="'annotations' list is missing"):
         COCOEvaluator({"images": [], "categories": []})
+
+
+def _boxes_gt() -> dict:
+    """Two 100 x 100 images, classes 1 and 2 (COCO ids), box-only instances."""
+    def ann(i, image_id, cat, x, y, crowd=0):
+        return {"id": i, "image_id": image_id, "category_id": cat, "bbox": [x, y, 20, 20], "area": 400.0,
+                "iscrowd": crowd, "segmentation": [[x, y, x + 20, y, x + 20, y + 20, x, y + 20]]}
+    return {"images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "annotations": [ann(1, 1, 1, 10, 10), ann(2, 1, 2, 60, 60), ann(3, 2, 1, 10, 10), ann(4, 2, 2, 60, 10),
+                            ann(5, 2, 2, 40, 60, crowd=1)]}
+
+
+def test_confusion_matrix_counts_hits_confusions_misses_and_false_alarms() -> None:
+    """Image 1: 'a' found as 'a', 'b' found as 'a' (a confusion). Image 2: 'a' found as 'a',
+    'b' missed, a detection on nothing (a false alarm), one below the score threshold, one on the
+    crowd region (matched to nothing: a false alarm too, crowds are not objects here)."""
+    evaluator = COCOEvaluator(_boxes_gt(), iou_types=("bbox",))
+
+    def det(boxes, scores, classes):
+        return Detections(boxes_xyxy=torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
+                          scores=torch.tensor(scores), classes=torch.tensor(classes))
+
+    evaluator.process([1, 2], [det([[10, 10, 30, 30], [61, 61, 81, 81]], [0.9, 0.8], [0, 0]),
+                               det([[11, 10, 31, 30], [80, 80, 99, 99], [60, 10, 80, 30], [40, 60, 60, 80]],
+                                   [0.7, 0.6, 0.1, 0.5], [0, 1, 1, 0])])
+    matrix = evaluator.confusion_matrix(conf=0.25, iou=0.45)
+    # rows: predicted a, b, background; columns: true a, b, background
+    assert matrix.tolist() == [[2, 1, 1],
+                               [0, 0, 1],
+                               [0, 1, 0]]
+    assert matrix.sum() == 6  # 4 objects + 2 unmatched detections above the threshold: nothing lost
+    curves = evaluator.evaluate()["bbox"]["per_class_pr50"]
+    assert set(curves) == {"a", "b"} and all(len(p) == 101 for p in curves.values())
+    assert curves["a"][0] == pytest.approx(1.0)  # both 'a' found first: precision 1 at low recall

@@ -63,6 +63,23 @@ def test_per_class_ap_table_and_chart_per_validated_epoch(tmp_path):
     assert set(table["square"]) == {"box_ap50_95", "box_ap50", "mask_ap50_95", "mask_ap50"}
 
 
+def test_pr_curves_and_confusion_matrix_are_drawn_from_the_best_epochs_curves(tmp_path):
+    from PIL import Image
+
+    from cocoseg.tracking.ui import curve_artifacts
+
+    recall = [i / 100 for i in range(101)]
+    curves = {"epoch": 7, "class_names": ["circle", "square"],
+              "pr50": {"box": {"circle": [1 - 0.5 * r for r in recall], "square": [1.0] * 101},
+                       "mask": {"circle": [1 - r for r in recall]}},
+              "confusion": {"conf": 0.25, "iou": 0.45, "matrix": [[5, 1, 2], [0, 3, 0], [1, 0, 0]]}}
+    paths = curve_artifacts(curves, tmp_path)
+    assert [p.name for p in paths] == ["pr_curves.png", "confusion_matrix.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 400, image.size
+
+
 def test_ray_start_is_retried_once_then_reported_in_one_line(monkeypatch):
     import ray
 

@@ -177,21 +177,23 @@ def _first_images(batch: ValBatch, n: int) -> tuple[torch.Tensor, SegTargets]:
 
 def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]], *, device: torch.device,
                     coco_gt: dict[str, Any], category_ids: list[int], class_names: list[str]
-                    ) -> Callable[[nn.Module, int], tuple[dict[str, float], bytes | None]]:
-    """``validate(ema_module, epoch) -> (metrics, preview PNG)`` with the COCO evaluator.
+                    ) -> Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Any]]]:
+    """``validate(ema_module, epoch) -> (metrics, plots)`` with the COCO evaluator.
 
     ``val_batches()`` yields letterboxed :class:`ValBatch` es of the val split; ``coco_gt`` is the
     split as a COCO dict. Detections come from :class:`cocoseg.inference.Predictor` under the
     evaluation :class:`~cocoseg.inference.Protocol` (masks straight to RLE). Metrics:
     ``val/{box,mask}_{ap50_95,ap50,ap75}``, per class ``val/{box,mask}_{ap50_95,ap50}/<name>``
-    and ``val/images``. The preview shows the first ``train.preview_images`` images.
+    and ``val/images``. ``plots``: ``preview`` (PNG of the first ``train.preview_images`` images,
+    ground truth | prediction; None when 0) and ``curves`` (JSON-ready: the per-class PR curves at
+    IoU 0.5 of boxes and masks and the box confusion matrix, which ``cocoseg.tracking`` draws).
     """
     evaluator = COCOEvaluator(coco_gt, category_ids=category_ids)
     protocol = Protocol(imgsz=cfg.model.imgsz)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_precision(cfg.train.amp, device)]
     preview_images = cfg.train.preview_images
 
-    def validate(model: nn.Module, epoch: int) -> tuple[dict[str, float], bytes | None]:
+    def validate(model: nn.Module, epoch: int) -> tuple[dict[str, float], dict[str, Any]]:
         predictor = Predictor(model, class_names=class_names, device=device, precision=precision).for_evaluation(protocol)
         evaluator.reset()
         preview, images = None, 0
@@ -202,7 +204,11 @@ def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]
             if preview is None and preview_images > 0:
                 shown = Predictor(model, class_names=class_names, imgsz=protocol.imgsz, device=device)
                 preview = render_validation_preview(*_first_images(batch, preview_images), shown, class_names)
-        return {**_val_metrics(evaluator.evaluate()), "val/images": float(images)}, preview
+        evaluated = evaluator.evaluate()
+        curves = {"epoch": epoch, "class_names": list(class_names),
+                  "pr50": {kind: evaluated[t]["per_class_pr50"] for t, kind in (("bbox", "box"), ("segm", "mask"))},
+                  "confusion": {"conf": 0.25, "iou": 0.45, "matrix": evaluator.confusion_matrix().tolist()}}
+        return {**_val_metrics(evaluated), "val/images": float(images)}, {"preview": preview, "curves": curves}
 
     return validate
 

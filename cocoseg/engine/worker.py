@@ -62,6 +62,7 @@ from cocoseg.engine.checkpoint import (
 )
 from cocoseg.engine.loop import EpochResult, LoopState, fit
 from cocoseg.engine.optim import OptimizerChoice
+from cocoseg.tracking.ui import CURVES_FILE
 from cocoseg.utils import get_logger, verbose
 
 __all__ = ["FITNESS_KEY", "train_loop_per_worker"]
@@ -242,6 +243,9 @@ def _publish(run: dict[str, Any], folder: Path, result: EpochResult) -> None:
     publish(folder, storage.join(weights, "last"))
     if result.is_best:
         publish(folder, storage.join(weights, "best"))
-    if result.preview is not None:  # the latest, and one per validated epoch (its evolution in MLflow)
+    plots = result.preview or {}
+    if plots.get("preview") is not None:  # the latest, and one per validated epoch (its evolution in MLflow)
         for name in ("val_predictions.png", f"val_predictions_epoch{result.epoch:03d}.png"):
-            storage.write_bytes(storage.join(run["run_dir"], "plots", name), result.preview)
+            storage.write_bytes(storage.join(run["run_dir"], "plots", name), plots["preview"])
+    if result.is_best and plots.get("curves"):  # PR curves and confusion matrix of the selected model
+        storage.write_json(storage.join(run["run_dir"], "plots", CURVES_FILE), plots["curves"])

@@ -7,7 +7,9 @@
 
 Each entry of the result holds ``AP`` (AP50-95), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` (0..1,
 as COCOeval's ``stats[0:6]``), ``per_class`` ({class name: AP50-95}) and ``per_class_ap50``
-({class name: AP50}), both for the classes with ground truth only. Model class k maps to the k-th category id of ``category_ids`` (default: the ground
+({class name: AP50}), both for the classes with ground truth only, and ``per_class_pr50``
+({class name: precision at the 101 recall points 0, 0.01, ..., 1 at IoU 0.5}: the PR curve).
+:meth:`COCOEvaluator.confusion_matrix` counts box matches per (predicted, true) class. Model class k maps to the k-th category id of ``category_ids`` (default: the ground
 truth's category ids in ascending order, which for COCO is the 80 -> 91 map of spec 12).
 """
 
@@ -17,6 +19,7 @@ import contextlib
 import copy
 import io
 import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -139,7 +142,8 @@ class COCOEvaluator:
             present = {a["category_id"] for a in self.coco.dataset["annotations"]
                        if a["image_id"] in self._image_ids}
             zeros = {names[c]: 0.0 for c in self.category_ids if c in present}
-            return {**dict.fromkeys(_STAT_NAMES, 0.0), "per_class": zeros, "per_class_ap50": dict(zeros)}
+            return {**dict.fromkeys(_STAT_NAMES, 0.0), "per_class": zeros, "per_class_ap50": dict(zeros),
+                    "per_class_pr50": {name: [0.0] * 101 for name in zeros}}
         results = self._results if iou_type == "segm" else [
             {k: v for k, v in r.items() if k != "segmentation"} for r in self._results]
         coco_dt = _quiet(self.coco.loadRes, results)
@@ -151,7 +155,7 @@ class COCOEvaluator:
         stats = {name: max(float(v), 0.0) for name, v in zip(_STAT_NAMES, evaluator.stats[:6], strict=True)}
         # precision: [iou thresholds, recall points, categories, area ranges, max dets]
         precision = evaluator.eval["precision"]
-        per_class, per_class_ap50 = {}, {}
+        per_class, per_class_ap50, per_class_pr50 = {}, {}, {}
         for k, cat_id in enumerate(evaluator.params.catIds):
             if cat_id not in names:
                 continue
@@ -160,7 +164,56 @@ class COCOEvaluator:
                 per_class[names[cat_id]] = float(p[p > -1].mean())
                 p50 = p[0][p[0] > -1]  # iouThrs[0] = 0.5
                 per_class_ap50[names[cat_id]] = float(p50.mean()) if p50.size else 0.0
-        return {**stats, "per_class": per_class, "per_class_ap50": per_class_ap50}
+                # the PR curve at IoU 0.5 (COCOeval's interpolated precision; -1 past the last recall reached)
+                per_class_pr50[names[cat_id]] = [round(max(float(v), 0.0), 4) for v in p[0]]
+        return {**stats, "per_class": per_class, "per_class_ap50": per_class_ap50, "per_class_pr50": per_class_pr50}
+
+    def confusion_matrix(self, *, conf: float = 0.25, iou: float = 0.45) -> np.ndarray:
+        """Box confusion matrix of everything processed since :meth:`reset`.
+
+        Returns int64 ``(nc + 1, nc + 1)`` counts, ``[predicted class, true class]`` in model-class
+        order; index ``nc`` is background: row ``nc`` counts objects nothing found, column ``nc``
+        detections that match no object. Detections scoring below ``conf`` are left out; a
+        detection and a (non-crowd) object match when their box IoU is at least ``iou``, each at
+        most once, highest IoU first, whatever their classes (so a wrong class shows off the
+        diagonal), the reference tool's counting at its default thresholds.
+        """
+        index = {c: i for i, c in enumerate(self.category_ids)}
+        nc = len(self.category_ids)
+        matrix = np.zeros((nc + 1, nc + 1), dtype=np.int64)
+        found = defaultdict(list)
+        for r in self._results:
+            if r["score"] >= conf and r["category_id"] in index:
+                found[r["image_id"]].append(r)
+        for image_id in self._image_ids:
+            truths = [a for a in self.coco.imgToAnns.get(image_id, [])
+                      if not a.get("iscrowd", 0) and a["category_id"] in index]
+            _count_matches(matrix, truths, found.get(image_id, []), index, iou)
+        return matrix
+
+
+def _count_matches(matrix: np.ndarray, truths: list[dict], found: list[dict], index: Mapping[int, int],
+                   iou: float) -> None:
+    """Add one image's greedy box matches (COCO xywh boxes) to ``matrix`` (see confusion_matrix)."""
+    background = matrix.shape[0] - 1
+    true_cls = [index[a["category_id"]] for a in truths]
+    found_cls = [index[r["category_id"]] for r in found]
+    matched_truth, matched_found = set(), set()
+    if truths and found:
+        # (found, truths) IoUs; iscrowd=0 everywhere: plain IoU
+        ious = np.asarray(mask_utils.iou([r["bbox"] for r in found], [a["bbox"] for a in truths], [0] * len(truths)))
+        pairs = np.argwhere(ious >= iou)
+        for d, g in pairs[np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="stable")]:
+            if d not in matched_found and g not in matched_truth:
+                matched_found.add(d)
+                matched_truth.add(g)
+                matrix[found_cls[d], true_cls[g]] += 1
+    for g, c in enumerate(true_cls):
+        if g not in matched_truth:
+            matrix[background, c] += 1
+    for d, c in enumerate(found_cls):
+        if d not in matched_found:
+            matrix[c, background] += 1
 
 
 def flatten_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

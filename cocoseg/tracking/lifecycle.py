@@ -209,6 +209,9 @@ def log_run_artifacts(tracking_uri: str, run_id: str, run_dir: str) -> list[str]
     records = jr.read_journal(jr.journal_uri(run_dir))
     with tempfile.TemporaryDirectory(prefix="cocoseg-artifacts-") as tmp:
         drawn = [*plot_curves(records, Path(tmp) / "plots"), *ui.per_class_artifacts(records, Path(tmp) / "plots")]
+        curves = storage.join(run_dir, "plots", ui.CURVES_FILE)
+        if storage.exists(curves):  # written by the worker for the best epoch
+            drawn += ui.curve_artifacts(storage.read_json(curves), Path(tmp) / "plots")
         for path in drawn:
             client.log_artifact(run_id, str(path), artifact_path="plots")
             logged.append(f"plots/{path.name}")

@@ -11,6 +11,10 @@ per-class AP tables and charts (MLflow 3.17 APIs).
   (``cocoseg.registry``).
 - Per-class AP: the validator's ``val/{box,mask}_{ap50_95,ap50}/<class>`` metrics of each
   validated epoch become ``plots/per_class_ap_epochNNN.csv`` and ``.png``.
+- PR curves and a confusion matrix of the selected model: the worker writes the best epoch's
+  curves (``plots/curves_best.json``: per-class precision at IoU 0.5 over 101 recall points for
+  boxes and masks, the box confusion matrix) and :func:`curve_artifacts` draws
+  ``plots/pr_curves.png`` and ``plots/confusion_matrix.png`` from it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any
 from cocoseg import storage
 from cocoseg.utils import get_logger
 
-__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "MODEL_ID_TAG", "PER_CLASS_KINDS", "create_trained_model",
-           "dataset_inputs", "finish_trained_model", "log_dataset_inputs", "metric_key", "per_class_artifacts",
+__all__ = ["CURVES_FILE", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "MODEL_ID_TAG", "PER_CLASS_KINDS",
+           "create_trained_model", "curve_artifacts", "dataset_inputs", "finish_trained_model", "log_dataset_inputs", "metric_key", "per_class_artifacts",
            "per_class_table", "set_experiment_kind"]
 
 log = get_logger(__name__)
@@ -36,6 +40,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 MODEL_ID_TAG = "cocoseg.model_id"  # run tag: the LoggedModel of the trained weights
 PER_CLASS_KINDS = ("box_ap50_95", "box_ap50", "mask_ap50_95", "mask_ap50")
+CURVES_FILE = "curves_best.json"  # under the run folder's plots/: what curve_artifacts draws
 _PER_CLASS = re.compile(r"^val/(?P<kind>box_ap50_95|box_ap50|mask_ap50_95|mask_ap50)/(?P<cls>.+)$")
 
 
@@ -136,6 +141,71 @@ def per_class_artifacts(records: Iterable[Mapping[str, Any]], out_dir: Path) -> 
                 writer.writerow([name, *(f"{row[k]:.4f}" if k in row else "" for k in PER_CLASS_KINDS)])
         written += [Path(f"{stem}.csv"), _bar_chart(table, Path(f"{stem}.png"), int(r["step"]))]
     return written
+
+
+def curve_artifacts(curves: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """``pr_curves.png`` (box and mask precision-recall at IoU 0.5: one thin line per class, the
+    mean over classes bold with its mAP50) and ``confusion_matrix.png`` (box matches, each true
+    class's column normalised, counts written in the cells) from a ``CURVES_FILE`` document."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epoch = curves.get("epoch", "?")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, kind in zip(axes, ("box", "mask"), strict=True):
+        _pr_panel(ax, curves["pr50"].get(kind, {}), kind, many=len(curves["class_names"]) > 12)
+    fig.suptitle(f"precision-recall at IoU 0.5, epoch {epoch} (the selected model)")
+    fig.tight_layout()
+    pr_path = out_dir / "pr_curves.png"
+    fig.savefig(pr_path, dpi=90)
+    plt.close(fig)
+    return [pr_path, _confusion_chart(curves, out_dir / "confusion_matrix.png")]
+
+
+def _pr_panel(ax, per_class: Mapping[str, Sequence[float]], kind: str, *, many: bool) -> None:
+    import numpy as np
+
+    recall = np.linspace(0.0, 1.0, 101)
+    for name, precision in sorted(per_class.items()):
+        ax.plot(recall, precision, linewidth=0.8, color="0.6" if many else None,
+                label=None if many else f"{name} {float(np.mean(precision)):.3f}")
+    if per_class:
+        mean = np.mean(np.asarray(list(per_class.values()), dtype=float), axis=0)
+        ax.plot(recall, mean, linewidth=2.5, color="tab:blue", label=f"all classes {mean.mean():.3f} mAP50")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=kind)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def _confusion_chart(curves: Mapping[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [*curves["class_names"], "background"]
+    counts = np.asarray(curves["confusion"]["matrix"], dtype=float)  # [predicted, true]
+    share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1.0)
+    size = max(5.0, 0.35 * len(names) + 3)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 8 else 0, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set(xlabel="true", ylabel="predicted")
+    if len(names) <= 30:
+        for (i, j), n in np.ndenumerate(counts):
+            if n:
+                ax.text(j, i, f"{int(n)}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    c = curves["confusion"]
+    ax.set_title(f"box confusion matrix, epoch {curves.get('epoch', '?')} (conf >= {c['conf']}, IoU >= {c['iou']}; "
+                 "columns sum to 1)", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _bar_chart(table: Mapping[str, Mapping[str, float]], path: Path, epoch: int) -> Path:
