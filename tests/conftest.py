@@ -185,3 +185,11 @@ def cli(tmp_path: Path):
 
 def has_executable(name: str) -> bool:
     return shutil.which(name) is not None or (BIN / name).exists()
+
+
+# Session fixtures used by several modules are registered here, once: a fixture imported into each
+# test module is a separate definition per module, so its "session" scope would not be shared (the
+# tiny snapshot was ingested, and the basic-auth demo run, once per module that imported them).
+# Imported last: both modules import helpers from this one.
+from _tracking_support import auth_server_fixture, secret_demo_fixture  # noqa: E402,F401
+from _train_support import tiny_snapshot_fixture  # noqa: E402,F401

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_support import tiny_snapshot_fixture  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

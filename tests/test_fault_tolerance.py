@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+from _train_support import TINY
 
 from cocoseg import storage, tracking
 from cocoseg.config import load_config

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from _tracking_support import ADMIN, auth_server_fixture, secret_demo_fixture  # noqa: F401 (registers the fixtures)
+from _tracking_support import ADMIN
 
 from cocoseg.tracking.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MODEL_ID_TAG
 

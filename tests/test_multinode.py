@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+from _train_support import TINY
 from conftest import BIN, REPO, free_port
 
 from cocoseg import storage

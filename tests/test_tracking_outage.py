@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+from _train_support import TINY
 from conftest import BIN, REPO, free_port, stop, wait_http
 
 from cocoseg import storage, tracking

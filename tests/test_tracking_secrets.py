@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _tracking_support import ADMIN, auth_server_fixture, secret_demo_fixture  # noqa: F401 (registers the fixtures)
+from _tracking_support import ADMIN
 
 from cocoseg import tracking
 from cocoseg.utils import REDACTED, redact, secret_values

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+from _train_support import TINY
 
 from cocoseg import storage, tracking
 from cocoseg.config import ConfigError, load_config

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _train_support import TINY, tiny_snapshot_fixture  # noqa: F401 (registers the fixture)
+from _train_support import TINY
 
 from cocoseg import tracking
 from cocoseg.config import ConfigError, load_config
