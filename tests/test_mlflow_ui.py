@@ -61,6 +61,7 @@ def test_the_ui_is_fed_a_model_training_run(fed):
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
     # the version names the training run's LoggedModel (its files are the serving package)
     assert version.tags["trained_model_id"] == model_id and version.tags["train_run_id"] == run.info.run_id
+    assert version.run_id == run.info.run_id  # the training run's page lists the version ("Registered models")
     assert "champion" in version.aliases
     assert not any(k.startswith(("export.", "registry.")) for k in run.data.params)
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -122,16 +123,18 @@ def test_run_and_model_pages_show_dataset_logged_model_per_class_ap_and_aliases(
     run, version = fed["run"], fed["version"]
     host = fed["uri"].split("://", 1)[1]
     exp_id, run_id = run.info.experiment_id, run.info.run_id
-    model_id = run.data.tags[MODEL_ID_TAG]
     snapshot_digest = run.data.tags["snapshot_id"][:36]
     # The UI's fetch() refuses a page URL holding credentials, and a login cached from one such URL
     # does not reach its script and API requests: send the basic-auth header with every request.
     token = base64.b64encode(f"{ADMIN}:{fed['password']}".encode()).decode()
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
-    text = _open(browser, f"http://{host}/#/experiments/{exp_id}/runs/{run_id}", ["cocoseg-train", "yolov8n-seg"],
-                 tmp_path / "run.png")
-    assert model_id or text
+    # MLflow 3.17's UI opens in its GenAI mode unless the browser chose otherwise (a toggle kept in
+    # localStorage, default GenAI); ?workflowType=machine_learning selects the model-training mode
+    # (README, "Tracking"). The run page lists its dataset inputs, its LoggedModel
+    # and the registry version made from it ("Registered models").
+    text = _open(browser, f"http://{host}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning",
+                 ["cocoseg-train", "yolov8n-seg", MODEL], tmp_path / "run.png")
     assert snapshot_digest[:8] in text or "cocoseg-val" in text
     _open(browser, f"http://{host}/#/experiments/{exp_id}/runs/{run_id}/artifacts", ["plots", "weights"],
           tmp_path / "run-artifacts.png")

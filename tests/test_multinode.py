@@ -99,9 +99,6 @@ def two_node_cluster(moto_server):
 
 
 @pytest.mark.slow
-# `make test-all` only: tests/test_node_loss.py's elastic test (in `make test`) submits the same job
-# to a 2-node cluster and asserts that it succeeds, its logs come back and its 2 workers ran on 2 nodes.
-@pytest.mark.extended
 @pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, tmp_path):
     root = tmp_path / "store"  # one disk: both "nodes" see it (a real cluster uses s3://)

@@ -232,10 +232,11 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
             created = _ensure_registered_model(client, name)
             aliases = {} if created else _aliases(client, name)
             # The version's files are the serving package just logged (MLflow requires model_id
-            # to be the LoggedModel holding the source); the training run's own LoggedModel (the
-            # trained weights) is named in a tag, so the version page leads back to it.
-            _, trained_model = _trained_model(client, tags.get("train_run_id", ""))
-            mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id,
+            # to be the LoggedModel holding the source); its source run is the training run when
+            # this server has it, so the training run's page lists the version and the version page
+            # links back to the run; the trained weights' LoggedModel is named in a tag.
+            train_run, trained_model = _trained_model(client, tags.get("train_run_id", ""))
+            mv = client.create_model_version(name, source=info.model_uri, run_id=train_run or run.info.run_id,
                                              tags={**tags, **({"trained_model_id": trained_model} if trained_model else {})},
                                              model_id=model_id)
             version = str(mv.version)
