@@ -76,3 +76,49 @@ def encoded_png(width: int = 80, height: int = 48, seed: int = 0) -> bytes:
 
 def read_card(root: Path) -> dict:
     return json.loads((root / "model_card.json").read_text())
+
+
+def detecting_checkpoint(dest: Path, *, class_names: list[str], imgsz: int = 64, **card: object) -> str:
+    """An n-variant checkpoint at ``dest`` whose class logits are pushed up (biases 0.5, -1, -2, 1),
+    so a random-weight model still detects things; ``card`` adds ModelCard fields."""
+    from cocoseg.model import ModelCard, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("n", len(class_names))
+    with torch.no_grad():
+        for branch in model.head.cv3:
+            branch[-1].bias[:] = torch.tensor([0.5, -1.0, -2.0, 1.0])
+    save_checkpoint(str(dest), model.eval(), ModelCard(variant="n", num_classes=len(class_names),
+                                                       class_names=list(class_names), imgsz=imgsz, **card))
+    return str(dest)
+
+
+def serve_and_predict(model_uri: str, tracking_uri: str, encoded: bytes, cwd: Path, **params: object) -> dict:
+    """``mlflow models serve -m MODEL_URI`` on a free loopback port, one base64 image posted to
+    ``/invocations`` with ``params``; returns the answer's JSON. The server is stopped either way."""
+    import base64
+    import os
+    import subprocess
+    import urllib.request
+
+    from conftest import BIN, free_port, stop, wait_http
+
+    port = free_port()
+    # `mlflow models serve --env-manager local` execs uvicorn through bash: the venv's bin must be on PATH.
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    exe = BIN / "mlflow"
+    cmd = [str(exe) if exe.exists() else "mlflow", "models", "serve", "-m", model_uri,
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = cwd / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, log)
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(encoded).decode()]]},
+                           "params": params}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 (loopback)
+            return json.loads(resp.read())
+    finally:
+        stop(proc)

@@ -14,19 +14,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory, tiny_snapshot: str) -> str:
     """An n-variant 4-class checkpoint whose class logits are pushed up, so it detects things."""
+    from export_helpers import detecting_checkpoint
+
     from cocoseg.data.schema import read_manifest
-    from cocoseg.model import ModelCard, build_model, save_checkpoint
 
     manifest = read_manifest(tiny_snapshot)
-    torch.manual_seed(0)
-    model = build_model("n", 4)
-    with torch.no_grad():
-        for branch in model.head.cv3:
-            branch[-1].bias[:] = torch.tensor([0.5, -1.0, -2.0, 1.0])
-    dest = tmp_path_factory.mktemp("weights") / "w"
-    save_checkpoint(str(dest), model.eval(), ModelCard(variant="n", num_classes=4, class_names=manifest["class_names"],
-                                                       imgsz=64, data_snapshot=manifest["snapshot_id"]))
-    return str(dest)
+    return detecting_checkpoint(tmp_path_factory.mktemp("weights") / "w", class_names=manifest["class_names"],
+                                data_snapshot=manifest["snapshot_id"])
 
 
 def _validator_metrics(tiny_snapshot: str, weights: str) -> dict[str, float]:

@@ -3,7 +3,6 @@ and EXIF orientation applied alike by ``cocoseg predict`` and the served pyfunc 
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -12,15 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from conftest import BIN, REPO, free_port, stop, wait_http
+from conftest import REPO, stop
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -35,16 +32,9 @@ SMALL = ["evaluate.actors=1", "evaluate.cpus_per_actor=1", "evaluate.batch_size=
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An n-variant 4-class checkpoint at 64 px whose class logits are pushed up, so it detects things."""
-    from cocoseg.model import ModelCard, build_model, save_checkpoint
+    from export_helpers import detecting_checkpoint
 
-    torch.manual_seed(0)
-    model = build_model("n", 4)
-    with torch.no_grad():
-        for branch in model.head.cv3:
-            branch[-1].bias[:] = torch.tensor([0.5, -1.0, -2.0, 1.0])
-    dest = tmp_path_factory.mktemp("weights") / "w"
-    save_checkpoint(str(dest), model.eval(), ModelCard(variant="n", num_classes=4, class_names=CLASS_NAMES, imgsz=64))
-    return str(dest)
+    return detecting_checkpoint(tmp_path_factory.mktemp("weights") / "w", class_names=CLASS_NAMES)
 
 
 def _images(folder: Path, coco8_seg: Path, copies: int = 1) -> list[str]:
@@ -274,29 +264,13 @@ def _strip_exif(jpeg: bytes) -> bytes:
 
 @pytest.mark.slow
 def test_exif_rotated_jpeg_through_mlflow_models_serve(mlflow_server, tmp_path):
-    from export_helpers import make_export
+    from export_helpers import make_export, serve_and_predict
 
     from cocoseg.registry import register_export
 
     name = f"exif-{uuid.uuid4().hex[:8]}"
     register_export(make_export(tmp_path / "exp"), name=name, tracking_uri=mlflow_server)
-    port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    exe = BIN / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log = tmp_path / "serve.log"
     jpeg = _rotated_jpeg()
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, log)
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(jpeg).decode()]]},
-                           "params": {"conf": 0.3, "max_det": 5}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 (loopback)
-            (served,) = json.loads(resp.read())["predictions"]
-    finally:
-        stop(proc)
+    (served,) = serve_and_predict(f"models:/{name}@champion", mlflow_server, jpeg, tmp_path, conf=0.3,
+                                  max_det=5)["predictions"]
     _same_boxes(served, _predict_json(tmp_path, jpeg, max_det=5))
