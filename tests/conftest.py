@@ -6,7 +6,12 @@
 - ``mlflow_server``: a real ``mlflow server`` with a SQLite store and proxied artifacts.
 - ``ray_local``: a private local Ray (``address="local"``) with logical CPUs over-subscribed so
   Ray Data tasks and train workers can run side by side on 2 cores.
-- ``coco8_seg``: the real 8-image sample in ``../shared/data/coco8-seg`` (skips when absent).
+- ``fixtures_dir``: ``tests/fixtures``, small data kept in the repository (its README says where
+  each file comes from): ``coco8-seg`` (the real 8-image sample, given by ``coco8_seg``), the
+  KubeRay CRD and MLflow chart schemas (``schemas/``), the reference state-dict listing.
+- ``reference_dir``: the reference checkpoint folder (``$COCOSEG_SHARED/reference``, by default
+  ``../shared/reference``; 9.4 MB, not in the repository). Only the reference checkpoint tests
+  use it, and they skip with the reason when it is absent.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def _shared_dir() -> Path:
@@ -74,7 +80,22 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``tests/fixtures``: small test data kept in the repository (never skips)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def coco8_seg(fixtures_dir: Path) -> Path:
+    """The real 8-image COCO sample (COCO JSON and YOLO labels), ``tests/fixtures/coco8-seg``."""
+    return fixtures_dir / "coco8-seg"
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """The project's shared folder outside the repository (``$COCOSEG_SHARED``, else ``../shared``);
+    skips when absent. Test data belongs in ``fixtures_dir`` (the infra schemas are in
+    ``fixtures_dir / "schemas"``); the reference checkpoint tests use ``reference_dir``."""
     path = _shared_dir()
     if not path.is_dir():
         pytest.skip(f"shared folder {path} is absent (set COCOSEG_SHARED to point at it)")
@@ -82,10 +103,13 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def coco8_seg(shared_dir: Path) -> Path:
-    path = shared_dir / "data" / "coco8-seg"
+def reference_dir() -> Path:
+    """The reference checkpoint files (``yolov8n-seg-random.pt`` and its ``.io.npz``, 9.4 MB, not
+    in the repository): ``$COCOSEG_SHARED/reference``, else ``../shared/reference``."""
+    path = _shared_dir() / "reference"
     if not path.is_dir():
-        pytest.skip(f"{path} is absent")
+        pytest.skip(f"reference checkpoint test: {path} is absent (the reference .pt is not in the "
+                    "repository; set COCOSEG_SHARED to the folder that holds reference/)")
     return path
 
 

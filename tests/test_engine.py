@@ -227,9 +227,13 @@ def test_incomplete_or_foreign_checkpoint_is_refused(tmp_path):
                               optimizer=build_optimizer(other), scaler=None)
 
 
-def test_initial_weights_from_a_cocoseg_checkpoint_or_a_reference_pt(tmp_path, shared_dir):
+def test_initial_weights_from_a_cocoseg_checkpoint_or_a_pt_file(tmp_path):
+    """``model.weights`` names a cocoseg checkpoint folder or a ``.pt``: here a plain yolov8n-seg
+    (80 classes) state dict in the reference's key layout, written by the test (the reference
+    implementation's own .pt is imported by the reference checkpoint tests in test_model_weights)."""
     from cocoseg.config import ModelConfig
     from cocoseg.engine.build import build_model
+    from cocoseg.model import build_model as build_network
     from cocoseg.model.weights import CheckpointError
 
     net = seg_model()
@@ -240,8 +244,12 @@ def test_initial_weights_from_a_cocoseg_checkpoint_or_a_reference_pt(tmp_path, s
         assert torch.equal(warm.state_dict()[k], v), k
     with pytest.raises(CheckpointError, match="expected 3"):
         build_model(ModelConfig(variant="n", num_classes=3, weights=str(folder)))
-    reference = shared_dir / "reference" / "yolov8n-seg-random.pt"
-    imported = build_model(ModelConfig(variant="n", num_classes=80, weights=str(reference)))
+    pt = tmp_path / "yolov8n-seg.pt"
+    torch.manual_seed(1)
+    saved = build_network("n", 80).state_dict()
+    torch.save(saved, pt)
+    imported = build_model(ModelConfig(variant="n", num_classes=80, weights=str(pt)))
     assert imported.state_dict()["model.0.conv.weight"].shape == (16, 3, 3, 3)
+    assert torch.equal(imported.state_dict()["model.0.conv.weight"], saved["model.0.conv.weight"])
     with pytest.raises(CheckpointError, match="config asks for s/80"):
-        build_model(ModelConfig(variant="s", num_classes=80, weights=str(reference)))
+        build_model(ModelConfig(variant="s", num_classes=80, weights=str(pt)))

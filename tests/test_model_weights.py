@@ -1,6 +1,12 @@
 """Checkpoints and reference import: parity with the reference outputs, the restricted
 unpickler (a malicious pickle is refused and runs nothing), safetensors + model card round
-trips on local disk and S3 (moto), and clear errors for bad input."""
+trips on local disk and S3 (moto), and clear errors for bad input.
+
+The reference checkpoint tests (``reference`` fixture: parity, the import CLI, a partial load
+from the reference .pt) read ``yolov8n-seg-random.pt`` and its ``.io.npz`` from
+``$COCOSEG_SHARED/reference`` (9.4 MB, not in the repository) and skip with the reason when it
+is absent. Every other test here runs on a fresh clone: the state-dict listing is in
+``tests/fixtures/reference``, and the other ``.pt`` files are written by the tests."""
 
 from __future__ import annotations
 
@@ -38,8 +44,8 @@ REF_IO = "yolov8n-seg-random.io.npz"
 
 
 @pytest.fixture(scope="module")
-def reference(shared_dir: Path) -> Path:
-    ref = shared_dir / "reference"
+def reference(reference_dir: Path) -> Path:
+    ref = reference_dir
     for name in (REF_PT, REF_IO):
         assert (ref / name).is_file(), f"{ref / name} is missing from the shared reference folder"
     return ref
@@ -59,9 +65,17 @@ def _parity(model: torch.nn.Module, reference: Path) -> tuple[float, float]:
             float((proto - torch.from_numpy(io_["proto"])).abs().max()))
 
 
-def test_state_dict_layout_is_the_reference(reference: Path):
+def _state_dict_pt(path: Path, variant: str = "n", nc: int = 80) -> Path:
+    """A ``.pt`` with a plain state dict in the reference's key layout (as ``torch.save`` writes it)."""
+    torch.manual_seed(0)
+    torch.save(build_model(variant, nc).state_dict(), path)
+    return path
+
+
+def test_state_dict_layout_is_the_reference(fixtures_dir: Path):
     """Keys, order, shapes and dtypes equal the reference's 417-entry list for yolov8n-seg."""
-    rows = [line.rstrip("\n").split("\t") for line in (reference / "yolov8n-seg-state-dict.txt").open()
+    listing = fixtures_dir / "reference" / "yolov8n-seg-state-dict.txt"
+    rows = [line.rstrip("\n").split("\t") for line in listing.open()
             if line.strip() and not line.startswith("#")]
     with torch.device("meta"):
         state = build_model("n", 80).state_dict()
@@ -94,10 +108,10 @@ def test_import_cli_then_load_checkpoint(cli, reference: Path, tmp_path: Path):
     assert pred_err <= 1e-3 and proto_err <= 1e-4
 
 
-def test_load_weights_exact_and_partial(reference: Path, tmp_path: Path, imported):
+def test_load_weights_exact_and_partial(tmp_path: Path):
     """Warm start: exact from a checkpoint folder (or its safetensors path); partial (another
-    class count) from the reference .pt, where only the class branch keeps its init (its width
-    max(64, nc) also changes for the n variant)."""
+    class count) from a .pt, where only the class branch keeps its init (its width max(64, nc)
+    also changes for the n variant)."""
     torch.manual_seed(0)
     source = build_model("n", 80)
     save_checkpoint(str(tmp_path / "ck"), source, ModelCard("n", 80, [str(i) for i in range(80)]))
@@ -108,6 +122,17 @@ def test_load_weights_exact_and_partial(reference: Path, tmp_path: Path, importe
     three = build_model("n", 3)
     with pytest.raises(CheckpointError, match="do not fit yolov8n-seg with 3 classes"):
         load_weights(three, str(tmp_path / "ck"))
+    pt = _state_dict_pt(tmp_path / "n80.pt")
+    skipped = load_weights(three, str(pt), partial=True)
+    assert "model.22.cv3.2.2.bias" in skipped and all(k.startswith("model.22.cv3.") for k in skipped)
+    state = torch.load(pt, weights_only=True)
+    loaded = three.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded if k not in skipped)
+
+
+def test_load_weights_partial_from_the_reference_pt(reference: Path, imported):
+    """The same partial warm start from the reference implementation's own .pt file."""
+    three = build_model("n", 3)
     skipped = load_weights(three, str(reference / REF_PT), partial=True)
     assert "model.22.cv3.2.2.bias" in skipped and all(k.startswith("model.22.cv3.") for k in skipped)
     state, _ = imported
@@ -186,16 +211,16 @@ def test_foreign_classes_become_inert_stand_ins(tmp_path: Path):
         import_reference(buf.getvalue(), "standin.pt")
 
 
-def test_bad_input_files(tmp_path: Path, reference: Path, imported):
-    data = (reference / REF_PT).read_bytes()
-    # Truncated reference checkpoint.
+def test_bad_input_files(tmp_path: Path):
+    data = _state_dict_pt(tmp_path / "n80.pt").read_bytes()
+    # Truncated checkpoint.
     with pytest.raises(UserError, match="cut.pt.*(truncated|corrupt)"):
         import_reference(data[: len(data) // 2], "cut.pt")
     # Not a checkpoint at all.
     with pytest.raises(UserError, match=r"README\.md.*not a PyTorch checkpoint"):
-        import_reference((reference / "README.md").read_bytes(), "README.md")
+        import_reference(b"# Notes\n\nA markdown file, not a checkpoint.\n", "README.md")
     # Another family: a detection model's state dict (no mask branches).
-    state, _ = imported
+    state, _ = import_reference(data, "n80.pt")
     detect = {k: v for k, v in state.items() if ".proto." not in k and ".cv4." not in k}
     torch.save(detect, tmp_path / "detect.pt")
     with pytest.raises(CheckpointError, match=r"detect\.pt.*not a YOLOv8-seg"):

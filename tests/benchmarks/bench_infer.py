@@ -50,10 +50,10 @@ def _weights(dest: Path, imgsz: int) -> str:
 
 
 def _images(folder: Path, count: int) -> list[str]:
-    shared = Path(os.environ.get("COCOSEG_SHARED", REPO.parent / "shared")) / "data" / "coco8-seg" / "images"
-    originals = sorted(shared.rglob("*.jpg"))
+    source = REPO / "tests" / "fixtures" / "coco8-seg" / "images"
+    originals = sorted(source.rglob("*.jpg"))
     if not originals:
-        sys.exit(f"bench_infer: no JPEGs under {shared} (set COCOSEG_SHARED)")
+        sys.exit(f"bench_infer: no JPEGs under {source}")
     folder.mkdir(parents=True)
     for i in range(count):
         shutil.copy(originals[i % len(originals)], folder / f"{i:05d}.jpg")

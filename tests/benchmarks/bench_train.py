@@ -11,9 +11,8 @@
 (b) Training images/s with 1 and 2 workers: see ``bench_training`` (train helper).
 (c) GPU figures (n and s at 640, batch 16/32, bf16, utilisation): see ``bench_gpu`` (train helper).
 
-Data: the real coco8-seg images and polygons (``$COCOSEG_SHARED/data/coco8-seg``), repeated
-under distinct image ids, written as snapshot-shaped Parquet; the Pillow-drawn rows of
-``tests/augment_rows.py`` when that folder is absent.
+Data: the real coco8-seg images and polygons (``tests/fixtures/coco8-seg``), repeated under
+distinct image ids, written as snapshot-shaped Parquet.
 
 Usage: ``python tests/benchmarks/bench_train.py --part a [--images 256] [--epochs 3] [--imgsz 640]
 [--preset yolov8] [--map-batch 16] [--rounds 3] [--persistent]``
@@ -39,16 +38,13 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 import torch.utils.data as tud  # noqa: E402
 
+COCO8_SEG = REPO / "tests" / "fixtures" / "coco8-seg"
 
-def _coco8_rows(n: int) -> list[dict] | None:
+
+def _coco8_rows(n: int) -> list[dict]:
     from cocoseg.structures import COCO91_TO_COCO80
 
-    candidates = [Path(os.environ["COCOSEG_SHARED"])] if os.environ.get("COCOSEG_SHARED") else []
-    candidates += [REPO.parent / "shared", REPO.parent.parent / "shared"]  # a clone, or a worktree beside it
-    roots = [c / "data" / "coco8-seg" for c in candidates if (c / "data" / "coco8-seg").is_dir()]
-    if not roots:
-        return None
-    root = roots[0]
+    root = COCO8_SEG
     base = []
     for split in ("train", "val"):
         coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
@@ -69,12 +65,9 @@ def _coco8_rows(n: int) -> list[dict] | None:
 
 
 def write_snapshot(folder: Path, n: int, files: int = 8) -> tuple[list[str], str]:
-    from augment_rows import SCHEMA, make_rows
+    from augment_rows import SCHEMA
 
-    rows = _coco8_rows(n)
-    source = "coco8-seg (repeated)"
-    if rows is None:
-        rows, source = make_rows(n, (640, 480), instances=4), "Pillow-drawn shapes 640x480"
+    rows, source = _coco8_rows(n), "coco8-seg (repeated)"
     folder.mkdir(parents=True, exist_ok=True)
     per = -(-n // files)
     paths = []
