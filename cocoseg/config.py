@@ -50,6 +50,7 @@ __all__ = [
     "parse_overrides",
     "to_dict",
     "with_overrides",
+    "with_values",
 ]
 
 
@@ -431,24 +432,33 @@ def config_hash(config: Any) -> str:
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["train.epochs=3", "model.variant=s"]`` -> nested dict, values parsed as YAML scalars."""
-    nested: dict[str, Any] = {}
+    """``["train.epochs=3", "model.variant=s"]`` -> nested dict, values parsed as YAML scalars
+    (what a person types on a command line; code that holds a value uses :func:`with_values`)."""
+    pairs: list[tuple[str, Any]] = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=3)")
         dotted, raw = item.split("=", 1)
-        parts = [p for p in dotted.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        pairs.append((dotted, value))
+    return _nest(pairs)
+
+
+def _nest(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """``[("a.b", 1), ("a.c", "x")]`` -> ``{"a": {"b": 1, "c": "x"}}``."""
+    nested: dict[str, Any] = {}
+    for dotted, value in pairs:
+        parts = [p for p in dotted.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {dotted!r}={value!r} has an empty key")
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+                raise ConfigError(f"override {dotted!r} conflicts with an earlier override of {part!r}")
         node[parts[-1]] = value
     return nested
 
@@ -466,6 +476,14 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 def with_overrides(config: Any, overrides: Sequence[str]) -> Any:
     """A copy of ``config`` with dotted overrides applied and validated like the command line's."""
     merged = _deep_merge(to_dict(config), parse_overrides(overrides))
+    return from_dict(type(config), merged)
+
+
+def with_values(config: Any, values: Mapping[str, Any]) -> Any:
+    """A copy of ``config`` with dotted keys set to Python values, validated like the command
+    line's: ``with_values(cfg, {"train.snapshot": uri})``. Nothing is parsed again as YAML, so a
+    value holding ``" #"``, ``": "`` or a leading ``*`` stays whole."""
+    merged = _deep_merge(to_dict(config), _nest(list(values.items())))
     return from_dict(type(config), merged)
 
 

@@ -15,9 +15,8 @@ from typing import Any
 import yaml
 
 from cocoseg import storage, tracking
-from cocoseg.config import ConfigError, JobConfig, to_dict, with_overrides
+from cocoseg.config import ConfigError, JobConfig, to_dict, with_values
 from cocoseg.utils import get_logger, redact
-from pipelines._tune_space import to_overrides
 
 __all__ = ["SEARCH_RECORD", "open_search", "train_best", "write_best"]
 
@@ -72,8 +71,8 @@ def write_best(cfg: JobConfig, best: dict[str, Any], flat: dict[str, Any], tune_
                parent: str) -> tuple[str, JobConfig]:
     """``best.yaml``: the best trial's resolved config at ``train.epochs`` (a train job's config);
     printed, logged on the parent run. Returns its URI and the config."""
-    best_cfg = with_overrides(cfg, [*to_overrides({k: best[k] for k in flat}), "tracking.run_name=",
-                                    "tracking.parent_run_id="])
+    best_cfg = with_values(cfg, {**{k: best[k] for k in flat}, "tracking.run_name": "",
+                                 "tracking.parent_run_id": ""})
     data = to_dict(best_cfg)
     data.pop("tune")
     uri = storage.join(tune_dir, BEST_CONFIG)
@@ -104,7 +103,7 @@ def train_best(best_cfg: JobConfig, tune_dir: str, parent: str) -> dict[str, Any
     done_uri = storage.join(tune_dir, BEST_TRAINED)
     if storage.exists(done_uri):
         return storage.read_json(done_uri)
-    cfg = with_overrides(best_cfg, [f"tracking.run_name={best_cfg.tune.name}-best"])
+    cfg = with_values(best_cfg, {"tracking.run_name": f"{best_cfg.tune.name}-best"})
     trained = train_job.run(cfg, parent_run_id=parent)
     export_dir = storage.join(cfg.storage.root, "exports", cfg.tracking.run_name)
     export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)

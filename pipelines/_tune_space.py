@@ -25,9 +25,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from cocoseg.config import ConfigError, JobConfig, to_dict, with_overrides
+from cocoseg.config import ConfigError, JobConfig, to_dict, with_values
 
-__all__ = ["DISTRIBUTIONS", "TRIAL_DRIVER_CPUS", "check_concurrency", "flatten_space", "per_trial_cpus", "to_overrides", "tune_domains",
+__all__ = ["DISTRIBUTIONS", "TRIAL_DRIVER_CPUS", "check_concurrency", "flatten_space", "per_trial_cpus", "tune_domains",
            "validate_space"]
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
@@ -91,16 +91,11 @@ def _check_key(cfg: JobConfig, key: str) -> None:
     node: Any = to_dict(cfg)
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            with_overrides(cfg, [f"{key}=0"])  # raises the unknown-key error (keys are checked before values)
+            with_values(cfg, {key: 0})  # raises the unknown-key error (keys are checked before values)
             raise ConfigError(f"tune.space.{key}: not a config key")
         node = node[part]
     if isinstance(node, dict):
         raise ConfigError(f"tune.space.{key}: is a config section; name one of its keys, e.g. {key}.{next(iter(node))}")
-
-
-def to_overrides(values: Mapping[str, Any]) -> list[str]:
-    """``{"train.lr0": 0.001}`` -> ``["train.lr0=0.001"]`` (JSON is YAML: strings stay strings)."""
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 def validate_space(cfg: JobConfig) -> dict[str, dict[str, Any]]:
@@ -121,7 +116,7 @@ def validate_space(cfg: JobConfig) -> dict[str, dict[str, Any]]:
                               "train.optimizer=SGD or AdamW, or search train.optimizer too")
         for value in values:
             try:
-                with_overrides(cfg, [f"{key}={json.dumps(value)}"])
+                with_values(cfg, {key: value})
             except ConfigError as exc:
                 raise ConfigError(f"tune.space.{key}: {{{kind}: {json.dumps(args)}}} can draw {value!r}, which "
                                   f"the config refuses ({exc})") from None

@@ -17,11 +17,10 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cocoseg import storage, tracking
-from cocoseg.config import JobConfig, from_dict, with_overrides
+from cocoseg.config import JobConfig, from_dict, with_values
 from cocoseg.engine.worker import FITNESS_KEY
 from pipelines import train as train_job
 from pipelines._tune_report import EPOCHS_DONE, SCORE, search_score
-from pipelines._tune_space import to_overrides
 
 __all__ = ["EpochReport", "Progress", "run_trial", "trial_config", "trial_dirname"]
 
@@ -36,8 +35,8 @@ class EpochReport(TuneReportCallback):
 
 def trial_config(base: JobConfig, params: dict[str, Any], trial_id: str) -> JobConfig:
     """The train job of one trial: ``base`` with the trial's draw, ``tune.epochs`` and its own run."""
-    return with_overrides(base, [*to_overrides(params), f"train.epochs={base.tune.epochs or base.train.epochs}",
-                                 f"tracking.run_name={base.tune.name}-{trial_id}"])
+    return with_values(base, {**params, "train.epochs": base.tune.epochs or base.train.epochs,
+                              "tracking.run_name": f"{base.tune.name}-{trial_id}"})
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str) -> None:

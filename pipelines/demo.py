@@ -22,30 +22,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocoseg.config import ConfigError, load_config, with_overrides
+from cocoseg.config import ConfigError, load_config, with_overrides, with_values
 from cocoseg.utils import UserError, redact, set_verbose, verbose
+from pipelines import config_path
 from pipelines._train_checks import ensure_ray
 
-# A small run that visibly learns on a laptop in a few minutes: the synthetic shapes at 96 px, no
-# mosaic, AdamW without warmup and a short EMA ramp (the full COCO recipe of spec 9 needs
-# hundreds of epochs; pipelines/configs/train.yaml holds it).
-DEMO_DEFAULTS = [
-    "model.variant=n",
-    "model.num_classes=4",  # the synthetic shapes: circle, square, triangle, star
-    "model.imgsz=96",
-    "train.epochs=12",
-    "train.close_mosaic=12",
-    "train.optimizer=AdamW",
-    "train.lr0=0.002",
-    "train.lrf=0.5",
-    "train.warmup_epochs=0",
-    "train.weight_decay=0",
-    "train.batch_size=8",
-    "train.nominal_batch=8",
-    "train.ema_tau=50",
-    "train.num_workers=1",
-    "export.imgsz=96",
-]
+DEMO_CONFIG = "pipelines/configs/demo.yaml"  # the small run that visibly learns in a few minutes
 
 
 def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port: int = 5000,
@@ -63,11 +45,12 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
         write_synthetic_coco(source, images=images, size=(160, 128), seed=0)
     else:
         print(f"[1/5] synthetic source already at {source}", flush=True)
-    cfg = load_config(None, [f"storage.root={root}", f"ingest.source={source}", *DEMO_DEFAULTS, *overrides])
+    cfg = with_values(load_config(config_path(DEMO_CONFIG)), {"storage.root": root, "ingest.source": source})
+    cfg = with_overrides(cfg, overrides)
     ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest.run(cfg)
-    cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
+    cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})
     print(f"[3/5] train yolov8{cfg.model.variant}-seg for {cfg.train.epochs} epochs at {cfg.model.imgsz} px "
           f"(Ray Train, {cfg.train.num_workers} worker)", flush=True)
     trained = train.run(cfg)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cocoseg import storage
-from cocoseg.config import ConfigError, JobConfig, load_config, with_overrides
+from cocoseg.config import ConfigError, JobConfig, load_config, with_values
 from cocoseg.registry import CHAMPION, alias_version, connect, resolve_tracking_uri
 from cocoseg.utils import UserError, get_logger
 from pipelines import config_path
@@ -94,13 +94,13 @@ def run(cfg: JobConfig) -> dict[str, Any]:
                "nothing to retrain (retrain.force=true trains anyway)")
         print(msg)
         return {"action": "skipped", "snapshot": snapshot_id, "champion": str(champion.version), "reason": msg}
-    overrides = [f"train.snapshot={manifest['snapshot_uri']}"]
+    values = {"train.snapshot": manifest["snapshot_uri"]}
     if champion is not None and cfg.retrain.warm_start:
         weights = _warm_start(cfg, champion)
         if weights:
-            overrides.append(f"model.weights={weights}")
+            values["model.weights"] = weights
             log.info("warm start from champion v%s (%s)", champion.version, weights)
-    cfg = with_overrides(cfg, overrides)
+    cfg = with_values(cfg, values)
     trained = train.run(cfg)
     export_dir = storage.join(cfg.storage.root, "exports", os.path.basename(trained.run_dir.rstrip("/")))
     metrics_file = None

@@ -36,7 +36,7 @@ import ray
 from ray import tune
 
 from cocoseg import storage, tracking
-from cocoseg.config import ConfigError, JobConfig, load_config, to_dict, with_overrides
+from cocoseg.config import ConfigError, JobConfig, load_config, to_dict, with_values
 from cocoseg.utils import UserError, get_logger, redact, set_verbose, verbose
 from pipelines import config_path
 from pipelines._ray import start_ray
@@ -114,7 +114,7 @@ def run(cfg: JobConfig) -> TuneResult:
     manifest = resolve_snapshot(cfg)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     tracking.preflight(uri)
-    cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}", f"tracking.tracking_uri={uri}"])
+    cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"], "tracking.tracking_uri": uri})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose() else "0")  # else Tune's banner ignores verbose=0
     _start_ray(cfg)
     check_concurrency(cfg, [n["Resources"] for n in ray.nodes() if n.get("Alive")])

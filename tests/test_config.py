@@ -16,6 +16,8 @@ from cocoseg.config import (
     load_dataset_yaml,
     parse_overrides,
     to_dict,
+    with_overrides,
+    with_values,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +78,25 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 
 def test_overrides_parse_yaml_scalars():
     assert parse_overrides(["a.b=1", "a.c=x", "d=0.5"]) == {"a": {"b": 1, "c": "x"}, "d": 0.5}
+
+
+def test_values_set_in_code_are_never_parsed_again():
+    """A path holding YAML syntax stays whole through ``with_values``; typed as an override it is cut
+    (" #" starts a comment) or re-typed, which is why code never formats override strings."""
+    cfg = load_config()
+    odd = "/data/run #3: final"
+    assert with_values(cfg, {"storage.root": odd, "train.epochs": 7}).storage.root == odd
+    assert with_overrides(cfg, [f"storage.root={odd}"]).storage.root != odd
+    with pytest.raises(ConfigError, match="train.epochz"):
+        with_values(cfg, {"train.epochz": 3})
+    with pytest.raises(ConfigError, match="train.epochs"):
+        with_values(cfg, {"train.epochs": -1})
+
+
+def test_demo_config_is_a_valid_small_run():
+    cfg = load_config(REPO / "pipelines" / "configs" / "demo.yaml")
+    assert (cfg.model.imgsz, cfg.train.optimizer, cfg.train.num_workers) == (96, "AdamW", 1)
+    assert cfg.export.imgsz == cfg.model.imgsz
 
 
 def test_hash_is_stable_and_sensitive():

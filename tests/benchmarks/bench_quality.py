@@ -104,7 +104,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
     import ray
 
     from cocoseg import tracking
-    from cocoseg.config import load_config, with_overrides
+    from cocoseg.config import load_config, with_values
     from pipelines import ingest, train
     from pipelines._train_checks import ensure_ray
 
@@ -120,7 +120,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         manifest = ingest.run(cfg)
         ingest_s = time.perf_counter() - t0
-        cfg = with_overrides(cfg, [f"train.snapshot={manifest['snapshot_uri']}"])
+        cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})
         start = load()
         t0 = time.perf_counter()
         result = train.run(cfg)
