@@ -36,7 +36,6 @@ from torch import nn
 from cocoseg import storage
 from cocoseg.engine.ema import ModelEMA, unwrap
 from cocoseg.model import weights as model_weights
-from cocoseg.utils import UserError
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -59,12 +58,9 @@ WEIGHTS_FILE = model_weights.WEIGHTS_FILE
 CARD_FILE = model_weights.CARD_FILE
 CONFIG_FILE = "config.json"
 MARKER_FILE = model_weights.MARKER_FILE
+CheckpointError = model_weights.CheckpointError  # one error for every unreadable or unfitting checkpoint
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's folders under the run folder
 PUBLISHED = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)  # what publish copies, card last (see the module doc)
-
-
-class CheckpointError(UserError):
-    """A checkpoint folder is missing, incomplete or from an incompatible model."""
 
 
 def capture_rng() -> dict[str, Any]:

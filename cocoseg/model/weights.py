@@ -69,7 +69,8 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 
 
 class CheckpointError(UserError):
-    """A checkpoint that cannot be read or does not fit the model asked for."""
+    """A checkpoint (weights file or training-state folder, local or ``s3://``) that is missing,
+    incomplete, unreadable or does not fit the model asked for. The one such error in cocoseg."""
 
 
 @dataclass
