@@ -30,7 +30,7 @@ from cocoseg.utils import UserError
 
 __all__ = [
     "CARD", "CONFIG", "ENGINE", "MANIFEST", "METRICS", "ONNX", "REQUIRED", "WEIGHTS",
-    "BundleError", "ExportBundle", "flatten_metrics", "open_bundle", "sha256_file", "write_manifest",
+    "BundleError", "ExportBundle", "open_bundle", "sha256_file", "write_manifest",
 ]
 
 WEIGHTS = "model.safetensors"
@@ -123,16 +123,17 @@ def open_bundle(root: str | Path) -> ExportBundle:
     metrics = _read_json(root / METRICS, "the metrics file")
     if not isinstance(card, dict) or not isinstance(metrics, dict):
         raise BundleError(f"{root}: {CARD} and {METRICS} must each hold a JSON object")
-    return ExportBundle(root=root, manifest=manifest, card=card, metrics=flatten_metrics(metrics))
+    return ExportBundle(root=root, manifest=manifest, card=card, metrics=_dotted(metrics))
 
 
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"segm": {"map50_95": 0.3}}`` -> ``{"segm.map50_95": 0.3}``; non-numbers kept as they are."""
+def _dotted(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"segm": {"map50_95": 0.3}}`` -> ``{"segm.map50_95": 0.3}``; non-numbers kept as they are
+    (a metrics.json's own key paths; the MLflow metric names are :func:`cocoseg.metrics.flatten_metrics`'s)."""
     flat: dict[str, Any] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten_metrics(value, f"{name}."))
+            flat.update(_dotted(value, f"{name}."))
         else:
             flat[name] = value
     return flat
