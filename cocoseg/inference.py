@@ -1,14 +1,22 @@
 """The one predictor: images (or snapshot rows) -> :class:`~cocoseg.structures.Detections`.
 
 Every path that turns pixels into detections goes through here: training validation
-(``engine/build.build_validator``), ``cocoseg predict``, the MLflow preview, ``pipelines.evaluate``
-and ``pipelines.infer`` (the served pyfunc is a torch-free twin, see ``registry/serving.py``)::
+(``engine/build.build_validator``), ``cocoseg predict``, the MLflow preview, ``pipelines.evaluate``,
+``pipelines.infer``, the served pyfunc model (``registry/serving.py``, ONNX backend) and the
+export latency bench (torch, ONNX Runtime and TensorRT backends)::
 
     predictor = Predictor.load("s3://bucket/runs/r1/weights/best", conf=0.25)
     (det,) = predictor.predict([decode_image(open("a.jpg", "rb").read())])   # original-image pixels
+    served = Predictor(OnnxBackend("model.onnx"), class_names=names, imgsz=640)   # same answers
 
-One letterbox type (:class:`~cocoseg.structures.LetterboxParams`) travels from the decode to
-post-processing; NMS, masks and the RLE encoder are those of :mod:`cocoseg.model.postprocess`.
+The predictor is: the same preprocessing (letterbox; EXIF in :func:`decode_image`) -> a *backend*
+that runs the network (:class:`Backend`: :class:`TorchBackend` for an ``nn.Module``,
+:class:`OnnxBackend` for the ONNX export, ``cocoseg.export.tensorrt.TensorRTBackend`` for an
+engine) and returns its decoded outputs ``pred`` / ``proto`` (the export's I/O signature; for
+ONNX and TensorRT :func:`cocoseg.model.decode.decode` is inside the graph) -> the one
+post-processing (torch NMS, masks, RLE). One letterbox type
+(:class:`~cocoseg.structures.LetterboxParams`) travels from the decode to post-processing; NMS,
+masks and the RLE encoder are those of :mod:`cocoseg.model.postprocess`.
 
 EXIF orientation: image *files* (predict, infer, serving) are shown upright, so
 :func:`decode_image` applies the EXIF orientation; snapshot rows (validation, evaluate) are not
@@ -27,7 +35,9 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 import torch
@@ -38,9 +48,10 @@ from cocoseg.model.postprocess import decode, encode_rle, masks_to_rle, postproc
 from cocoseg.structures import Detections, LetterboxParams, letterbox_params
 from cocoseg.utils import UserError
 
-__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "DetectBatch", "ImageReadError",
-           "PredictImages", "Predictor", "Protocol", "decode_image", "detections_from_row", "detections_record",
-           "encode_rle", "masks_to_rle", "prediction_schema", "read_image", "resolve_weights"]
+__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "Backend", "DetectBatch", "ImageReadError",
+           "OnnxBackend", "PredictImages", "Predictor", "Protocol", "TorchBackend", "decode_image",
+           "detections_from_row", "detections_record", "encode_rle", "masks_to_rle", "prediction_schema",
+           "read_image", "resolve_weights"]
 
 LETTERBOX_RULE = "square imgsz; gain min(S/h, S/w), upscaling; bilinear; pad 114 split round(d/2 -/+ 0.1)"
 # Bump when post-processing or scoring changes numbers: AP measured under another value is not comparable.
@@ -110,28 +121,110 @@ def resolve_weights(weights: str) -> str:
     return str(folder)
 
 
-class Predictor:
-    """A model in eval mode plus the settings that turn its outputs into detections.
+class Backend(TypingProtocol):
+    """What runs the network for a :class:`Predictor`.
 
-    ``model``: a cocoseg segmentation model (forward -> ``RawOutputs``); ``imgsz``: square
-    input side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (predict
-    defaults; :meth:`for_evaluation` gives the evaluation ones); ``precision``: ``fp32``, ``bf16``
-    or ``fp16`` (autocast; CUDA only, fp32 elsewhere).
+    ``backend(x)``: ``x`` (B, 3, S, S) float32 RGB in [0, 1], letterboxed, on ``backend.device``
+    -> ``(pred, proto)`` float32 on any device: ``pred`` (B, 4 + nc + 32, A) (cx, cy, w, h in
+    input pixels, class probabilities, mask coefficients), ``proto`` (B, 32, S/4, S/4): the
+    decoded outputs, i.e. the ONNX export's ``pred`` / ``proto`` (``cocoseg.export.onnx.IO_SIGNATURE``).
     """
 
-    def __init__(self, model: torch.nn.Module, *, class_names: Sequence[str], imgsz: int = 640,
-                 conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
-                 device: str | torch.device | None = None, precision: str = "fp32") -> None:
-        if imgsz % 32 or imgsz <= 0:
-            raise UserError(f"imgsz {imgsz} is not a positive multiple of 32")
+    device: torch.device
+    name: str
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class TorchBackend:
+    """An eager cocoseg model (forward -> ``RawOutputs``) and the one :func:`decode`.
+
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` (autocast; CUDA only, fp32 elsewhere).
+    """
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
+                 precision: str = "fp32") -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise UserError(f"precision {precision!r}: use fp32, bf16 or fp16")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
-        self.class_names = list(class_names)
-        self.imgsz, self.conf, self.iou, self.max_det, self.multi_label = imgsz, conf, iou, max_det, multi_label
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.amp_dtype = dtype if self.device.type == "cuda" else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            pred, proto = decode(self.model(x))
+        return pred.float(), proto.float()
+
+
+class OnnxBackend:
+    """The ONNX export (a path or the file's bytes) under ONNX Runtime, CPU execution provider.
+
+    Asks the graph for ``pred`` and ``proto`` only: an export with in-graph NMS (``keep``, conf
+    and IoU baked in) is post-processed by the predictor's own torch NMS like any other, so its
+    settings are the predictor's. A graph with a static batch is run that many images at a time.
+    ``threads``: ONNX Runtime intra-op threads (0 = its default).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx: str | Path | bytes, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        source = onnx if isinstance(onnx, bytes) else str(onnx)
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.device = torch.device("cpu")
+        (inp,) = self.session.get_inputs()
+        self.input_name = inp.name
+        self.input_hw = tuple(d if isinstance(d, int) else None for d in inp.shape[2:])
+        self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else 0  # 0: dynamic
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = x.split(self.batch) if self.batch else (x,)
+        outs = [self.session.run(["pred", "proto"], {self.input_name: c.contiguous().numpy()}) for c in chunks]
+        return (torch.from_numpy(np.concatenate([o[0] for o in outs])),
+                torch.from_numpy(np.concatenate([o[1] for o in outs])))
+
+
+class Predictor:
+    """A backend plus the settings that turn its outputs into detections.
+
+    ``model``: a cocoseg segmentation model (forward -> ``RawOutputs``; run by a
+    :class:`TorchBackend` on ``device`` in ``precision``) or a :class:`Backend` (ONNX Runtime,
+    TensorRT: ``device`` and ``precision`` are then the backend's own); ``imgsz``: square input
+    side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (predict
+    defaults; :meth:`for_evaluation` gives the evaluation ones).
+    """
+
+    def __init__(self, model: torch.nn.Module | Backend, *, class_names: Sequence[str], imgsz: int = 640,
+                 conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
+                 device: str | torch.device | None = None, precision: str = "fp32") -> None:
+        if imgsz % 32 or imgsz <= 0:
+            raise UserError(f"imgsz {imgsz} is not a positive multiple of 32")
+        self.backend: Backend = (TorchBackend(model, device=device, precision=precision)
+                                 if isinstance(model, torch.nn.Module) else model)
+        fixed_hw = getattr(self.backend, "input_hw", ())
+        if any(d not in (None, imgsz) for d in fixed_hw):
+            raise UserError(f"imgsz {imgsz}: the {self.backend.name} graph takes a fixed {fixed_hw} input")
+        self.class_names = list(class_names)
+        self.imgsz, self.conf, self.iou, self.max_det, self.multi_label = imgsz, conf, iou, max_det, multi_label
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The eager model (torch backend only)."""
+        if not isinstance(self.backend, TorchBackend):
+            raise AttributeError(f"a {self.backend.name} predictor has no eager model")
+        return self.backend.model
 
     @classmethod
     def load(cls, weights: str, *, imgsz: int = 0, device: str = "cpu", **kwargs: Any) -> Predictor:
@@ -141,12 +234,20 @@ class Predictor:
         model, card = load_checkpoint(resolve_weights(weights), device=device)
         return cls(model, class_names=card.class_names, imgsz=imgsz or int(card.imgsz), device=device, **kwargs)
 
+    def with_settings(self, **settings: Any) -> Predictor:
+        """The same backend with other ``imgsz`` / ``conf`` / ``iou`` / ``max_det`` / ``multi_label``."""
+        now = {"imgsz": self.imgsz, "conf": self.conf, "iou": self.iou, "max_det": self.max_det,
+               "multi_label": self.multi_label}
+        unknown = set(settings) - set(now)
+        if unknown:
+            raise TypeError(f"unknown predictor settings {sorted(unknown)}")
+        return Predictor(self.backend, class_names=self.class_names, **{**now, **settings})
+
     def for_evaluation(self, protocol: Protocol | None = None) -> Predictor:
-        """The same model with the evaluation protocol's NMS settings (conf 0.001, multi-label, ...)."""
+        """The same backend with the evaluation protocol's NMS settings (conf 0.001, multi-label, ...)."""
         p = protocol or Protocol(imgsz=self.imgsz)
-        return Predictor(self.model, class_names=self.class_names, imgsz=p.imgsz, conf=p.conf, iou=p.iou,
-                         max_det=p.max_det, multi_label=p.multi_label, device=self.device,
-                         precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"))
+        return self.with_settings(imgsz=p.imgsz, conf=p.conf, iou=p.iou, max_det=p.max_det,
+                                  multi_label=p.multi_label)
 
     @property
     def protocol(self) -> Protocol:
@@ -159,11 +260,9 @@ class Predictor:
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) uint8 letterboxed inputs -> fp32 decoded outputs ``(pred, proto)``."""
-        x = images.to(self.device, non_blocking=True).float() / 255.0
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            pred, proto = decode(self.model(x))
-        return pred.float(), proto.float()
+        """(B, 3, S, S) uint8 letterboxed inputs -> fp32 decoded outputs ``(pred, proto)`` (the backend's)."""
+        x = images.to(self.device, non_blocking=True).float() / 255.0  # uint8 crosses to the device: 4x fewer bytes
+        return self.backend(x)
 
     def detect(self, images: torch.Tensor, letterboxes: Sequence[LetterboxParams], *,
                masks: str = "full") -> list[Detections]:
@@ -176,9 +275,9 @@ class Predictor:
 
     def postprocess(self, pred: torch.Tensor, proto: torch.Tensor, letterboxes: Sequence[LetterboxParams], *,
                     masks: str = "full") -> list[Detections]:
-        """Decoded outputs ``pred`` (B, 4 + nc + 32, A), ``proto`` (B, 32, S/4, S/4) float (this
-        model's :meth:`forward`, or an ONNX / TensorRT export's ``pred`` and ``proto``) -> this
-        predictor's detections (NMS settings, masks), on CPU, in original pixels."""
+        """Decoded outputs ``pred`` (B, 4 + nc + 32, A), ``proto`` (B, 32, S/4, S/4) float (the
+        backend's, through :meth:`forward`) -> this predictor's detections (NMS settings, masks),
+        on CPU, in original pixels."""
         dets = postprocess(pred, proto, letterboxes=letterboxes, conf=self.conf, iou=self.iou,
                            max_det=self.max_det, multi_label=self.multi_label, masks=masks)
         return [Detections(d.boxes_xyxy.cpu(), d.scores.cpu(), d.classes.cpu(),

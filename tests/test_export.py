@@ -111,22 +111,27 @@ def test_in_graph_nms_keeps_what_the_torch_nms_keeps_on_the_same_candidates(tmp_
     assert len(keep) > 0 and suppressed > 0  # the check saw real suppression, not just thresholding
 
 
-def test_onnx_outputs_through_the_predictor_match_the_eager_predictor(exported):
-    """The export's ``pred``/``proto`` with the predictor's letterbox and post-processing
-    (``bench.onnx_predict``, what the latency bench times) give the eager predictor's detections."""
-    from cocoseg.export.bench import bench_image, onnx_predict, onnx_session
-    from cocoseg.inference import Predictor
+def test_onnx_backend_through_the_predictor_matches_the_eager_predictor(exported):
+    """The export under the predictor's ONNX backend (what the served pyfunc and the latency bench
+    run) gives the eager predictor's detections; settings changes keep the backend."""
+    from cocoseg.export.bench import bench_image
+    from cocoseg.inference import OnnxBackend, Predictor
 
     model, path, _ = exported
     predictor = Predictor(model, class_names=["a", "b", "c"], imgsz=IMGSZ, conf=0.3)
-    image = bench_image(IMGSZ)
-    (eager,) = predictor.predict([image])
-    got = onnx_predict(onnx_session(path, threads=1), predictor, image)
-    assert len(eager) > 0 and got.classes.tolist() == eager.classes.tolist()
-    torch.testing.assert_close(got.scores, eager.scores, atol=1e-4, rtol=0)
-    torch.testing.assert_close(got.boxes_xyxy, eager.boxes_xyxy, atol=1e-3, rtol=0)
-    assert got.masks.shape == eager.masks.shape == (len(eager), *image.shape[:2])
-    assert (got.masks != eager.masks).float().mean() < 1e-3
+    onnx = Predictor(OnnxBackend(path.read_bytes(), threads=1), class_names=["a", "b", "c"], imgsz=IMGSZ, conf=0.3)
+    images = [bench_image(IMGSZ), bench_image(IMGSZ)[:40, :50]]
+    eager, got = predictor.predict(images), onnx.predict(images)  # a batch of 2 through the dynamic axis
+    for e, g, image in zip(eager, got, images, strict=True):
+        assert len(e) > 0 and g.classes.tolist() == e.classes.tolist()
+        torch.testing.assert_close(g.scores, e.scores, atol=1e-4, rtol=0)
+        torch.testing.assert_close(g.boxes_xyxy, e.boxes_xyxy, atol=1e-3, rtol=0)
+        assert g.masks.shape == e.masks.shape == (len(e), *image.shape[:2])
+        assert (g.masks != e.masks).float().mean() < 1e-3
+    strict = onnx.with_settings(conf=0.5, max_det=2)
+    assert strict.backend is onnx.backend and len(strict.predict(images[:1])[0]) <= 2
+    with pytest.raises(Exception, match="fixed"):
+        Predictor(onnx.backend, class_names=["a"], imgsz=IMGSZ * 2)
 
 
 def test_nms_reference_suppresses_overlaps():

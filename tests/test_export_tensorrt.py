@@ -174,6 +174,98 @@ def test_parser_and_builder_failures_are_clear(tmp_path):
                      trt=make_fake_trt("10.0.1"), facts_fn=lambda: FACTS)
 
 
+def make_fake_runtime(model, *, max_batch: int, outputs=("pred", "proto")):
+    """The runtime surface TensorRTBackend touches, on CPU: the "engine" runs ``decode(model(x))``
+    on the tensors at the addresses it is given, as a real engine reads and writes device memory."""
+    import ctypes
+
+    import numpy as np
+
+    from cocoseg.model import decode
+
+    fake = type("tensorrt", (), {})()
+    fake.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+    fake.DataType = enum.Enum("DataType", "FLOAT HALF INT32 INT64")
+    fake.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    names = ["images", *outputs]
+
+    def view(address, shape):
+        return np.ctypeslib.as_array((ctypes.c_float * int(np.prod(shape))).from_address(address)).reshape(shape)
+
+    class Context:
+        def __init__(self):
+            self.shape, self.addresses, self.runs = None, {}, []
+
+        def set_input_shape(self, name, shape):
+            assert name == "images" and 1 <= shape[0] <= max_batch
+            self.shape = shape
+
+        def get_tensor_shape(self, name):
+            b, _, h, w = self.shape
+            return {"pred": (b, 4 + 3 + 32, (h // 8) * (w // 8) + (h // 16) * (w // 16) + (h // 32) * (w // 32)),
+                    "proto": (b, 32, h // 4, w // 4)}[name]
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream):
+            x = torch.from_numpy(view(self.addresses["images"], self.shape).copy())
+            with torch.no_grad():
+                pred, proto = decode(model(x))
+            view(self.addresses["pred"], tuple(pred.shape))[:] = pred.numpy()
+            view(self.addresses["proto"], tuple(proto.shape))[:] = proto.numpy()
+            self.runs.append(self.shape[0])
+            return True
+
+    class Engine:
+        num_io_tensors = len(names)
+        context = Context()
+
+        def get_tensor_name(self, i):
+            return names[i]
+
+        def get_tensor_mode(self, name):
+            return fake.TensorIOMode.INPUT if name == "images" else fake.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return fake.DataType.FLOAT
+
+        def get_tensor_profile_shape(self, name, profile):
+            return (1, 3, 64, 64), (1, 3, 64, 64), (max_batch, 3, 64, 64)
+
+        def create_execution_context(self):
+            return self.context
+
+    fake.engine = Engine()
+    fake.Runtime = type("Runtime", (), {"__init__": lambda self, logger: None,
+                                        "deserialize_cuda_engine": lambda self, data: fake.engine})
+    return fake
+
+
+def test_engine_backend_binds_chunks_and_goes_through_the_one_predictor(tmp_path):
+    """TensorRTBackend's binding logic on CPU against a fake runtime: the predictor gets the eager
+    detections, batches larger than the profile run in chunks, an in-graph NMS engine is refused."""
+    from cocoseg.export.bench import bench_image
+    from cocoseg.export.tensorrt import TensorRTBackend
+    from cocoseg.inference import Predictor
+
+    model = TinySeg().eval()
+    (tmp_path / "model.engine").write_bytes(b"PLAN")
+    fake = make_fake_runtime(model, max_batch=2)
+    backend = TensorRTBackend(tmp_path / "model.engine", device="cpu", trt=fake)
+    images = [bench_image(64), bench_image(64)[:40, :50], bench_image(64)[5:, 3:]]
+    got = Predictor(backend, class_names=["a", "b", "c"], imgsz=64, conf=0.3).predict(images)
+    eager = Predictor(model, class_names=["a", "b", "c"], imgsz=64, conf=0.3).predict(images)
+    assert fake.engine.context.runs == [2, 1]
+    for g, e in zip(got, eager, strict=True):
+        assert len(e) > 0 and g.classes.tolist() == e.classes.tolist()
+        torch.testing.assert_close(g.boxes_xyxy, e.boxes_xyxy, atol=1e-4, rtol=0)
+        assert torch.equal(g.masks, e.masks)
+    with pytest.raises(EngineBuildError, match="in-graph NMS"):
+        TensorRTBackend(tmp_path / "model.engine", device="cpu",
+                        trt=make_fake_runtime(model, max_batch=2, outputs=("pred", "proto", "keep")))
+
+
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -182,7 +274,9 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 def test_real_engine_build_and_run(tmp_path):
     import numpy as np
 
-    from cocoseg.export.bench import bench_engine
+    from cocoseg.export.bench import bench_image, bench_predictor
+    from cocoseg.export.tensorrt import TensorRTBackend
+    from cocoseg.inference import Predictor
 
     model = TinySeg().eval()
     onnx_path = tmp_path / "model.onnx"
@@ -190,4 +284,13 @@ def test_real_engine_build_and_run(tmp_path):
     facts = build_engine(onnx_path, tmp_path / "model.engine", imgsz=64, batch=(1, 2, 4), fp16=False,
                          timing_cache_dir=tmp_path / "cache")
     assert facts["engine_bytes"] > 0 and facts["gpu_name"] and facts["compute_capability"]
-    assert np.isfinite(bench_engine(tmp_path / "model.engine", 64, warmup=1, runs=3))
+    # The engine as a backend of the one predictor gives the eager predictor's detections.
+    trt_predictor = Predictor(TensorRTBackend(tmp_path / "model.engine"), class_names=["a", "b", "c"], imgsz=64,
+                              conf=0.3)
+    images = [bench_image(64)] * 5  # more than the profile's max batch (4): run in chunks
+    eager = Predictor(model, class_names=["a", "b", "c"], imgsz=64, conf=0.3, device="cuda").predict(images)
+    for e, g in zip(eager, trt_predictor.predict(images), strict=True):
+        assert len(e) > 0 and g.classes.tolist() == e.classes.tolist()
+        torch.testing.assert_close(g.scores, e.scores, atol=1e-3, rtol=0)
+        torch.testing.assert_close(g.boxes_xyxy, e.boxes_xyxy, atol=1e-2, rtol=0)
+    assert np.isfinite(bench_predictor(trt_predictor, bench_image(64), warmup=1, runs=3))

@@ -185,38 +185,6 @@ def test_server_down_is_a_clear_error(exports):
     assert time.time() - start < 15
 
 
-def test_serving_decode_agrees_with_the_torch_postprocess():
-    """The pyfunc's numpy decode (torch-free for serving hosts) matches cocoseg.model.postprocess."""
-    import numpy as np
-    import torch
-    from export_helpers import TinySeg
-
-    from cocoseg.model import decode
-    from cocoseg.model.postprocess import letterbox_params
-    from cocoseg.model.postprocess import postprocess as torch_postprocess
-    from cocoseg.registry import serving
-
-    size, (h0, w0) = 64, (48, 80)
-    image = np.random.default_rng(0).integers(0, 255, (h0, w0, 3), dtype=np.uint8)
-    x, scale, pad = serving.letterbox(image, size)
-    lb = letterbox_params((h0, w0), (size, size))
-    assert lb.gain == pytest.approx(scale) and lb.pad == pad
-    with torch.no_grad():
-        pred, proto = decode(TinySeg().eval()(torch.from_numpy(x)[None]))
-    ours = serving.postprocess(pred[0].numpy(), proto[0].numpy(), num_classes=3, size=size, scale=scale, pad=pad,
-                               shape=(h0, w0), conf=0.3, iou=0.7, max_det=10, masks=True)
-    (ref,) = torch_postprocess(pred, proto, letterboxes=[lb], conf=0.3, iou=0.7, max_det=10, multi_label=False)
-    assert len(ours["scores"]) == len(ref) > 0
-    assert ours["classes"] == ref.classes.tolist()
-    np.testing.assert_allclose(ours["scores"], ref.scores.numpy(), atol=1e-4)
-    np.testing.assert_allclose(ours["boxes_xyxy"], ref.boxes_xyxy.numpy(), atol=0.02)
-    for rle, mask in zip(ours["masks_rle"], ref.masks.numpy(), strict=True):
-        flat = np.repeat(np.arange(len(rle["counts"])) % 2, rle["counts"]).astype(bool)
-        decoded = flat.reshape(w0, h0).T  # column-major runs
-        union = (decoded | mask).sum()
-        assert union == 0 or (decoded & mask).sum() / union > 0.99
-
-
 def test_register_job_reads_an_export_from_s3(mlflow_server, exports, s3_bucket):
     from cocoseg import storage
     from cocoseg.config import load_config

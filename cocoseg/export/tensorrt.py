@@ -15,6 +15,10 @@ Engines are executable artifacts tied to the TensorRT version and GPU: the build
 here (TensorRT/CUDA versions, GPU name, compute capability, precision, profile, SHA-256) go into
 the model card and the registry tags. Never deserialize an engine you did not build.
 
+:class:`TensorRTBackend` runs an engine as a backend of the one predictor
+(``cocoseg.inference.Predictor``): the predictor's letterbox in, the engine's ``pred`` / ``proto``
+out, then the predictor's torch NMS, masks and RLE (what the latency bench times).
+
 Everything takes the ``tensorrt`` module as an argument (``trt``) so the branching logic is
 unit-tested on CPU against a small fake; :func:`tensorrt_status` says whether a real build
 can run here.
@@ -34,7 +38,7 @@ from cocoseg.utils import get_logger
 
 from .onnx import ExportError
 
-__all__ = ["EngineBuildError", "build_engine", "device_facts", "tensorrt_status", "trt_major"]
+__all__ = ["EngineBuildError", "TensorRTBackend", "build_engine", "device_facts", "tensorrt_status", "trt_major"]
 
 log = get_logger(__name__)
 
@@ -181,3 +185,77 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+class TensorRTBackend:
+    """A serialized engine of the export as a :class:`cocoseg.inference.Backend`.
+
+    ``backend(x)``: (B, 3, S, S) float in [0, 1] -> the engine's ``pred`` / ``proto`` as float32
+    torch tensors on ``device``, run ``max_batch`` images at a time (the profile's max batch) on
+    a stream of its own. An engine of an export with in-graph NMS is refused: its ``keep`` output
+    has a data-dependent shape and the predictor runs the one torch NMS itself. ``trt``: the
+    ``tensorrt`` module (a fake in unit tests).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, *, device: str = "cuda", trt: Any = None) -> None:
+        import torch
+
+        if trt is None:
+            trt, reason = tensorrt_status()
+            if trt is None:
+                raise EngineBuildError(f"cannot run a TensorRT engine here: {reason}")
+        self.trt, self.device = trt, torch.device(device)
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if engine is None:
+            raise EngineBuildError(f"{engine_path}: TensorRT could not deserialize the engine (another "
+                                   "TensorRT version or GPU? rebuild it here)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if "keep" in self.outputs:
+            raise EngineBuildError(f"{engine_path} holds the in-graph NMS output 'keep' (data-dependent shape); "
+                                   "the predictor runs its own NMS: build the engine from an export without export.nms")
+        if sorted(self.outputs) != ["pred", "proto"] or "images" not in names:
+            raise EngineBuildError(f"{engine_path}: expected input 'images' and outputs 'pred', 'proto', got {names}")
+        self.engine, self.context = engine, engine.create_execution_context()
+        self.max_batch = int(engine.get_tensor_profile_shape("images", 0)[2][0])
+        self.stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+
+    def _dtype(self, name: str) -> Any:
+        import torch
+
+        kinds = {self.trt.DataType.FLOAT: torch.float32, self.trt.DataType.HALF: torch.float16,
+                 self.trt.DataType.INT32: torch.int32, self.trt.DataType.INT64: torch.int64}
+        bf16 = getattr(self.trt.DataType, "BF16", None)
+        if bf16 is not None:
+            kinds[bf16] = torch.bfloat16
+        return kinds[self.engine.get_tensor_dtype(name)]
+
+    def _run(self, x: Any) -> tuple[Any, Any]:
+        import torch
+
+        x = x.to(self.device, self._dtype("images")).contiguous()
+        self.context.set_input_shape("images", tuple(x.shape))
+        self.context.set_tensor_address("images", x.data_ptr())
+        out = {}
+        for name in self.outputs:
+            out[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name),
+                                    device=self.device)
+            self.context.set_tensor_address(name, out[name].data_ptr())
+        if self.stream is None:  # only a fake runtime runs on CPU tensors
+            handle = 0
+        else:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # x is written on torch's stream
+            handle = self.stream.cuda_stream
+        if not self.context.execute_async_v3(handle):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
+        if self.stream is not None:
+            self.stream.synchronize()  # x and the outputs stay alive until the engine is done
+        return out["pred"].float(), out["proto"].float()
+
+    def __call__(self, x: Any) -> tuple[Any, Any]:
+        import torch
+
+        outs = [self._run(chunk) for chunk in x.split(self.max_batch)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])

@@ -2,7 +2,9 @@
 
 A version holds the weights (safetensors), the ONNX, the engine when built, the model card,
 the metrics and the resolved config, packaged as a pyfunc model ("models from code",
-``serving.py``) that serves predictions from the ONNX with onnxruntime. Version tags carry the
+``serving.py``) that serves predictions from the ONNX through the one predictor
+(``cocoseg.inference.Predictor``, ONNX Runtime backend): the ``cocoseg`` package travels with the
+version as pyfunc ``code_paths`` and its pip requirements name torch (CPU build). Version tags carry the
 data snapshot, training run id, git commit, variant, file SHA-256s, the metrics and the TensorRT
 build facts; the gate (``gate.py``) then sets ``challenger`` / ``champion``.
 
@@ -43,6 +45,12 @@ __all__ = ["Registration", "register_export", "version_tags"]
 log = get_logger(__name__)
 
 SERVING_CODE = Path(__file__).with_name("serving.py")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the cocoseg package, shipped with every version
+# The CPU build of torch: without this index pip resolves `torch==X` to the CUDA build (GBs of wheels).
+TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+# What `cocoseg.inference` (and serving.py) import on a serving host, pinned to this host's versions.
+SERVING_DISTRIBUTIONS = ("mlflow", "onnxruntime", "torch", "numpy", "pillow", "pandas", "pycocotools", "pyarrow",
+                         "safetensors")
 
 
 @dataclass(frozen=True)
@@ -110,10 +118,14 @@ def _serving_info(b: bundle.ExportBundle) -> dict[str, Any]:
 
 
 def _requirements() -> list[str]:
-    pins = []
-    for dist in ("mlflow", "onnxruntime", "numpy", "pillow", "pandas"):
+    """pip requirements of the served model: the predictor's imports, torch from the CPU index.
+
+    Local version labels are dropped (``2.13.0+cpu`` -> ``torch==2.13.0``), so the pin also
+    names the CPU build when the registering host runs a CUDA one."""
+    pins = [TORCH_CPU_INDEX]
+    for dist in SERVING_DISTRIBUTIONS:
         try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
+            pins.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:
             pins.append(dist)
     return pins
@@ -146,7 +158,8 @@ def _log_model(mlflow: Any, b: bundle.ExportBundle, staging: Path):
     if b.has(bundle.ENGINE):
         artifacts["engine"] = str(b.path(bundle.ENGINE))
     return mlflow.pyfunc.log_model(name="model", python_model=str(SERVING_CODE), artifacts=artifacts,
-                                   pip_requirements=_requirements(), signature=_signature())
+                                   code_paths=[str(PACKAGE_DIR)], pip_requirements=_requirements(),
+                                   signature=_signature())
 
 
 def _ensure_registered_model(client: Any, name: str) -> bool:
