@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -45,6 +46,7 @@ __all__ = [
     "SNAPSHOT_SCHEMA",
     "SUPPORTED_SCHEMA_VERSIONS",
     "SnapshotError",
+    "iter_split_batches",
     "latest_snapshot",
     "list_shards",
     "list_snapshots",
@@ -177,6 +179,35 @@ def read_split_table(snapshot: str, split: str, columns: list[str] | None = None
         return SNAPSHOT_SCHEMA.empty_table() if columns is None else \
             pa.schema([SNAPSHOT_SCHEMA.field(c) for c in columns]).empty_table()
     return pa.concat_tables(tables)
+
+
+def iter_split_batches(snapshot: str, split: str, columns: list[str] | None = None, batch_rows: int = 32,
+                       limit: int = 0) -> Iterator[pa.Table]:
+    """The rows of one split (the first ``limit`` when > 0) as Tables of ``batch_rows`` rows (the
+    last one shorter), in snapshot order, reading one shard's row group at a time: memory stays at
+    about one row group (ingest writes ~32 MB ones), whatever the size of the split."""
+    manifest = read_manifest(snapshot)
+    carry: list[pa.Table] = []
+    have, left = 0, limit if limit > 0 else 1 << 62
+    for uri in list_shards(manifest, split):
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_file(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+                batch = batch.slice(0, min(batch.num_rows, left))
+                left -= batch.num_rows
+                carry.append(pa.Table.from_batches([batch]))
+                have += batch.num_rows
+                while have >= batch_rows:
+                    table = pa.concat_tables(carry)
+                    rest = table.slice(batch_rows)
+                    yield table.slice(0, batch_rows)
+                    carry, have = ([rest] if rest.num_rows else []), rest.num_rows
+                if left <= 0:
+                    break
+        if left <= 0:
+            break
+    if have:
+        yield pa.concat_tables(carry)
 
 
 def _annotation_to_coco(ann: dict[str, Any], image_id: int, width: int, height: int,

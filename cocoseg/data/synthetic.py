@@ -28,8 +28,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cocoseg import storage
+from cocoseg.structures import COCO80_TO_COCO91, COCO_CLASS_NAMES
 
-__all__ = ["SHAPES", "make_image", "shape_polygon", "write_synthetic_coco"]
+__all__ = ["COCO_SIZES", "SHAPES", "make_coco_like_image", "make_image", "shape_polygon", "write_coco_like",
+           "write_synthetic_coco"]
 
 # Shape class -> base RGB colour; in a dataset the category id of classes[i] is i + 1.
 SHAPES: dict[str, tuple[int, int, int]] = {
@@ -159,6 +161,125 @@ def write_synthetic_coco(dest: str, images: int = 200, size: tuple[int, int] = (
         if not imgs:
             continue
         doc = {"info": {"description": f"cocoseg synthetic shapes, seed {seed}"}, "licenses": [],
+               "images": imgs, "annotations": anns, "categories": categories}
+        storage.write_text(storage.join(dest, "annotations", f"instances_{split}.json"),
+                           json.dumps(doc, separators=(",", ":")))
+        summary["splits"][split], summary["instances"][split] = len(imgs), len(anns)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO-shaped data for scale benchmarks: COCO 2017's per-image statistics, not a learnable task.
+
+# (width, height) -> share of COCO train2017 images (the most common sizes; the rest of COCO's
+# long tail is folded into them, so the mean stays ~578x484 px like COCO's).
+COCO_SIZES: dict[tuple[int, int], float] = {
+    (640, 480): 0.50, (640, 427): 0.18, (480, 640): 0.10, (640, 428): 0.06, (640, 426): 0.05,
+    (427, 640): 0.05, (500, 375): 0.03, (640, 360): 0.03,
+}
+_CROWD_SHARE = 0.009  # COCO train2017: 7,037 of 860,001 instances are crowd regions (RLE)
+_NOISE_TILES = 8
+
+
+def _noise_tiles(seed: int) -> np.ndarray:
+    """(T, 640, 640, 3) int16 noise fields, cropped per image: full-resolution noise gives JPEGs of
+    COCO's size (~150 KB at quality 90) at a fraction of the cost of drawing it per image."""
+    rng = np.random.default_rng([seed, 0x6E6F6973])
+    return rng.normal(0, 20, size=(_NOISE_TILES, 640, 640, 3)).astype(np.int16)
+
+
+def _instance_count(rng: np.random.Generator) -> int:
+    # COCO: mean 7.3 instances per image, 1..~90, long tail; geometric around the mean.
+    return int(min(60, 1 + rng.geometric(1 / 6.3) - 1 + rng.integers(0, 2)))
+
+
+def make_coco_like_image(seed: int, index: int, tiles: np.ndarray) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """Image ``index``: a COCO-sized RGB image and its instances ``[{"category_id", "poly" (V, 2) px,
+    "iscrowd"}]``. Objects overlap freely and span COCO's size range (about 40 % small, < 32 px)."""
+    rng = np.random.default_rng([seed, index, 0x636F636F])
+    sizes = list(COCO_SIZES)
+    width, height = sizes[int(rng.choice(len(sizes), p=np.asarray(list(COCO_SIZES.values())) / sum(COCO_SIZES.values())))]
+    tile = tiles[int(rng.integers(len(tiles)))]
+    oy, ox = int(rng.integers(0, 641 - height)), int(rng.integers(0, 641 - width))
+    base = rng.uniform(60, 180, size=3)
+    img = np.clip(tile[oy:oy + height, ox:ox + width] + base, 0, 255).astype(np.uint8)
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    side = min(width, height)
+    instances = []
+    for _ in range(_instance_count(rng)):
+        radius = float(np.exp(rng.uniform(np.log(5.0), np.log(0.4 * side))))
+        cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+        shape = tuple(SHAPES)[int(rng.integers(len(SHAPES)))]
+        poly = shape_polygon(shape, cx, cy, radius, rng.uniform(0, 2 * np.pi)).round(2)
+        draw.polygon([tuple(p) for p in poly], fill=tuple(int(v) for v in rng.integers(0, 256, size=3)))
+        instances.append({"category_id": int(COCO80_TO_COCO91[int(rng.integers(80))]), "poly": poly,
+                          "iscrowd": bool(rng.random() < _CROWD_SHARE)})
+    return pil, instances
+
+
+def _coco_like_annotation(ann_id: int, image_id: int, inst: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    poly = inst["poly"]
+    flat = [float(v) for v in poly.reshape(-1)]
+    rle = mask_utils.frPyObjects([flat], height, width)[0]
+    x0, y0 = np.clip(poly.min(axis=0), 0, None)
+    x1, y1 = np.minimum(poly.max(axis=0), (width, height))
+    segmentation: Any = [flat]
+    if inst["iscrowd"]:  # COCO stores crowd regions as uncompressed RLE (a counts list)
+        segmentation = {"size": [height, width], "counts": _uncompressed_counts(mask_utils.decode(rle))}
+    return {"id": ann_id, "image_id": image_id, "category_id": inst["category_id"], "iscrowd": int(inst["iscrowd"]),
+            "segmentation": segmentation, "area": float(mask_utils.area(rle)),
+            "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)]}
+
+
+def _uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE of a binary (H, W) mask: run lengths in column-major order, zeros first."""
+    flat = mask.reshape(-1, order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.r_[0, change, flat.size]
+    counts = np.diff(bounds).tolist()
+    return [0, *counts] if flat[0] else counts
+
+
+def write_coco_like(dest: str, train_images: int, val_images: int, seed: int = 0, quality: int = 90,
+                    threads: int = 2) -> dict[str, Any]:
+    """Write a COCO-2017-layout set with COCO's per-image statistics (sizes, ~7 instances,
+    polygons and ~1 % crowd RLE, the 80 COCO category ids) for scale benchmarks.
+
+    Same layout as :func:`write_synthetic_coco` (``annotations/instances_{train,val}.json``,
+    ``{train,val}/<id>.jpg``). Images are written as they are made; only their annotations are
+    kept until the JSON is written. Returns ``{"root", "splits", "instances", "bytes"}``.
+    """
+    if train_images < 1 or val_images < 1:
+        raise ValueError("write_coco_like: train_images and val_images must be >= 1")
+    write = _writer(dest)
+    tiles = _noise_tiles(seed)
+    categories = [{"id": cid, "name": name, "supercategory": "object"}
+                  for cid, name in zip(COCO80_TO_COCO91, COCO_CLASS_NAMES, strict=True)]
+    summary: dict[str, Any] = {"root": dest, "splits": {}, "instances": {}, "bytes": 0}
+
+    def build(item: tuple[str, int]) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+        split, image_id = item
+        img, instances = make_coco_like_image(seed, image_id, tiles)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        file_name = f"{image_id:012d}.jpg"
+        write(storage.join(dest, split, file_name), buf.getvalue())
+        anns = [_coco_like_annotation(image_id * 1000 + j, image_id, inst, img.width, img.height)
+                for j, inst in enumerate(instances)]
+        return {"id": image_id, "file_name": file_name, "width": img.width, "height": img.height}, anns, buf.tell()
+
+    first = {"train": 1, "val": train_images + 1}
+    for split, n in (("train", train_images), ("val", val_images)):
+        imgs, anns = [], []
+        with ThreadPoolExecutor(threads) as pool:
+            for info, image_anns, size in pool.map(build, [(split, first[split] + k) for k in range(n)]):
+                imgs.append(info)
+                anns.extend(image_anns)
+                summary["bytes"] += size
+        doc = {"info": {"description": f"cocoseg COCO-shaped synthetic set, seed {seed}"}, "licenses": [],
                "images": imgs, "annotations": anns, "categories": categories}
         storage.write_text(storage.join(dest, "annotations", f"instances_{split}.json"),
                            json.dumps(doc, separators=(",", ":")))

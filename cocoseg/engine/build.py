@@ -15,7 +15,7 @@ from torch import nn
 from cocoseg import storage
 from cocoseg.config import JobConfig, ModelConfig, config_hash
 from cocoseg.data.collate import ValBatch, collate_train, collate_val
-from cocoseg.data.schema import read_split_table
+from cocoseg.data.schema import iter_split_batches, read_manifest
 from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch
 from cocoseg.engine.ema import ModelEMA
 from cocoseg.engine.loop import TrainParts, resolve_precision
@@ -144,26 +144,34 @@ def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterabl
 
     Read in-process by the validating rank rather than streamed by Ray Data: starting a Ray Data
     execution costs seconds per epoch, more than letterboxing a validation set of the size a
-    per-epoch check uses. Batches are prepared on first use and kept in memory when they fit in
-    ``_VAL_CACHE_BYTES``; larger splits are re-read per epoch, a batch at a time.
+    per-epoch check uses. The split is streamed from its shards a batch at a time (it used to be
+    read whole, encoded images included: ~150 KB per COCO image on the validating rank); batches
+    are kept in memory after the first full pass when they fit in ``_VAL_CACHE_BYTES``, larger
+    splits are re-read per epoch.
     """
-    table = read_split_table(snapshot_uri, "val", columns=list(INPUT_COLUMNS))
-    if cfg.train.max_val_images:
-        table = table.slice(0, cfg.train.max_val_images)
+    manifest = read_manifest(snapshot_uri)
+    rows = int(manifest["splits"]["val"]["images"])
+    limit = cfg.train.max_val_images
+    rows = min(rows, limit) if limit else rows
     size = cfg.train.val_batch_size or 2 * cfg.train.batch_size
     stage = AugmentBatch(preset="val", imgsz=cfg.model.imgsz, seed=0, epoch=0, num_classes=cfg.model.num_classes)
-    keep = table.num_rows * 3 * cfg.model.imgsz ** 2 <= _VAL_CACHE_BYTES
+    keep = rows * 3 * cfg.model.imgsz ** 2 <= _VAL_CACHE_BYTES
     cache: list[ValBatch] = []
+    complete: list[bool] = []  # set once a pass has run to its end (an abandoned pass caches nothing)
 
     def batches() -> Iterable[ValBatch]:
-        if cache:
+        if complete:
             yield from cache
             return
-        for start in range(0, table.num_rows, size):
-            batch = collate_val(stage(table.slice(start, size)))
+        cache.clear()
+        for table in iter_split_batches(snapshot_uri, "val", columns=list(INPUT_COLUMNS), batch_rows=size,
+                                        limit=limit):
+            batch = collate_val(stage(table))
             if keep:
                 cache.append(batch)
             yield batch
+        if keep:
+            complete.append(True)
 
     return batches
 

@@ -1,0 +1,66 @@
+"""Memory that must not grow with the dataset (issue 15): the validating rank streams the val split.
+
+The split is written the way ingest writes it (``plan_shards`` + ``write_shard`` +
+``SnapshotWriter``; no Ray needed), with COCO-sized JPEGs in many small shards. Arrow's allocator
+(``pyarrow.total_allocated_bytes``) counts every byte a Parquet read holds, so the test sees what
+``build_val_batches`` keeps while it is built and while it is iterated: before the fix it held the
+whole split's encoded images (5 MB here), now about one shard's row group (0.4 MB) a few times over.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from cocoseg.config import load_config
+from cocoseg.data.schema import iter_split_batches, read_manifest
+from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard
+from cocoseg.data.source import plan_source
+from cocoseg.data.synthetic import write_coco_like
+from cocoseg.engine.build import build_val_batches
+
+SHARD_BYTES = 400_000  # ~3 COCO-sized images per shard: many shards, each far smaller than the split
+
+
+@pytest.fixture(scope="module")
+def coco_like_snapshot(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("scale")
+    write_coco_like(str(root / "source"), train_images=2, val_images=40, seed=3)
+    plan = plan_source(str(root / "source"))
+    settings = {"shard_bytes": SHARD_BYTES, "box_tolerance_px": 2.0, "decode_check": "header",
+                "splits": [s.name for s in plan.splits]}
+    writer = SnapshotWriter(str(root), compute_snapshot_id(plan, settings), plan, SHARD_BYTES, settings)
+    for spec in plan_shards(sort_records(plan), SHARD_BYTES):
+        writer.add_shard(write_shard(spec, writer.uri, plan.class_map.id_to_index))
+    return writer.commit()["snapshot_uri"]
+
+
+def _split_bytes(snapshot: str) -> tuple[int, int]:
+    shards = read_manifest(snapshot)["splits"]["val"]["shards"]
+    return sum(s["bytes"] for s in shards), max(s["bytes"] for s in shards)
+
+
+def test_val_batches_stream_the_split(coco_like_snapshot: str):
+    split_bytes, shard_bytes = _split_bytes(coco_like_snapshot)
+    assert split_bytes > 12 * shard_bytes  # the size at which holding the split shows
+    cfg = load_config(None, ["model.num_classes=80", "model.imgsz=64", "train.batch_size=2"])
+    base = pa.total_allocated_bytes()
+    batches = build_val_batches(cfg, coco_like_snapshot)
+    assert pa.total_allocated_bytes() - base < shard_bytes  # nothing read up front
+    held, images = [], 0
+    for batch in batches():
+        held.append(pa.total_allocated_bytes() - base)
+        images += batch.images.shape[0]
+    assert images == 40
+    # a shard read holds its row group about 3 times over (file buffer, decoded column, batch)
+    assert max(held) < 4 * shard_bytes, f"held {max(held) / 1e6:.1f} MB of a {split_bytes / 1e6:.1f} MB split"
+    assert sum(b.images.shape[0] for b in batches()) == 40  # the second pass: the letterboxed cache
+
+
+def test_iter_split_batches_rows_and_limit(coco_like_snapshot: str):
+    ids = [i for t in iter_split_batches(coco_like_snapshot, "val", ["image_id"], batch_rows=7)
+           for i in t.column("image_id").to_pylist()]
+    sizes = [t.num_rows for t in iter_split_batches(coco_like_snapshot, "val", ["image_id"], batch_rows=7)]
+    assert len(ids) == 40 and len(set(ids)) == 40 and sizes == [7] * 5 + [5]
+    limited = [t.num_rows for t in iter_split_batches(coco_like_snapshot, "val", ["image_id"], batch_rows=7, limit=9)]
+    assert limited == [7, 2]
