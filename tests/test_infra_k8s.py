@@ -35,11 +35,22 @@ INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 KUBERAY_VERSION = "v1.7.0"
 MLFLOW_CHART_VERSION = "1.11.5"
-K8S_VERSION = "1.32.0"  # the EKS minor in envs/*/terraform.tfvars
+K8S_VERSION = "1.32.0"  # the EKS minor of both environments (env_setting)
 JOBS = {p.stem for p in (REPO / "pipelines").glob("*.py") if not p.stem.startswith("_")}
 # Kinds whose schema is nowhere offline (External Secrets CRDs): YAML-parsed only, stated in
 # infra/README.md.
 UNCHECKED_KINDS = {"SecretStore", "ExternalSecret"}
+
+
+def env_setting(env: str, name: str) -> Any:
+    """A setting an environment runs with: its argument to ``module "stack"`` in
+    infra/terraform/envs/<env>/main.tf, else the stack variable's default (a literal)."""
+    terraform = INFRA / "terraform"
+    set_here = re.search(rf"^\s*{name}\s*=\s*(.+)$", (terraform / "envs" / env / "main.tf").read_text(), flags=re.M)
+    default = re.search(rf'variable "{name}" \{{[^}}]*?default\s*=\s*(.+?)$',
+                        (terraform / "modules" / "stack" / "variables.tf").read_text(), flags=re.M | re.S)
+    value = (set_here or default).group(1).strip()
+    return yaml.safe_load(value)
 
 
 def iter_k8s_docs(root: Path = K8S) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -422,6 +433,5 @@ def test_offline_schemas_match_the_deployed_versions() -> None:
     assert default("kuberay_chart_version") == KUBERAY_VERSION.removeprefix("v")
     assert default("mlflow_chart_version") == MLFLOW_CHART_VERSION
     for env in ("dev", "prod"):
-        tfvars = (INFRA / "terraform" / "envs" / env / "terraform.tfvars").read_text()
-        eks = re.search(r'kubernetes_version\s*=\s*"([\d.]+)"', tfvars).group(1)
-        assert K8S_VERSION.startswith(eks + "."), f"{env} runs Kubernetes {eks}, native kinds are checked against {K8S_VERSION}"
+        eks = env_setting(env, "kubernetes_version")
+        assert K8S_VERSION.startswith(f"{eks}."), f"{env} runs Kubernetes {eks}, native kinds are checked against {K8S_VERSION}"

@@ -4,12 +4,15 @@ Every ``.tf``/``.tfvars`` parses with python-hcl2 (run in ``.venv-hcl`` through
 infra/tools/hcl_dump.py), and project rules hold on the parsed HCL: pinned provider versions and
 chart versions, local modules only, no ``*`` in IAM actions or resources (exceptions named
 below), required tags, KMS encryption on every bucket, database, log group and volume, no password in any
-variable/output/attribute, locked S3 backends, prod safety settings, dev == prod code.
+variable/output/attribute, locked S3 backends, prod safety settings, environments that hold only
+what differs (backend, provider settings, their own values for the one stack module), a final
+database snapshot named per instance.
 Each rule also has a test that feeds it a broken snippet, so a rule cannot pass vacuously.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -89,6 +92,18 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def resolve_locals(docs: Parsed, path: str, values: list[Any]) -> list[Any]:
+    """``["${local.x}"]`` becomes the list ``x`` holds in the same module, so rules see the values."""
+    folder = str(Path(path).parent)
+    local_values = {k: v for p, doc in docs.items() if str(Path(p).parent) == folder
+                    for entry in doc.get("locals", []) for k, v in entry.items()}
+    out = []
+    for value in values:
+        ref = re.fullmatch(r"\$\{local\.(\w+)\}", str(value))
+        out += as_list(local_values[ref.group(1)]) if ref and ref.group(1) in local_values else [value]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Rules: each returns a list of violations ("file: what is wrong")
 
@@ -151,7 +166,7 @@ def rule_no_wildcard_iam(docs: Parsed) -> list[str]:
             deny = stmt.get("effect") == "Deny"
             if "not_actions" in stmt or "not_resources" in stmt:
                 bad.append(f"{where}: not_actions/not_resources grant everything else")
-            for action in as_list(stmt.get("actions", [])):
+            for action in resolve_locals(docs, path, as_list(stmt.get("actions", []))):
                 # a Deny may cover a whole service (e.g. s3:* without TLS); a grant never
                 if "*" in str(action) and not deny:
                     bad.append(f"{where}: wildcard action {action!r}")
@@ -270,14 +285,75 @@ def rule_locked_backends(docs: Parsed) -> list[str]:
 
 PROD_SETTINGS = {"db_deletion_protection": True, "db_multi_az": True, "force_destroy_buckets": False,
                  "single_nat_gateway": False, "eks_endpoint_public_access": False}
+STACK = "modules/stack"
+REQUIRED = object()  # a stack variable without a default
+
+
+def stack_call(docs: Parsed, root: str) -> dict[str, Any]:
+    """The arguments of ``module "stack"`` in an environment root (``{}`` when there is none)."""
+    calls = [body for path, doc in docs.items() if str(Path(path).parent) == root
+             for entry in doc.get("module", []) for name, body in entry.items() if name == "stack"]
+    return calls[0] if len(calls) == 1 else {}
+
+
+def stack_defaults(docs: Parsed) -> dict[str, Any]:
+    """``{variable: default}`` of the stack module; a required variable maps to ``REQUIRED``."""
+    return {name: body.get("default", REQUIRED) for path, doc in docs.items() if str(Path(path).parent) == STACK
+            for entry in doc.get("variable", []) for name, body in entry.items()}
+
+
+def effective_settings(docs: Parsed, root: str) -> dict[str, Any]:
+    """What an environment runs with: its module arguments over the stack's defaults."""
+    return {**stack_defaults(docs), **{k: v for k, v in stack_call(docs, root).items() if not k.startswith("__")}}
 
 
 def rule_prod_settings(docs: Parsed) -> list[str]:
-    tfvars = docs.get("envs/prod/terraform.tfvars", {})
-    bad = [f"envs/prod/terraform.tfvars: {key} must be {want}, is {tfvars.get(key)!r}"
-           for key, want in PROD_SETTINGS.items() if tfvars.get(key) is not want]
-    if len(tfvars.get("azs", [])) < 2:
-        bad.append("envs/prod/terraform.tfvars: needs at least two AZs")
+    settings = effective_settings(docs, "envs/prod")
+    bad = [f"envs/prod: {key} must be {want}, is {settings.get(key)!r}"
+           for key, want in PROD_SETTINGS.items() if settings.get(key) is not want]
+    if len(settings.get("azs") or []) < 2:
+        bad.append("envs/prod: needs at least two AZs")
+    return bad
+
+
+def rule_environments_hold_only_what_differs(docs: Parsed) -> list[str]:
+    """Each env root: a backend, one aws provider, one ``module "stack"`` call that sets every
+    required stack variable and restates no default, and outputs; nothing else (no variables,
+    resources, data sources or other modules: those belong in modules/stack)."""
+    bad, defaults = [], stack_defaults(docs)
+    for root in ENV_ROOTS:
+        files = {path: doc for path, doc in docs.items() if str(Path(path).parent) == root}
+        for path, doc in files.items():
+            extra = set(doc) - {"terraform", "provider", "module", "output", "__comments__"}
+            if extra:
+                bad.append(f"{path}: {sorted(extra)} belong in {STACK}, an env root only calls it")
+        modules = [name for doc in files.values() for entry in doc.get("module", []) for name in entry]
+        call = stack_call(docs, root)
+        if modules != ["stack"] or call.get("source") != f"../../{STACK}":
+            bad.append(f"{root}: must call exactly one module, stack (../../{STACK}), calls {modules}")
+            continue
+        args = {k: v for k, v in call.items() if k not in ("source",) and not k.startswith("__")}
+        bad += [f"{root}: {k} is not a variable of {STACK}" for k in sorted(set(args) - set(defaults))]
+        bad += [f"{root}: sets {k} = {v!r}, the stack's default: say only what differs"
+                for k, v in sorted(args.items()) if defaults.get(k) == v]
+        bad += [f"{root}: must set {k} (no default in {STACK})"
+                for k, v in sorted(defaults.items()) if v is REQUIRED and k not in args]
+    return bad
+
+
+def rule_unique_final_snapshot(docs: Parsed) -> list[str]:
+    """An RDS instance that keeps a final snapshot must name it per instance: a fixed name is
+    taken by the first destroy's snapshot and makes every later destroy of the environment fail."""
+    bad = []
+    for path, type_, name, body in blocks(docs, "resource"):
+        if type_ != "aws_db_instance" or body.get("skip_final_snapshot") is True:
+            continue
+        ident = str(body.get("final_snapshot_identifier", ""))
+        ignored = [i for lc in body.get("lifecycle", []) for i in lc.get("ignore_changes", [])]
+        if not re.search(r"plantimestamp\(\)|random_\w+\.", ident):
+            bad.append(f"{path}: {type_}.{name} final_snapshot_identifier {ident!r} is the same for every instance")
+        elif "plantimestamp()" in ident and "final_snapshot_identifier" not in ignored:
+            bad.append(f"{path}: {type_}.{name} must ignore_changes its timestamped final_snapshot_identifier")
     return bad
 
 
@@ -300,7 +376,8 @@ def rule_pinned_charts(docs: Parsed) -> list[str]:
 
 
 RULES = [rule_pinned_versions, rule_local_modules, rule_no_wildcard_iam, rule_required_tags, rule_encryption,
-         rule_no_passwords, rule_locked_backends, rule_prod_settings, rule_pinned_charts]
+         rule_no_passwords, rule_locked_backends, rule_prod_settings, rule_pinned_charts,
+         rule_environments_hold_only_what_differs, rule_unique_final_snapshot]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
@@ -357,10 +434,20 @@ def test_every_bucket_denies_any_call_without_tls(parsed: Parsed) -> None:
     assert bucket_policies and all("tls_only" in str(b.get("policy")) for b in bucket_policies)
 
 
-def test_dev_and_prod_run_the_same_code() -> None:
-    for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf"):
-        dev, prod = (TF_ROOT / root / name for root in ENV_ROOTS)
-        assert dev.read_text() == prod.read_text(), f"envs/dev/{name} and envs/prod/{name} drifted apart"
+def test_no_terraform_file_is_a_copy() -> None:
+    """The environments used to be byte copies of each other; no two Terraform files may be."""
+    seen: dict[str, Path] = {}
+    for path in sorted(p for p in TF_ROOT.rglob("*") if p.suffix in (".tf", ".hcl") and ".terraform" not in p.parts):
+        text = path.read_text()
+        assert text not in seen, f"{path.relative_to(TF_ROOT)} is a copy of {seen[text].relative_to(TF_ROOT)}"
+        seen[text] = path
+
+
+def test_environments_differ_only_in_their_settings(parsed: Parsed) -> None:
+    dev, prod = (effective_settings(parsed, root) for root in ENV_ROOTS)
+    assert (dev["environment"], prod["environment"]) == ("dev", "prod")
+    assert dev["vpc_cidr"] != prod["vpc_cidr"]
+    assert len(prod["azs"]) == 3 and prod["db_deletion_protection"] and not dev["db_deletion_protection"]
 
 
 # Snippets each rule must reject (parsed by the same python-hcl2 run as the real code).
@@ -381,6 +468,9 @@ BROKEN = {
     "rule_pinned_charts": (
         'resource "helm_release" "r" {\n  repository = "http://charts.example.com"\n  chart = "x"\n'
         '  version = ">= 1.0"\n}\n'),
+    "rule_unique_final_snapshot": (
+        'resource "aws_db_instance" "d" {\n  skip_final_snapshot = false\n'
+        '  final_snapshot_identifier = "${var.name}-final"\n}\n'),
     "rule_no_passwords": (
         'variable "db_password" {\n  type = string\n}\n'
         'resource "aws_db_instance" "d" {\n  password = var.db_password\n}\n'),
@@ -402,6 +492,19 @@ def broken_parsed(tmp_path_factory: pytest.TempPathFactory) -> Parsed:
 def test_project_rule_rejects_broken_snippet(broken_parsed: Parsed, rule) -> None:
     mine = {path: doc for path, doc in broken_parsed.items() if path.startswith(rule.__name__ + "/")}
     assert mine and rule(mine), f"{rule.__name__} accepted {BROKEN[rule.__name__]!r}"
+
+
+def test_environment_rules_reject_copies_and_unsafe_prod(parsed: Parsed) -> None:
+    docs = copy.deepcopy(parsed)
+    dev = docs["envs/dev/main.tf"]
+    dev["variable"] = [{"region": {"type": "string"}}]  # the old copied variables.tf
+    call = dev["module"][0]["stack"]
+    call["kubernetes_version"] = stack_defaults(docs)["kubernetes_version"]  # a restated default
+    del call["vpc_cidr"]
+    bad = rule_environments_hold_only_what_differs(docs)
+    assert len(bad) == 3 and {"variable", "kubernetes_version", "vpc_cidr"} <= set(" ".join(bad).replace("'", " ").split()), bad
+    docs["envs/prod/main.tf"]["module"][0]["stack"]["db_multi_az"] = False
+    assert rule_prod_settings(docs) == ["envs/prod: db_multi_az must be True, is False"]
 
 
 def test_python_hcl2_reports_a_syntax_error(tmp_path: Path) -> None:

@@ -11,13 +11,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TF_ROOT = REPO / "infra" / "terraform"
-ENV_ROOTS = ["envs/dev", "envs/prod"]
+# The stack module's own tests (modules/stack/tests: every module, mocked provider), then each
+# environment's settings planned through it (envs/*/tests). validate runs once, on the stack:
+# the env roots hold only a backend, a provider and a module call, which their plan checks.
+ROOTS = {"modules/stack": [["init", "-backend=false", "-input=false"], ["validate"], ["test"]],
+         "envs/dev": [["init", "-backend=false", "-input=false"], ["test"]],
+         "envs/prod": [["init", "-backend=false", "-input=false"], ["test"]]}
 
 
 # Use only the local mirror; never reach for a registry.
@@ -82,19 +88,32 @@ def tf_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("root", ENV_ROOTS)
-def test_terraform_validate_and_test(tf_env: dict[str, str], tf_copy: Path, root: str) -> None:
-    cwd = tf_copy / root
-    # prod's .tf files are byte-identical to dev's (test_dev_and_prod_run_the_same_code), so one
-    # `validate` covers both; prod still runs `test`, which plans with prod's tfvars.
-    steps = [["init", "-backend=false", "-input=false"], ["validate"], ["test"]]
-    if root != ENV_ROOTS[0]:
-        steps.remove(["validate"])
+def _run_steps(root: Path, steps: list[list[str]], env: dict[str, str]) -> list[tuple[list[str], subprocess.CompletedProcess]]:
+    done = []
     for args in steps:
-        proc = _tf(args, cwd, tf_env)
+        done.append((args, _tf(args, root, env)))
+        if done[-1][1].returncode != 0:
+            break
+    return done
+
+
+@pytest.fixture(scope="module")
+def tf_runs(tf_env: dict[str, str], tf_copy: Path) -> dict[str, list[tuple[list[str], subprocess.CompletedProcess]]]:
+    """The roots run side by side: most of each run is loading the aws provider, which overlaps."""
+    with ThreadPoolExecutor(len(ROOTS)) as pool:
+        futures = {root: pool.submit(_run_steps, tf_copy / root, steps, tf_env) for root, steps in ROOTS.items()}
+        return {root: future.result() for root, future in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("root", list(ROOTS))
+def test_terraform_validate_and_test(tf_runs, root: str) -> None:
+    runs = tf_runs[root]
+    assert [args for args, _ in runs] == ROOTS[root]
+    for args, proc in runs:
         assert proc.returncode == 0, f"terraform {' '.join(args)} in {root}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
         assert "Warning" not in proc.stdout + proc.stderr or args[0] == "init", proc.stdout + proc.stderr
+    assert "0 failed" in runs[-1][1].stdout and " 0 passed" not in runs[-1][1].stdout, runs[-1][1].stdout
 
 
 def test_terraform_validate_platform(tf_env: dict[str, str], tf_copy: Path) -> None:

@@ -16,7 +16,7 @@ data "terraform_remote_state" "stack" {
 }
 
 locals {
-  stack        = data.terraform_remote_state.stack.outputs
+  stack        = data.terraform_remote_state.stack.outputs.stack # envs/<env>: output "stack"
   cluster_name = local.stack.cluster_name
   roles        = local.stack.irsa_role_arns
 }

@@ -1,45 +1,43 @@
-# Stage 1 of an environment: everything in AWS (network, EKS, buckets, MLflow database, IRSA
-# roles). Stage 2, the in-cluster Helm releases, is ../../platform. envs/dev and envs/prod hold
-# identical .tf files (a test keeps them so); only terraform.tfvars and backend.hcl differ.
+# prod: the stack's defaults are the production posture (per-AZ NAT gateways, multi-AZ database
+# with deletion protection, buckets kept on destroy, on-demand GPUs, private API), so this root
+# names only its state backend, provider settings and sizes. tests/test_infra_terraform.py
+# checks the effective prod settings.
+
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+  backend "s3" { # bucket, key and region: backend.hcl
+    encrypt      = true
+    use_lockfile = true
+  }
+}
 
 provider "aws" {
-  region = var.region
-
+  region = "us-west-2"
   default_tags {
-    tags = {
-      Project     = var.project
-      Environment = var.environment
-      Owner       = var.owner
-      CostCenter  = var.cost_center
-      ManagedBy   = "terraform"
-    }
+    tags = { Project = "cocoseg", Environment = "prod", Owner = "ml-platform", CostCenter = "ml-production", ManagedBy = "terraform" }
   }
 }
 
 module "stack" {
-  source = "../../modules/stack"
+  source      = "../../modules/stack"
+  environment = "prod"
+  vpc_cidr    = "10.30.0.0/16"
+  azs         = ["us-west-2a", "us-west-2b", "us-west-2c"]
 
-  project                    = var.project
-  environment                = var.environment
-  vpc_cidr                   = var.vpc_cidr
-  azs                        = var.azs
-  single_nat_gateway         = var.single_nat_gateway
-  kubernetes_version         = var.kubernetes_version
-  eks_endpoint_public_access = var.eks_endpoint_public_access
-  eks_public_access_cidrs    = var.eks_public_access_cidrs
-  eks_admin_role_arns        = var.eks_admin_role_arns
-  cpu_instance_types         = var.cpu_instance_types
-  cpu_min_size               = var.cpu_min_size
-  cpu_max_size               = var.cpu_max_size
-  gpu_instance_types         = var.gpu_instance_types
-  gpus_per_node              = var.gpus_per_node
-  gpu_capacity_type          = var.gpu_capacity_type
-  gpu_min_size               = var.gpu_min_size
-  gpu_max_size               = var.gpu_max_size
-  checkpoint_retention_days  = var.checkpoint_retention_days
-  force_destroy_buckets      = var.force_destroy_buckets
-  db_instance_class          = var.db_instance_class
-  db_multi_az                = var.db_multi_az
-  db_deletion_protection     = var.db_deletion_protection
-  db_backup_retention_days   = var.db_backup_retention_days
+  db_instance_class = "db.m6g.large"
+  # 4 x 4 L4 = 16 GPUs at most; the GPU group scales from zero while no job runs.
+  gpu_instance_types = ["g6.12xlarge"]
+  gpus_per_node      = 4
+  gpu_max_size       = 4
+  cpu_instance_types = ["m6i.4xlarge"]
+  cpu_min_size       = 3
+  cpu_max_size       = 20
+}
+
+output "stack" {
+  description = "Inputs of stage 2 (../../platform, through terraform_remote_state) and of kubectl."
+  value       = module.stack
 }

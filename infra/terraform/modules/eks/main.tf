@@ -2,6 +2,13 @@
 # a customer-managed KMS key, all control-plane log types to an encrypted log group, API-mode
 # access entries, and an IAM OIDC provider so pods get AWS credentials through IRSA.
 
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
+
 data "aws_partition" "current" {}
 
 locals {

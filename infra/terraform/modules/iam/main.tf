@@ -3,6 +3,13 @@
 # or secret ARN; the only "*" resources are the cluster autoscaler's Describe calls, which AWS
 # does not support at resource level (see autoscaler.tf).
 
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
+
 locals {
   irsa = {
     ray = {
@@ -84,14 +91,8 @@ data "aws_iam_policy_document" "ray" {
   }
 
   statement {
-    sid = "ReadWriteCheckpointsAndArtifacts"
-    actions = [
-      "s3:AbortMultipartUpload",
-      "s3:DeleteObject",
-      "s3:GetObject",
-      "s3:ListMultipartUploadParts",
-      "s3:PutObject",
-    ]
+    sid       = "ReadWriteCheckpointsAndArtifacts"
+    actions   = local.object_read_write
     resources = ["${var.checkpoints_bucket_arn}/*", "${var.artifacts_bucket_arn}/*"]
   }
 
@@ -111,14 +112,8 @@ data "aws_iam_policy_document" "mlflow" {
   }
 
   statement {
-    sid = "ReadWriteArtifacts"
-    actions = [
-      "s3:AbortMultipartUpload",
-      "s3:DeleteObject",
-      "s3:GetObject",
-      "s3:ListMultipartUploadParts",
-      "s3:PutObject",
-    ]
+    sid       = "ReadWriteArtifacts"
+    actions   = local.object_read_write
     resources = ["${var.artifacts_bucket_arn}/*"]
   }
 
@@ -145,6 +140,8 @@ data "aws_iam_policy_document" "external_secrets" {
 }
 
 locals {
+  # What the ray and mlflow roles may do with the objects under their prefixes.
+  object_read_write = ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:PutObject"]
   role_policies = {
     ray                = data.aws_iam_policy_document.ray.json
     mlflow             = data.aws_iam_policy_document.mlflow.json

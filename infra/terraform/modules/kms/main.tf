@@ -2,6 +2,13 @@
 # manage it, IAM policies may grant the data-plane actions listed below, and optional AWS service
 # principals (for example CloudWatch Logs) may use it for encryption in this account only.
 
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
+
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 data "aws_region" "current" {}

@@ -3,6 +3,13 @@
 # (manage_master_user_password): Terraform never sees it, so it is in no variable, output or
 # state. In-cluster, External Secrets copies it into the Kubernetes Secret the MLflow chart reads.
 
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
+
 data "aws_partition" "current" {}
 
 resource "aws_db_subnet_group" "this" {
@@ -108,13 +115,16 @@ resource "aws_db_instance" "this" {
   multi_az                            = var.multi_az
   iam_database_authentication_enabled = true
 
-  backup_retention_period    = var.backup_retention_days
-  backup_window              = "03:00-04:00"
-  maintenance_window         = "sun:04:30-sun:05:30"
-  copy_tags_to_snapshot      = true
-  deletion_protection        = var.deletion_protection
-  skip_final_snapshot        = false
-  final_snapshot_identifier  = "${var.name}-final"
+  backup_retention_period = var.backup_retention_days
+  backup_window           = "03:00-04:00"
+  maintenance_window      = "sun:04:30-sun:05:30"
+  copy_tags_to_snapshot   = true
+  deletion_protection     = var.deletion_protection
+  skip_final_snapshot     = false
+  # Unique per database instance: a fixed name made the second destroy of an environment fail
+  # (the first one's snapshot already holds it). plantimestamp() is known at plan time; the
+  # ignore_changes below freezes it at creation, so plans stay clean and destroy uses it.
+  final_snapshot_identifier  = "${var.name}-final-${formatdate("YYYYMMDDhhmmss", plantimestamp())}"
   auto_minor_version_upgrade = true
 
   enabled_cloudwatch_logs_exports       = ["postgresql", "upgrade"]
@@ -125,6 +135,10 @@ resource "aws_db_instance" "this" {
   performance_insights_retention_period = 7
 
   tags = var.tags
+
+  lifecycle {
+    ignore_changes = [final_snapshot_identifier]
+  }
 
   depends_on = [aws_iam_role_policy_attachment.monitoring]
 }

@@ -3,6 +3,13 @@
 # internet-facing load balancers. S3 traffic stays on the AWS network through a gateway
 # endpoint, which also saves NAT data-processing charges on the (large) COCO reads.
 
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
+
 locals {
   az_count = length(var.azs)
   # /20 public and /18 private subnets from a /16: pods take VPC IPs with the VPC CNI, so the

@@ -1,6 +1,15 @@
 # The whole stage-1 stack of one environment: network, EKS, buckets, the MLflow database and
-# the IRSA roles, wired together. envs/dev and envs/prod are thin roots around this module so
-# both environments run exactly the same code and differ only in their tfvars.
+# the IRSA roles, wired together. envs/dev and envs/prod are thin roots that call it with their
+# own values (variables.tf: sizes are required, the rest defaults to the production posture).
+
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    # 5.100 is the floor because the CI machine's offline provider mirror holds exactly that
+    # release; 6.x is admitted so users can upgrade without editing every module.
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
 
 locals {
   name = "${var.project}-${var.environment}"

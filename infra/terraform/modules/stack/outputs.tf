@@ -8,6 +8,11 @@ output "cluster_name" {
   value       = module.eks.cluster_name
 }
 
+output "kubeconfig_command" {
+  description = "Writes a kubeconfig entry for the cluster."
+  value       = "aws eks update-kubeconfig --region ${data.aws_region.current.id} --name ${module.eks.cluster_name}"
+}
+
 output "cluster_endpoint" {
   description = "Kubernetes API endpoint (private unless eks_endpoint_public_access)."
   value       = module.eks.cluster_endpoint

@@ -1,3 +1,7 @@
+# The settings of one environment. Sizes have no default: each env states its own. The rest
+# default to the production posture (HA NAT and database, deletion protection, private API,
+# buckets kept on destroy), so an environment only names where it is cheaper or more open.
+
 variable "project" {
   description = "Project name, the first part of every resource name."
   type        = string
@@ -22,26 +26,31 @@ variable "azs" {
 variable "single_nat_gateway" {
   description = "One NAT gateway instead of one per AZ."
   type        = bool
+  default     = false
 }
 
 variable "kubernetes_version" {
   description = "EKS Kubernetes version."
   type        = string
+  default     = "1.32"
 }
 
 variable "eks_endpoint_public_access" {
   description = "Also expose the Kubernetes API publicly (restricted to eks_public_access_cidrs)."
   type        = bool
+  default     = false
 }
 
 variable "eks_public_access_cidrs" {
   description = "CIDRs allowed to reach a public API endpoint."
   type        = list(string)
+  default     = []
 }
 
 variable "eks_admin_role_arns" {
   description = "IAM roles granted cluster-admin."
   type        = list(string)
+  default     = []
 }
 
 variable "cpu_instance_types" {
@@ -72,11 +81,13 @@ variable "gpus_per_node" {
 variable "gpu_capacity_type" {
   description = "ON_DEMAND or SPOT for GPU nodes."
   type        = string
+  default     = "ON_DEMAND"
 }
 
 variable "gpu_min_size" {
   description = "GPU node group minimum size."
   type        = number
+  default     = 0
 }
 
 variable "gpu_max_size" {
@@ -87,11 +98,13 @@ variable "gpu_max_size" {
 variable "checkpoint_retention_days" {
   description = "Days before checkpoints expire."
   type        = number
+  default     = 120
 }
 
 variable "force_destroy_buckets" {
   description = "Allow destroying non-empty buckets."
   type        = bool
+  default     = false
 }
 
 variable "db_instance_class" {
@@ -102,14 +115,17 @@ variable "db_instance_class" {
 variable "db_multi_az" {
   description = "Multi-AZ MLflow database."
   type        = bool
+  default     = true
 }
 
 variable "db_deletion_protection" {
   description = "Deletion protection on the MLflow database."
   type        = bool
+  default     = true
 }
 
 variable "db_backup_retention_days" {
   description = "Backup retention of the MLflow database in days."
   type        = number
+  default     = 30
 }

@@ -4,6 +4,13 @@
 #   checkpoints Ray Train storage_path (runs/<run>/checkpoints), expired after a retention period;
 #   artifacts   MLflow artifact store (models, ONNX/TensorRT exports, plots).
 
+terraform {
+  required_version = ">= 1.10"
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.100, < 7.0" }
+  }
+}
+
 data "aws_caller_identity" "current" {}
 
 locals {

@@ -1,54 +1,25 @@
-# Plan/apply-time checks of the dev root and its modules with a mocked aws provider: no
-# credentials, no network, nothing created. Run: terraform init -backend=false && terraform test
+# Plan-time checks of the stack and its modules with the mocked aws provider (../../mocks): no
+# credentials, no network, nothing created. Run here: terraform init -backend=false && terraform test
+# (envs/*/tests plan each environment's own settings).
 
 mock_provider "aws" {
-  # Mocked data sources return random strings; IAM documents must be valid JSON and ARNs
-  # must look like ARNs for the resources that validate them.
-  mock_data "aws_iam_policy_document" {
-    defaults = {
-      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
-    }
-  }
-  mock_data "aws_caller_identity" {
-    defaults = {
-      account_id = "123456789012"
-    }
-  }
-  mock_data "aws_region" {
-    defaults = {
-      id   = "us-west-2"
-      name = "us-west-2"
-    }
-  }
-  mock_data "aws_partition" {
-    defaults = {
-      partition = "aws"
-    }
-  }
-  mock_resource "aws_kms_key" {
-    defaults = {
-      arn = "arn:aws:kms:us-west-2:123456789012:key/00000000-0000-0000-0000-000000000000"
-    }
-  }
-  mock_resource "aws_eks_cluster" {
-    defaults = {
-      identity              = [{ oidc = [{ issuer = "https://oidc.eks.us-west-2.amazonaws.com/id/EXAMPLE" }] }]
-      certificate_authority = [{ data = "LS0tLS1CRUdJTg==" }]
-    }
-  }
-  mock_resource "aws_db_instance" {
-    defaults = {
-      master_user_secret = [{ secret_arn = "arn:aws:secretsmanager:us-west-2:123456789012:secret:rds-db-EXAMPLE", kms_key_id = "", secret_status = "active" }]
-    }
-  }
-  mock_resource "aws_s3_bucket" {
-    defaults = {
-      arn = "arn:aws:s3:::mock-bucket"
-    }
-  }
+  source = "../../mocks"
 }
 
-run "dev_stack_outputs" {
+variables {
+  environment        = "t"
+  vpc_cidr           = "10.0.0.0/16"
+  azs                = ["us-west-2a", "us-west-2b"]
+  cpu_instance_types = ["m6i.large"]
+  cpu_min_size       = 1
+  cpu_max_size       = 2
+  gpu_instance_types = ["g6.xlarge"]
+  gpus_per_node      = 1
+  gpu_max_size       = 1
+  db_instance_class  = "db.t4g.medium"
+}
+
+run "stack_outputs" {
   command = plan
 
   assert {
@@ -67,8 +38,8 @@ run "dev_stack_outputs" {
   }
 
   assert {
-    condition     = strcontains(output.kubeconfig_command, "--name cocoseg-dev")
-    error_message = "kubeconfig command must name the dev cluster"
+    condition     = strcontains(output.kubeconfig_command, "--name cocoseg-t")
+    error_message = "kubeconfig command must name the environment's cluster"
   }
 }
 
@@ -76,7 +47,7 @@ run "buckets_are_encrypted_versioned_private" {
   command = plan
 
   module {
-    source = "../../modules/storage"
+    source = "../storage"
   }
 
   variables {
@@ -117,7 +88,7 @@ run "eks_private_imdsv2_gpu_tainted" {
   command = plan
 
   module {
-    source = "../../modules/eks"
+    source = "../eks"
   }
 
   variables {
@@ -156,7 +127,7 @@ run "eks_rejects_world_open_api" {
   command = plan
 
   module {
-    source = "../../modules/eks"
+    source = "../eks"
   }
 
   variables {
@@ -174,7 +145,7 @@ run "network_needs_two_azs" {
   command = plan
 
   module {
-    source = "../../modules/network"
+    source = "../network"
   }
 
   variables {
@@ -191,7 +162,7 @@ run "database_encrypted_private_managed_secret" {
   command = plan
 
   module {
-    source = "../../modules/mlflow-db"
+    source = "../mlflow-db"
   }
 
   variables {
@@ -220,5 +191,10 @@ run "database_encrypted_private_managed_secret" {
   assert {
     condition     = aws_db_instance.this.deletion_protection && aws_db_instance.this.backup_retention_period >= 1
     error_message = "module defaults must protect the database and keep backups"
+  }
+
+  assert {
+    condition     = can(regex("^t-final-[0-9]{14}$", aws_db_instance.this.final_snapshot_identifier)) && !aws_db_instance.this.skip_final_snapshot
+    error_message = "the final snapshot must be named per instance (a fixed name fails the second destroy)"
   }
 }
