@@ -15,10 +15,19 @@ import ray
 from cocoseg import storage
 from cocoseg.config import JobConfig
 from cocoseg.data.schema import SnapshotError, latest_snapshot, read_manifest
-from cocoseg.utils import UserError
+from cocoseg.engine.capacity import feed_plan
+from cocoseg.utils import UserError, get_logger
 
-__all__ = ["TrainInputError", "check_cluster", "ensure_ray", "lost_capacity", "ray_init_kwargs", "resolve_snapshot",
+__all__ = ["FEED_REFUSE_BELOW", "TrainInputError", "check_cluster", "check_feed", "ensure_ray", "lost_capacity", "ray_init_kwargs", "resolve_snapshot",
            "scaling_workers"]
+
+
+log = get_logger("pipelines.train")
+
+# Input actors that make less than this share of what the GPUs consume leave them idle most of the
+# time: refused. Between it and 1: a warning. The GPU side is an estimate (cocoseg.engine.capacity),
+# hence the margin.
+FEED_REFUSE_BELOW = 0.5
 
 
 class TrainInputError(UserError):
@@ -120,8 +129,34 @@ def lost_capacity(cfg: JobConfig) -> TrainInputError | None:
         "to go on with fewer, then rerun with the same tracking.run_name to resume")
 
 
+def check_feed(cfg: JobConfig) -> str:
+    """Dry-run feed check, a pure function of the config: ``""`` when the input actors can feed the
+    GPUs by :mod:`cocoseg.engine.capacity`'s figures (or the run is on CPUs), else a one-line warning.
+    Raises :class:`TrainInputError` when they make less than ``FEED_REFUSE_BELOW`` of the demand."""
+    t, m = cfg.train, cfg.model
+    if not t.use_gpu:
+        return ""
+    plan = feed_plan(variant=m.variant, gpus=t.num_workers, imgsz=m.imgsz, preset=t.augment,
+                     data_actors=t.data_actors, data_cpus_per_actor=t.data_cpus_per_actor)
+    if plan.ratio >= 1.0:
+        return ""
+    fix = (f"set train.data_actors={plan.actors_needed} with train.data_cpus_per_actor=1 (one core each, on CPU "
+           "nodes; docs/scaling.md)")
+    message = (f"train.data_actors={t.data_actors} x train.data_cpus_per_actor={t.data_cpus_per_actor:g} decode + "
+               f"augment ~{plan.supply_images_per_s:.0f} img/s (train.augment={t.augment}, model.imgsz={m.imgsz}) but "
+               f"{t.num_workers} GPU(s) of model.variant={m.variant} take ~{plan.demand_images_per_s:.0f} img/s "
+               f"(estimate): the GPUs would wait {100 * (1 - plan.ratio):.0f}% of the time; {fix}")
+    if plan.ratio < FEED_REFUSE_BELOW:
+        raise TrainInputError(message)
+    return message
+
+
 def check_cluster(cfg: JobConfig) -> None:
-    """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes)."""
+    """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes) or
+    input actors that cannot feed its GPUs (:func:`check_feed`; a shortfall under 2x only warns)."""
+    warning = check_feed(cfg)
+    if warning:
+        log.warning("%s", warning)
     t = cfg.train
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     per_worker = {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0}

@@ -64,3 +64,12 @@ def test_iter_split_batches_rows_and_limit(coco_like_snapshot: str):
     assert len(ids) == 40 and len(set(ids)) == 40 and sizes == [7] * 5 + [5]
     limited = [t.num_rows for t in iter_split_batches(coco_like_snapshot, "val", ["image_id"], batch_rows=7, limit=9)]
     assert limited == [7, 2]
+
+
+def test_input_chunks_in_flight_do_not_multiply_with_workers():
+    from pipelines._data import inflight_per_worker
+
+    assert inflight_per_worker(2, actors=2, world=1) == 4  # one worker: as before, 2 per actor
+    for world, actors in ((8, 96), (8, 12), (4, 2), (16, 16)):
+        total = world * inflight_per_worker(2, actors=actors, world=world)
+        assert 2 * actors <= total <= 2 * (actors + world), (world, actors, total)  # was world x 2 x actors

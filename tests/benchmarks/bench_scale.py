@@ -248,6 +248,13 @@ def bench_presets(args: argparse.Namespace) -> dict[str, Any]:
                  "image": Path(tmp, "train", i["file_name"]).read_bytes(), "annotations": anns.get(i["id"], [])}
                 for i in coco["images"]]
     out: dict[str, Any] = {"imgsz": args.preset_imgsz, "images": len(rows), "load_start": os.getloadavg()}
+    from cocoseg.data.decode import decode_rgb
+
+    c0 = time.process_time()
+    for row in rows:
+        decode_rgb(row["image"])
+    out["decode"] = {"cpu_ms_per_image": 1000 * (time.process_time() - c0) / len(rows)}
+    print(f"  decode only     {out['decode']['cpu_ms_per_image']:.1f} CPU ms/img", flush=True)
     chunk = 16
     for name in PRESETS:
         stage = AugmentBatch(preset=name, imgsz=args.preset_imgsz, seed=0, epoch=0, num_classes=80)

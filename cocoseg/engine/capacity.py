@@ -1,0 +1,122 @@
+"""Capacity model: how many CPU cores of decode + augmentation keep one GPU busy, and what a run needs.
+
+One table of figures, used by the train job's dry-run feed check
+(:func:`pipelines._train_checks.check_feed`) and by ``docs/scaling.md``; the numbers in the doc are
+this module's output (``python -m cocoseg.engine.capacity`` prints them).
+
+Figures and where they come from:
+
+- :data:`CPU_MS_PER_IMAGE`: CPU milliseconds per image to decode a COCO-sized JPEG, augment it
+  with a preset and format it to model input at 640 px (one thread, one process, no Ray),
+  **measured** here by ``tests/benchmarks/bench_scale.py --part presets`` on COCO-shaped synthetic
+  images (:func:`cocoseg.data.synthetic.write_coco_like`); see ``docs/scaling.md`` for the run.
+- :data:`GPU_TRAIN_IMAGES_PER_S`: training images/s per GPU at 640 px, bf16. **Not measured** (no
+  GPU run of ``make gpu-check`` yet): estimated from the reference's GFLOPs per image at 640
+  (``../shared/reference/yolov8-seg-reference.json``, ``docs_gflops``, the spec's section 13) as
+  ``1 / (3 x GFLOPs / SUSTAINED_TFLOPS + OVERHEAD_MS)``: forward + backward ~3x the forward FLOPs
+  at :data:`SUSTAINED_TFLOPS` (about 16 % of an A100's 312 bf16 TFLOP/s peak) plus a fixed
+  per-image cost for loss, assigner and optimiser step. Cross-check: YOLOv5's README gives 300
+  COCO epochs in 1 day (v5n) to 8 days (v5x, 205.7 GFLOPs) on one V100, i.e. ~51 images/s for v5x;
+  scaled by GFLOPs to v8x-seg (344) and by ~2x for an A100 that is ~60 images/s, against 46 here
+  (so the estimate errs towards fewer images/s, i.e. fewer CPUs per GPU for x; the small models'
+  real rate is bounded by the input pipeline, which is exactly what this model sizes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "CPU_MS_PER_IMAGE",
+    "GPU_GFLOPS_640",
+    "GPU_TRAIN_IMAGES_PER_S",
+    "HEADROOM",
+    "FeedPlan",
+    "cpu_ms_per_image",
+    "feed_plan",
+    "gpu_images_per_s",
+]
+
+# Measured 2026-12-04 17:31 UTC (bench_scale.py --part presets --preset-images 160: COCO-shaped
+# images, 640 px, 1 thread, process CPU time; load average 20 on the shared 2-core host, which
+# inflates CPU time somewhat; a first run of 96 images gave 16.4 / 10.4 / 3.8).
+CPU_MS_PER_IMAGE: dict[str, float] = {"yolov8": 16.1, "yolov8-close": 9.8, "val": 3.4}
+# The part of that cost that does not scale with the output side: the full-size JPEG decode
+# (cocoseg.data.decode.decode_rgb of a COCO-sized image, same run).
+DECODE_MS_PER_IMAGE = 1.4
+
+# GFLOPs per image at 640 (reference docs convention; yolov8-seg-reference.json "docs_gflops").
+GPU_GFLOPS_640: dict[str, float] = {"n": 12.6, "s": 42.6, "m": 110.2, "l": 220.5, "x": 344.1}
+SUSTAINED_TFLOPS = 50.0  # A100-class GPU, bf16 autocast, batch 16-32 per GPU (an assumption, see above)
+OVERHEAD_MS = 1.0  # loss + assigner + optimiser step per image on the GPU (an assumption)
+GPU_TRAIN_IMAGES_PER_S: dict[str, float] = {
+    v: round(1000.0 / (3 * g / SUSTAINED_TFLOPS + OVERHEAD_MS), 0) for v, g in GPU_GFLOPS_640.items()}
+# Decode + augment capacity asked for per unit of GPU demand: actor calls, Parquet reads, the
+# object store and the train worker's collate cost CPU too, and chunks arrive unevenly.
+HEADROOM = 1.25
+
+
+def gpu_images_per_s(variant: str, imgsz: int = 640) -> float:
+    """Estimated training images/s of one GPU: the FLOPs scale with the pixel count, the fixed
+    per-image overhead does not (so small inputs do not promise absurd rates)."""
+    if variant not in GPU_GFLOPS_640:
+        raise ValueError(f"unknown model.variant {variant!r}; choose from {', '.join(GPU_GFLOPS_640)}")
+    return 1000.0 / (3 * GPU_GFLOPS_640[variant] * (imgsz / 640) ** 2 / SUSTAINED_TFLOPS + OVERHEAD_MS)
+
+
+def cpu_ms_per_image(preset: str, imgsz: int = 640) -> float:
+    """CPU ms to decode + augment + format one image: the decode at full size, the rest by output area."""
+    if preset not in CPU_MS_PER_IMAGE:
+        raise ValueError(f"unknown train.augment {preset!r}; choose from {', '.join(CPU_MS_PER_IMAGE)}")
+    work = CPU_MS_PER_IMAGE[preset] - DECODE_MS_PER_IMAGE
+    return DECODE_MS_PER_IMAGE + work * (imgsz / 640) ** 2
+
+
+@dataclass(frozen=True)
+class FeedPlan:
+    """Supply and demand of training images per second for one run's configuration."""
+
+    variant: str
+    gpus: int
+    imgsz: int
+    preset: str
+    demand_images_per_s: float  # all GPUs together
+    supply_images_per_s: float  # all input actors together
+    cores_needed: float  # CPU cores of input actors for demand x HEADROOM
+
+    @property
+    def ratio(self) -> float:
+        """Supply over demand: below 1 the GPUs wait for data."""
+        return self.supply_images_per_s / self.demand_images_per_s
+
+    @property
+    def actors_needed(self) -> int:
+        return max(1, math.ceil(self.cores_needed))
+
+
+def feed_plan(*, variant: str, gpus: int, imgsz: int, preset: str, data_actors: int,
+              data_cpus_per_actor: float) -> FeedPlan:
+    """The input actors' decode + augment rate against what ``gpus`` GPUs consume.
+
+    An actor uses up to ``min(1, data_cpus_per_actor)`` core's worth of the figures (its work is
+    one thread of Python and Pillow; more logical CPUs reserve cores it does not use).
+    """
+    demand = gpus * gpu_images_per_s(variant, imgsz)
+    per_core = 1000.0 / cpu_ms_per_image(preset, imgsz)
+    supply = data_actors * min(1.0, data_cpus_per_actor) * per_core
+    return FeedPlan(variant=variant, gpus=gpus, imgsz=imgsz, preset=preset, demand_images_per_s=demand,
+                    supply_images_per_s=supply, cores_needed=demand * HEADROOM / per_core)
+
+
+def _table() -> str:
+    lines = ["| variant | GFLOPs/img @640 | est. train img/s per GPU @640 | CPU cores per GPU (yolov8 preset, x1.25) |",
+             "|---|---|---|---|"]
+    for v, g in GPU_GFLOPS_640.items():
+        plan = feed_plan(variant=v, gpus=1, imgsz=640, preset="yolov8", data_actors=1, data_cpus_per_actor=1)
+        lines.append(f"| {v} | {g} | {GPU_TRAIN_IMAGES_PER_S[v]:.0f} | {plan.cores_needed:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(_table())
