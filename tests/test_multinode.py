@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -100,14 +99,18 @@ def two_node_cluster(moto_server):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
-def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, tmp_path):
-    root = tmp_path / "store"  # one disk: both "nodes" see it (a real cluster uses s3://)
+def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, s3_bucket, tmp_path, monkeypatch):
+    """Also: with an ``s3://`` storage root and no tracking URI, the job's MLflow run lands in the
+    one local store every job resolves to (``$COCOSEG_HOME/mlflow.db``), whatever its working
+    directory (the job driver runs in a fresh one)."""
+    root = f"{s3_bucket}/store"  # as on a real cluster: both nodes reach it
+    home = tmp_path / "home"
     overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",
                  "train.placement_strategy=STRICT_SPREAD", "train.cpus_per_worker=1", "train.epochs=1",
                  "train.close_mosaic=0", "tracking.run_name=mn", "train.max_failures=0"]
     runtime_env = {"env_vars": {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
-    runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+    runtime_env["env_vars"].update(RAY_TRAIN_ENABLE_PRINT_PATCH="0", COCOSEG_HOME=str(home))
     runtime_env["excludes"] = [".git", ".venv*", "*.egg-info", ".cocoseg"]
     cmd = [RAY, "job", "submit", "--address", two_node_cluster["dashboard"], "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "-m", "pipelines.train", *overrides]
@@ -117,7 +120,22 @@ def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, tmp_pat
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     assert "MLflow run" in proc.stdout and "best weights" in proc.stdout  # the driver's logs came back
-    run_dir = storage.join(str(root), "runs", "mn")
-    workers = [json.loads(Path(e.uri).read_text()) for e in storage.list_files(storage.join(run_dir, "workers"))]
+    run_dir = storage.join(root, "runs", "mn")
+    workers = [storage.read_json(e.uri) for e in storage.list_files(storage.join(run_dir, "workers"))]
     assert sorted(w["rank"] for w in workers) == [0, 1]
     assert len({w["node_id"] for w in workers}) == 2, workers
+
+    # One store: the run is in $COCOSEG_HOME's SQLite, and every job (evaluate, register, retrain,
+    # tune resolve through the same function) finds that store from any other working directory.
+    from mlflow import MlflowClient
+
+    from cocoseg import registry, tracking
+
+    store = f"sqlite:///{home.resolve()}/mlflow.db"
+    runs = MlflowClient(store).search_runs(
+        [e.experiment_id for e in MlflowClient(store).search_experiments()], "attributes.run_name = 'mn'")
+    assert [r.info.status for r in runs] == ["FINISHED"], runs
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("COCOSEG_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri("", root) == registry.resolve_tracking_uri("", root) == store

@@ -113,7 +113,11 @@ def fast_fail() -> None:
 
 
 def resolve_tracking_uri(configured: str, storage_root: str) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else SQLite: ``<root>/mlflow.db`` for a local
+    storage root, ``$COCOSEG_HOME/mlflow.db`` (default ``~/.cocoseg``) for an ``s3://`` one, which
+    cannot hold a database. Every job (train, evaluate, register, retrain, tune) resolves through
+    here, so with the same root they all land in the same store, whatever their working directory
+    (a ``ray job submit`` driver runs in a fresh one).
 
     Credentials in the URI are moved into MLflow's variables (:func:`adopt_credentials`); the
     returned URI has none.
@@ -121,10 +125,21 @@ def resolve_tracking_uri(configured: str, storage_root: str) -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri:
         return adopt_credentials(uri)
-    root = "./.cocoseg" if storage.is_s3(storage_root) else storage_root
+    if storage.is_s3(storage_root):
+        root = os.environ.get("COCOSEG_HOME") or os.path.join("~", ".cocoseg")
+        if root not in _WARNED:
+            _WARNED.add(root)
+            log.warning("storage.root is %s but no tracking URI is set: MLflow runs go to SQLite under %s on this "
+                        "machine; set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to a server to share them",
+                        storage_root, root)
+    else:
+        root = storage_root
     path = Path(root).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / 'mlflow.db'}"
+
+
+_WARNED: set[str] = set()
 
 
 def _http_status(url: str, headers: dict[str, str], timeout: float) -> int:
