@@ -82,12 +82,10 @@ class IngestConfig:
     box_tolerance_px: float = 2.0
     read_parallelism: int = -1  # shard tasks running at once; -1: as many as the cluster CPUs allow
     decode_check: str = "header"  # "header" (parse + JPEG end marker), "draft" (JPEG at 1/8 scale) or "full" decoding
-    batch_rows: int = 32  # unused by the job since shards are tasks (kept: existing configs set it)
 
     def __post_init__(self) -> None:
         _check_choice("ingest.layout", self.layout, ("auto", "coco", "yolo"))
         _check_choice("ingest.decode_check", self.decode_check, ("header", "draft", "full"))
-        _check(self.batch_rows >= 1, "ingest.batch_rows", "must be >= 1")
         _check(self.shard_bytes >= 1024, "ingest.shard_bytes", "must be at least 1024 bytes")
         _check(self.box_tolerance_px >= 0, "ingest.box_tolerance_px", "must be >= 0")
 
@@ -393,12 +391,21 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+# Keys that existed in an earlier release: a config that still sets one gets what to write instead.
+MOVED: dict[str, str] = {
+    "ingest.batch_rows": "was removed (ingest shards are Ray tasks; nothing batches rows): delete the key",
+}
+
+
 def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> Any:
-    """Build a (nested) config dataclass from a mapping, rejecting unknown keys."""
+    """Build a (nested) config dataclass from a mapping, rejecting unknown keys (a key of an
+    earlier release is named with where it went, see :data:`MOVED`)."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
+        if f"{prefix}{key}" in MOVED:
+            raise ConfigError(f"config key '{prefix}{key}' {MOVED[f'{prefix}{key}']}")
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}'.{_suggest(str(key), names)}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}

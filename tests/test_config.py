@@ -93,6 +93,13 @@ def test_values_set_in_code_are_never_parsed_again():
         with_values(cfg, {"train.epochs": -1})
 
 
+def test_a_key_of_an_earlier_release_says_where_it_went(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("ingest:\n  batch_rows: 32\n")
+    with pytest.raises(ConfigError, match=r"'ingest.batch_rows' was removed .*delete the key.*old.yaml"):
+        load_config(path)
+
+
 def test_demo_config_is_a_valid_small_run():
     cfg = load_config(REPO / "pipelines" / "configs" / "demo.yaml")
     assert (cfg.model.imgsz, cfg.train.optimizer, cfg.train.num_workers) == (96, "AdamW", 1)

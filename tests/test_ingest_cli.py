@@ -34,7 +34,7 @@ def _cocoseg(*args: str) -> list[str]:
 def test_killed_ingest_leaves_no_snapshot_and_rerun_completes(ray_local, tmp_path, capsys):
     src, dest = tmp_path / "src", tmp_path / "dest"
     write_synthetic_coco(str(src), images=300, size=(64, 48), seed=2)
-    args = ("ingest", src, dest, "ingest.shard_bytes=1024", "ingest.batch_rows=4")
+    args = ("ingest", src, dest, "ingest.shard_bytes=1024")
     log = open(tmp_path / "run1.log", "wb")
     # The killed job joins the session's Ray as a second driver: SIGKILL ends that driver (as a
     # crashed `ray job` would end), and no second cold Ray start is paid on a 2-core machine.
