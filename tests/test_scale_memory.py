@@ -13,26 +13,46 @@ import pyarrow as pa
 import pytest
 
 from cocoseg.config import load_config
+from cocoseg.data import snapshot as snapshot_module
 from cocoseg.data.schema import iter_split_batches, read_manifest
 from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard
 from cocoseg.data.source import plan_source
+from cocoseg.data.stage import INPUT_COLUMNS, ChunkAugmenter
 from cocoseg.data.synthetic import write_coco_like
 from cocoseg.engine.build import build_val_batches
 
 SHARD_BYTES = 400_000  # ~3 COCO-sized images per shard: many shards, each far smaller than the split
 
 
-@pytest.fixture(scope="module")
-def coco_like_snapshot(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("scale")
-    write_coco_like(str(root / "source"), train_images=2, val_images=40, seed=3)
-    plan = plan_source(str(root / "source"))
-    settings = {"shard_bytes": SHARD_BYTES, "box_tolerance_px": 2.0, "decode_check": "header",
+def _snapshot(root, source: str, shard_bytes: int) -> str:
+    """Ingest ``source`` as the ingest job does, minus Ray (one shard task after the other)."""
+    plan = plan_source(source)
+    settings = {"shard_bytes": shard_bytes, "box_tolerance_px": 2.0, "decode_check": "header",
                 "splits": [s.name for s in plan.splits]}
-    writer = SnapshotWriter(str(root), compute_snapshot_id(plan, settings), plan, SHARD_BYTES, settings)
-    for spec in plan_shards(sort_records(plan), SHARD_BYTES):
+    writer = SnapshotWriter(str(root), compute_snapshot_id(plan, settings), plan, shard_bytes, settings)
+    for spec in plan_shards(sort_records(plan), shard_bytes):
         writer.add_shard(write_shard(spec, writer.uri, plan.class_map.id_to_index))
     return writer.commit()["snapshot_uri"]
+
+
+@pytest.fixture(scope="module")
+def coco_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    source = tmp_path_factory.mktemp("source")
+    write_coco_like(str(source), train_images=2, val_images=40, seed=3)
+    return str(source)
+
+
+@pytest.fixture(scope="module")
+def coco_like_snapshot(tmp_path_factory: pytest.TempPathFactory, coco_source: str) -> str:
+    return _snapshot(tmp_path_factory.mktemp("many-shards"), coco_source, SHARD_BYTES)
+
+
+@pytest.fixture(scope="module")
+def one_shard_snapshot(tmp_path_factory: pytest.TempPathFactory, coco_source: str) -> str:
+    """The val split in one shard of row groups of ~4 images (at COCO scale: a 256 MB shard of 4 MB groups)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snapshot_module, "_ROW_GROUP_BYTES", 500_000)
+        return _snapshot(tmp_path_factory.mktemp("one-shard"), coco_source, 1 << 30)
 
 
 def _split_bytes(snapshot: str) -> tuple[int, int]:
@@ -73,3 +93,23 @@ def test_input_chunks_in_flight_do_not_multiply_with_workers():
     for world, actors in ((8, 96), (8, 12), (4, 2), (16, 16)):
         total = world * inflight_per_worker(2, actors=actors, world=world)
         assert 2 * actors <= total <= 2 * (actors + world), (world, actors, total)  # was world x 2 x actors
+
+
+def test_input_actor_reads_the_row_groups_of_its_chunk_not_the_shard(one_shard_snapshot: str):
+    import pyarrow.parquet as pq
+
+    from cocoseg import storage
+    from cocoseg.data.schema import list_shards
+
+    (uri,) = list_shards(read_manifest(one_shard_snapshot), "val")
+    fs, path = storage.filesystem(uri)
+    meta = pq.ParquetFile(path, filesystem=fs).metadata
+    shard = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    assert meta.num_row_groups >= 8
+    actor = ChunkAugmenter(imgsz=64, num_classes=80)
+    rows = actor.rows(uri, 9, 15)
+    expected = pq.read_table(path, filesystem=fs, columns=list(INPUT_COLUMNS)).slice(9, 6).to_pylist()
+    assert [r["image_id"] for r in rows] == [r["image_id"] for r in expected] and rows[0]["image"] == expected[0]["image"]
+    assert actor.bytes_read < shard / 3  # before: the whole shard, for every chunk dealt to this actor
+    out = actor.chunk([(uri, 15, 19)], "yolov8", seed=0, epoch=0)  # the next chunk: mostly the cached group
+    assert out["image"].shape == (4, 64, 64, 3) and actor.bytes_read < shard / 2

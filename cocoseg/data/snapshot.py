@@ -50,7 +50,9 @@ __all__ = ["SnapshotWriter", "compute_snapshot_id", "plan_shards", "sort_records
 
 log = get_logger(__name__)
 
-_ROW_GROUP_BYTES = 32 * 1024 * 1024  # rows are written (streamed) in row groups of about this size
+# Rows are written (streamed) in row groups of about this size: the unit an input actor reads
+# (cocoseg.data.stage.ChunkAugmenter), so a few chunks' worth (~25 COCO images), not a shard's.
+_ROW_GROUP_BYTES = 4 * 1024 * 1024
 _BYTES_PER_INSTANCE = 512  # a COCO instance (box, ids, ~25 polygon vertices as float64) in Parquet
 
 

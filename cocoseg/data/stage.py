@@ -144,32 +144,61 @@ class ChunkAugmenter:
     """One input actor's work (``pipelines._data`` runs it as a Ray actor; plain Python here): read
     the rows of a chunk from the snapshot shards and augment them.
 
-    Keeps the last two shards read (one row group each, as ingest writes them), so consecutive
-    chunks of one shard cost one read; holds nothing else, so a restarted actor gives the same
-    output.
+    Reads only the row groups that hold a chunk's rows (ingest writes them a few MB each) and keeps
+    the last ``cached_groups`` of them, so consecutive chunks of one group cost one read. It used
+    to read whole shards (up to ``ingest.shard_bytes``, 256 MB) and keep two: with chunks dealt
+    round-robin over A actors every actor read every shard, A times the split per epoch from S3,
+    and held 2 shards of memory. Holds nothing else, so a restarted actor gives the same output.
     """
 
-    def __init__(self, *, imgsz: int, num_classes: int, cached_shards: int = 2):
+    def __init__(self, *, imgsz: int, num_classes: int, cached_groups: int = 4):
         self.imgsz, self.num_classes = imgsz, num_classes
-        self.cached_shards = cached_shards
-        self._tables: OrderedDict[str, Any] = OrderedDict()
+        self.cached_groups = cached_groups
+        self._files: OrderedDict[str, tuple[Any, list[int]]] = OrderedDict()  # uri -> (ParquetFile, group starts)
+        self._groups: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self.bytes_read = 0  # encoded bytes of the row groups read (for benchmarks and tests)
 
     def ready(self) -> bool:
         return True
 
-    def _table(self, uri: str):
-        if uri not in self._tables:
+    def _file(self, uri: str) -> tuple[Any, list[int]]:
+        if uri not in self._files:
             fs, path = storage.filesystem(uri)
-            self._tables[uri] = pq.read_table(path, columns=list(INPUT_COLUMNS), filesystem=fs)
-            while len(self._tables) > self.cached_shards:
-                self._tables.popitem(last=False)
-        self._tables.move_to_end(uri)
-        return self._tables[uri]
+            parquet = pq.ParquetFile(fs.open_input_file(path))
+            starts = [0]
+            for g in range(parquet.metadata.num_row_groups):
+                starts.append(starts[-1] + parquet.metadata.row_group(g).num_rows)
+            self._files[uri] = (parquet, starts)
+            while len(self._files) > self.cached_groups:
+                self._files.popitem(last=False)
+        self._files.move_to_end(uri)
+        return self._files[uri]
+
+    def _group(self, uri: str, index: int):
+        key = (uri, index)
+        if key not in self._groups:
+            parquet, _ = self._file(uri)
+            self._groups[key] = parquet.read_row_group(index, columns=list(INPUT_COLUMNS))
+            self.bytes_read += parquet.metadata.row_group(index).total_byte_size
+            while len(self._groups) > self.cached_groups:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def rows(self, uri: str, first: int, end: int) -> list[dict[str, Any]]:
+        """Rows ``[first, end)`` of one shard as row dicts (the :data:`INPUT_COLUMNS`)."""
+        _, starts = self._file(uri)
+        out: list[dict[str, Any]] = []
+        for g in range(len(starts) - 1):
+            lo, hi = max(first, starts[g]), min(end, starts[g + 1])
+            if lo < hi:
+                out += self._group(uri, g).slice(lo - starts[g], hi - lo).to_pylist()
+        return out
 
     def chunk(self, runs: list[tuple[str, int, int]], preset: str, seed: int, epoch: int) -> dict[str, np.ndarray]:
         """Rows ``runs`` [(shard uri, first row, end row)] -> the stage's output columns."""
         rows = []
         for uri, a, b in runs:
-            rows += self._table(uri).slice(a, b - a).to_pylist()
+            rows += self.rows(uri, a, b)
         stage = AugmentBatch(preset=preset, imgsz=self.imgsz, seed=seed, epoch=epoch, num_classes=self.num_classes)
         return stage(rows)
