@@ -6,6 +6,7 @@
 #   make lint   ruff + the import-layering contract
 #   make gpu-wheels  the GPU check's extra needs as wheels in .whl/ (<= 30 MB; GPU_REF=1 adds ultralytics)
 #   make gpu-check   on a CUDA machine: tests/benchmarks/gpu_check.py (docs/gpu-check.md)
+#   make infra-render  re-render the Ray manifests in infra/k8s from infra/k8s-src (infra/README.md)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,7 +19,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_ROOT ?= .cocoseg
 
-.PHONY: setup test test-all demo lint bench clean infra-tools gpu-wheels gpu-check
+.PHONY: setup test test-all demo lint bench clean infra-tools infra-render gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -39,6 +40,10 @@ $(VENV)/.infra-tools: $(STAMP) infra/requirements-iac.txt infra/requirements-hcl
 	test -x .venv-hcl/bin/python || $(PYTHON) -m venv .venv-hcl
 	.venv-hcl/bin/pip install -q -r infra/requirements-hcl.txt
 	touch $@
+
+# The committed manifests are the renderer's output; tests/test_infra_k8s.py fails while stale.
+infra-render: setup
+	$(PY) infra/tools/render_k8s.py
 
 # `extended` tests repeat behaviour that other tests cover (docs/reliability.md lists them);
 # CI's 15-minute budget leaves them to `make test-all`.

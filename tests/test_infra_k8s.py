@@ -1,13 +1,16 @@
 """Offline validation of infra/k8s, the MLflow Helm values and the runtime Dockerfile.
 
 - every ``ray.io/v1`` object (including the RayJob template embedded in the retraining
-  ConfigMap) validates against the KubeRay v1.7.0 CRD schema in ``shared/schemas`` in strict
+  ConfigMap) validates against the KubeRay v1.7.0 CRD schema in ``tests/fixtures/schemas`` in strict
   mode: an object schema with ``properties`` and neither ``additionalProperties`` nor
   ``x-kubernetes-preserve-unknown-fields`` rejects unknown fields, as kubeconform does;
 - native kinds validate against the Kubernetes 1.32 OpenAPI schema bundled with
   ``kubernetes-validate`` (in ``.venv-iac``), ``--strict`` so unknown fields fail too;
 - the MLflow chart values, rendered with example inputs and merged over the chart defaults,
   validate against the chart's ``values.schema.json``;
+- the Ray manifests are rendered by infra/tools/render_k8s.py from infra/k8s-src and the
+  committed files are what it renders now; every Ray container has a writable HOME; every job's
+  GPU ask fits the GPU node group of both environments;
 - project consistency: entry points are ``python -m pipelines.<job> --config
   pipelines/configs/<x>.yaml key=value...`` whose overrides load into the real ``JobConfig``;
   the CronJob's RayJob template and the RayCronJob carry the same spec; Ray versions agree.
@@ -18,6 +21,7 @@ The helpers ``iter_k8s_docs`` and ``render_ray_pods`` are shared with test_infra
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
 import shlex
@@ -135,9 +139,9 @@ def _strictify(node: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def kuberay_validators(shared_dir: Path) -> dict[str, Any]:
+def kuberay_validators(fixtures_dir: Path) -> dict[str, Any]:
     jsonschema = pytest.importorskip("jsonschema")
-    schema_dir = shared_dir / "schemas" / f"kuberay-{KUBERAY_VERSION}-schemas"
+    schema_dir = fixtures_dir / "schemas" / f"kuberay-{KUBERAY_VERSION}-schemas"
     if not schema_dir.is_dir():
         pytest.skip(f"KubeRay CRD schemas absent: {schema_dir}")
     validators = {}
@@ -237,11 +241,11 @@ MLFLOW_EXAMPLE = {
 }
 
 
-def _mlflow_merged(shared_dir: Path, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    schema_path = shared_dir / "schemas" / f"mlflow-chart-{MLFLOW_CHART_VERSION}.values.schema.json"
-    defaults_path = shared_dir / "schemas" / f"mlflow-chart-{MLFLOW_CHART_VERSION}.values.yaml"
+def _mlflow_merged(fixtures_dir: Path, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    schema_path = fixtures_dir / "schemas" / f"mlflow-chart-{MLFLOW_CHART_VERSION}.values.schema.json"
+    defaults_path = fixtures_dir / "schemas" / f"mlflow-chart-{MLFLOW_CHART_VERSION}.values.yaml"
     if not schema_path.exists() or not defaults_path.exists():
-        pytest.skip(f"MLflow chart schema/defaults absent under {shared_dir / 'schemas'}")
+        pytest.skip(f"MLflow chart schema/defaults absent under {fixtures_dir / 'schemas'}")
     return json.loads(schema_path.read_text()), _deep_merge(yaml.safe_load(defaults_path.read_text()), values)
 
 
@@ -250,10 +254,10 @@ def _mlflow_values() -> dict[str, Any]:
     return yaml.safe_load(_render_tftpl(template, MLFLOW_EXAMPLE))
 
 
-def test_mlflow_values_match_chart_schema(shared_dir: Path) -> None:
+def test_mlflow_values_match_chart_schema(fixtures_dir: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     values = _mlflow_values()
-    schema, merged = _mlflow_merged(shared_dir, values)
+    schema, merged = _mlflow_merged(fixtures_dir, values)
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
               for e in jsonschema.Draft7Validator(schema).iter_errors(merged)]
     assert not errors, "\n".join(errors)
@@ -265,12 +269,12 @@ def test_mlflow_values_match_chart_schema(shared_dir: Path) -> None:
     assert merged["backendStore"]["existingDatabaseSecret"]["name"]
 
 
-def test_mlflow_schema_check_catches_a_misplaced_key(shared_dir: Path) -> None:
+def test_mlflow_schema_check_catches_a_misplaced_key(fixtures_dir: Path) -> None:
     """``existingDatabaseSecret`` belongs beside ``postgres``, not inside it: must fail."""
     jsonschema = pytest.importorskip("jsonschema")
     values = _mlflow_values()
     values["backendStore"]["postgres"]["existingDatabaseSecret"] = values["backendStore"].pop("existingDatabaseSecret")
-    schema, merged = _mlflow_merged(shared_dir, values)
+    schema, merged = _mlflow_merged(fixtures_dir, values)
     assert list(jsonschema.Draft7Validator(schema).iter_errors(merged))
 
 
@@ -415,6 +419,91 @@ def test_gpu_workers_tolerate_the_gpu_taint() -> None:
                         for c in pod["spec"]["containers"])
         tolerates = any(t.get("key") == "nvidia.com/gpu" for t in pod["spec"].get("tolerations") or [])
         assert wants_gpu == tolerates, pod["metadata"]["name"]
+
+
+# --------------------------------------------------------------------------------------------
+# One base, rendered: infra/tools/render_k8s.py
+
+
+def _renderer() -> Any:
+    spec = importlib.util.spec_from_file_location("render_k8s", INFRA / "tools" / "render_k8s.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rendered_manifests_are_up_to_date() -> None:
+    """Like a lockfile: the committed manifests are exactly what the renderer makes of
+    infra/k8s-src now, and every Ray manifest in infra/k8s comes from it."""
+    rendered = _renderer().render()
+    stale = [f for f, text in rendered.items() if not (K8S / f).exists() or (K8S / f).read_text() != text]
+    assert not stale, f"run `python infra/tools/render_k8s.py` (or `make infra-render`): stale {stale}"
+    hand_written = {Path(w.split("#")[0]).name for w, _ in _ray_docs()} - set(rendered)
+    assert not hand_written, f"Ray manifests outside infra/k8s-src/jobs.yaml: {sorted(hand_written)}"
+
+
+def test_renderer_merge_rules() -> None:
+    merge = _renderer().merge
+    base = {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}], "keep": {"x": 1, "y": 2}, "args": [1, 2]}
+    overlay = {"env": [{"name": "B", "value": "3"}, {"name": "C", "value": "4"}], "keep": {"y": None, "z": 3}, "args": [9]}
+    assert merge(base, overlay) == {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "3"}, {"name": "C", "value": "4"}],
+                                    "keep": {"x": 1, "z": 3}, "args": [9]}
+    assert base["keep"] == {"x": 1, "y": 2}, "merge must not modify its inputs"
+
+
+def _ray_containers(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(where, container, pod spec)`` for every container of a Ray CR, the autoscaler sidecar
+    (``autoscalerOptions``, which runs in the head pod) included."""
+    for pod in render_ray_pods([("", doc)]):
+        for container in pod["spec"]["containers"]:
+            yield f"{pod['metadata']['name']}/{container['name']}", container, pod["spec"]
+    spec = doc["spec"].get("jobTemplate", doc["spec"])
+    cluster = spec.get("rayClusterSpec", spec)
+    if "autoscalerOptions" in cluster:
+        yield "autoscaler", cluster["autoscalerOptions"], cluster["headGroupSpec"]["template"]["spec"]
+
+
+def test_every_ray_container_has_a_writable_home() -> None:
+    """Read-only root filesystem everywhere, so HOME (Ray's session files and job CLI state,
+    pip, torch and MLflow caches) must point into a mounted emptyDir in every container."""
+    checked = 0
+    for where, doc in _ray_docs():
+        for name, container, pod in _ray_containers(doc):
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, f"{where} {name}"
+            home = {e["name"]: e.get("value") for e in container.get("env", [])}.get("HOME")
+            assert home, f"{where} {name}: no HOME on a read-only root filesystem"
+            empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+            mounts = [m for m in container.get("volumeMounts", []) if m["name"] in empty_dirs
+                      and (home == m["mountPath"] or home.startswith(m["mountPath"].rstrip("/") + "/"))]
+            assert mounts and not mounts[0].get("readOnly"), f"{where} {name}: HOME={home} is not on a writable emptyDir"
+            checked += 1
+    assert checked >= 9 * 4, checked  # 9 Ray objects x (head, cpu, gpu, autoscaler) + submitters
+
+
+def _gpu_ask(doc: dict[str, Any]) -> tuple[int, int]:
+    """``(GPUs the GPU group may hold, GPU workers the entrypoint starts at once)``."""
+    spec = doc["spec"].get("jobTemplate", doc["spec"])
+    cluster = spec.get("rayClusterSpec", spec)
+    held = 0
+    for group in cluster["workerGroupSpecs"]:
+        for container in group["template"]["spec"]["containers"]:
+            per_pod = int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+            held += per_pod * group["maxReplicas"]
+    args = dict(a.split("=", 1) for a in shlex.split(spec.get("entrypoint", "")) if "=" in a and not a.startswith("--"))
+    workers = int(args.get("train.num_workers", 0)) if args.get("train.use_gpu") == "true" else 0
+    return held, workers * int(args.get("tune.max_concurrent_trials", 1))
+
+
+def test_gpu_asks_fit_the_gpu_node_group_of_every_environment() -> None:
+    """The worker count follows the node group: a job's GPU workers must fit its GPU worker
+    group (else Ray waits forever), and the group must fit gpu_max_size x gpus_per_node of the
+    smallest environment (else pods stay Pending until activeDeadlineSeconds)."""
+    capacity = {env: env_setting(env, "gpu_max_size") * env_setting(env, "gpus_per_node") for env in ("dev", "prod")}
+    for where, doc in _ray_docs():
+        held, wanted = _gpu_ask(doc)
+        assert wanted <= held, f"{where}: the entrypoint starts {wanted} GPU workers, the gpu group holds {held}"
+        for env, gpus in capacity.items():
+            assert held <= gpus, f"{where}: the gpu group may hold {held} GPUs, {env} has {gpus} (envs/{env}/main.tf)"
 
 
 if __name__ == "__main__":  # pragma: no cover - debugging aid: print the rendered pods
