@@ -35,7 +35,7 @@ from ray.train.torch import TorchTrainer
 from cocoseg import storage, tracking
 from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
 from cocoseg.data.schema import list_shards
-from cocoseg.engine.build import batches_per_epoch, resolve_recipe
+from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
 from cocoseg.engine.optim import OptimizerChoice
 from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import UserError, get_logger, git_commit, redact, set_verbose
@@ -112,14 +112,14 @@ def run(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.trai
     log.info("%s", recipe.describe(t.optimizer))
     mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
                                 parent_run_id or cfg.tracking.parent_run_id, recipe)
-    run_info = {"run_dir": run_dir, "run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-                "batches_per_epoch": batches_per_epoch(n_train, t.num_workers, t.batch_size), "recipe": asdict(recipe),
-                "snapshot_id": manifest["snapshot_id"], "snapshot_uri": manifest["snapshot_uri"],
-                "class_names": list(manifest["class_names"]), "category_ids": list(manifest["category_ids"])}
+    run_info = RunInfo(run_dir=run_dir, mlflow_run_id=mlflow_run_id,
+                       batches_per_epoch=batches_per_epoch(n_train, t.num_workers, t.batch_size), recipe=recipe,
+                       snapshot_id=manifest["snapshot_id"], snapshot_uri=manifest["snapshot_uri"],
+                       class_names=tuple(manifest["class_names"]), category_ids=tuple(manifest["category_ids"]))
     inputs = _train_input(cfg, manifest)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "run": run_info, "input": inputs, "make_logger": functools.partial(
+        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "make_logger": functools.partial(
             tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
             system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
             credentials=tracking.auth_env(), epochs=t.epochs,

@@ -134,7 +134,7 @@ def test_resolve_recipe_uses_the_global_batch_and_the_class_count():
 
 
 def test_a_choice_made_by_the_driver_is_used_as_is():
-    # the driver resolves once and ships asdict(choice) to the workers (pipelines/train.py run_info)
+    # the driver resolves once and ships the choice to the workers (RunInfo.recipe, pickled)
     decided = resolve_optimizer("auto", **CONFIGURED, train_images=240, global_batch=16, nominal_batch=64,
                                 epochs=30, num_classes=4)
     shipped = OptimizerChoice(**asdict(decided))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from cocoseg.structures import SegTargets
 _VAL_CACHE_BYTES = 1 << 30
 
 __all__ = [
+    "RunInfo",
     "batches_per_epoch",
     "build_val_batches",
     "build_model",
@@ -47,6 +49,20 @@ __all__ = [
     "model_card",
     "resolve_recipe",
 ]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the driver resolved for one training run and hands, with the config, to every worker."""
+
+    run_dir: str  # <storage.root>/runs/<run name> (local or s3://)
+    mlflow_run_id: str
+    batches_per_epoch: int
+    recipe: OptimizerChoice  # resolved once by the driver (train.optimizer=auto), used as is
+    snapshot_id: str
+    snapshot_uri: str
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...]
 
 
 def build_model(model_cfg: ModelConfig) -> nn.Module:

@@ -45,7 +45,7 @@ import ray.train.torch
 import torch
 
 from cocoseg import storage
-from cocoseg.config import JobConfig, from_dict, to_dict
+from cocoseg.config import JobConfig, to_dict
 from cocoseg.data.schema import snapshot_to_coco
 from cocoseg.engine import build
 from cocoseg.engine.checkpoint import (
@@ -61,7 +61,6 @@ from cocoseg.engine.checkpoint import (
     upload,
 )
 from cocoseg.engine.loop import EpochResult, LoopState, fit
-from cocoseg.engine.optim import OptimizerChoice
 from cocoseg.tracking.ui import CURVES_FILE
 from cocoseg.utils import get_logger, verbose
 
@@ -132,14 +131,14 @@ def _repair_weights(run_dir: str, folder: str, marker: dict[str, Any]) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Train on this worker. ``loop_config``: ``job`` (resolved config dict), ``run`` (run_dir,
-    batches_per_epoch, snapshot_id, snapshot_uri, class_names, category_ids, run_id), ``input``
+    """Train on this worker. ``loop_config``: ``job`` (the resolved, frozen :class:`JobConfig`),
+    ``run`` (:class:`~cocoseg.engine.build.RunInfo`: what the driver resolved for the run), ``input``
     (the driver's ``TrainInput``: ``for_worker(rank, world).epoch(e, batch_size=...)``) and
     ``make_logger``, a picklable factory of the rank-0 metric logger (``log_epoch(step,
     metrics)``, ``close()``): tracking sits beside the engine in the layering, so the driver
     injects it rather than the engine importing it."""
-    cfg: JobConfig = from_dict(JobConfig, loop_config["job"])
-    run = loop_config["run"]
+    cfg: JobConfig = loop_config["job"]
+    run: build.RunInfo = loop_config["run"]
     if not verbose():  # Ray Train's "Reporting training result N: TrainingReport(...)" per epoch
         logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     context = ray.train.get_context()
@@ -153,10 +152,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     parts = build.build_train_parts(cfg, model=model, device=device, world_size=world,
-                                    batches_per_epoch=run["batches_per_epoch"],
-                                    choice=OptimizerChoice(**run["recipe"]) if run.get("recipe") else None)
-    state, _ = _resume(parts, LoopState(), run["run_dir"], rank, world)
-    _record_attempt(run["run_dir"], state.epoch, rank, world, device)
+                                    batches_per_epoch=run.batches_per_epoch, choice=run.recipe)
+    state, _ = _resume(parts, LoopState(), run.run_dir, rank, world)
+    _record_attempt(run.run_dir, state.epoch, rank, world, device)
     if state.epoch:
         log.info("rank %d resumed from the checkpoint of epoch %d", rank, state.epoch - 1)
 
@@ -172,9 +170,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     validate = None
     logger = None
     if rank == 0:
-        val_batches = build.build_val_batches(cfg, run["snapshot_uri"])
-        validate = build.build_validator(cfg, val_batches, device=device, coco_gt=snapshot_to_coco(run["snapshot_uri"], "val"),
-                                         category_ids=run["category_ids"], class_names=run["class_names"])
+        val_batches = build.build_val_batches(cfg, run.snapshot_uri)
+        validate = build.build_validator(cfg, val_batches, device=device, coco_gt=snapshot_to_coco(run.snapshot_uri, "val"),
+                                         category_ids=run.category_ids, class_names=run.class_names)
         logger = loop_config["make_logger"]()  # a tracking.RunLogger, built by the driver's factory
 
     def on_epoch_end(result: EpochResult) -> None:
@@ -187,11 +185,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             fitness = result.metrics.get("val/mask_ap50_95", -1.0)
             ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint,
                              checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{result.epoch:04d}",
-                             checkpoint_upload_fn=functools.partial(_upload, run["run_dir"]))
+                             checkpoint_upload_fn=functools.partial(_upload, run.run_dir))
             if checkpoint is not None:
                 _publish(run, Path(checkpoint.path), result)
 
-    batches = _with_progress(train_batches, run["batches_per_epoch"], cfg.train.epochs) if rank == 0 else train_batches
+    batches = _with_progress(train_batches, run.batches_per_epoch, cfg.train.epochs) if rank == 0 else train_batches
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
             on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every)
@@ -217,14 +215,14 @@ def _with_progress(train_batches, total: int, epochs: int):
     return batches
 
 
-def _save(cfg: JobConfig, run: dict[str, Any], parts, result: EpochResult, tmp: Path):
+def _save(cfg: JobConfig, run: build.RunInfo, parts, result: EpochResult, tmp: Path):
     """Rank 0: write the epoch's checkpoint folder under ``tmp``; -> a local ``ray.train.Checkpoint``."""
-    card = build.model_card(cfg, snapshot_id=run["snapshot_id"], class_names=run["class_names"],
+    card = build.model_card(cfg, snapshot_id=run.snapshot_id, class_names=run.class_names,
                             metrics=result.metrics, epoch=result.epoch)
     folder = save_checkpoint(tmp / "checkpoint", model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
                              scaler=parts.scaler, epoch=result.epoch, ni=result.state.ni,
                              best_fitness=result.state.best_fitness, config=to_dict(cfg), card=card,
-                             mlflow_run_id=run["run_id"], last_step_ni=result.state.last_step_ni,
+                             mlflow_run_id=run.mlflow_run_id, last_step_ni=result.state.last_step_ni,
                              is_best=result.is_best)
     return ray.train.Checkpoint.from_directory(str(folder))
 
@@ -237,15 +235,15 @@ def _upload(run_dir: str, checkpoint: ray.train.Checkpoint, dir_name: str) -> ra
     return ray.train.Checkpoint(path=path, filesystem=ray_storage.storage_filesystem)
 
 
-def _publish(run: dict[str, Any], folder: Path, result: EpochResult) -> None:
+def _publish(run: build.RunInfo, folder: Path, result: EpochResult) -> None:
     """Rank 0, after the commit: copy the checkpoint to weights/last (and best); the preview plot."""
-    weights = storage.join(run["run_dir"], "weights")
+    weights = storage.join(run.run_dir, "weights")
     publish(folder, storage.join(weights, "last"))
     if result.is_best:
         publish(folder, storage.join(weights, "best"))
     plots = result.preview or {}
     if plots.get("preview") is not None:  # the latest, and one per validated epoch (its evolution in MLflow)
         for name in ("val_predictions.png", f"val_predictions_epoch{result.epoch:03d}.png"):
-            storage.write_bytes(storage.join(run["run_dir"], "plots", name), plots["preview"])
+            storage.write_bytes(storage.join(run.run_dir, "plots", name), plots["preview"])
     if result.is_best and plots.get("curves"):  # PR curves and confusion matrix of the selected model
-        storage.write_json(storage.join(run["run_dir"], "plots", CURVES_FILE), plots["curves"])
+        storage.write_json(storage.join(run.run_dir, "plots", CURVES_FILE), plots["curves"])
