@@ -153,7 +153,7 @@ def render_one(base: dict[str, Any], jobs: dict[str, Any], file: str, src: Path)
         body = launcher + "---\n" + dump(config_map)
     else:
         raise ValueError(f"{file}: unknown kind {kind!r}")
-    header = [f"# Rendered by infra/tools/render_k8s.py from infra/k8s-src (edit there, then rerun it).",
+    header = ["# Rendered by infra/tools/render_k8s.py from infra/k8s-src: edit there, then `make infra-render`.",
               *(f"# {line}".rstrip() for line in entry["about"].rstrip("\n").splitlines())]
     return "\n".join(header) + "\n" + body
 
