@@ -15,7 +15,7 @@ import ray
 from cocoseg import storage
 from cocoseg.config import JobConfig
 from cocoseg.data.schema import SnapshotError, latest_snapshot, read_manifest
-from cocoseg.engine.capacity import feed_plan
+from cocoseg.engine.capacity import feed_plan, gpu_kind
 from cocoseg.utils import UserError, get_logger
 
 __all__ = ["FEED_REFUSE_BELOW", "TrainInputError", "check_cluster", "check_feed", "ensure_ray", "lost_capacity", "ray_init_kwargs", "resolve_snapshot",
@@ -129,22 +129,23 @@ def lost_capacity(cfg: JobConfig) -> TrainInputError | None:
         "to go on with fewer, then rerun with the same tracking.run_name to resume")
 
 
-def check_feed(cfg: JobConfig) -> str:
-    """Dry-run feed check, a pure function of the config: ``""`` when the input actors can feed the
-    GPUs by :mod:`cocoseg.engine.capacity`'s figures (or the run is on CPUs), else a one-line warning.
-    Raises :class:`TrainInputError` when they make less than ``FEED_REFUSE_BELOW`` of the demand."""
+def check_feed(cfg: JobConfig, gpu: str = "A100") -> str:
+    """Dry-run feed check, a pure function of the config (and the GPU kind, ``A100`` unless the
+    cluster says): ``""`` when the input actors can feed the GPUs by :mod:`cocoseg.engine.capacity`'s
+    figures (or the run is on CPUs), else a one-line warning. Raises :class:`TrainInputError` when
+    they make less than ``FEED_REFUSE_BELOW`` of the demand."""
     t, m = cfg.train, cfg.model
     if not t.use_gpu:
         return ""
     plan = feed_plan(variant=m.variant, gpus=t.num_workers, imgsz=m.imgsz, preset=t.augment,
-                     data_actors=t.data_actors, data_cpus_per_actor=t.data_cpus_per_actor)
+                     data_actors=t.data_actors, data_cpus_per_actor=t.data_cpus_per_actor, gpu=gpu)
     if plan.ratio >= 1.0:
         return ""
     fix = (f"set train.data_actors={plan.actors_needed} with train.data_cpus_per_actor=1 (one core each, on CPU "
            "nodes; docs/scaling.md)")
     message = (f"train.data_actors={t.data_actors} x train.data_cpus_per_actor={t.data_cpus_per_actor:g} decode + "
                f"augment ~{plan.supply_images_per_s:.0f} img/s (train.augment={t.augment}, model.imgsz={m.imgsz}) but "
-               f"{t.num_workers} GPU(s) of model.variant={m.variant} take ~{plan.demand_images_per_s:.0f} img/s "
+               f"{t.num_workers} {gpu_kind(gpu)} GPU(s) of model.variant={m.variant} take ~{plan.demand_images_per_s:.0f} img/s "
                f"(estimate): the GPUs would wait {100 * (1 - plan.ratio):.0f}% of the time; {fix}")
     if plan.ratio < FEED_REFUSE_BELOW:
         raise TrainInputError(message)
@@ -154,7 +155,12 @@ def check_feed(cfg: JobConfig) -> str:
 def check_cluster(cfg: JobConfig) -> None:
     """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes) or
     input actors that cannot feed its GPUs (:func:`check_feed`; a shortfall under 2x only warns)."""
-    warning = check_feed(cfg)
+    try:
+        kinds = [k.split(":", 1)[1] for n in ray.nodes() if n.get("Alive") for k in n["Resources"]
+                 if k.startswith("accelerator_type:")]
+    except Exception:  # Ray not started (a dry run): the figures' own GPU
+        kinds = []
+    warning = check_feed(cfg, kinds[0] if kinds else "A100")
     if warning:
         log.warning("%s", warning)
     t = cfg.train

@@ -28,11 +28,18 @@ import math
 from dataclasses import dataclass
 
 __all__ = [
+    "COCO_TRAIN_IMAGES",
     "CPU_MS_PER_IMAGE",
+    "GPU_BF16_TFLOPS",
+    "NODE_TYPES",
     "GPU_GFLOPS_640",
     "GPU_TRAIN_IMAGES_PER_S",
     "HEADROOM",
     "FeedPlan",
+    "NodeType",
+    "RunPlan",
+    "gpu_kind",
+    "run_plan",
     "cpu_ms_per_image",
     "feed_plan",
     "gpu_images_per_s",
@@ -52,17 +59,31 @@ SUSTAINED_TFLOPS = 50.0  # A100-class GPU, bf16 autocast, batch 16-32 per GPU (a
 OVERHEAD_MS = 1.0  # loss + assigner + optimiser step per image on the GPU (an assumption)
 GPU_TRAIN_IMAGES_PER_S: dict[str, float] = {
     v: round(1000.0 / (3 * g / SUSTAINED_TFLOPS + OVERHEAD_MS), 0) for v, g in GPU_GFLOPS_640.items()}
+# Dense bf16 (V100: fp16) tensor TFLOP/s from the vendors' data sheets; another GPU's rate is the
+# A100 figure scaled by its ratio (an assumption: small convnets are partly memory bound).
+GPU_BF16_TFLOPS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "L40S": 362.0, "L4": 121.0, "V100": 125.0}
 # Decode + augment capacity asked for per unit of GPU demand: actor calls, Parquet reads, the
 # object store and the train worker's collate cost CPU too, and chunks arrive unevenly.
 HEADROOM = 1.25
 
 
-def gpu_images_per_s(variant: str, imgsz: int = 640) -> float:
-    """Estimated training images/s of one GPU: the FLOPs scale with the pixel count, the fixed
+def gpu_kind(name: str) -> str:
+    """A GPU name (Ray's ``accelerator_type:<name>``, ``nvidia-smi``'s) -> a key of
+    :data:`GPU_BF16_TFLOPS`, or ``"A100"`` when unknown (the figures' own GPU)."""
+    upper = name.upper()
+    for kind in sorted(GPU_BF16_TFLOPS, key=len, reverse=True):  # L40S before L4
+        if kind in upper:
+            return kind
+    return "A100"
+
+
+def gpu_images_per_s(variant: str, imgsz: int = 640, gpu: str = "A100") -> float:
+    """Estimated training images/s of one ``gpu``: the FLOPs scale with the pixel count, the fixed
     per-image overhead does not (so small inputs do not promise absurd rates)."""
     if variant not in GPU_GFLOPS_640:
         raise ValueError(f"unknown model.variant {variant!r}; choose from {', '.join(GPU_GFLOPS_640)}")
-    return 1000.0 / (3 * GPU_GFLOPS_640[variant] * (imgsz / 640) ** 2 / SUSTAINED_TFLOPS + OVERHEAD_MS)
+    scale = GPU_BF16_TFLOPS[gpu_kind(gpu)] / GPU_BF16_TFLOPS["A100"]
+    return scale * 1000.0 / (3 * GPU_GFLOPS_640[variant] * (imgsz / 640) ** 2 / SUSTAINED_TFLOPS + OVERHEAD_MS)
 
 
 def cpu_ms_per_image(preset: str, imgsz: int = 640) -> float:
@@ -96,17 +117,84 @@ class FeedPlan:
 
 
 def feed_plan(*, variant: str, gpus: int, imgsz: int, preset: str, data_actors: int,
-              data_cpus_per_actor: float) -> FeedPlan:
+              data_cpus_per_actor: float, gpu: str = "A100") -> FeedPlan:
     """The input actors' decode + augment rate against what ``gpus`` GPUs consume.
 
     An actor uses up to ``min(1, data_cpus_per_actor)`` core's worth of the figures (its work is
     one thread of Python and Pillow; more logical CPUs reserve cores it does not use).
     """
-    demand = gpus * gpu_images_per_s(variant, imgsz)
+    demand = gpus * gpu_images_per_s(variant, imgsz, gpu)
     per_core = 1000.0 / cpu_ms_per_image(preset, imgsz)
     supply = data_actors * min(1.0, data_cpus_per_actor) * per_core
     return FeedPlan(variant=variant, gpus=gpus, imgsz=imgsz, preset=preset, demand_images_per_s=demand,
                     supply_images_per_s=supply, cores_needed=demand * HEADROOM / per_core)
+
+
+COCO_TRAIN_IMAGES = 118_287
+COCO_BYTES_PER_IMAGE = 163_000  # 19.3 GB of train2017 JPEGs / 118,287; the snapshot keeps the bytes as they are
+
+
+@dataclass(frozen=True)
+class NodeType:
+    name: str
+    gpu: str
+    gpus: int
+    vcpus: int
+
+
+NODE_TYPES: dict[str, NodeType] = {n.name: n for n in (
+    NodeType("p4d.24xlarge", "A100", 8, 96), NodeType("g6.12xlarge", "L4", 4, 48),
+    NodeType("c6i.8xlarge", "", 0, 32))}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """GPU nodes, input actors and S3 reads for ``epochs`` over ``images`` within ``hours``."""
+
+    variant: str
+    node: str
+    gpu_nodes: int
+    gpus: int  # train.num_workers
+    images_per_s: float
+    hours: float
+    data_actors: int  # train.data_actors (1 CPU each)
+    cpu_nodes: int  # extra CPU-only nodes when the GPU nodes' spare vCPUs cannot hold the actors
+    s3_mb_per_s_per_node: float
+
+
+def run_plan(variant: str, node: str, *, epochs: int = 300, images: int = COCO_TRAIN_IMAGES, hours: float = 24.0,
+             ddp_efficiency: float = 0.9, other_time: float = 0.1, cpus_per_worker: int = 4,
+             read_amplification: float = 2.0, cpu_node: str = "c6i.8xlarge") -> RunPlan:
+    """Whole GPU nodes of type ``node`` for the run to end within ``hours``.
+
+    ``other_time``: share of the wall time not spent in train steps (validation, checkpoints, epoch
+    edges); ``ddp_efficiency``: per-GPU rate kept under DDP; ``read_amplification``: encoded bytes
+    read per byte used (a 4 MB row group is read by about two actors, see ``ChunkAugmenter``).
+    Actors go on the GPU nodes' vCPUs left after ``cpus_per_worker`` per GPU and 2 for the system.
+    """
+    kind = NODE_TYPES[node]
+    per_gpu = gpu_images_per_s(variant, 640, kind.gpu) * ddp_efficiency
+    need = epochs * images / (hours * 3600 * (1 - other_time))
+    nodes = math.ceil(need / (per_gpu * kind.gpus))
+    rate = nodes * kind.gpus * per_gpu
+    actors = math.ceil(rate * HEADROOM * CPU_MS_PER_IMAGE["yolov8"] / 1000)
+    spare = nodes * (kind.vcpus - kind.gpus * cpus_per_worker - 2)
+    extra = max(0, math.ceil((actors - spare) / (NODE_TYPES[cpu_node].vcpus - 2)))
+    s3 = rate * COCO_BYTES_PER_IMAGE * read_amplification / 1e6 / (nodes + extra)
+    return RunPlan(variant=variant, node=node, gpu_nodes=nodes, gpus=nodes * kind.gpus, images_per_s=rate,
+                   hours=epochs * images / rate / 3600 / (1 - other_time), data_actors=actors, cpu_nodes=extra,
+                   s3_mb_per_s_per_node=s3)
+
+
+def _plan_table() -> str:
+    lines = ["| variant | GPU nodes | GPUs (train.num_workers) | est. img/s | est. hours | train.data_actors | "
+             "extra c6i.8xlarge | S3 MB/s per node |", "|---|---|---|---|---|---|---|---|"]
+    for variant in ("n", "x"):
+        for node in ("g6.12xlarge", "p4d.24xlarge"):
+            p = run_plan(variant, node)
+            lines.append(f"| {variant} | {p.gpu_nodes} x {node} | {p.gpus} | {p.images_per_s:.0f} | {p.hours:.1f} | "
+                         f"{p.data_actors} | {p.cpu_nodes} | {p.s3_mb_per_s_per_node:.0f} |")
+    return "\n".join(lines)
 
 
 def _table() -> str:
@@ -120,3 +208,5 @@ def _table() -> str:
 
 if __name__ == "__main__":
     print(_table())
+    print()
+    print(_plan_table())

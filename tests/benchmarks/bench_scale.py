@@ -301,6 +301,8 @@ def main() -> int:
             print(f"size {n:,} train images", flush=True)
             result.append(run_size(n, args))
             print(_table(result[-1]), flush=True)
+            if args.json:  # after each size, so a long second size leaves the first one's figures
+                Path(args.json).write_text(json.dumps(result, indent=1))
             if not args.keep:
                 shutil.rmtree(Path(args.root) / f"n{n}" / "source", ignore_errors=True)
         for small, large in zip(result, result[1:], strict=False):
