@@ -268,7 +268,8 @@ class Predictor:
                masks: str = "full") -> list[Detections]:
         """Letterboxed (B, 3, S, S) uint8 inputs and their geometry -> detections in original pixels.
 
-        ``masks``: ``full`` (dense (n, h0, w0) bool on CPU), ``rle`` (COCO RLEs) or ``none``.
+        ``masks``: ``full`` (dense (n, h0, w0) bool on CPU), ``rle`` (COCO compressed RLEs),
+        ``rle_counts`` (the same, uncompressed) or ``none``.
         """
         pred, proto = self.forward(images)
         return self.postprocess(pred, proto, letterboxes, masks=masks)

@@ -194,6 +194,11 @@ def test_box_cropped_masks_equal_the_dense_spec_path(orig_hw: tuple[int, int]) -
     assert dense.any() and (dense != fast).sum() <= 2  # bit-level float noise at most, on a resize tie
     expected = mask_utils.encode(np.asfortranarray(fast.numpy().transpose(1, 2, 0).astype(np.uint8)))
     assert [r["counts"] for r in encode_rle(crops, lb.orig_hw)] == [r["counts"].decode() for r in expected]
+    # Uncompressed (the served answer): each mask's column-major runs, the first of zeros.
+    for rle, mask in zip(encode_rle(crops, lb.orig_hw, compressed=False), fast.numpy(), strict=True):
+        flat = mask.flatten(order="F").astype(np.int8)
+        runs = np.diff(np.concatenate(([0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]))).tolist()
+        assert rle == {"size": list(lb.orig_hw), "counts": [0] * int(flat[0]) + runs}
 
 
 def test_postprocess_golden_on_a_seeded_input() -> None:

@@ -29,11 +29,14 @@ def test_models_serve_answers_an_encoded_image(mlflow_server, tmp_path):
     assert record["width"] == 96 and record["height"] == 64
     assert 0 < len(record["boxes_xyxy"]) <= 5
     assert len(record["masks_rle"]) == len(record["scores"]) == len(record["class_names"])
-    assert all(mask_utils.decode(m).shape == (64, 96) for m in record["masks_rle"])
+    assert all(sum(m["counts"]) == 96 * 64 for m in record["masks_rle"])  # uncompressed COCO RLE
+    for m in record["masks_rle"]:  # ... the same masks as the one encoder's compressed form
+        compressed = mask_utils.frPyObjects(m, 64, 96)
+        assert mask_utils.decode(compressed).shape == (64, 96)
     # Exactly what the predictor answers in-process on the export's ONNX (same code, same encoder).
     predictor = Predictor(OnnxBackend(export / "model.onnx"), class_names=["a", "b", "c"], imgsz=64, conf=0.3,
                           max_det=5)
-    (det,) = predictor.predict([decode_image(png)], masks="rle")
+    (det,) = predictor.predict([decode_image(png)], masks="rle_counts")
     assert record == {**detections_record(det, ["a", "b", "c"]), "width": 96, "height": 64}
     # The version carries the cocoseg package and names torch (CPU build) among its requirements.
     local = download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl"))

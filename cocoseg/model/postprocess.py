@@ -286,10 +286,12 @@ def paste_masks(crops: Sequence[MaskCrop], hw: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def encode_rle(crops: Sequence[MaskCrop], hw: tuple[int, int]) -> list[dict[str, Any]]:
+def encode_rle(crops: Sequence[MaskCrop], hw: tuple[int, int], *, compressed: bool = True) -> list[dict[str, Any]]:
     """The one mask-to-RLE encoder: crops in an (h, w) frame -> COCO compressed RLEs
     (``{"size": [h, w], "counts": str}``, column-major runs starting with zeros), the same as
-    ``pycocotools.mask.encode`` of the full masks."""
+    ``pycocotools.mask.encode`` of the full masks. ``compressed=False``: the same runs as COCO
+    *uncompressed* RLE (``"counts"`` a list of ints summing to h * w; what the served model
+    answers, readable without pycocotools)."""
     height, width = int(hw[0]), int(hw[1])
     objects = []
     for c in crops:
@@ -311,8 +313,8 @@ def encode_rle(crops: Sequence[MaskCrop], hw: tuple[int, int]) -> list[dict[str,
             if counts[-1] == 0:  # ends on a run of ones: no empty closing run of zeros
                 counts = counts[:-1]
         objects.append({"size": [height, width], "counts": counts.tolist()})
-    if not objects:
-        return []
+    if not objects or not compressed:
+        return objects
     encoded = mask_utils.frPyObjects(objects, height, width)
     return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
 
@@ -336,10 +338,12 @@ def postprocess(pred: torch.Tensor, proto: torch.Tensor, *, letterboxes: Sequenc
     was placed in the (H, W) input; by default :func:`letterbox_params` of each ``orig_hw``
     (default: the input size, i.e. no letterbox) into ``input_hw`` (default 4 x the proto size).
     ``masks``: ``"full"`` -> ``Detections.masks`` (n, h0, w0) bool; ``"rle"`` ->
-    ``Detections.masks_rle`` (COCO RLEs, what evaluation and the JSON outputs need); ``"none"``.
+    ``Detections.masks_rle`` (COCO compressed RLEs, what evaluation and the JSON outputs need);
+    ``"rle_counts"`` -> the same runs uncompressed (``counts`` int lists: the served model's
+    answer); ``"none"``.
     """
-    if masks not in ("full", "rle", "none"):
-        raise ValueError(f"masks={masks!r}: use 'full', 'rle' or 'none'")
+    if masks not in ("full", "rle", "rle_counts", "none"):
+        raise ValueError(f"masks={masks!r}: use 'full', 'rle', 'rle_counts' or 'none'")
     input_hw = input_hw or (letterboxes[0].out_hw if letterboxes else (proto.shape[2] * 4, proto.shape[3] * 4))
     if letterboxes is None:
         sizes = list(orig_hw) if orig_hw is not None else [input_hw] * pred.shape[0]
@@ -356,6 +360,6 @@ def postprocess(pred: torch.Tensor, proto: torch.Tensor, *, letterboxes: Sequenc
             if masks == "full":
                 det.masks = paste_masks(crops, lb.orig_hw).to(proto.device)
             else:
-                det.masks_rle = encode_rle(crops, lb.orig_hw)
+                det.masks_rle = encode_rle(crops, lb.orig_hw, compressed=masks == "rle")
         results.append(det)
     return results

@@ -11,13 +11,13 @@ torch (CPU build) in its pip requirements (``registry/versions.py``; docs/infere
 Request: one row per image, column ``image`` holding the encoded file (JPEG/PNG) as base64 text
 (or raw bytes when called in-process). Optional params: ``conf`` (0.25), ``iou`` (0.7),
 ``max_det`` (100), ``masks`` (true). Response: one record per image, the columns of
-:func:`cocoseg.inference.detections_record` (as ``cocoseg infer`` writes them) plus the size::
+:func:`cocoseg.inference.detections_record` plus the size::
 
     {"boxes_xyxy": [[x1, y1, x2, y2], ...]   original-image pixels (EXIF orientation applied)
      "scores": [...], "classes": [...] (0..nc-1), "class_names": [...],
-     "masks_rle": [{"size": [h, w], "counts": "..."}, ...]   COCO compressed RLE, original size
-                                                           (pycocotools.mask.decode); absent
-                                                           when masks=false
+     "masks_rle": [{"size": [h, w], "counts": [...]}, ...]   COCO uncompressed RLE (column-major
+                                                           runs, the first of zeros), original
+                                                           size; absent when masks=false
      "width": w, "height": h}
 """
 
@@ -76,7 +76,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         predictor = self.predictor.with_settings(conf=float(params.get("conf", 0.25)),
                                                  iou=float(params.get("iou", 0.7)),
                                                  max_det=int(params.get("max_det", 100)))
-        masks = "rle" if bool(params.get("masks", True)) else "none"
+        masks = "rle_counts" if bool(params.get("masks", True)) else "none"  # the one RLE encoder, uncompressed
         column = model_input["image"] if hasattr(model_input, "__getitem__") and not isinstance(
             model_input, (str, bytes, list)) else model_input
         values = list(column)
