@@ -153,16 +153,9 @@ def check_feed(cfg: JobConfig, gpu: str = "A100") -> str:
 
 
 def check_cluster(cfg: JobConfig) -> None:
-    """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes) or
-    input actors that cannot feed its GPUs (:func:`check_feed`; a shortfall under 2x only warns)."""
-    try:
-        kinds = [k.split(":", 1)[1] for n in ray.nodes() if n.get("Alive") for k in n["Resources"]
-                 if k.startswith("accelerator_type:")]
-    except Exception:  # Ray not started (a dry run): the figures' own GPU
-        kinds = []
-    warning = check_feed(cfg, kinds[0] if kinds else "A100")
-    if warning:
-        log.warning("%s", warning)
+    """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes), then
+    input actors that cannot feed its GPUs (:func:`check_feed`, with the cluster's GPU kind; a
+    shortfall under 2x only warns)."""
     t = cfg.train
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     per_worker = {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0}
@@ -187,3 +180,7 @@ def check_cluster(cfg: JobConfig) -> None:
             f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU + Ray Data ({t.data_actors} actors x "
             f"{t.data_cpus_per_actor:g} CPU + 1 for reads) exceed the cluster's {total_cpu:g} CPUs, and the data "
             "stage would wait forever; lower train.cpus_per_worker, train.data_actors or train.data_cpus_per_actor")
+    kinds = [k.split(":", 1)[1] for n in nodes for k in n if k.startswith("accelerator_type:")]
+    warning = check_feed(cfg, kinds[0] if kinds else "A100")  # after placement: that error comes first
+    if warning:
+        log.warning("%s", warning)
