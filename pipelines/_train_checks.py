@@ -141,8 +141,8 @@ def check_feed(cfg: JobConfig, gpu: str = "A100") -> str:
                      data_actors=t.data_actors, data_cpus_per_actor=t.data_cpus_per_actor, gpu=gpu)
     if plan.ratio >= 1.0:
         return ""
-    fix = (f"set train.data_actors={plan.actors_needed} with train.data_cpus_per_actor=1 (one core each, on CPU "
-           "nodes; docs/scaling.md)")
+    fix = (f"set train.data_actors={plan.actors_needed} with train.data_cpus_per_actor=1 (one core each, "
+           "any node; docs/scaling.md)")
     message = (f"train.data_actors={t.data_actors} x train.data_cpus_per_actor={t.data_cpus_per_actor:g} decode + "
                f"augment ~{plan.supply_images_per_s:.0f} img/s (train.augment={t.augment}, model.imgsz={m.imgsz}) but "
                f"{t.num_workers} {gpu_kind(gpu)} GPU(s) of model.variant={m.variant} take ~{plan.demand_images_per_s:.0f} img/s "

@@ -177,7 +177,8 @@ def run_plan(variant: str, node: str, *, epochs: int = 300, images: int = COCO_T
     need = epochs * images / (hours * 3600 * (1 - other_time))
     nodes = math.ceil(need / (per_gpu * kind.gpus))
     rate = nodes * kind.gpus * per_gpu
-    actors = math.ceil(rate * HEADROOM * CPU_MS_PER_IMAGE["yolov8"] / 1000)
+    # actors for the GPUs' full rate (no DDP discount), as the train job's feed check counts them
+    actors = math.ceil(rate / ddp_efficiency * HEADROOM * CPU_MS_PER_IMAGE["yolov8"] / 1000)
     spare = nodes * (kind.vcpus - kind.gpus * cpus_per_worker - 2)
     extra = max(0, math.ceil((actors - spare) / (NODE_TYPES[cpu_node].vcpus - 2)))
     s3 = rate * COCO_BYTES_PER_IMAGE * read_amplification / 1e6 / (nodes + extra)
