@@ -17,6 +17,7 @@ from .journal import (
     TrackingUnavailable,
     adopt_credentials,
     auth_env,
+    check_server,
     create_run,
     fast_fail,
     finish_run,
@@ -44,6 +45,6 @@ __all__ = [
     "AUTH_ENV", "JOURNAL_NAME", "Completion", "EpochPrinter", "RunLogger", "TrackingUnavailable",
     "adopt_credentials", "auth_env", "complete_run", "create_run", "dataset_inputs", "end_run", "epoch_line",
     "fast_fail", "finish_run", "flatten_params", "journal_uri", "log_run_artifacts", "open_run",
-    "per_class_artifacts", "per_class_table", "plot_curves", "preflight", "read_journal", "read_run_record",
+    "per_class_artifacts", "per_class_table", "plot_curves", "preflight", "check_server", "read_journal", "read_run_record",
     "resolve_tracking_uri", "run_record_uri", "split_credentials", "sync_journal",
 ]

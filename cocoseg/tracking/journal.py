@@ -48,6 +48,7 @@ __all__ = [
     "flatten_params",
     "journal_uri",
     "log_params",
+    "check_server",
     "preflight",
     "read_journal",
     "resolve_tracking_uri",
@@ -168,28 +169,35 @@ def preflight(uri: str, timeout: float = 5.0, hint: str = OFFLINE_HINT) -> None:
     """Raise :class:`TrackingUnavailable` (one line naming ``uri`` and the fix) when the MLflow
     server at ``uri`` is down or refuses our login; a few seconds at most. Non-HTTP URIs
     (``sqlite:///``, a folder) pass: there is no server to ask."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    base = uri.rstrip("/")
+    if uri.startswith(("http://", "https://")):
+        check_server(uri, probe="experiments/search", error=TrackingUnavailable, hint=hint, timeout=timeout)
+
+
+def check_server(uri: str, *, probe: str, error: type[Exception], hint: str = "", scope: str = "",
+                 timeout: float = 5.0) -> None:
+    """Ask the MLflow server at ``uri`` two plain HTTP questions with the credentials the MLflow
+    client will send: ``/health`` (is it up) and ``api/2.0/mlflow/<probe>?max_results=1`` (will
+    it let us in). Each failure is one ``error`` line naming the server and the fix (``hint``
+    appended); ``scope`` names what a 403 refused (e.g. "the model registry")."""
+    base, where, tail = uri.rstrip("/"), f"the MLflow server at {redact(uri)}", f", {hint}" if hint else ""
     try:
         status = _http_status(f"{base}/health", {}, timeout)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} is not reachable ({reason}); start it "
-                                  f"(mlflow server --host ... --port ...) or fix tracking.tracking_uri / "
-                                  f"MLFLOW_TRACKING_URI, {hint}") from None
+        raise error(f"{where} is not reachable ({reason}); start it (mlflow server --host ... --port ...) or fix "
+                    f"tracking.tracking_uri / MLFLOW_TRACKING_URI{tail}") from None
     if status >= 500:
-        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} answers /health with HTTP {status}; "
-                                  f"check its log, {hint}")
-    status = _http_status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", _auth_header(), timeout)
+        raise error(f"{where} answers /health with HTTP {status}; check its log{tail}")
+    status = _http_status(f"{base}/api/2.0/mlflow/{probe}?max_results=1", _auth_header(), timeout)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 401:
-        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        detail = f"the credentials of user {who!r} were refused" if who else "no credentials were given"
-        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} requires authentication and {detail} "
-                                  "(HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        detail = f"the credentials of user {user!r} were refused" if user else "no credentials were given"
+        raise error(f"{where} requires authentication and {detail} (HTTP 401); set MLFLOW_TRACKING_USERNAME "
+                    "and MLFLOW_TRACKING_PASSWORD")
     if status == 403:
-        raise TrackingUnavailable(f"the MLflow server at {redact(uri)} refused access for user "
-                                  f"{os.environ.get('MLFLOW_TRACKING_USERNAME')!r} (HTTP 403)")
+        raise error(f"{where} refused access{' to ' + scope if scope else ''} for user {user!r} (HTTP 403)")
+    if status >= 400:
+        raise error(f"{where} answered {probe} with HTTP {status}")
 
 
 def journal_uri(run_dir: str) -> str:
