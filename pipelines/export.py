@@ -70,7 +70,7 @@ def run(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None,
 
     model, card = load_checkpoint(weights)
     metrics = _metrics(weights, card.metrics, metrics_file)
-    cache = cfg.export.timing_cache_dir or str(Path(cfg.storage.root) / "cache" / "tensorrt")
+    cache = cfg.export.timing_cache_dir or storage.join(cfg.storage.root, "cache", "tensorrt")
     with storage.local_copy(storage.join(weights, WEIGHTS_FILE)) as weights_file, \
             tempfile.TemporaryDirectory(prefix="cocoseg-export-") as tmp:
         local_out = Path(tmp) / "export" if storage.is_s3(out) else Path(out)

@@ -130,7 +130,7 @@ def test_trt10_weakly_typed_with_fp16_flag_profile_and_timing_cache(tmp_path):
     assert facts["tensorrt_major"] == 10 and facts["typing"] == "weak" and facts["precision"].startswith("fp16")
     assert facts["gpu_name"] == "Fake GPU 80GB" and facts["compute_capability"] == "9.0"
     assert facts["timing_cache_hit"] is False and facts["profile"]["max"] == [8, 3, 640, 640]
-    cache_file = Path(facts["timing_cache"])
+    cache_file = Path(facts["timing_cache"])  # a local folder: the URI is its path
     assert cache_file.parent == cache_dir and cache_file.read_bytes() == b"+tuned"
     assert "10.16.1.11" in cache_file.name and "sm9.0" in cache_file.name
 
@@ -140,6 +140,21 @@ def test_trt10_weakly_typed_with_fp16_flag_profile_and_timing_cache(tmp_path):
     assert facts2["timing_cache_hit"] is True
     assert ("create_timing_cache", b"+tuned") in again.calls
     assert cache_file.read_bytes() == b"+tuned+tuned"
+
+
+def test_the_timing_cache_lives_on_s3_when_the_storage_root_does(tmp_path, s3_bucket):
+    """``<storage.root>/cache/tensorrt`` with an ``s3://`` root: read and written through the
+    storage layer (``Path`` would have made it a local folder named ``s3:``)."""
+    from cocoseg import storage
+
+    cache_dir = storage.join(s3_bucket, "cache", "tensorrt")
+    facts = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", imgsz=640, timing_cache_dir=cache_dir,
+                         trt=make_fake_trt("10.16.1.11"), facts_fn=lambda: FACTS)
+    assert facts["timing_cache"].startswith(f"{cache_dir}/") and storage.read_bytes(facts["timing_cache"]) == b"+tuned"
+    again = build_engine(tmp_path / "m.onnx", tmp_path / "m2.engine", imgsz=640, timing_cache_dir=cache_dir,
+                         trt=make_fake_trt("10.16.1.11"), facts_fn=lambda: FACTS)
+    assert again["timing_cache_hit"] is True and storage.read_bytes(facts["timing_cache"]) == b"+tuned+tuned"
+    assert not any(p.name.startswith("s3") for p in tmp_path.rglob("*"))
 
 
 def test_trt10_fp32_sets_no_precision_flag(tmp_path):

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from cocoseg import storage
 from cocoseg.utils import get_logger
 
 from .onnx import ExportError
@@ -120,12 +121,13 @@ def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> None:
         raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {errors or 'no detail'}")
 
 
-def _timing_cache_path(cache_dir: Path | None, trt: Any, facts: dict[str, Any]) -> Path | None:
-    if cache_dir is None:
+def _timing_cache_uri(cache_dir: str | None, trt: Any, facts: dict[str, Any]) -> str | None:
+    """The cache file for this TensorRT version and GPU under ``cache_dir`` (a folder or ``s3://``)."""
+    if not cache_dir:
         return None
     key = f"trt{trt.__version__}-{facts['gpu_name']}-sm{facts['compute_capability']}"
     safe = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in key)
-    return Path(cache_dir) / f"{safe}.timing-cache"
+    return storage.join(str(cache_dir), f"{safe}.timing-cache")
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, *, imgsz: int,
@@ -155,10 +157,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, imgsz: int,
     profile = builder.create_optimization_profile()
     profile.set_shape(network.get_input(0).name, *shapes)
     config.add_optimization_profile(profile)
-    cache_path = _timing_cache_path(Path(timing_cache_dir) if timing_cache_dir else None, trt, facts)
-    cache_hit = bool(cache_path and cache_path.is_file())
-    if cache_path is not None:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_hit else b"")
+    cache_uri = _timing_cache_uri(str(timing_cache_dir) if timing_cache_dir else None, trt, facts)
+    cache_hit = bool(cache_uri and storage.exists(cache_uri))
+    if cache_uri is not None:
+        cache = config.create_timing_cache(storage.read_bytes(cache_uri) if cache_hit else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -166,14 +168,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, imgsz: int,
     data = bytes(plan)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(engine_path, data)
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+    if cache_uri is not None:  # atomic, local or s3:// (storage.write_bytes)
+        storage.write_bytes(cache_uri, bytes(config.get_timing_cache().serialize()))
     facts.update({
         "tensorrt_version": str(trt.__version__), "tensorrt_major": trt_major(trt), "typing": typing,
         "precision": precision, "profile": {"input": "images", "min": list(shapes[0]),
                                             "opt": list(shapes[1]), "max": list(shapes[2])},
-        "timing_cache": str(cache_path) if cache_path else None, "timing_cache_hit": cache_hit,
+        "timing_cache": cache_uri, "timing_cache_hit": cache_hit,
         "build_seconds": round(time.perf_counter() - start, 2), "engine_bytes": len(data),
         "engine_sha256": hashlib.sha256(data).hexdigest(), "file": engine_path.name})
     log.info("built TensorRT engine %s (%s, %s) in %.1f s", engine_path, facts["tensorrt_version"],
