@@ -197,7 +197,7 @@ class ExportConfig:
     nms_iou: float = 0.7
     nms_conf: float = 0.25
     simplify: bool = True  # onnxslim, kept only when the slimmed graph passes parity too
-    imgsz: int = 640
+    imgsz: int = 0  # 0: the model card's (the size the weights were trained at)
     min_batch: int = 1  # TensorRT optimisation profile (min / opt / max batch)
     opt_batch: int = 8
     max_batch: int = 16
@@ -215,8 +215,8 @@ class ExportConfig:
         _check("onnx" in self.formats, "export.formats", "must include 'onnx' (the engine is built from it)")
         _check_choice("export.exporter", self.exporter, ("torchscript", "dynamo"))
         _check(self.opset >= 18, "export.opset", "must be >= 18 (the torch 2.13 exporter rejects 17)")
-        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, "export.imgsz",
-               f"must be a positive multiple of 32, got {self.imgsz}")
+        _check(self.imgsz == 0 or (self.imgsz >= 32 and self.imgsz % 32 == 0), "export.imgsz",
+               f"must be 0 (the model card's) or a positive multiple of 32, got {self.imgsz}")
         _check(1 <= self.min_batch <= self.opt_batch <= self.max_batch, "export.min_batch",
                "the profile needs 1 <= min_batch <= opt_batch <= max_batch")
         _check(0 < self.nms_iou <= 1 and 0 <= self.nms_conf < 1, "export.nms_iou",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cocoseg import bundle, storage
-from cocoseg.config import JobConfig, load_config, to_dict
+from cocoseg.config import JobConfig, load_config, to_dict, with_values
 from cocoseg.export import export_bundle
 from cocoseg.utils import UserError, get_logger, redact
 from pipelines import config_path
@@ -69,6 +69,8 @@ def run(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None,
     from cocoseg.model.weights import WEIGHTS_FILE, load_checkpoint
 
     model, card = load_checkpoint(weights)
+    if not cfg.export.imgsz:
+        cfg = with_values(cfg, {"export.imgsz": card.imgsz})  # the card's, recorded as resolved
     metrics = _metrics(weights, card.metrics, metrics_file)
     cache = cfg.export.timing_cache_dir or storage.join(cfg.storage.root, "cache", "tensorrt")
     with storage.local_copy(storage.join(weights, WEIGHTS_FILE)) as weights_file, \

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 import torch
+import yaml
 
 from cocoseg.bundle import open_bundle
 from cocoseg.registry import connect
@@ -41,12 +42,14 @@ def _main(capsys, *args) -> tuple[int, str, str]:
 @pytest.mark.slow
 def test_cli_export_register_promote_rollback(checkpoint, cli, mlflow_server, tmp_path, capsys):
     out = tmp_path / "export"
-    proc = cli("export", checkpoint, "export.imgsz=64", "export.bench=false", "--out", out,
+    proc = cli("export", checkpoint, "export.bench=false", "--out", out,  # export.imgsz: the card's 64
                "--formats", "onnx,engine", "--train-run-id", "run-42")
     assert json.loads(proc.stdout)["engine_built"] is False
     assert "TensorRT engine skipped" in proc.stderr  # said plainly; ONNX only
     bundle = open_bundle(out)
     assert bundle.card["variant"] == "n" and bundle.metrics["val/mask_ap50_95"] == 0.12
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert bundle.card["export"]["imgsz"] == 64 and resolved["export"]["imgsz"] == 64  # resolved, not 0
     parity = bundle.card["export"]["onnx"]["parity"]
     assert parity["batches"] == [1, 2] and parity["max_abs"]["pred"] < 1e-3
 

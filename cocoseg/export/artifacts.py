@@ -8,6 +8,7 @@ previous manifest in the folder is removed first, so a failed re-export never lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -90,6 +91,8 @@ def export_bundle(model: nn.Module, *, weights_file: str | Path, card: dict[str,
     (extended with an ``export`` section, which also records ``train_run_id``, the MLflow run
     that trained the weights, when given). Raises ``ParityError`` / ``ExportError`` on failure.
     """
+    if not cfg.imgsz:  # export.imgsz=0: the size the weights were trained at
+        cfg = dataclasses.replace(cfg, imgsz=int(card.get("imgsz") or 640))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / bundle.MANIFEST).unlink(missing_ok=True)
