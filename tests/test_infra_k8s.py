@@ -21,6 +21,7 @@ The helpers ``iter_k8s_docs`` and ``render_ray_pods`` are shared with test_infra
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import re
@@ -57,24 +58,35 @@ def env_setting(env: str, name: str) -> Any:
     return yaml.safe_load(value)
 
 
+# libyaml where PyYAML has it: the manifests are parsed by most tests here.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.cache
+def _parse(path: Path, mtime_ns: int) -> tuple[tuple[str, dict[str, Any]], ...]:
+    rel = path.relative_to(REPO).as_posix()
+    out = []
+    for doc in yaml.load_all(path.read_text(), Loader=_LOADER):
+        if not doc:
+            continue
+        out.append((rel, doc))
+        if doc.get("kind") == "ConfigMap":
+            for key, text in (doc.get("data") or {}).items():
+                if key.endswith((".yaml", ".yml")):
+                    out += [(f"{rel}#ConfigMap/{doc['metadata']['name']}/{key}", inner)
+                            for inner in yaml.load_all(text, Loader=_LOADER) if inner]
+    return tuple(out)
+
+
 def iter_k8s_docs(root: Path = K8S) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(where, document)`` for every YAML document under ``root``.
+    """Yield ``(where, document)`` for every YAML document under ``root`` (a fresh copy each time).
 
     Manifests embedded in a ConfigMap's data (the retraining RayJob template) are yielded too,
     as ``file#ConfigMap/name/key``, so they get the same checks as top-level objects.
     """
     for path in sorted(root.rglob("*.yaml")):
-        rel = path.relative_to(REPO).as_posix()
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc:
-                continue
-            yield rel, doc
-            if doc.get("kind") == "ConfigMap":
-                for key, text in (doc.get("data") or {}).items():
-                    if key.endswith((".yaml", ".yml")):
-                        for inner in yaml.safe_load_all(text):
-                            if inner:
-                                yield f"{rel}#ConfigMap/{doc['metadata']['name']}/{key}", inner
+        for where, doc in _parse(path, path.stat().st_mtime_ns):
+            yield where, copy.deepcopy(doc)
 
 
 def _pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
