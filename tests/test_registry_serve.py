@@ -40,7 +40,7 @@ def test_models_serve_answers_an_encoded_image(mlflow_server, tmp_path):
     assert record == {**detections_record(det, ["a", "b", "c"]), "width": 96, "height": 64}
     # The version carries the cocoseg package and names torch (CPU build) among its requirements.
     local = download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl"))
-    assert (tmp_path / "dl" / "code" / "cocoseg" / "inference.py").is_file(), local
+    assert (tmp_path / "dl" / "code" / "cocoseg" / "inference" / "predictor.py").is_file(), local
     requirements = (tmp_path / "dl" / "requirements.txt").read_text()
     assert "download.pytorch.org/whl/cpu" in requirements and "\ntorch==" in requirements
     assert np.isfinite(record["scores"]).all()

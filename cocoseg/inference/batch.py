@@ -1,0 +1,140 @@
+"""Batch inference callables for Ray Data ``map_batches`` (one per actor): snapshot rows ->
+detections (the evaluate job), image files -> prediction rows (the infer job)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cocoseg.structures import Detections
+
+from .predictor import Predictor, detections_record
+from .protocol import ImageReadError, Protocol, decode_image
+
+__all__ = ["DETECTION_COLUMNS", "DetectBatch", "PredictImages", "detections_from_row", "prediction_schema"]
+
+DETECTION_COLUMNS = ("image_id", "height", "width", "boxes_xyxy", "scores", "classes", "masks_rle")
+
+
+class DetectBatch:
+    """``map_batches`` callable (one per actor): snapshot rows -> one row of detections per image.
+
+    Letterboxes the rows exactly as training validation does (the ``val`` preset of
+    :class:`cocoseg.data.stage.AugmentBatch`, EXIF not applied), runs the predictor under
+    ``protocol`` and returns a pyarrow Table with :data:`DETECTION_COLUMNS`: boxes flattened
+    (n * 4 floats, original pixels), masks as COCO RLE ``counts`` strings. No pixels leave the actor.
+    """
+
+    def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
+                 threads: int = 1) -> None:
+        from cocoseg.data.stage import AugmentBatch
+
+        torch.set_num_threads(threads)
+        self.protocol = Protocol(**protocol)
+        self.predictor = Predictor.load(weights, device=device).for_evaluation(self.protocol)
+        self.stage = AugmentBatch(preset="val", imgsz=self.protocol.imgsz, seed=0, epoch=0, num_classes=num_classes)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from cocoseg.data.collate import collate_val
+
+        vb = collate_val(self.stage(batch))
+        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
+        dets = self.predictor.detect(vb.images, self.predictor.letterboxes_for(sizes), masks="rle")
+        return pa.table({
+            "image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
+            "height": pa.array([s[0] for s in sizes], pa.int32()), "width": pa.array([s[1] for s in sizes], pa.int32()),
+            "boxes_xyxy": pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32())),
+            "scores": pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32())),
+            "classes": pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32())),
+            "masks_rle": pa.array([[r["counts"] for r in d.masks_rle] for d in dets], pa.list_(pa.string())),
+        })
+
+
+def detections_from_row(row: dict[str, Any]) -> Detections:
+    """One row of :class:`DetectBatch` output -> :class:`Detections` (masks as RLE)."""
+    size = [int(row["height"]), int(row["width"])]
+    boxes = torch.tensor(np.asarray(row["boxes_xyxy"], np.float32).reshape(-1, 4))
+    return Detections(boxes, torch.tensor(np.asarray(row["scores"], np.float32)),
+                      torch.tensor(np.asarray(row["classes"], np.int64)),
+                      masks_rle=[{"size": size, "counts": c} for c in row["masks_rle"]])
+
+
+def prediction_schema() -> Any:
+    """The pyarrow schema of one batch-inference row (``pipelines.infer``): ``source_uri``,
+    ``width`` / ``height`` (upright image, pixels), ``boxes_xyxy`` (n x 4, original pixels),
+    ``scores``, ``classes``, ``class_names``, ``masks_rle`` (COCO compressed RLE ``counts`` strings,
+    size ``[height, width]``) and ``error`` (null when the image was predicted; then the
+    other columns except ``source_uri`` are null)."""
+    import pyarrow as pa
+
+    return pa.schema([("source_uri", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+                      ("boxes_xyxy", pa.list_(pa.list_(pa.float32(), 4))), ("scores", pa.list_(pa.float32())),
+                      ("classes", pa.list_(pa.int32())), ("class_names", pa.list_(pa.string())),
+                      ("masks_rle", pa.list_(pa.string())), ("error", pa.string())])
+
+
+class PredictImages:
+    """``map_batches`` callable (one per actor): encoded image files -> one prediction row each.
+
+    Input columns: ``source_uri``, ``data`` (the file's bytes, null when it could not be read),
+    ``error`` (why it could not be read, else null), plus ``passthrough`` columns copied as they
+    are. Files are decoded by :func:`decode_image` (EXIF orientation applied, as ``cocoseg
+    predict`` and the served model do) and run through the one :class:`Predictor` under
+    ``protocol`` (predict mode: ``evaluate.predict_conf``, one label per box). Output:
+    :func:`prediction_schema` plus the pass-through columns. An image that cannot be decoded or
+    predicted becomes a row whose ``error`` says why: one bad file never fails the batch.
+    """
+
+    def __init__(self, *, weights: str, protocol: dict[str, Any], device: str = "cpu", threads: int = 1,
+                 passthrough: Sequence[str] = ("chunk",)) -> None:
+        torch.set_num_threads(threads)
+        p = Protocol(**protocol)
+        self.passthrough = tuple(passthrough)
+        self.predictor = Predictor.load(weights, imgsz=p.imgsz, device=device, conf=p.conf, iou=p.iou,
+                                        max_det=p.max_det, multi_label=p.multi_label)
+
+    def _predict(self, images: dict[int, np.ndarray], errors: list[str | None]) -> dict[int, Detections]:
+        """One batched forward; if it fails, image by image so the failure stays with its image."""
+        keys = list(images)
+        try:
+            return dict(zip(keys, self.predictor.predict([images[k] for k in keys], masks="rle"), strict=True))
+        except Exception:  # noqa: BLE001 (isolated below, per image)
+            pass
+        out = {}
+        for k in keys:
+            try:
+                (out[k],) = self.predictor.predict([images[k]], masks="rle")
+            except Exception as exc:  # noqa: BLE001 (recorded in the row: never a crash for one image)
+                errors[k] = f"prediction failed ({type(exc).__name__}: {exc})"[:500]
+        return out
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        uris = batch.column("source_uri").to_pylist()
+        errors: list[str | None] = batch.column("error").to_pylist()
+        images: dict[int, np.ndarray] = {}
+        for i, data in enumerate(batch.column("data").to_pylist()):
+            if errors[i] is None:
+                try:
+                    images[i] = decode_image(data or b"", name=uris[i])
+                except ImageReadError as exc:
+                    errors[i] = str(exc)
+        dets = self._predict(images, errors)
+        rows = []
+        for i, uri in enumerate(uris):
+            row: dict[str, Any] = {"source_uri": uri, "error": errors[i]}
+            if i in dets and errors[i] is None:
+                h, w = images[i].shape[:2]
+                row.update(width=w, height=h, **detections_record(dets[i], self.predictor.class_names))
+                row["masks_rle"] = [r["counts"] for r in row["masks_rle"]]
+            rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=prediction_schema())
+        for name in self.passthrough:
+            table = table.append_column(name, batch.column(name))
+        return table
