@@ -113,3 +113,18 @@ def test_input_actor_reads_the_row_groups_of_its_chunk_not_the_shard(one_shard_s
     assert actor.bytes_read < shard / 3  # before: the whole shard, for every chunk dealt to this actor
     out = actor.chunk([(uri, 15, 19)], "yolov8", seed=0, epoch=0)  # the next chunk: mostly the cached group
     assert out["image"].shape == (4, 64, 64, 3) and actor.bytes_read < shard / 2
+
+
+def test_an_epoch_dealt_over_many_actors_reads_the_split_about_once(one_shard_snapshot: str):
+    from cocoseg.data.schema import list_shards
+    from cocoseg.data.stage import epoch_chunks
+
+    manifest = read_manifest(one_shard_snapshot)
+    uris, shard = list_shards(manifest, "val"), manifest["splits"]["val"]["shards"]
+    actors = [ChunkAugmenter(imgsz=64, num_classes=80) for _ in range(8)]
+    chunks = epoch_chunks([s["rows"] for s in shard], seed=0, epoch=0, rank=0, world=1, chunk_rows=16)
+    for k, chunk in enumerate(chunks):  # dealt round-robin, as pipelines._data does
+        for index, first, end in chunk:
+            actors[k % len(actors)].rows(uris[index], first, end)
+    read = sum(a.bytes_read for a in actors)
+    assert read < 1.7 * sum(s["bytes"] for s in shard)  # whole-shard reads: 8x

@@ -185,7 +185,7 @@ def iter_split_batches(snapshot: str, split: str, columns: list[str] | None = No
                        limit: int = 0) -> Iterator[pa.Table]:
     """The rows of one split (the first ``limit`` when > 0) as Tables of ``batch_rows`` rows (the
     last one shorter), in snapshot order, reading one shard's row group at a time: memory stays at
-    about one row group (ingest writes ~32 MB ones), whatever the size of the split."""
+    about one batch plus one row group (ingest writes ~1 MB ones), whatever the size of the split."""
     manifest = read_manifest(snapshot)
     carry: list[pa.Table] = []
     have, left = 0, limit if limit > 0 else 1 << 62

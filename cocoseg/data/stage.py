@@ -144,7 +144,7 @@ class ChunkAugmenter:
     """One input actor's work (``pipelines._data`` runs it as a Ray actor; plain Python here): read
     the rows of a chunk from the snapshot shards and augment them.
 
-    Reads only the row groups that hold a chunk's rows (ingest writes them a few MB each) and keeps
+    Reads only the row groups that hold a chunk's rows (ingest writes them ~1 MB each) and keeps
     the last ``cached_groups`` of them, so consecutive chunks of one group cost one read. It used
     to read whole shards (up to ``ingest.shard_bytes``, 256 MB) and keep two: with chunks dealt
     round-robin over A actors every actor read every shard, A times the split per epoch from S3,
