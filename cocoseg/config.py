@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
     "config_hash",
+    "config_path",
     "from_dict",
     "load_config",
     "load_dataset_yaml",
@@ -512,6 +514,19 @@ def parse_yaml(text: str, name: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{name}: malformed YAML{where}: {problem}") from None
+
+
+_PROJECT = Path(__file__).resolve().parent.parent  # holds cocoseg/ and pipelines/ (a checkout or site-packages)
+
+
+def config_path(path: str | None) -> str | None:
+    """``--config`` as given, or, when a relative path does not exist from the working directory
+    (a Ray job driver's working directory is not the project's), the same path under the folder
+    that holds the packages (``pipelines/configs/*.yaml`` ship with them)."""
+    if not path or os.path.isabs(path) or "://" in path or os.path.exists(path):
+        return path
+    beside = _PROJECT / path
+    return str(beside) if beside.exists() else path
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),

@@ -1,18 +1,12 @@
-"""The jobs: ``python -m pipelines.<job> --config pipelines/configs/<x>.yaml [key=value ...]``."""
+"""The jobs: ``python -m pipelines.<job> --config pipelines/configs/<x>.yaml [key=value ...]``.
+
+Each job is thin wiring over the library: its docstring holds the exact ``ray job submit`` line
+and what it reads, writes and does on a rerun; ``run`` is the library function that does the
+work; ``main`` parses the command line. The library never imports this package.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from cocoseg.config import config_path
 
-_ROOT = Path(__file__).resolve().parent.parent
-
-
-def config_path(path: str | None) -> str | None:
-    """``--config`` as given, or, when a relative path does not exist from the working directory
-    (a Ray job driver's working directory is not the project's), the same path under the folder
-    that holds this package (``pipelines/configs/*.yaml`` ship with it)."""
-    if not path or os.path.isabs(path) or "://" in path or os.path.exists(path):
-        return path
-    beside = _ROOT / path
-    return str(beside) if beside.exists() else path
+__all__ = ["config_path"]

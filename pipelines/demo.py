@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cocoseg.config import ConfigError, load_config, with_overrides, with_values
+from cocoseg.engine.checks import ensure_ray
 from cocoseg.utils import UserError, redact, set_verbose, verbose
 from pipelines import config_path
-from pipelines._train_checks import ensure_ray
 
 DEMO_CONFIG = "pipelines/configs/demo.yaml"  # the small run that visibly learns in a few minutes
 
@@ -34,7 +34,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
         serve_port: int = 5001) -> dict:
     """Run every stage; returns what each produced (snapshot, MLflow run, weights, export, version)
     and ``hints``, the commands to run next (printed at the end)."""
-    from cocoseg.data.synthetic import write_synthetic_coco
+    from cocoseg.ingest.synthetic import write_synthetic_coco
     from pipelines import export, ingest, register, train
 
     started = time.monotonic()

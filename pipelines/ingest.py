@@ -18,90 +18,18 @@ and the rerun removes its partial folder and writes the snapshot again.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
 
-from cocoseg import storage
-from cocoseg.config import ConfigError, JobConfig, load_config, to_dict
-from cocoseg.data.coco import IngestError
-from cocoseg.data.schema import MANIFEST_NAME, manifest_summary, read_manifest, snapshot_uri
-from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard
-from cocoseg.data.source import plan_source
+from cocoseg.config import ConfigError, config_path, load_config, to_dict
+from cocoseg.ingest.job import ingest
 from cocoseg.utils import UserError, get_logger
-from pipelines import config_path
 
 __all__ = ["main", "run"]
 
 log = get_logger("pipelines.ingest")
 
-
-def _write_shards(specs: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobConfig,
-                  id_to_index: dict[int, int]) -> None:
-    """Ray Data maps each planned shard to a task that reads, validates and writes its own Parquet
-    file under the (uncommitted) snapshot folder and returns only metadata for the driver.
-
-    One block per shard, so the shards run in parallel across the cluster; the specs and
-    results travel as JSON text because annotation records are heterogeneous (crowd RLE counts
-    are lists or strings) and Arrow must not guess one type for them.
-    """
-    import ray
-
-    from pipelines._ray import start_ray
-
-    start_ray(address=os.environ.get("RAY_ADDRESS"))
-    ic = cfg.ingest
-    kwargs = {"snapshot": writer.uri, "id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
-              "decode_check": ic.decode_check}
-    items = [{"spec": json.dumps(spec)} for spec in specs]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    if ic.read_parallelism > 0:
-        ds = ds.map(_shard_task, fn_kwargs=kwargs, num_cpus=1, concurrency=ic.read_parallelism)
-    else:
-        ds = ds.map(_shard_task, fn_kwargs=kwargs, num_cpus=1)
-    for row in ds.iter_rows():  # as each shard finishes: the writer's progress line follows them
-        writer.add_shard(json.loads(row["meta"]))
-
-
-def _shard_task(row: dict[str, Any], **kwargs: Any) -> dict[str, str]:
-    return {"meta": json.dumps(write_shard(json.loads(row["spec"]), **kwargs))}
-
-
-def run(cfg: JobConfig) -> dict[str, Any]:
-    """Ingest ``cfg.ingest.source`` and return the manifest dict.
-
-    The returned dict is the manifest as written plus ``snapshot_uri`` (where it lives) and
-    ``skipped`` (True when an identical snapshot already existed and nothing was done).
-    """
-    started = time.perf_counter()
-    ic = cfg.ingest
-    if not ic.source:
-        raise IngestError("ingest.source is empty: pass SOURCE (a folder, s3:// prefix or dataset YAML)")
-    dest = ic.dest or cfg.storage.root
-    plan = plan_source(ic.source, ic.layout, ic.splits)
-    settings = {"shard_bytes": ic.shard_bytes, "box_tolerance_px": ic.box_tolerance_px,
-                "decode_check": ic.decode_check, "splits": [s.name for s in plan.splits]}
-    snapshot_id = compute_snapshot_id(plan, settings)
-    uri = snapshot_uri(dest, snapshot_id)
-    if storage.exists(storage.join(uri, MANIFEST_NAME)):
-        manifest = read_manifest(uri)
-        log.info("snapshot %s already exists for this source (fingerprint %s): nothing to do",
-                 snapshot_id, plan.fingerprint[:16])
-        print(f"unchanged source: snapshot {snapshot_id} already exists at {uri}; nothing to do")
-        return {**manifest, "skipped": True}
-    records = sort_records(plan)
-    log.info("ingest %s -> %s: %d images in %d splits (%s layout)", plan.source, uri, len(records),
-             len(plan.splits), plan.layout)
-    writer = SnapshotWriter(dest, snapshot_id, plan, ic.shard_bytes, settings, started=started)
-    specs = plan_shards(records, ic.shard_bytes)
-    if specs:
-        _write_shards(specs, writer, cfg, plan.class_map.id_to_index)
-    manifest = writer.commit()
-    print(manifest_summary(manifest))
-    return {**manifest, "skipped": False}
+run = ingest  # the work: cocoseg.ingest.job.ingest(cfg) -> the manifest (+ snapshot_uri, skipped)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,122 +25,16 @@ from its newest checkpoint (or, already finished, is not started).
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
-import ray
-from ray import tune
-
-from cocoseg import storage, tracking
-from cocoseg.config import ConfigError, JobConfig, load_config, to_dict, with_values
-from cocoseg.utils import UserError, get_logger, redact, set_verbose, verbose
-from pipelines import config_path
-from pipelines._ray import start_ray
-from pipelines._train_checks import check_cluster, ray_init_kwargs, resolve_snapshot
-from pipelines._tune_report import (
-    EPOCHS_DONE,
-    SCORE,
-    best_row,
-    mark_trial_run,
-    trial_rows,
-    write_report,
-)
-from pipelines._tune_search import open_search, train_best, write_best
-from pipelines._tune_space import (
-    TRIAL_DRIVER_CPUS,
-    check_concurrency,
-    per_trial_cpus,
-    tune_domains,
-    validate_space,
-)
-from pipelines._tune_trial import Progress, run_trial, trial_dirname
+from cocoseg.config import ConfigError, config_path, load_config
+from cocoseg.tune.tuner import TuneResult, run_search
+from cocoseg.utils import UserError, redact, set_verbose
 
 __all__ = ["TuneResult", "main", "run"]
 
-log = get_logger("pipelines.tune")
-
-
-@dataclass
-class TuneResult:
-    parent_run_id: str
-    tracking_uri: str
-    tune_dir: str
-    best_config: str  # URI of best.yaml
-    best: dict[str, Any]  # the best trial's row of results.json
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    trained: dict[str, Any] = field(default_factory=dict)  # tune.train_best: run, export and registry version
-
-
-def _start_ray(cfg: JobConfig) -> None:
-    """A private local Ray gets logical CPUs for the concurrent trials (as pipelines.train does for
-    one run); a cluster in RAY_ADDRESS is taken as it is and checked."""
-    kwargs = ray_init_kwargs(cfg)
-    if "num_cpus" in kwargs:
-        need = cfg.tune.max_concurrent_trials * per_trial_cpus(cfg) + 1
-        kwargs["num_cpus"] = max(kwargs["num_cpus"], math.ceil(need))
-    start_ray(**kwargs)
-
-
-def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: Progress) -> tune.Tuner:
-    """A new Tuner, or the restored one when the search state exists (a rerun resumes)."""
-    t = cfg.tune
-    root = storage.join(cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root), "tune")
-    # A trial's placement group holds its driver function and its input actors (created by the
-    # driver, so Tune's group captures them); its train workers get Train's own group.
-    bundles = [{"CPU": TRIAL_DRIVER_CPUS}] + [{"CPU": cfg.train.data_cpus_per_actor}] * cfg.train.data_actors
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, parent_run_id=parent),
-                                    tune.PlacementGroupFactory(bundles))
-    path = storage.join(root, t.name)
-    if tune.Tuner.can_restore(path):
-        log.warning("resuming the search in %s (finished trials are kept)", path)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    scheduler = tune.schedulers.ASHAScheduler(time_attr=EPOCHS_DONE, max_t=t.epochs or cfg.train.epochs,
-                                              grace_period=t.grace_period, reduction_factor=t.reduction_factor,
-                                              stop_last_trials=False)  # a trial's last epoch ends by itself
-    return tune.Tuner(trainable, param_space=tune_domains(flat), tune_config=tune.TuneConfig(
-        metric=SCORE, mode="max", scheduler=scheduler, num_samples=t.num_trials, trial_dirname_creator=trial_dirname,
-        search_alg=tune.search.BasicVariantGenerator(max_concurrent=t.max_concurrent_trials, random_state=t.seed)),
-        run_config=tune.RunConfig(name=t.name, storage_path=root, callbacks=[progress], verbose=2 if verbose() else 0,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
-
-
-def run(cfg: JobConfig) -> TuneResult:
-    """Search per ``cfg.tune``; returns where the results and the best config are."""
-    flat = validate_space(cfg)  # bad keys and distributions: one line, before anything starts
-    manifest = resolve_snapshot(cfg)
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
-    tracking.preflight(uri)
-    cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"], "tracking.tracking_uri": uri})
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose() else "0")  # else Tune's banner ignores verbose=0
-    _start_ray(cfg)
-    check_concurrency(cfg, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
-    check_cluster(cfg)
-    tune_dir, parent = open_search(cfg, flat, uri)
-    epochs = cfg.tune.epochs or cfg.train.epochs
-    progress = Progress(epochs)
-    base = to_dict(replace(cfg, tracking=replace(cfg.tracking, run_name="", parent_run_id="")))
-    try:
-        results = _tuner(cfg, flat, base, parent, progress).fit()
-        rows = trial_rows(results, list(flat), lambda tid: storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{tid}"),
-                          epochs, progress.started)
-        for row in rows:
-            mark_trial_run(row, list(flat), cfg.tune.name, uri)
-        write_report(rows, flat, tune_dir, uri, parent)
-        best = best_row(rows)
-        best_uri, best_cfg = write_best(cfg, best, flat, tune_dir, uri, parent)
-        out = TuneResult(parent_run_id=parent, tracking_uri=uri, tune_dir=tune_dir, best_config=best_uri,
-                         best=dict(best), rows=rows)
-        if cfg.tune.train_best:
-            out.trained = train_best(best_cfg, tune_dir, parent)
-    except Exception:
-        tracking.finish_run(uri, parent, "FAILED")  # a rerun of the same command sets it running again
-        raise
-    tracking.finish_run(uri, parent)
-    return out
+run = run_search  # the work: cocoseg.tune.tuner.run_search(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ def make_snapshot(root: Path, *, images: int = 48, val_fraction: float = 0.25, s
                   size: tuple[int, int] = (96, 80)) -> str:
     """Synthetic shapes -> ingest (on the already running Ray) -> snapshot URI under ``root``."""
     from cocoseg.config import load_config
-    from cocoseg.data.synthetic import write_synthetic_coco
+    from cocoseg.ingest.synthetic import write_synthetic_coco
     from pipelines import ingest
 
     src = root / "src"

@@ -180,7 +180,7 @@ def ray_local(moto_server: str):
     if ray.is_initialized():
         yield ray
         return
-    from pipelines._ray import start_ray  # the jobs' start-up: retried once when it times out under load
+    from cocoseg.cluster import start_ray  # the jobs' start-up: retried once when it times out under load
 
     start_ray(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
               runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})

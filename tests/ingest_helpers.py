@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cocoseg.data.synthetic import write_synthetic_coco
+from cocoseg.ingest.synthetic import write_synthetic_coco
 
 # reason -> (images quarantined, instances quarantined) that make_bad_source() produces
 EXPECTED_REJECTS = {

@@ -10,7 +10,7 @@ import pytest
 
 from cocoseg.config import load_config
 from cocoseg.engine import capacity
-from pipelines._train_checks import TrainInputError, check_feed
+from cocoseg.engine.checks import TrainInputError, check_feed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -136,7 +136,7 @@ def test_a_truncated_file_under_a_marker_is_refused(tmp_path):
 
 
 def test_a_torn_ray_snapshot_is_dropped_and_a_whole_one_kept(tmp_path):
-    from pipelines.train import _drop_torn_ray_snapshot
+    from cocoseg.engine.trainer import _drop_torn_ray_snapshot
 
     snap = tmp_path / "checkpoint_manager_snapshot.json"
     snap.write_text('{"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_ep')  # cut mid-write

@@ -9,8 +9,8 @@ import pytest
 from ingest_helpers import make_source
 
 from cocoseg.config import ConfigError
-from cocoseg.data.coco import IngestError, class_map_from_categories, class_map_from_names
-from cocoseg.data.source import canonical_split, plan_source
+from cocoseg.ingest.coco import IngestError, class_map_from_categories, class_map_from_names
+from cocoseg.ingest.source import canonical_split, plan_source
 from cocoseg.structures import COCO80_TO_COCO91, COCO_CLASS_NAMES
 
 

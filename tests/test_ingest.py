@@ -24,7 +24,7 @@ from cocoseg.data.schema import (
     read_split_table,
     snapshot_to_coco,
 )
-from cocoseg.data.synthetic import write_synthetic_coco
+from cocoseg.ingest.synthetic import write_synthetic_coco
 from pipelines.ingest import main, run
 
 

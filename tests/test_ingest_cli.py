@@ -14,7 +14,7 @@ import pytest
 from cocoseg.cli import main as cli_main
 from cocoseg.config import load_config
 from cocoseg.data.schema import MANIFEST_NAME, QUARANTINE_NAME, SnapshotError, list_snapshots, read_manifest
-from cocoseg.data.synthetic import write_synthetic_coco
+from cocoseg.ingest.synthetic import write_synthetic_coco
 from pipelines.ingest import run
 
 REPO = Path(__file__).resolve().parents[1]

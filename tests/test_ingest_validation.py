@@ -12,9 +12,9 @@ import pytest
 from ingest_helpers import EXPECTED_REJECTS, make_bad_source
 from PIL import Image
 
-from cocoseg.data.ingest import BadImage, check_annotation, inspect_image, process_batch
-from cocoseg.data.snapshot import sort_records
-from cocoseg.data.source import plan_source
+from cocoseg.ingest.records import BadImage, check_annotation, inspect_image, process_batch
+from cocoseg.ingest.snapshot import sort_records
+from cocoseg.ingest.source import plan_source
 
 
 def _jpeg(mode: str = "RGB", size=(40, 30)) -> bytes:
@@ -93,7 +93,7 @@ def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
 def test_shards_do_not_depend_on_batch_boundaries(tmp_path):
     from ingest_helpers import make_source
 
-    from cocoseg.data.snapshot import SnapshotWriter
+    from cocoseg.ingest.snapshot import SnapshotWriter
 
     make_source(tmp_path / "src", images=30, size=(64, 48))
     plan = plan_source(str(tmp_path / "src"))
@@ -117,7 +117,7 @@ def test_shards_do_not_depend_on_batch_boundaries(tmp_path):
 def test_shards_are_planned_from_the_listing_before_any_read(tmp_path):
     from ingest_helpers import make_source
 
-    from cocoseg.data.snapshot import plan_shards
+    from cocoseg.ingest.snapshot import plan_shards
 
     make_source(tmp_path / "src", images=30, size=(64, 48))
     records = sort_records(plan_source(str(tmp_path / "src")))
@@ -139,7 +139,7 @@ def test_shards_are_planned_from_the_listing_before_any_read(tmp_path):
 
 
 def test_write_shard_writes_its_file_and_returns_reconciling_metadata(tmp_path):
-    from cocoseg.data.snapshot import plan_shards, write_shard
+    from cocoseg.ingest.snapshot import plan_shards, write_shard
 
     make_bad_source(tmp_path / "src")
     plan = plan_source(str(tmp_path / "src"))

@@ -24,7 +24,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def test_val_stage_keeps_letterbox_params(ray_local, split: list[str]) -> None:
-    from pipelines._data import build_val_dataset, iter_collated
+    from cocoseg.data.train_input import build_val_dataset, iter_collated
 
     batches = list(iter_collated(build_val_dataset(split, imgsz=64, batch_size=8), batch_size=8,
                                  collate=collate_val))
@@ -50,7 +50,7 @@ def test_train_input_streams_epochs_from_s3(ray_local, s3_bucket: str, split: li
     """Snapshot shards on a real S3 protocol server -> the persistent input actors -> per-rank
     epochs: every row once per epoch across the two ranks, in equal parts; close-mosaic in the
     last epoch (per preset_for_epoch); the same epoch reproduced by a second pool; epochs differ."""
-    from pipelines._data import TrainInput
+    from cocoseg.data.train_input import TrainInput
 
     client = storage.s3_client()
     bucket = s3_bucket.removeprefix("s3://")

@@ -1,6 +1,6 @@
 """Learning test: the n model overfits a tiny synthetic set on CPU (issue 3, item 7).
 
-Eight 96x96 images from ``cocoseg.data.synthetic`` (one or two non-overlapping coloured shapes,
+Eight 96x96 images from ``cocoseg.ingest.synthetic`` (one or two non-overlapping coloured shapes,
 four classes). Full-batch
 training with the real loss; after training, the BatchNorm statistics are re-estimated on the
 same images (the 0.03 momentum of the YOLOv8 BNs needs hundreds of steps otherwise), then the
@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from cocoseg.data.synthetic import SHAPES, make_image
+from cocoseg.ingest.synthetic import SHAPES, make_image
 from cocoseg.loss import SegmentationLoss
 from cocoseg.metrics import COCOEvaluator
 from cocoseg.model import build_model, decode

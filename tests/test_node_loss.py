@@ -139,7 +139,7 @@ def test_node_loss_without_min_workers_fails_in_one_line(three_cpu_nodes, tiny_s
 
 def test_min_workers_config_and_the_one_line_diagnosis(ray_local):
     from cocoseg.config import ConfigError, load_config
-    from pipelines._train_checks import lost_capacity, scaling_workers
+    from cocoseg.engine.checks import lost_capacity, scaling_workers
 
     assert scaling_workers(load_config(None, ["train.num_workers=2"])) == 2
     assert scaling_workers(load_config(None, ["train.num_workers=2", "train.min_workers=2"])) == 2

@@ -8,7 +8,7 @@ import pytest
 from _train_support import TINY
 
 from cocoseg.config import load_config
-from cocoseg.data.synthetic import write_synthetic_coco
+from cocoseg.ingest.synthetic import write_synthetic_coco
 
 
 def _cfg(root, source, *extra):

@@ -13,13 +13,19 @@ import pyarrow as pa
 import pytest
 
 from cocoseg.config import load_config
-from cocoseg.data import snapshot as snapshot_module
 from cocoseg.data.schema import iter_split_batches, read_manifest
-from cocoseg.data.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard
-from cocoseg.data.source import plan_source
 from cocoseg.data.stage import INPUT_COLUMNS, ChunkAugmenter
-from cocoseg.data.synthetic import write_coco_like
 from cocoseg.engine.build import build_val_batches
+from cocoseg.ingest import snapshot as snapshot_module
+from cocoseg.ingest.snapshot import (
+    SnapshotWriter,
+    compute_snapshot_id,
+    plan_shards,
+    sort_records,
+    write_shard,
+)
+from cocoseg.ingest.source import plan_source
+from cocoseg.ingest.synthetic import write_coco_like
 
 SHARD_BYTES = 400_000  # ~3 COCO-sized images per shard: many shards, each far smaller than the split
 
@@ -87,7 +93,7 @@ def test_iter_split_batches_rows_and_limit(coco_like_snapshot: str):
 
 
 def test_input_chunks_in_flight_do_not_multiply_with_workers():
-    from pipelines._data import inflight_per_worker
+    from cocoseg.data.train_input import inflight_per_worker
 
     assert inflight_per_worker(2, actors=2, world=1) == 4  # one worker: as before, 2 per actor
     for world, actors in ((8, 96), (8, 12), (4, 2), (16, 16)):
@@ -123,7 +129,7 @@ def test_an_epoch_dealt_over_many_actors_reads_the_split_about_once(one_shard_sn
     uris, shard = list_shards(manifest, "val"), manifest["splits"]["val"]["shards"]
     actors = [ChunkAugmenter(imgsz=64, num_classes=80) for _ in range(8)]
     chunks = epoch_chunks([s["rows"] for s in shard], seed=0, epoch=0, rank=0, world=1, chunk_rows=16)
-    for k, chunk in enumerate(chunks):  # dealt round-robin, as pipelines._data does
+    for k, chunk in enumerate(chunks):  # dealt round-robin, as cocoseg.data.train_input does
         for index, first, end in chunk:
             actors[k % len(actors)].rows(uris[index], first, end)
     read = sum(a.bytes_read for a in actors)

@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from cocoseg import storage
-from cocoseg.data.synthetic import SHAPES, write_synthetic_coco
+from cocoseg.ingest.synthetic import SHAPES, write_synthetic_coco
 
 
 def _digest(root) -> str:

@@ -83,7 +83,7 @@ def test_pr_curves_and_confusion_matrix_are_drawn_from_the_best_epochs_curves(tm
 def test_ray_start_is_retried_once_then_reported_in_one_line(monkeypatch):
     import ray
 
-    from pipelines import _ray
+    from cocoseg import cluster as _ray
 
     calls = []
 

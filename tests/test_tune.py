@@ -201,7 +201,7 @@ def test_bad_search_space_is_one_line_before_anything_starts(cli, tmp_path, spac
 def test_space_forms_and_domains():
     from ray import tune as ray_tune
 
-    from pipelines._tune_space import tune_domains, validate_space
+    from cocoseg.tune.space import tune_domains, validate_space
 
     cfg = load_config(None, ["train.optimizer=SGD", "tune.space={train.momentum: {uniform: [0.8, 0.9]}, train.close_mosaic: {randint: [0, 3]}, "
                              "model.variant: {choice: [n, s]}}", "tune.space.train.lr0={loguniform: [0.001, 0.01]}"])

@@ -19,7 +19,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from cocoseg.data.synthetic import write_synthetic_coco
+    from cocoseg.ingest.synthetic import write_synthetic_coco
 
     try:
         summary = write_synthetic_coco(args.dest, images=args.images, size=args.size, seed=args.seed,
@@ -33,10 +33,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from cocoseg.config import load_config
-    from pipelines import ingest as job  # the CLI, the outermost layer, may dispatch to a job
+    from cocoseg.ingest.job import ingest
 
     overrides = [f"ingest.source={args.source}", f"ingest.dest={args.dest}", *args.overrides]
-    result = job.run(load_config(args.config, overrides))
+    result = ingest(load_config(args.config, overrides))
     return 0 if result else 1
 
 

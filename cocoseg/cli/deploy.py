@@ -17,12 +17,12 @@ def _formats(text: str) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pipelines import export as job  # the CLI, the outermost layer, may dispatch to a job
+    from cocoseg.export.job import export_checkpoint
 
     overrides = list(args.overrides)
     if args.formats:
         overrides.append(f"export.formats=[{','.join(args.formats)}]")
-    manifest = job.run(load_config(args.config, overrides), args.weights, args.out, args.metrics,
+    manifest = export_checkpoint(load_config(args.config, overrides), args.weights, args.out, args.metrics,
                        args.train_run_id)
     print(json.dumps({"out": args.out, "files": sorted(manifest["files"]),
                       "engine_built": manifest["engine_built"]}, indent=2))
@@ -30,9 +30,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from pipelines import register as job
+    from cocoseg.registry.register import register
 
-    result = job.run(load_config(args.config, args.overrides), args.export_dir, args.name)
+    result = register(load_config(args.config, args.overrides), args.export_dir, args.name)
     print(json.dumps({"name": result.name, "version": result.version, "model_uri": result.model_uri,
                       "decision": result.decision.decision, "reason": result.decision.reason}, indent=2))
     return 0

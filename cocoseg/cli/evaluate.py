@@ -27,11 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cocoseg.config import load_config
-    from pipelines import config_path
-    from pipelines import evaluate as job  # the CLI is the outermost layer: it may dispatch to jobs
+    from cocoseg.batch.evaluate import evaluate
+    from cocoseg.config import config_path, load_config
 
-    doc = job.run(load_config(config_path(args.config), args.overrides), args.weights, args.snapshot,
+    doc = evaluate(load_config(config_path(args.config), args.overrides), args.weights, args.snapshot,
                   split=args.split, out=args.out, parent_run=args.parent_run, log_mlflow=not args.no_mlflow)
     m = doc["metrics"]
     print(f"{doc['images']} images of {doc['snapshot_id']}/{doc['split']}: box AP50-95 {m['val/box_ap50_95']:.4f}, "

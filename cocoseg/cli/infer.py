@@ -31,11 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cocoseg.config import load_config
-    from pipelines import config_path
-    from pipelines import infer as job  # the CLI is the outermost layer: it may dispatch to jobs
+    from cocoseg.batch.infer import infer
+    from cocoseg.config import config_path, load_config
 
     dest, *extra = args.out
-    job.run(load_config(config_path(args.config), [*args.overrides, *extra]), args.weights, args.source, dest,
+    infer(load_config(config_path(args.config), [*args.overrides, *extra]), args.weights, args.source, dest,
             split=args.split)
     return 0

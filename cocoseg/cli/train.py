@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from cocoseg.config import load_config
-    from pipelines import train as job  # the CLI is the one layer allowed to dispatch to a job
+    from cocoseg.engine.trainer import train
 
-    result = job.run(load_config(args.config, args.overrides))
+    result = train(load_config(args.config, args.overrides))
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 

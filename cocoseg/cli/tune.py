@@ -22,11 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from cocoseg.config import load_config
-    from pipelines import config_path
-    from pipelines import tune as job  # the CLI is the one layer allowed to dispatch to a job
+    from cocoseg.config import config_path, load_config
+    from cocoseg.tune.tuner import run_search
 
-    result = job.run(load_config(config_path(args.config), args.overrides))
+    result = run_search(load_config(config_path(args.config), args.overrides))
     print(json.dumps({"best_config": result.best_config, "best": result.best, "parent_run_id": result.parent_run_id,
                       "tune_dir": result.tune_dir, "trained": result.trained}, indent=2, default=str))
     return 0

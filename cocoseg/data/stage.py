@@ -1,6 +1,6 @@
 """Per-batch functions of the input pipeline: snapshot rows in, augmented model-ready rows out.
 
-:class:`AugmentBatch` is the callable that the input actors (``pipelines._data``) run on one
+:class:`AugmentBatch` is the callable that the input actors (``cocoseg.data.train_input``) run on one
 chunk of rows (it holds the preset, seed and epoch; no state between calls); the same object works
 without Ray, for example inside a torch ``DataLoader`` worker. :func:`epoch_chunks` plans which
 rows form which chunk on which worker in an epoch. This module does not import Ray.
@@ -141,7 +141,7 @@ class AugmentBatch:
 
 
 class ChunkAugmenter:
-    """One input actor's work (``pipelines._data`` runs it as a Ray actor; plain Python here): read
+    """One input actor's work (``cocoseg.data.train_input`` runs it as a Ray actor; plain Python here): read
     the rows of a chunk from the snapshot shards and augment them.
 
     Reads only the row groups that hold a chunk's rows (ingest writes them ~1 MB each) and keeps

@@ -1,7 +1,7 @@
 """Capacity model: how many CPU cores of decode + augmentation keep one GPU busy, and what a run needs.
 
 One table of figures, used by the train job's dry-run feed check
-(:func:`pipelines._train_checks.check_feed`) and by ``docs/scaling.md``; the numbers in the doc are
+(:func:`cocoseg.engine.checks.check_feed`) and by ``docs/scaling.md``; the numbers in the doc are
 this module's output (``python -m cocoseg.engine.capacity`` prints them).
 
 Figures and where they come from:
@@ -9,7 +9,7 @@ Figures and where they come from:
 - :data:`CPU_MS_PER_IMAGE`: CPU milliseconds per image to decode a COCO-sized JPEG, augment it
   with a preset and format it to model input at 640 px (one thread, one process, no Ray),
   **measured** here by ``tests/benchmarks/bench_scale.py --part presets`` on COCO-shaped synthetic
-  images (:func:`cocoseg.data.synthetic.write_coco_like`); see ``docs/scaling.md`` for the run.
+  images (:func:`cocoseg.ingest.synthetic.write_coco_like`); see ``docs/scaling.md`` for the run.
 - :data:`GPU_TRAIN_IMAGES_PER_S`: training images/s per GPU at 640 px, bf16. **Not measured** (no
   GPU run of ``make gpu-check`` yet): estimated from the reference's GFLOPs per image at 640
   (``../shared/reference/yolov8-seg-reference.json``, ``docs_gflops``, the spec's section 13) as

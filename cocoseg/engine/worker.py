@@ -6,7 +6,7 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
 - DDP through ``ray.train.torch.prepare_model`` (gloo on CPU, NCCL on GPU: TorchTrainer picks
   the backend from ``use_gpu``);
 - input from the driver's pool of input actors (``loop_config["input"]``, a
-  ``pipelines._data.TrainInput``, kept across epochs): each rank streams its equal part of every
+  ``cocoseg.data.train_input.TrainInput``, kept across epochs): each rank streams its equal part of every
   epoch, in that epoch's preset (close-mosaic included). Validation runs on rank 0 from the
   val split read in-process (letterbox only, prepared once and kept; see ``build_val_batches``);
 - resume from the run's newest *complete* checkpoint (model, EMA, optimiser, scaler, epoch,
@@ -158,7 +158,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if state.epoch:
         log.info("rank %d resumed from the checkpoint of epoch %d", rank, state.epoch - 1)
 
-    # The driver's persistent input actors (pipelines._data.TrainInput), kept across epochs; the
+    # The driver's persistent input actors (cocoseg.data.train_input.TrainInput), kept across epochs; the
     # stream picks each epoch's preset (close-mosaic) and this rank's rows of it.
     stream = loop_config["input"].for_worker(rank, world)
     collate = build.build_train_collate(cfg)

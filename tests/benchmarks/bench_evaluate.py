@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python tests/benchmarks/bench_evaluate.py [--images 200] [--imgsz 640] [--batch-size 8]
 
-A synthetic snapshot (``cocoseg.data.synthetic`` shapes, 640 x 480 JPEGs, half of them in ``val``)
+A synthetic snapshot (``cocoseg.ingest.synthetic`` shapes, 640 x 480 JPEGs, half of them in ``val``)
 is ingested by ``pipelines.ingest`` on a private local Ray holding all this host's CPUs. The
 weights: an n variant, 4 classes, class biases raised so every image keeps ``max_det`` (300)
 detections with masks at the evaluation conf 0.001 (the worst case for the driver's memory).
@@ -77,7 +77,7 @@ def _snapshot(root: Path, images: int) -> str:
     """Synthetic shapes (640 x 480, half in val) -> ``pipelines.ingest`` -> snapshot URI (as
     ``tests/_train_support.make_snapshot``, at a COCO-like size)."""
     from cocoseg.config import load_config
-    from cocoseg.data.synthetic import write_synthetic_coco
+    from cocoseg.ingest.synthetic import write_synthetic_coco
     from pipelines import ingest
 
     src = root / "src"
@@ -180,7 +180,7 @@ def main() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     torch.set_num_threads(1)
     sys.path.insert(0, str(REPO))
-    from pipelines._ray import start_ray
+    from cocoseg.cluster import start_ray
 
     load_start = os.getloadavg()
     started = time.perf_counter()

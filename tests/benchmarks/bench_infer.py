@@ -82,9 +82,9 @@ def main() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     torch.set_num_threads(1)
     sys.path.insert(0, str(REPO))
+    from cocoseg.cluster import start_ray
     from cocoseg.config import load_config
     from pipelines import infer
-    from pipelines._ray import start_ray
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:

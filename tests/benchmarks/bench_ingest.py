@@ -28,7 +28,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from cocoseg.config import IngestConfig, load_config  # noqa: E402
-from cocoseg.data.synthetic import write_synthetic_coco  # noqa: E402
+from cocoseg.ingest.synthetic import write_synthetic_coco  # noqa: E402
 
 
 def baseline(src: Path, out: Path) -> float:

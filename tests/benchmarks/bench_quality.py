@@ -4,7 +4,7 @@
     COCOSEG_REF_PYTHON=/work/.venv-ref/bin/python python tests/benchmarks/bench_quality.py
 
 Trains the n model from scratch with cocoseg's DEFAULT recipe (only data, size, epochs, batch
-and class count are set) on the project's synthetic shapes (``cocoseg.data.synthetic``,
+and class count are set) on the project's synthetic shapes (``cocoseg.ingest.synthetic``,
 ``--train-images`` + ``--val-images`` images at ``--imgsz`` px, 4 classes) through the real job
 path: ingest -> ``pipelines.train.run`` on a private local Ray, one CPU worker. Prints box and
 mask AP50-95 / AP50 (pycocotools, EMA weights) and wall time, with the split between training
@@ -64,7 +64,7 @@ def load() -> dict:
 
 
 def write_dataset(root: Path, train_images: int, val_images: int, imgsz: int) -> Path:
-    from cocoseg.data.synthetic import write_synthetic_coco
+    from cocoseg.ingest.synthetic import write_synthetic_coco
 
     total = train_images + val_images
     summary = write_synthetic_coco(str(root), images=total, size=(imgsz, imgsz), seed=0,
@@ -105,8 +105,8 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
 
     from cocoseg import tracking
     from cocoseg.config import load_config, with_values
+    from cocoseg.engine.checks import ensure_ray
     from pipelines import ingest, train
-    from pipelines._train_checks import ensure_ray
 
     overrides = [f"storage.root={root}", f"ingest.source={src}", f"model.num_classes={NUM_CLASSES}",
                  f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",

@@ -4,7 +4,7 @@
     PYTHONPATH=$PWD .venv/bin/python tests/benchmarks/bench_scale.py --part presets   # decode+augment per core
 
 For each train size N (val = ``--val-fraction`` x N) it writes a synthetic set with COCO's
-per-image statistics under ``--root`` (:func:`cocoseg.data.synthetic.write_coco_like`: COCO's image
+per-image statistics under ``--root`` (:func:`cocoseg.ingest.synthetic.write_coco_like`: COCO's image
 sizes, ~7.3 instances per image, polygons and ~1 % crowd RLE, the 80 COCO category ids), starts one
 private local Ray (``--object-store-mb``) and runs the real jobs' ``run()``: ``pipelines.ingest``,
 ``pipelines.train`` (1 epoch at ``--imgsz``, 1 worker, validation on the whole val split) and
@@ -152,10 +152,10 @@ def _stage(monitor: Monitor, name: str, images: int, fn):
 def run_size(n_train: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
+    from cocoseg.cluster import start_ray
     from cocoseg.config import load_config
-    from cocoseg.data.synthetic import write_coco_like
+    from cocoseg.ingest.synthetic import write_coco_like
     from pipelines import evaluate, ingest, train
-    from pipelines._ray import start_ray
 
     n_val = max(1, round(n_train * args.val_fraction))
     root = Path(args.root) / f"n{n_train}"
@@ -231,7 +231,7 @@ def bench_presets(args: argparse.Namespace) -> dict[str, Any]:
 
     from cocoseg.data.augment import PRESETS
     from cocoseg.data.stage import AugmentBatch
-    from cocoseg.data.synthetic import write_coco_like
+    from cocoseg.ingest.synthetic import write_coco_like
     from cocoseg.structures import COCO91_TO_COCO80
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:

@@ -1,7 +1,7 @@
 """Training benchmarks (issue 4, item 9). A plain script: ``python tests/benchmarks/bench_train.py``.
 
 (a) Input pipeline over ``--epochs`` epochs: images/s end to end delivered by the training input
-    (persistent input actors of ``pipelines._data.TrainInput``: Parquet read -> decode -> augment
+    (persistent input actors of ``cocoseg.data.train_input.TrainInput``: Parquet read -> decode -> augment
     in 2 Ray actors -> collate on the consumer), their start-up included, against a plain torch
     ``DataLoader`` with 2 worker processes doing the same work (the same ``AugmentBatch`` over the
     same Parquet files, collate in the main process), in the same run, on 2 CPUs; prints the
@@ -141,7 +141,7 @@ def run_ray(paths: list[str], args) -> dict:
     """The training input: the persistent input actors (2, 1 CPU each), one stream over all epochs,
     batches of ``--batch`` re-cut from chunks of ``--map-batch`` rows, collate here."""
     from cocoseg.data.collate import collate_train
-    from pipelines._data import TrainInput
+    from cocoseg.data.train_input import TrainInput
 
     rows = [pq.ParquetFile(p).metadata.num_rows for p in paths]
     start = time.perf_counter()

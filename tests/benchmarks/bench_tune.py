@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from _train_support import TINY, make_snapshot
 
+    from cocoseg.cluster import start_ray
     from cocoseg.config import load_config
     from pipelines import train, tune
-    from pipelines._ray import start_ray
 
     out: dict = {"trials": args.trials, "imgsz": args.imgsz, "images": args.images}
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:

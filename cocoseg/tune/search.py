@@ -24,7 +24,7 @@ SEARCH_RECORD = "search.json"
 BEST_CONFIG = "best.yaml"
 BEST_TRAINED = "best_trained.json"
 
-log = get_logger("pipelines.tune")
+log = get_logger(__name__)
 
 
 def _root(cfg: JobConfig) -> str:
@@ -95,19 +95,20 @@ def write_best(cfg: JobConfig, best: dict[str, Any], flat: dict[str, Any], tune_
 
 def train_best(best_cfg: JobConfig, tune_dir: str, parent: str) -> dict[str, Any]:
     """``tune.train_best``: train the best config to ``train.epochs`` (nested under the search),
-    export it and register it (challenger; the gate decides champion) as pipelines.retrain does.
+    export it and register it (challenger; the gate decides champion) as cocoseg.retrain does.
     Done once per search: a rerun reports the recorded outcome."""
-    from pipelines import export, register
-    from pipelines import train as train_job
+    from cocoseg.engine.trainer import train
+    from cocoseg.export.job import export_checkpoint
+    from cocoseg.registry.register import register
 
     done_uri = storage.join(tune_dir, BEST_TRAINED)
     if storage.exists(done_uri):
         return storage.read_json(done_uri)
     cfg = with_values(best_cfg, {"tracking.run_name": f"{best_cfg.tune.name}-best"})
-    trained = train_job.run(cfg, parent_run_id=parent)
+    trained = train(cfg, parent_run_id=parent)
     export_dir = storage.join(cfg.storage.root, "exports", cfg.tracking.run_name)
-    export.run(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
-    reg = register.run(cfg, export_dir)
+    export_checkpoint(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id)
+    reg = register(cfg, export_dir)
     out = {"mlflow_run_id": trained.mlflow_run_id, "run_dir": trained.run_dir, "export_dir": export_dir,
            "model": reg.name, "version": str(reg.version), "decision": reg.decision.decision,
            "metrics": trained.metrics}

@@ -33,7 +33,7 @@ __all__ = ["RayStartError", "quiet_ray_data", "start_ray", "train_logging_config
 # worker's output may carry to the driver when Ray is quiet.
 _KEPT_WORKER_LEVELS = (" WARNING cocoseg", " ERROR cocoseg", " CRITICAL cocoseg")
 
-log = get_logger("pipelines.ray")
+log = get_logger(__name__)
 
 
 class RayStartError(UserError):

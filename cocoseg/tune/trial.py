@@ -18,9 +18,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from cocoseg import storage, tracking
 from cocoseg.config import JobConfig, from_dict, with_values
+from cocoseg.engine.trainer import train
 from cocoseg.engine.worker import FITNESS_KEY
-from pipelines import train as train_job
-from pipelines._tune_report import EPOCHS_DONE, SCORE, search_score
+from cocoseg.tune.report import EPOCHS_DONE, SCORE, search_score
 
 __all__ = ["EpochReport", "Progress", "run_trial", "trial_config", "trial_dirname"]
 
@@ -52,7 +52,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: st
         tune.report({**m, EPOCHS_DONE: record["step"] + 1, SCORE: search_score(m)})
     if tracking.read_run_record(run_dir).get("status") == "FINISHED":
         return
-    train_job.run(cfg, parent_run_id=parent_run_id, callbacks=[EpochReport()])
+    train(cfg, parent_run_id=parent_run_id, callbacks=[EpochReport()])
 
 
 def trial_dirname(trial) -> str:

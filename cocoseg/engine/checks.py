@@ -22,7 +22,7 @@ __all__ = ["FEED_REFUSE_BELOW", "TrainInputError", "check_cluster", "check_feed"
            "scaling_workers"]
 
 
-log = get_logger("pipelines.train")
+log = get_logger(__name__)
 
 # Input actors that make less than this share of what the GPUs consume leave them idle most of the
 # time: refused. Between it and 1: a warning. The GPU side is an estimate (cocoseg.engine.capacity),
@@ -85,8 +85,8 @@ def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
 
 def ensure_ray(cfg: JobConfig) -> None:
     """Start Ray (per :func:`ray_init_kwargs`) unless this process is already connected; the
-    start-up is retried once, then reported in one line (``pipelines._ray.start_ray``)."""
-    from pipelines._ray import start_ray
+    start-up is retried once, then reported in one line (``cocoseg.cluster.start_ray``)."""
+    from cocoseg.cluster import start_ray
 
     start_ray(**ray_init_kwargs(cfg))
 

@@ -149,7 +149,7 @@ def check_concurrency(cfg: JobConfig, nodes: list[Mapping[str, float]]) -> None:
     """Refuse ``tune.max_concurrent_trials`` trials the cluster cannot place side by side.
 
     ``nodes``: the live nodes' resources (``ray.nodes()[i]["Resources"]``). One CPU more is kept
-    for Ray's own read tasks, as pipelines._train_checks does for a single run.
+    for Ray's own read tasks, as cocoseg.engine.checks does for a single run.
     """
     t, n = cfg.train, cfg.tune.max_concurrent_trials
     per_trial = per_trial_cpus(cfg)

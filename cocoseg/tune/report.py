@@ -23,7 +23,7 @@ from cocoseg.utils import UserError, get_logger
 
 __all__ = ["EPOCHS_DONE", "SCORE", "search_score", "best_row", "mark_trial_run", "trial_rows", "write_report"]
 
-log = get_logger("pipelines.tune")
+log = get_logger(__name__)
 
 # Reported with every epoch of a trial (epoch + 1): ASHA's clock. Tune's own training_iteration
 # starts again at 1 when a trial restarts after a lost driver, while the run resumes at its epoch.

@@ -7,7 +7,7 @@ reads, validates and writes its own Parquet file and returns only small metadata
 :class:`SnapshotWriter` collects that metadata (:meth:`SnapshotWriter.add_shard`) and commits.
 A shard whose every image is quarantined writes no file and is not listed (its index is skipped).
 
-:class:`SnapshotWriter` can also stream the output of :func:`cocoseg.data.ingest.process_batch`
+:class:`SnapshotWriter` can also stream the output of :func:`cocoseg.ingest.records.process_batch`
 itself (:meth:`SnapshotWriter.add`, in record order; one process, no Ray), cutting each split
 greedily on an estimate of the *output* row bytes. Either way record order is fixed by the
 source (split, then image id), so an image always lands in the same shard under the same name
@@ -32,10 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocoseg import __version__, storage
-from cocoseg.utils import get_logger, git_commit
-
-from .ingest import process_record
-from .schema import (
+from cocoseg.data.schema import (
     MANIFEST_NAME,
     QUARANTINE_NAME,
     QUARANTINE_SCHEMA,
@@ -44,6 +41,9 @@ from .schema import (
     dumps_manifest,
     snapshot_uri,
 )
+from cocoseg.utils import get_logger, git_commit
+
+from .records import process_record
 from .source import SourcePlan
 
 __all__ = ["SnapshotWriter", "compute_snapshot_id", "plan_shards", "sort_records", "write_shard"]

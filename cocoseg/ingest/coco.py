@@ -1,7 +1,7 @@
 """COCO-Seg sources: COCO instances JSON (via pycocotools) and the seed's YOLO labels.
 
 Both readers turn a split into *records*, one per image, the unit that ingest workers validate
-(:mod:`cocoseg.data.ingest`). A record is a plain dict (pickled to the ingest's shard tasks)::
+(:mod:`cocoseg.ingest.records`). A record is a plain dict (pickled to the ingest's shard tasks)::
 
     split, image_id, file_name, uri           # uri: where the image bytes are
     width, height                             # from the annotation file; -1 when unknown (YOLO)

@@ -2,7 +2,7 @@
 
 :func:`process_batch` is what the ingest job maps over the records with Ray Data; it is plain
 Python over a pyarrow Table (or a list of dicts), so the tests call it without Ray. For each
-record (see :mod:`cocoseg.data.coco`) it reads the image bytes, checks them, checks every
+record (see :mod:`cocoseg.ingest.coco`) it reads the image bytes, checks them, checks every
 annotation, and returns one output row in :data:`OUTPUT_SCHEMA`: the snapshot columns, plus
 ``_keep`` (the image is written) and ``_rejects`` (JSON list of quarantine rows).
 
@@ -44,8 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from cocoseg import storage
-
-from .schema import SNAPSHOT_SCHEMA
+from cocoseg.data.schema import SNAPSHOT_SCHEMA
 
 __all__ = [
     "IMAGE_REASONS",

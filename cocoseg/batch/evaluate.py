@@ -1,0 +1,153 @@
+"""Evaluate weights on a snapshot split: Ray Data batch inference in an actor pool
+(:class:`cocoseg.inference.DetectBatch`), detections gathered to the driver, pycocotools COCOeval
+for box and mask AP (per class too), ``metrics.json`` and an MLflow run.
+
+:func:`evaluate` is the work of ``pipelines.evaluate`` (``python -m pipelines.evaluate``; the exact ``ray job submit`` line,
+what it reads and writes and what a rerun does are in that job's docstring) and of the matching
+``cocoseg`` command.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from typing import Any
+
+import ray
+
+from cocoseg import storage
+from cocoseg.cluster import start_ray
+from cocoseg.config import JobConfig
+from cocoseg.data.schema import list_shards, read_manifest, snapshot_to_coco
+from cocoseg.data.stage import INPUT_COLUMNS
+from cocoseg.inference import DetectBatch, Protocol, detections_from_row, resolve_weights
+from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
+from cocoseg.model.weights import read_card
+from cocoseg.utils import UserError, get_logger
+
+__all__ = ["METRICS_FILE", "export_metrics", "pool_size", "evaluate"]
+
+log = get_logger(__name__)
+METRICS_FILE = "metrics.json"
+
+
+def pool_size(cfg: JobConfig) -> int:
+    """Actors: ``evaluate.actors``, else as many as the cluster's CPUs (or GPUs) hold."""
+    e = cfg.evaluate
+    if e.actors:
+        return e.actors
+    total = ray.cluster_resources()
+    if e.use_gpu:
+        return max(1, int(total.get("GPU", 0)))
+    # one logical CPU stays free for the Parquet read tasks (ray-notes.md, CPU pitfall)
+    return max(1, math.floor((total.get("CPU", 1.0) - 1) / e.cpus_per_actor))
+
+
+def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int):
+    """Ray Data: shards -> actor pool -> a stream of detection batches (pyarrow Tables) to the driver."""
+    e = cfg.evaluate
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # the classic reader (see cocoseg/data/train_input.py)
+    try:
+        ds = ray.data.read_parquet(shards, columns=list(INPUT_COLUMNS))
+    finally:
+        ctx.use_datasource_v2 = saved
+    actors = pool_size(cfg)
+    log.info("evaluate: %d actor(s), %s per actor, batch %d", actors, "1 GPU" if e.use_gpu else f"{e.cpus_per_actor:g} CPU",
+             e.batch_size)
+    ds = ds.repartition(target_num_rows_per_block=e.batch_size).map_batches(
+        DetectBatch, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
+                                            "num_classes": num_classes, "device": "cuda" if e.use_gpu else "cpu",
+                                            "threads": e.threads_per_actor},
+        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def measure(cfg: JobConfig, weights: str, snapshot: str, split: str) -> dict[str, Any]:
+    """Run the evaluation; returns the ``metrics.json`` document (nothing written)."""
+    manifest = read_manifest(snapshot)
+    shards = list_shards(manifest, split)
+    local = resolve_weights(weights) if weights.startswith("models:/") else weights
+    card = read_card(local)
+    protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
+                        max_det=cfg.evaluate.max_det)
+    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=manifest.get("category_ids"))
+    start, images, detections = time.perf_counter(), 0, 0
+    for table in _detections(cfg, weights, shards, protocol, card.num_classes):
+        rows = table.to_pylist()
+        evaluator.process([r["image_id"] for r in rows], [detections_from_row(r) for r in rows])
+        images += len(rows)
+        detections += sum(len(r["scores"]) for r in rows)
+    inference_s = time.perf_counter() - start
+    result = evaluator.evaluate()
+    flat = flatten_metrics(result)
+    names = {"AP": "ap50_95", "AP50": "ap50", "AP75": "ap75"}
+    metrics = {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"] for kind in ("box", "mask") for stat in names}
+    metrics.update(per_class_metrics(result, prefix="val/"))
+    seconds = time.perf_counter() - start
+    return {"metrics": metrics, "coco": result, "snapshot_id": manifest["snapshot_id"], "split": split,
+            "images": images, "detections": detections, "protocol": protocol.to_dict(),
+            "protocol_hash": protocol.hash(), "weights": weights, "card_snapshot": card.data_snapshot,
+            "seconds": round(seconds, 3), "images_per_s": round(images / max(inference_s, 1e-9), 3)}
+
+
+def export_metrics(doc: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation document -> the flat metrics an export carries (and the gate compares):
+    the metric keys plus ``eval.snapshot_id`` / ``eval.split`` / ``eval.images`` / ``eval.protocol_hash``."""
+    return {**doc["metrics"], "val_snapshot": doc["snapshot_id"], "eval.snapshot_id": doc["snapshot_id"],
+            "eval.split": doc["split"], "eval.images": doc["images"], "eval.protocol_hash": doc["protocol_hash"]}
+
+
+def _parent_run_id(client: Any, experiment: str, parent: str) -> str:
+    if not parent or re.fullmatch(r"[0-9a-f]{32}", parent):
+        return parent
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], f"attributes.run_name = '{parent}'", max_results=1) if exp else []
+    if not found:
+        raise UserError(f"--parent-run {parent!r}: no run of that name in experiment {experiment!r}")
+    return found[0].info.run_id
+
+
+def log_to_mlflow(cfg: JobConfig, doc: dict[str, Any], parent: str = "") -> str:
+    """One MLflow run holding the metrics, the protocol and metrics.json; returns its id."""
+    from mlflow import MlflowClient
+
+    from cocoseg.tracking import create_run, finish_run, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
+    client = MlflowClient(uri)
+    parent_id = _parent_run_id(client, cfg.tracking.experiment, parent)
+    run_id = create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=f"evaluate-{doc['split']}",
+                        params={f"protocol.{k}": v for k, v in doc["protocol"].items()},
+                        tags={"snapshot_id": doc["snapshot_id"], "split": doc["split"], "job": "evaluate",
+                              "protocol_hash": doc["protocol_hash"], "weights": doc["weights"]},
+                        parent_run_id=parent_id)
+    numbers = {**doc["metrics"], "val/images": float(doc["images"]), "eval/images_per_s": doc["images_per_s"]}
+    for key, value in numbers.items():
+        client.log_metric(run_id, key, float(value))
+    client.log_dict(run_id, doc, METRICS_FILE)
+    finish_run(uri, run_id)
+    return run_id
+
+
+def evaluate(cfg: JobConfig, weights: str, snapshot: str, *, split: str = "", out: str = "", parent_run: str = "",
+        log_mlflow: bool = True) -> dict[str, Any]:
+    """Evaluate ``weights`` on ``snapshot``'s ``split``; writes ``out/metrics.json``; returns its document."""
+    split = split or cfg.evaluate.split
+    if not out:
+        if weights.startswith("models:/"):
+            raise UserError("--out is required when WEIGHTS is a models:/ URI")
+        out = storage.join(weights, f"eval-{split}")
+    start_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)  # no-op when connected
+    doc = measure(cfg, weights, snapshot, split)
+    if log_mlflow:
+        doc["mlflow_run_id"] = log_to_mlflow(cfg, doc, parent_run)
+    storage.write_json(storage.join(out, METRICS_FILE), doc)
+    m = doc["metrics"]
+    log.info("evaluate %s on %s/%s: %d images, box AP %.4f, mask AP %.4f (%.1f img/s) -> %s", weights,
+             doc["snapshot_id"], split, doc["images"], m["val/box_ap50_95"], m["val/mask_ap50_95"],
+             doc["images_per_s"], storage.join(out, METRICS_FILE))
+    return doc

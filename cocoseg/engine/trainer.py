@@ -1,0 +1,186 @@
+"""Train a YOLOv8-seg variant on a Parquet snapshot with Ray Train (DDP over N workers, M nodes): the
+driver side. It checks the input and the cluster before any worker starts, opens the MLflow run, starts
+the input actors (:class:`cocoseg.data.train_input.TrainInput`) and fits a ``TorchTrainer`` running
+:func:`cocoseg.engine.worker.train_loop_per_worker`.
+
+:func:`train` is the work of ``pipelines.train`` (``python -m pipelines.train``; the exact ``ray job submit`` line,
+what it reads and writes and what a rerun does are in that job's docstring) and of the matching
+``cocoseg`` command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from cocoseg import storage, tracking
+from cocoseg.cluster import quiet_ray_data, train_logging_config
+from cocoseg.config import JobConfig, to_dict
+from cocoseg.data.schema import list_shards
+from cocoseg.data.train_input import TrainInput
+from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
+from cocoseg.engine.checks import (
+    check_cluster,
+    ensure_ray,
+    lost_capacity,
+    resolve_snapshot,
+    scaling_workers,
+)
+from cocoseg.engine.optim import OptimizerChoice
+from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
+from cocoseg.utils import get_logger, git_commit, redact
+
+# The MLflow params of a training run: the sections this job reads (not export.* / registry.*).
+PARAM_SECTIONS = ("model", "train", "storage", "tracking")
+
+__all__ = ["TrainResult", "train"]
+
+log = get_logger(__name__)
+CONTROLLER_FAILURES = 2
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced (``pipelines.demo`` and ``cocoseg train`` print it)."""
+
+    mlflow_run_id: str
+    tracking_uri: str
+    run_dir: str
+    best_weights: str
+    last_weights: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
+    """Start the run's input actors (decode + augment, kept for all epochs; see cocoseg.data.train_input)."""
+    t, m = cfg.train, cfg.model
+    rows = [int(s["rows"]) for s in manifest["splits"]["train"]["shards"]]
+    return TrainInput.start(list(zip(list_shards(manifest, "train"), rows, strict=True)), augment=t.augment,
+                            epochs=t.epochs, close_mosaic=t.close_mosaic, imgsz=m.imgsz, num_classes=m.num_classes,
+                            seed=t.seed, actors=t.data_actors, cpus_per_actor=t.data_cpus_per_actor,
+                            chunk_rows=t.data_batch_rows, limit=t.max_train_images)
+
+
+def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:
+    """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics.
+
+    ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter)."""
+    started = time.perf_counter()
+    manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
+    if cfg.tracking.tracking_uri:  # without credentials from here on (they are in MLflow's variables)
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    if not cfg.tracking.offline_ok:
+        tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
+    ensure_ray(cfg)
+    quiet_ray_data()
+    check_cluster(cfg)
+    t = cfg.train
+    run_name = cfg.tracking.run_name or f"{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs_root = storage.join(cfg.storage.root, "runs")
+    if not storage.is_s3(runs_root):
+        runs_root = os.path.abspath(runs_root)
+    run_dir = storage.join(runs_root, run_name)
+    storage.write_json(storage.join(run_dir, "config.json"), redact(to_dict(cfg)))
+    _drop_torn_ray_snapshot(run_dir)
+    n_train = min(manifest["splits"]["train"]["images"], t.max_train_images or 1 << 62)
+    recipe = resolve_recipe(cfg, world_size=t.num_workers, train_images=n_train)
+    log.info("%s", recipe.describe(t.optimizer))
+    mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
+                                parent_run_id or cfg.tracking.parent_run_id, recipe)
+    run_info = RunInfo(run_dir=run_dir, mlflow_run_id=mlflow_run_id,
+                       batches_per_epoch=batches_per_epoch(n_train, t.num_workers, t.batch_size), recipe=recipe,
+                       snapshot_id=manifest["snapshot_id"], snapshot_uri=manifest["snapshot_uri"],
+                       class_names=tuple(manifest["class_names"]), category_ids=tuple(manifest["category_ids"]))
+    inputs = _train_input(cfg, manifest)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "make_logger": functools.partial(
+            tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
+            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
+            credentials=tracking.auth_env(), epochs=t.epochs,
+            model_id=tracking.read_run_record(run_dir).get("model_id", ""))},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling_workers(cfg), use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=runs_root, logging_config=train_logging_config(), callbacks=list(callbacks) or None,
+            # A group that cannot start (a node lost, a fixed group too big for what is left) is a
+            # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures,
+                                                   controller_failure_limit=CONTROLLER_FAILURES),
+            # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
+                checkpoint_score_order="max")),
+    )
+    journal = tracking.journal_uri(run_dir)
+    try:
+        with tracking.EpochPrinter(lambda: tracking.read_journal(journal), t.epochs):
+            result = trainer.fit()
+    except Exception:
+        tracking.end_run(run_dir, "FAILED")  # journaled; never hides the training error
+        lost = lost_capacity(cfg)
+        if lost is not None:
+            raise lost from None
+        raise
+    finally:
+        inputs.stop()
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    completion = tracking.end_run(run_dir, "FINISHED")
+    mlflow_run_id = completion.run_id if completion else mlflow_run_id
+    out = TrainResult(mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, run_dir=run_dir,
+                      best_weights=storage.join(run_dir, "weights", "best"),
+                      last_weights=storage.join(run_dir, "weights", "last"), metrics=metrics,
+                      seconds=time.perf_counter() - started)
+    log.info("run %s done in %.0f s: mask AP50-95 %.4f, AP50 %.4f; weights %s; MLflow run %s at %s",
+             run_name, out.seconds, metrics.get("val/mask_ap50_95", float("nan")),
+             metrics.get("val/mask_ap50", float("nan")), out.best_weights, mlflow_run_id, tracking_uri)
+    return out
+
+
+def _drop_torn_ray_snapshot(run_dir: str) -> None:
+    """Ray Train writes ``checkpoint_manager_snapshot.json`` in place (not atomically on local
+    disks); a driver killed mid-write leaves JSON that Ray cannot load. The resume does not need
+    it (workers pick the newest complete checkpoint themselves), so a torn one is removed."""
+    uri = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    try:
+        storage.read_json(uri)
+    except FileNotFoundError:
+        return
+    except ValueError as exc:
+        log.warning("removing %s, torn by an interrupted write (%s); the run resumes from its newest "
+                    "complete checkpoint", uri, exc)
+        storage.delete(uri)
+
+
+def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str,
+                recipe: OptimizerChoice | None = None) -> str:
+    """Reuse the MLflow run of an earlier attempt of this run (a resume), else create it ("" when
+    MLflow is down and ``tracking.offline_ok``: it is created when the run ends or is synced)."""
+    ctx = ray.get_runtime_context()
+    tags = {"snapshot_id": manifest["snapshot_id"], "git_commit": git_commit(), "variant": cfg.model.variant,
+            "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or ctx.get_job_id(), "run_dir": run_dir}
+    artifacts = ""
+    if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, not in the current directory
+        root = cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root)
+        artifacts = storage.join(root, "mlartifacts")
+    params = {k: v for k, v in to_dict(cfg).items() if k in PARAM_SECTIONS}
+    if recipe is not None:
+        params["recipe"] = asdict(recipe)
+    return tracking.open_run(run_dir, tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name,
+                             params=params, tags=tags, parent_run_id=parent, artifact_location=artifacts,
+                             inputs=tracking.dataset_inputs(manifest), offline_ok=cfg.tracking.offline_ok)
