@@ -33,6 +33,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "DataStageConfig",
     "DatasetSpec",
     "ExportConfig",
     "IngestConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "RegistryConfig",
     "RetrainConfig",
+    "ScalingConfig",
     "StorageConfig",
     "TrackingConfig",
     "TrainConfig",
@@ -110,7 +112,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The YOLOv8 recipe (spec section 9) and how it is spread over a Ray cluster."""
+    """The YOLOv8 recipe (spec section 9): what one run trains, whatever the cluster."""
 
     snapshot: str = ""  # snapshot URI (…/snapshots/<id>) or "latest" under storage.root
     epochs: int = 100
@@ -129,46 +131,66 @@ class TrainConfig:
     augment: str = "yolov8"  # named preset in cocoseg.data.augment
     amp: str = "auto"  # "auto" (bf16 on GPU), "bf16", "fp16" or "off"
     seed: int = 0
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    placement_strategy: str = "PACK"
-    max_failures: int = 2
-    # Fewest workers the run may go on with after losing some (a node gone): 0 means num_workers
-    # (a fixed group). Below num_workers, Ray Train runs elastic (ScalingConfig num_workers=(min, max)).
-    min_workers: int = 0
     val_every: int = 1
     grad_clip: float = 10.0  # max total gradient norm per optimiser step
     ema_decay: float = 0.9999
     ema_tau: float = 2000.0  # EMA ramp length in optimiser steps (spec 9.4)
     val_batch_size: int = 0  # 0: twice batch_size
-    threads_per_worker: int = 0  # torch intra-op threads; 0: cpus_per_worker rounded up
     checkpoints_to_keep: int = 2  # full Ray checkpoints kept: the best N by val mask AP50-95, plus the latest
-    max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
-    max_val_images: int = 0
     preview_images: int = 8  # val images in the per-epoch preview (ground truth | prediction); 0: none
-    data_actors: int = 2  # input actors decoding + augmenting for all workers, kept all run (CPU, any node)
-    data_cpus_per_actor: float = 1.0
-    data_batch_rows: int = 16  # rows per input-actor call; mosaic partners come from the same call's rows
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.close_mosaic >= 0, "train.close_mosaic", "must be >= 0")
-        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
-        _check(self.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1 for unlimited)")
         _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
-        _check(self.data_actors >= 1, "train.data_actors", "must be >= 1")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1 (validate every N epochs; the last is always validated)")
-        _check(self.data_cpus_per_actor > 0, "train.data_cpus_per_actor", "must be > 0")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
-        _check(0 <= self.min_workers <= self.num_workers, "train.min_workers",
-               f"must be between 1 and train.num_workers={self.num_workers} (0: the same as num_workers)")
         _check_choice("train.optimizer", self.optimizer, ("auto", "SGD", "AdamW", "Adam"))
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "off"))
-        _check_choice("train.placement_strategy", self.placement_strategy,
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """How a training run spreads over the Ray cluster: the worker group and its fault tolerance."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 0  # torch intra-op threads; 0: cpus_per_worker rounded up
+    placement_strategy: str = "PACK"
+    max_failures: int = 2
+    # Fewest workers the run may go on with after losing some (a node gone): 0 means num_workers
+    # (a fixed group). Below num_workers, Ray Train runs elastic (ScalingConfig num_workers=(min, max)).
+    min_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= -1, "scaling.max_failures", "must be >= 0 (or -1 for unlimited)")
+        _check(0 <= self.min_workers <= self.num_workers, "scaling.min_workers",
+               f"must be between 1 and scaling.num_workers={self.num_workers} (0: the same as num_workers)")
+        _check_choice("scaling.placement_strategy", self.placement_strategy,
                       ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+
+
+@dataclass(frozen=True)
+class DataStageConfig:
+    """The training input: the actors that decode and augment for all workers, and how much of the
+    snapshot a run reads."""
+
+    actors: int = 2  # input actors decoding + augmenting for all workers, kept all run (CPU, any node)
+    cpus_per_actor: float = 1.0
+    batch_rows: int = 16  # rows per input-actor call; mosaic partners come from the same call's rows
+    max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
+    max_val_images: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.actors >= 1, "data.actors", "must be >= 1")
+        _check(self.cpus_per_actor > 0, "data.cpus_per_actor", "must be > 0")
+        _check(self.batch_rows >= 1, "data.batch_rows", "must be >= 1")
+        _check(self.max_train_images >= 0 and self.max_val_images >= 0, "data.max_train_images",
+               "max_train_images and max_val_images must be >= 0 (0: the whole split)")
 
 
 @dataclass(frozen=True)
@@ -314,6 +336,8 @@ class JobConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    data: DataStageConfig = field(default_factory=DataStageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -396,6 +420,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 # Keys that existed in an earlier release: a config that still sets one gets what to write instead.
 MOVED: dict[str, str] = {
     "ingest.batch_rows": "was removed (ingest shards are Ray tasks; nothing batches rows): delete the key",
+    **{f"train.{k}": f"moved to scaling.{k}" for k in ("num_workers", "use_gpu", "cpus_per_worker", "threads_per_worker",
+                                                         "placement_strategy", "max_failures", "min_workers")},
+    **{f"train.{k}": f"moved to data.{k}" for k in ("max_train_images", "max_val_images")},
+    **{f"train.data_{k}": f"moved to data.{k}" for k in ("actors", "cpus_per_actor", "batch_rows")},
 }
 
 

@@ -52,7 +52,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
     manifest = ingest.run(cfg)
     cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})
     print(f"[3/5] train yolov8{cfg.model.variant}-seg for {cfg.train.epochs} epochs at {cfg.model.imgsz} px "
-          f"(Ray Train, {cfg.train.num_workers} worker)", flush=True)
+          f"(Ray Train, {cfg.scaling.num_workers} worker)", flush=True)
     trained = train.run(cfg)
     export_dir = os.path.join(root, "exports", os.path.basename(trained.run_dir))
     print(f"[4/5] export ONNX -> {export_dir}", flush=True)

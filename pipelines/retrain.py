@@ -2,7 +2,7 @@
 
     ray job submit --address http://<head>:8265 --working-dir . -- python -m pipelines.retrain \\
         --config pipelines/configs/retrain.yaml ingest.source=s3://data/coco ingest.dest=s3://data \\
-        storage.root=s3://ckpt tracking.tracking_uri=https://mlflow.internal train.use_gpu=true
+        storage.root=s3://ckpt tracking.tracking_uri=https://mlflow.internal scaling.use_gpu=true
 
 (run on a schedule by ``infra/k8s/retrain-cronjob.yaml`` or ``raycronjob-retrain.yaml``).
 

@@ -2,7 +2,7 @@
 
     ray job submit --address http://<head>:8265 --working-dir . -- python -m pipelines.train \\
         --config pipelines/configs/train.yaml train.snapshot=s3://bucket/cocoseg/snapshots/<id> \\
-        storage.root=s3://bucket/cocoseg train.num_workers=4 train.use_gpu=true
+        storage.root=s3://bucket/cocoseg scaling.num_workers=4 scaling.use_gpu=true
 
 (or ``cocoseg train ...``; ``python -m pipelines.train`` starts a private local Ray unless
 ``RAY_ADDRESS`` names a cluster). Reads the snapshot's ``train`` split (decoded and augmented

@@ -43,8 +43,8 @@ def auth_server_fixture(tmp_path_factory):
 
 
 DEMO_OVERRIDES = ["train.epochs=1", "train.close_mosaic=1", "model.imgsz=64", "export.imgsz=64",
-                  "train.cpus_per_worker=0.5", "train.data_actors=1", "train.data_cpus_per_actor=0.5",
-                  "train.threads_per_worker=1", "tracking.system_metrics=false", "tracking.experiment=secret-demo"]
+                  "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
+                  "scaling.threads_per_worker=1", "tracking.system_metrics=false", "tracking.experiment=secret-demo"]
 
 
 @pytest.fixture(scope="session", name="secret_demo")

@@ -8,8 +8,8 @@ import pytest
 
 # Sizes keep every distributed test to seconds of compute: 64 px inputs, a few dozen images.
 TINY = ["model.variant=n", "model.num_classes=4", "model.imgsz=64", "train.batch_size=8",
-        "train.cpus_per_worker=0.5", "train.data_actors=1", "train.data_cpus_per_actor=0.5",
-        "train.data_batch_rows=16", "train.threads_per_worker=1", "tracking.system_metrics_interval_s=2"]
+        "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
+        "data.batch_rows=16", "scaling.threads_per_worker=1", "tracking.system_metrics_interval_s=2"]
 
 
 def make_snapshot(root: Path, *, images: int = 48, val_fraction: float = 0.25, seed: int = 0,

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(*overrides: str):
-    return load_config(None, ["train.use_gpu=true", "model.imgsz=640", "train.augment=yolov8", *overrides])
+    return load_config(None, ["scaling.use_gpu=true", "model.imgsz=640", "train.augment=yolov8", *overrides])
 
 
 def test_gpu_figures_follow_the_flops_and_cores_per_gpu_fall_with_size():
@@ -31,24 +31,24 @@ def test_gpu_figures_follow_the_flops_and_cores_per_gpu_fall_with_size():
 
 
 def test_feed_check_refuses_a_starved_gpu_naming_the_keys_and_the_fix():
-    cfg = _cfg("model.variant=n", "train.num_workers=2", "train.data_actors=2")
+    cfg = _cfg("model.variant=n", "scaling.num_workers=2", "data.actors=2")
     with pytest.raises(TrainInputError) as err:
         check_feed(cfg)
     text = str(err.value)
     need = capacity.feed_plan(variant="n", gpus=2, imgsz=640, preset="yolov8", data_actors=2,
                               data_cpus_per_actor=1).actors_needed
-    assert "\n" not in text and "train.data_actors=2" in text and "model.variant=n" in text
-    assert f"set train.data_actors={need} " in text
-    assert check_feed(_cfg("model.variant=n", "train.num_workers=2", f"train.data_actors={need}")) == ""
+    assert "\n" not in text and "data.actors=2" in text and "model.variant=n" in text
+    assert f"set data.actors={need} " in text
+    assert check_feed(_cfg("model.variant=n", "scaling.num_workers=2", f"data.actors={need}")) == ""
 
 
 def test_feed_check_warns_on_a_small_shortfall_and_ignores_cpu_runs():
-    warning = check_feed(_cfg("model.variant=x", "train.num_workers=3", "train.data_actors=2"))
-    assert warning.startswith("train.data_actors=2 x train.data_cpus_per_actor=1") and "wait" in warning
-    assert check_feed(_cfg("model.variant=x", "train.num_workers=1", "train.data_actors=2")) == ""
-    assert check_feed(load_config(None, ["train.use_gpu=false", "model.variant=n", "train.data_actors=1"])) == ""
+    warning = check_feed(_cfg("model.variant=x", "scaling.num_workers=3", "data.actors=2"))
+    assert warning.startswith("data.actors=2 x data.cpus_per_actor=1") and "wait" in warning
+    assert check_feed(_cfg("model.variant=x", "scaling.num_workers=1", "data.actors=2")) == ""
+    assert check_feed(load_config(None, ["scaling.use_gpu=false", "model.variant=n", "data.actors=1"])) == ""
     # a slower GPU (Ray's accelerator_type:L4) takes fewer images: the same actors now keep up
-    cfg = _cfg("model.variant=m", "train.num_workers=1", "train.data_actors=2")
+    cfg = _cfg("model.variant=m", "scaling.num_workers=1", "data.actors=2")
     assert check_feed(cfg, "A100") != "" and check_feed(cfg, "L4") == ""
     assert capacity.gpu_kind("NVIDIA L40S") == "L40S" and capacity.gpu_kind("unknown") == "A100"
 
@@ -58,8 +58,8 @@ def test_run_plan_for_a_day_of_coco():
         for node in ("g6.12xlarge", "p4d.24xlarge"):
             plan = capacity.run_plan(variant, node)
             assert plan.hours <= 24 and plan.gpus == plan.gpu_nodes * capacity.NODE_TYPES[node].gpus
-            cfg = _cfg(f"model.variant={variant}", f"train.num_workers={plan.gpus}",
-                       f"train.data_actors={plan.data_actors}")
+            cfg = _cfg(f"model.variant={variant}", f"scaling.num_workers={plan.gpus}",
+                       f"data.actors={plan.data_actors}")
             assert check_feed(cfg, capacity.NODE_TYPES[node].gpu) == ""  # the plan passes the job's own check
 
 

@@ -199,8 +199,8 @@ def _kill_driver_between_epochs(c: Chaos, driver, group: list[dict]) -> None:
 @pytest.mark.timeout(2400)
 def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, tmp_path):
     seed = int(os.environ.get("COCOSEG_CHAOS_SEED", "12"))
-    overrides = [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",
-                 f"train.epochs={EPOCHS}", "train.close_mosaic=0", "train.max_failures=2",
+    overrides = [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "scaling.num_workers=2",
+                 f"train.epochs={EPOCHS}", "train.close_mosaic=0", "scaling.max_failures=2",
                  "train.checkpoints_to_keep=1", f"tracking.tracking_uri={mlflow_server}",
                  "tracking.run_name=chaos", "tracking.experiment=t-chaos", "tracking.system_metrics=false"]
     c = Chaos(tmp_path / "runs" / "chaos", seed)

@@ -100,9 +100,25 @@ def test_a_key_of_an_earlier_release_says_where_it_went(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("old, new", [("train.num_workers=4", "scaling.num_workers"),
+                                      ("train.data_actors=4", "data.actors"),
+                                      ("train.max_val_images=8", "data.max_val_images")])
+def test_a_key_that_moved_section_names_its_new_place(old, new):
+    with pytest.raises(ConfigError, match=rf"'{old.split('=')[0]}' moved to {new}$"):
+        load_config(None, [old])
+
+
+def test_the_train_section_is_the_recipe_and_sections_stay_small():
+    """The recipe, the cluster scaling and the input stage are separate sections (each <= ~25 keys)."""
+    cfg = load_config(None, ["scaling.num_workers=2", "data.actors=3"])
+    assert (cfg.scaling.num_workers, cfg.data.actors) == (2, 3)
+    for section in dataclasses.fields(cfg):
+        assert len(dataclasses.fields(getattr(cfg, section.name))) <= 25, section.name
+
+
 def test_demo_config_is_a_valid_small_run():
     cfg = load_config(REPO / "pipelines" / "configs" / "demo.yaml")
-    assert (cfg.model.imgsz, cfg.train.optimizer, cfg.train.num_workers) == (96, "AdamW", 1)
+    assert (cfg.model.imgsz, cfg.train.optimizer, cfg.scaling.num_workers) == (96, "AdamW", 1)
     assert cfg.export.imgsz == 0  # the model card's: what train.imgsz made it
 
 

@@ -21,8 +21,8 @@ mlflow = pytest.importorskip("mlflow")
 
 MAX_LINES = 60  # the bound for a clean run, progress bars excluded
 OVERRIDES = ["train.epochs=2", "train.close_mosaic=2", "model.imgsz=64", "export.imgsz=64",
-             "train.cpus_per_worker=0.5", "train.data_actors=1", "train.data_cpus_per_actor=0.5",
-             "train.threads_per_worker=1", "tracking.system_metrics=false"]
+             "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
+             "scaling.threads_per_worker=1", "tracking.system_metrics=false"]
 
 
 def _is_progress_bar(line: str) -> bool:

@@ -64,7 +64,7 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_logs_each_epoch_once(tiny_
     from pipelines import train
 
     cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}",
-                             "train.num_workers=2", "train.epochs=4", "train.close_mosaic=0", "train.max_failures=1",
+                             "scaling.num_workers=2", "train.epochs=4", "train.close_mosaic=0", "scaling.max_failures=1",
                              "train.checkpoints_to_keep=1",
                              f"tracking.tracking_uri={mlflow_server}", "tracking.run_name=ft",
                              "tracking.experiment=t-fault", "tracking.system_metrics=false"])

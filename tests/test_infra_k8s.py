@@ -321,8 +321,8 @@ def test_evaluate_and_infer_have_rayjobs_and_the_pipeline_evaluates() -> None:
     assert jobs["rayjob-evaluate.yaml"] == "pipelines.evaluate" and jobs["rayjob-infer.yaml"] == "pipelines.infer"
     # The pipeline RayJob runs retrain, whose evaluate step scores the new weights before export/register.
     assert jobs["rayjob-pipeline.yaml"] == "pipelines.retrain"
-    retrain = (REPO / "pipelines" / "retrain.py").read_text()
-    assert retrain.index("evaluate.run(") < retrain.index("export.run(") < retrain.index("register.run(")
+    retrain = (REPO / "cocoseg" / "retrain.py").read_text()  # the job's work (pipelines/retrain.py: run = retrain)
+    assert retrain.index("evaluate.evaluate(") < retrain.index("export_checkpoint(cfg") < retrain.index("register(cfg")
 
 
 def test_entrypoints_are_project_jobs_with_valid_overrides() -> None:
@@ -396,7 +396,7 @@ def test_tune_rayjob_resumes_its_search_by_name_and_fits_its_trials() -> None:
     assert "storage.root=s3://$CHECKPOINTS_BUCKET" in argv and "tune.name=$TUNE_NAME" in argv
     value = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv[5:]}
     gpu = next(g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
-    assert gpu["maxReplicas"] >= int(value["tune.max_concurrent_trials"]) * int(value["train.num_workers"])
+    assert gpu["maxReplicas"] >= int(value["tune.max_concurrent_trials"]) * int(value["scaling.num_workers"])
 
 
 def test_rayjobs_clean_up_after_themselves() -> None:
@@ -502,7 +502,7 @@ def _gpu_ask(doc: dict[str, Any]) -> tuple[int, int]:
             per_pod = int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
             held += per_pod * group["maxReplicas"]
     args = dict(a.split("=", 1) for a in shlex.split(spec.get("entrypoint", "")) if "=" in a and not a.startswith("--"))
-    workers = int(args.get("train.num_workers", 0)) if args.get("train.use_gpu") == "true" else 0
+    workers = int(args.get("scaling.num_workers", 0)) if args.get("scaling.use_gpu") == "true" else 0
     return held, workers * int(args.get("tune.max_concurrent_trials", 1))
 
 

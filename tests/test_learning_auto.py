@@ -30,8 +30,8 @@ def test_default_recipe_resolves_adamw_and_learns(ray_local, tmp_path):
 
     snapshot = make_snapshot(tmp_path / "data", images=128, val_fraction=0.25, size=(128, 128), seed=2)
     cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={snapshot}",
-                             "model.imgsz=128", "train.num_workers=1", f"train.epochs={EPOCHS}", f"train.close_mosaic={EPOCHS}",
-                             "tracking.run_name=learn-auto", "tracking.system_metrics=false", "train.max_failures=0"])
+                             "model.imgsz=128", "scaling.num_workers=1", f"train.epochs={EPOCHS}", f"train.close_mosaic={EPOCHS}",
+                             "tracking.run_name=learn-auto", "tracking.system_metrics=false", "scaling.max_failures=0"])
     assert cfg.train.optimizer == "auto"
     result = train.run(cfg)
 

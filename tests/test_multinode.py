@@ -105,9 +105,9 @@ def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, s3_buck
     directory (the job driver runs in a fresh one)."""
     root = f"{s3_bucket}/store"  # as on a real cluster: both nodes reach it
     home = tmp_path / "home"
-    overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",
-                 "train.placement_strategy=STRICT_SPREAD", "train.cpus_per_worker=1", "train.epochs=1",
-                 "train.close_mosaic=0", "tracking.run_name=mn", "train.max_failures=0"]
+    overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "scaling.num_workers=2",
+                 "scaling.placement_strategy=STRICT_SPREAD", "scaling.cpus_per_worker=1", "train.epochs=1",
+                 "train.close_mosaic=0", "tracking.run_name=mn", "scaling.max_failures=0"]
     runtime_env = {"env_vars": {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
     runtime_env["env_vars"].update(RAY_TRAIN_ENABLE_PRINT_PATCH="0", COCOSEG_HOME=str(home))

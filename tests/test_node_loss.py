@@ -1,10 +1,10 @@
 """Node loss on the 2-node local cluster (``ray start --head`` + ``ray start --address``, see
 ``test_multinode.py``): the second node's raylet is SIGKILLed mid-run, after epoch 0 committed.
 
-- ``train.min_workers=1``: Ray Train V2 runs elastic (``ScalingConfig(num_workers=(1, 2))``), so
+- ``scaling.min_workers=1``: Ray Train V2 runs elastic (``ScalingConfig(num_workers=(1, 2))``), so
   the group restarts with the one worker the head can still place, resumes from the newest
   complete checkpoint and the job finishes.
-- ``train.min_workers`` unset (= ``num_workers``): the fixed group of 2 can never be placed
+- ``scaling.min_workers`` unset (= ``num_workers``): the fixed group of 2 can never be placed
   again; the job fails with one line saying so (after Ray Train's group start timeouts, shortened
   here to 20 s through ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``).
 
@@ -78,9 +78,9 @@ def _second_raylet(marker: str) -> psutil.Process:
 
 
 def _run_and_lose_a_node(cluster, tiny_snapshot, root: Path, extra: list[str]):
-    overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "train.num_workers=2",
-                 "train.cpus_per_worker=2", "train.placement_strategy=SPREAD", "train.epochs=3",
-                 "train.close_mosaic=0", "tracking.run_name=nl", "train.max_failures=2", *extra]
+    overrides = [*TINY, f"storage.root={root}", f"train.snapshot={tiny_snapshot}", "scaling.num_workers=2",
+                 "scaling.cpus_per_worker=2", "scaling.placement_strategy=SPREAD", "train.epochs=3",
+                 "train.close_mosaic=0", "tracking.run_name=nl", "scaling.max_failures=2", *extra]
     env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                             "AWS_DEFAULT_REGION")}
     env_vars.update(RAY_TRAIN_ENABLE_PRINT_PATCH="0", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20")
@@ -112,7 +112,7 @@ def _run_and_lose_a_node(cluster, tiny_snapshot, root: Path, extra: list[str]):
 @pytest.mark.timeout(2400)
 def test_node_loss_with_min_workers_goes_on_with_one_worker(three_cpu_nodes, tiny_snapshot, tmp_path):
     rc, out, attempts, killed_at, run_dir = _run_and_lose_a_node(three_cpu_nodes, tiny_snapshot, tmp_path / "s",
-                                                                 ["train.min_workers=1"])
+                                                                 ["scaling.min_workers=1"])
     assert rc == 0, out[-5000:]
     assert "succeeded" in out and "MLflow run" in out  # the driver's own logs came back to the submitter
     first = [a for a in attempts if a["time"] < killed_at]
@@ -134,22 +134,22 @@ def test_node_loss_without_min_workers_fails_in_one_line(three_cpu_nodes, tiny_s
     streamed = out.split("Status message:")[0]
     lines = [line for line in streamed.splitlines() if line.startswith("train: error:")]
     assert len(lines) == 1 and "can no longer place the worker group" in lines[0], out[-5000:]
-    assert "train.min_workers=1" in lines[0]
+    assert "scaling.min_workers=1" in lines[0]
 
 
 def test_min_workers_config_and_the_one_line_diagnosis(ray_local):
     from cocoseg.config import ConfigError, load_config
     from cocoseg.engine.checks import lost_capacity, scaling_workers
 
-    assert scaling_workers(load_config(None, ["train.num_workers=2"])) == 2
-    assert scaling_workers(load_config(None, ["train.num_workers=2", "train.min_workers=2"])) == 2
-    assert scaling_workers(load_config(None, ["train.num_workers=4", "train.min_workers=1"])) == (1, 4)
-    with pytest.raises(ConfigError, match="train.min_workers"):
-        load_config(None, ["train.num_workers=2", "train.min_workers=3"])
+    assert scaling_workers(load_config(None, ["scaling.num_workers=2"])) == 2
+    assert scaling_workers(load_config(None, ["scaling.num_workers=2", "scaling.min_workers=2"])) == 2
+    assert scaling_workers(load_config(None, ["scaling.num_workers=4", "scaling.min_workers=1"])) == (1, 4)
+    with pytest.raises(ConfigError, match="scaling.min_workers"):
+        load_config(None, ["scaling.num_workers=2", "scaling.min_workers=3"])
     cpus = int(sum(n["Resources"].get("CPU", 0) for n in ray_local.nodes() if n["Alive"]))
-    assert lost_capacity(load_config(None, [f"train.num_workers={cpus}", "train.cpus_per_worker=1"])) is None
-    err = lost_capacity(load_config(None, [f"train.num_workers={cpus + 2}", "train.cpus_per_worker=1"]))
+    assert lost_capacity(load_config(None, [f"scaling.num_workers={cpus}", "scaling.cpus_per_worker=1"])) is None
+    err = lost_capacity(load_config(None, [f"scaling.num_workers={cpus + 2}", "scaling.cpus_per_worker=1"]))
     assert err is not None and "\n" not in str(err)
-    assert "can no longer place the worker group" in str(err) and f"train.min_workers={cpus}" in str(err)
-    assert lost_capacity(load_config(None, [f"train.num_workers={cpus + 2}", f"train.min_workers={cpus}",
-                                            "train.cpus_per_worker=1"])) is None
+    assert "can no longer place the worker group" in str(err) and f"scaling.min_workers={cpus}" in str(err)
+    assert lost_capacity(load_config(None, [f"scaling.num_workers={cpus + 2}", f"scaling.min_workers={cpus}",
+                                            "scaling.cpus_per_worker=1"])) is None

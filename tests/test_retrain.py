@@ -13,7 +13,7 @@ from cocoseg.ingest.synthetic import write_synthetic_coco
 
 def _cfg(root, source, *extra):
     return load_config(None, [*TINY, f"storage.root={root}", f"ingest.source={source}", "train.epochs=1",
-                              "train.num_workers=1", "train.close_mosaic=0", "export.imgsz=64",
+                              "scaling.num_workers=1", "train.close_mosaic=0", "export.imgsz=64",
                               f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
                               "registry.model_name=retrain-test", *extra])
 

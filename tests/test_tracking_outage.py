@@ -69,7 +69,7 @@ def fast_fail(monkeypatch):
 def _cfg(tmp_path, snapshot, uri, *extra):
     return load_config(None, [*TINY, f"storage.root={tmp_path / 'store'}", f"train.snapshot={snapshot}",
                               f"tracking.tracking_uri={uri}", "tracking.experiment=t-outage-edges",
-                              "tracking.system_metrics=false", "train.num_workers=1", *extra])
+                              "tracking.system_metrics=false", "scaling.num_workers=1", *extra])
 
 
 def test_down_at_start_fails_fast_in_one_line(tiny_snapshot, server, tmp_path):

@@ -27,13 +27,13 @@ def test_val_mask_ap50_rises_above_half(ray_local, tmp_path):
 
     snapshot = make_snapshot(tmp_path / "data", images=128, val_fraction=0.25, size=(64, 64), seed=1)
     cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={snapshot}",
-                             "train.num_workers=2", f"train.epochs={EPOCHS}", f"train.close_mosaic={EPOCHS}",
+                             "scaling.num_workers=2", f"train.epochs={EPOCHS}", f"train.close_mosaic={EPOCHS}",
                              "train.optimizer=AdamW", "train.lr0=0.002", "train.lrf=0.5", "train.warmup_epochs=0",
                              "train.batch_size=4", "train.nominal_batch=8", "train.weight_decay=0", "train.ema_tau=50",
                              "tracking.run_name=learn", "tracking.system_metrics=false",
                              # a worker health check can time out on an overloaded host (seen at load
                              # average 120): resume from the last checkpoint rather than fail
-                             "train.max_failures=2"])
+                             "scaling.max_failures=2"])
     result = train.run(cfg)
     curve = [(r["step"], r["metrics"]["train/loss"], r["metrics"]["val/mask_ap50"])
              for r in tracking.read_journal(tracking.journal_uri(result.run_dir))]

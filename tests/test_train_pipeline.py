@@ -28,7 +28,7 @@ def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tm
     client = mlflow.tracking.MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("t-pipe") or client.get_experiment(client.create_experiment("t-pipe"))
     parent = client.create_run(exp.experiment_id, run_name="pipeline").info.run_id
-    cfg = _cfg(tmp_path, tiny_snapshot, "train.num_workers=2", "train.epochs=2", "train.close_mosaic=1",
+    cfg = _cfg(tmp_path, tiny_snapshot, "scaling.num_workers=2", "train.epochs=2", "train.close_mosaic=1",
                f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=t-pipe", "tracking.run_name=pipe")
     result = train.run(cfg, parent_run_id=parent)
 
@@ -37,7 +37,7 @@ def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tm
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["variant"] == "n" and run.data.tags["snapshot_id"] in tiny_snapshot
-    assert run.data.params["train.num_workers"] == "2" and run.data.params["model.imgsz"] == "64"
+    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["model.imgsz"] == "64"
     for key in ("train/loss_box", "train/loss_mask", "train/loss_cls", "train/loss_dfl", "lr/weight",
                 "val/box_ap50_95", "val/mask_ap50_95", "val/mask_ap50", "train/images_per_s", "train/epoch_time_s"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
@@ -94,10 +94,10 @@ def test_unknown_schema_and_empty_split_are_refused(tiny_snapshot, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["train.num_workers=64"], "cannot be placed"),
-    (["train.use_gpu=true"], "needs 1 GPUs, the cluster has 0"),
-    (["train.num_workers=2", "train.placement_strategy=STRICT_SPREAD"], "only 1 node"),
-    (["train.data_actors=8"], "exceed the cluster's"),
+    (["scaling.num_workers=64"], "cannot be placed"),
+    (["scaling.use_gpu=true"], "needs 1 GPUs, the cluster has 0"),
+    (["scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD"], "only 1 node"),
+    (["data.actors=8"], "exceed the cluster's"),
 ])
 def test_unplaceable_worker_groups_are_refused(tiny_snapshot, tmp_path, extra, message):
     from pipelines import train

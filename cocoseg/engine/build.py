@@ -167,7 +167,7 @@ def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterabl
     """
     manifest = read_manifest(snapshot_uri)
     rows = int(manifest["splits"]["val"]["images"])
-    limit = cfg.train.max_val_images
+    limit = cfg.data.max_val_images
     rows = min(rows, limit) if limit else rows
     size = cfg.train.val_batch_size or 2 * cfg.train.batch_size
     stage = AugmentBatch(preset="val", imgsz=cfg.model.imgsz, seed=0, epoch=0, num_classes=cfg.model.num_classes)

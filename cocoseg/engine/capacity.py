@@ -154,10 +154,10 @@ class RunPlan:
     variant: str
     node: str
     gpu_nodes: int
-    gpus: int  # train.num_workers
+    gpus: int  # scaling.num_workers
     images_per_s: float
     hours: float
-    data_actors: int  # train.data_actors (1 CPU each)
+    data_actors: int  # data.actors (1 CPU each)
     cpu_nodes: int  # extra CPU-only nodes when the GPU nodes' spare vCPUs cannot hold the actors
     s3_mb_per_s_per_node: float
 
@@ -188,7 +188,7 @@ def run_plan(variant: str, node: str, *, epochs: int = 300, images: int = COCO_T
 
 
 def _plan_table() -> str:
-    lines = ["| variant | GPU nodes | GPUs (train.num_workers) | est. img/s | est. hours | train.data_actors | "
+    lines = ["| variant | GPU nodes | GPUs (scaling.num_workers) | est. img/s | est. hours | data.actors | "
              "extra c6i.8xlarge | S3 MB/s per node |", "|---|---|---|---|---|---|---|---|"]
     for variant in ("n", "x"):
         for node in ("g6.12xlarge", "p4d.24xlarge"):

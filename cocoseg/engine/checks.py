@@ -67,7 +67,7 @@ def resolve_snapshot(cfg: JobConfig) -> dict[str, Any]:
 def _data_cpus(cfg: JobConfig) -> float:
     # One dataset executes at a time per worker group (train or train_close, then val on rank 0),
     # plus one CPU for Ray Data's read tasks (ray-notes CPU pitfall: without it, it hangs).
-    return cfg.train.data_actors * cfg.train.data_cpus_per_actor + 1
+    return cfg.data.actors * cfg.data.cpus_per_actor + 1
 
 
 def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
@@ -76,10 +76,11 @@ def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
     A local Ray gets enough *logical* CPUs for the train workers plus the Ray Data actors: on a
     2-core laptop the workers and the data stage then share the cores instead of deadlocking.
     """
+    s = cfg.scaling
     address = os.environ.get("RAY_ADDRESS")
     if address:
         return {"address": address}
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker + _data_cpus(cfg)
+    need = s.num_workers * s.cpus_per_worker + _data_cpus(cfg)
     return {"address": "local", "num_cpus": max(os.cpu_count() or 1, math.ceil(need)), "include_dashboard": False}
 
 
@@ -94,19 +95,19 @@ def ensure_ray(cfg: JobConfig) -> None:
 def scaling_workers(cfg: JobConfig) -> int | tuple[int, int]:
     """``ScalingConfig(num_workers=...)``: an int (fixed group), or ``(min, max)`` (elastic: Ray
     Train V2 restarts the group on what the cluster can still place, down to ``min``)."""
-    t = cfg.train
-    return (t.min_workers, t.num_workers) if 0 < t.min_workers < t.num_workers else t.num_workers
+    s = cfg.scaling
+    return (s.min_workers, s.num_workers) if 0 < s.min_workers < s.num_workers else s.num_workers
 
 
 def _placeable(cfg: JobConfig) -> tuple[int, int]:
     """(workers the live nodes can hold now, live nodes)."""
-    t = cfg.train
+    s = cfg.scaling
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    per_node = [min(math.floor(n.get("CPU", 0.0) / t.cpus_per_worker),
-                    math.floor(n.get("GPU", 0.0)) if t.use_gpu else 1 << 30) for n in nodes]
-    if t.placement_strategy == "STRICT_SPREAD":
+    per_node = [min(math.floor(n.get("CPU", 0.0) / s.cpus_per_worker),
+                    math.floor(n.get("GPU", 0.0)) if s.use_gpu else 1 << 30) for n in nodes]
+    if s.placement_strategy == "STRICT_SPREAD":
         return sum(1 for k in per_node if k >= 1), len(nodes)
-    if t.placement_strategy == "STRICT_PACK":
+    if s.placement_strategy == "STRICT_PACK":
         return max(per_node, default=0), len(nodes)
     return sum(per_node), len(nodes)
 
@@ -114,8 +115,8 @@ def _placeable(cfg: JobConfig) -> tuple[int, int]:
 def lost_capacity(cfg: JobConfig) -> TrainInputError | None:
     """After a failed fit: the one-line error when the cluster can no longer place the smallest
     group the config allows (a node was lost), else None (the failure was something else)."""
-    t = cfg.train
-    need = t.min_workers or t.num_workers
+    s = cfg.scaling
+    need = s.min_workers or s.num_workers
     try:
         slots, alive = _placeable(cfg)
     except Exception:  # Ray itself is gone: not this diagnosis
@@ -124,8 +125,8 @@ def lost_capacity(cfg: JobConfig) -> TrainInputError | None:
         return None
     return TrainInputError(
         f"the cluster can no longer place the worker group: its {alive} live node(s) hold {slots} worker(s) of "
-        f"{t.cpus_per_worker:g} CPU{' + 1 GPU' if t.use_gpu else ''} ({t.placement_strategy}), the run needs "
-        f"{need} (train.min_workers={t.min_workers or t.num_workers}); add nodes, or set train.min_workers={max(slots, 1)} "
+        f"{s.cpus_per_worker:g} CPU{' + 1 GPU' if s.use_gpu else ''} ({s.placement_strategy}), the run needs "
+        f"{need} (scaling.min_workers={s.min_workers or s.num_workers}); add nodes, or set scaling.min_workers={max(slots, 1)} "
         "to go on with fewer, then rerun with the same tracking.run_name to resume")
 
 
@@ -134,18 +135,18 @@ def check_feed(cfg: JobConfig, gpu: str = "A100") -> str:
     cluster says): ``""`` when the input actors can feed the GPUs by :mod:`cocoseg.engine.capacity`'s
     figures (or the run is on CPUs), else a one-line warning. Raises :class:`TrainInputError` when
     they make less than ``FEED_REFUSE_BELOW`` of the demand."""
-    t, m = cfg.train, cfg.model
-    if not t.use_gpu:
+    t, m, s = cfg.train, cfg.model, cfg.scaling
+    if not s.use_gpu:
         return ""
-    plan = feed_plan(variant=m.variant, gpus=t.num_workers, imgsz=m.imgsz, preset=t.augment,
-                     data_actors=t.data_actors, data_cpus_per_actor=t.data_cpus_per_actor, gpu=gpu)
+    plan = feed_plan(variant=m.variant, gpus=s.num_workers, imgsz=m.imgsz, preset=t.augment,
+                     data_actors=cfg.data.actors, data_cpus_per_actor=cfg.data.cpus_per_actor, gpu=gpu)
     if plan.ratio >= 1.0:
         return ""
-    fix = (f"set train.data_actors={plan.actors_needed} with train.data_cpus_per_actor=1 (one core each, "
+    fix = (f"set data.actors={plan.actors_needed} with data.cpus_per_actor=1 (one core each, "
            "any node; docs/scaling.md)")
-    message = (f"train.data_actors={t.data_actors} x train.data_cpus_per_actor={t.data_cpus_per_actor:g} decode + "
+    message = (f"data.actors={cfg.data.actors} x data.cpus_per_actor={cfg.data.cpus_per_actor:g} decode + "
                f"augment ~{plan.supply_images_per_s:.0f} img/s (train.augment={t.augment}, model.imgsz={m.imgsz}) but "
-               f"{t.num_workers} {gpu_kind(gpu)} GPU(s) of model.variant={m.variant} take ~{plan.demand_images_per_s:.0f} img/s "
+               f"{s.num_workers} {gpu_kind(gpu)} GPU(s) of model.variant={m.variant} take ~{plan.demand_images_per_s:.0f} img/s "
                f"(estimate): the GPUs would wait {100 * (1 - plan.ratio):.0f}% of the time; {fix}")
     if plan.ratio < FEED_REFUSE_BELOW:
         raise TrainInputError(message)
@@ -156,30 +157,30 @@ def check_cluster(cfg: JobConfig) -> None:
     """Refuse a worker group the cluster can never place (CPUs, GPUs, STRICT_SPREAD nodes), then
     input actors that cannot feed its GPUs (:func:`check_feed`, with the cluster's GPU kind; a
     shortfall under 2x only warns)."""
-    t = cfg.train
+    s = cfg.scaling
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    per_worker = {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0}
+    per_worker = {"CPU": s.cpus_per_worker, "GPU": 1.0 if s.use_gpu else 0.0}
     fits = [n for n in nodes if all(n.get(k, 0.0) >= v for k, v in per_worker.items() if v)]
-    hint = "lower train.num_workers / train.cpus_per_worker, or add nodes"
-    if t.use_gpu and sum(n.get("GPU", 0.0) for n in nodes) < t.num_workers:
-        raise TrainInputError(f"train.use_gpu with train.num_workers={t.num_workers} needs {t.num_workers} GPUs, "
-                              f"the cluster has {sum(n.get('GPU', 0.0) for n in nodes):g}; {hint} or set train.use_gpu=false")
-    if t.placement_strategy == "STRICT_SPREAD" and len(fits) < t.num_workers:
-        raise TrainInputError(f"STRICT_SPREAD puts each of {t.num_workers} workers on its own node, but only "
+    hint = "lower scaling.num_workers / scaling.cpus_per_worker, or add nodes"
+    if s.use_gpu and sum(n.get("GPU", 0.0) for n in nodes) < s.num_workers:
+        raise TrainInputError(f"scaling.use_gpu with scaling.num_workers={s.num_workers} needs {s.num_workers} GPUs, "
+                              f"the cluster has {sum(n.get('GPU', 0.0) for n in nodes):g}; {hint} or set scaling.use_gpu=false")
+    if s.placement_strategy == "STRICT_SPREAD" and len(fits) < s.num_workers:
+        raise TrainInputError(f"STRICT_SPREAD puts each of {s.num_workers} workers on its own node, but only "
                               f"{len(fits)} node(s) can hold a worker ({per_worker}); {hint} or use SPREAD")
-    slots = sum(min(math.floor(n.get("CPU", 0.0) / t.cpus_per_worker),
-                    math.floor(n.get("GPU", 0.0)) if t.use_gpu else 1 << 30) for n in nodes)
-    if t.placement_strategy == "STRICT_PACK":
-        slots = max((math.floor(n.get("CPU", 0.0) / t.cpus_per_worker) for n in fits), default=0)
-    if slots < t.num_workers:
-        raise TrainInputError(f"train.num_workers={t.num_workers} x {t.cpus_per_worker:g} CPU cannot be placed: the "
-                              f"cluster can hold {slots} such worker(s) ({t.placement_strategy}); {hint}")
+    slots = sum(min(math.floor(n.get("CPU", 0.0) / s.cpus_per_worker),
+                    math.floor(n.get("GPU", 0.0)) if s.use_gpu else 1 << 30) for n in nodes)
+    if s.placement_strategy == "STRICT_PACK":
+        slots = max((math.floor(n.get("CPU", 0.0) / s.cpus_per_worker) for n in fits), default=0)
+    if slots < s.num_workers:
+        raise TrainInputError(f"scaling.num_workers={s.num_workers} x {s.cpus_per_worker:g} CPU cannot be placed: the "
+                              f"cluster can hold {slots} such worker(s) ({s.placement_strategy}); {hint}")
     total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
-    if total_cpu < t.num_workers * t.cpus_per_worker + _data_cpus(cfg):
+    if total_cpu < s.num_workers * s.cpus_per_worker + _data_cpus(cfg):
         raise TrainInputError(
-            f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU + Ray Data ({t.data_actors} actors x "
-            f"{t.data_cpus_per_actor:g} CPU + 1 for reads) exceed the cluster's {total_cpu:g} CPUs, and the data "
-            "stage would wait forever; lower train.cpus_per_worker, train.data_actors or train.data_cpus_per_actor")
+            f"{s.num_workers} workers x {s.cpus_per_worker:g} CPU + Ray Data ({cfg.data.actors} actors x "
+            f"{cfg.data.cpus_per_actor:g} CPU + 1 for reads) exceed the cluster's {total_cpu:g} CPUs, and the data "
+            "stage would wait forever; lower scaling.cpus_per_worker, data.actors or data.cpus_per_actor")
     kinds = [k.split(":", 1)[1] for n in nodes for k in n if k.startswith("accelerator_type:")]
     warning = check_feed(cfg, kinds[0] if kinds else "A100")  # after placement: that error comes first
     if warning:

@@ -40,7 +40,7 @@ from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import get_logger, git_commit, redact
 
 # The MLflow params of a training run: the sections this job reads (not export.* / registry.*).
-PARAM_SECTIONS = ("model", "train", "storage", "tracking")
+PARAM_SECTIONS = ("model", "train", "scaling", "data", "storage", "tracking")
 
 __all__ = ["TrainResult", "train"]
 
@@ -70,8 +70,8 @@ def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
     rows = [int(s["rows"]) for s in manifest["splits"]["train"]["shards"]]
     return TrainInput.start(list(zip(list_shards(manifest, "train"), rows, strict=True)), augment=t.augment,
                             epochs=t.epochs, close_mosaic=t.close_mosaic, imgsz=m.imgsz, num_classes=m.num_classes,
-                            seed=t.seed, actors=t.data_actors, cpus_per_actor=t.data_cpus_per_actor,
-                            chunk_rows=t.data_batch_rows, limit=t.max_train_images)
+                            seed=t.seed, actors=cfg.data.actors, cpus_per_actor=cfg.data.cpus_per_actor,
+                            chunk_rows=cfg.data.batch_rows, limit=cfg.data.max_train_images)
 
 
 def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:
@@ -96,13 +96,13 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     run_dir = storage.join(runs_root, run_name)
     storage.write_json(storage.join(run_dir, "config.json"), redact(to_dict(cfg)))
     _drop_torn_ray_snapshot(run_dir)
-    n_train = min(manifest["splits"]["train"]["images"], t.max_train_images or 1 << 62)
-    recipe = resolve_recipe(cfg, world_size=t.num_workers, train_images=n_train)
+    n_train = min(manifest["splits"]["train"]["images"], cfg.data.max_train_images or 1 << 62)
+    recipe = resolve_recipe(cfg, world_size=cfg.scaling.num_workers, train_images=n_train)
     log.info("%s", recipe.describe(t.optimizer))
     mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
                                 parent_run_id or cfg.tracking.parent_run_id, recipe)
     run_info = RunInfo(run_dir=run_dir, mlflow_run_id=mlflow_run_id,
-                       batches_per_epoch=batches_per_epoch(n_train, t.num_workers, t.batch_size), recipe=recipe,
+                       batches_per_epoch=batches_per_epoch(n_train, cfg.scaling.num_workers, t.batch_size), recipe=recipe,
                        snapshot_id=manifest["snapshot_id"], snapshot_uri=manifest["snapshot_uri"],
                        class_names=tuple(manifest["class_names"]), category_ids=tuple(manifest["category_ids"]))
     inputs = _train_input(cfg, manifest)
@@ -114,13 +114,13 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
             credentials=tracking.auth_env(), epochs=t.epochs,
             model_id=tracking.read_run_record(run_dir).get("model_id", ""))},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling_workers(cfg), use_gpu=t.use_gpu, placement_strategy=t.placement_strategy,
-            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+            num_workers=scaling_workers(cfg), use_gpu=cfg.scaling.use_gpu, placement_strategy=cfg.scaling.placement_strategy,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=runs_root, logging_config=train_logging_config(), callbacks=list(callbacks) or None,
             # A group that cannot start (a node lost, a fixed group too big for what is left) is a
             # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures,
                                                    controller_failure_limit=CONTROLLER_FAILURES),
             # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
             checkpoint_config=ray.train.CheckpointConfig(

@@ -144,7 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(cfg.train.threads_per_worker or max(1, math.ceil(cfg.train.cpus_per_worker)))
+    torch.set_num_threads(cfg.scaling.threads_per_worker or max(1, math.ceil(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + rank)
 
     model = build.build_model(cfg.model)

@@ -35,12 +35,11 @@ _EXAMPLE = {"choice": "{choice: [SGD, AdamW]}", "uniform": "{uniform: [0.0, 0.00
             "loguniform": "{loguniform: [0.0001, 0.01]}", "randint": "{randint: [0, 4]}"}
 # Fixed for all trials: what the search itself is, where runs go, and the resources each trial
 # takes (the concurrency check and Tune's placement assume one shape for every trial).
-_FIXED_PREFIXES = ("tune.", "storage.", "tracking.")
+_FIXED_PREFIXES = ("tune.", "storage.", "tracking.", "scaling.")  # where runs go, the resources every trial takes
 # train.optimizer=auto picks its own lr / momentum / warmup bias lr (cocoseg.engine.optim): a search
 # over these would train identical trials.
 _AUTO_IGNORES = ("train.lr0", "train.momentum", "train.warmup_bias_lr")
-_FIXED_KEYS = ("train.snapshot", "train.epochs", "train.num_workers", "train.min_workers", "train.cpus_per_worker",
-               "train.use_gpu", "train.data_actors", "train.data_cpus_per_actor", "train.placement_strategy")
+_FIXED_KEYS = ("train.snapshot", "train.epochs", "data.actors", "data.cpus_per_actor")
 
 
 def _is_distribution(node: Any) -> bool:
@@ -141,8 +140,8 @@ TRIAL_DRIVER_CPUS = 0.1
 
 def per_trial_cpus(cfg: JobConfig) -> float:
     """CPUs one trial holds: its train workers, its input actors and its driver's token share."""
-    t = cfg.train
-    return t.num_workers * t.cpus_per_worker + t.data_actors * t.data_cpus_per_actor + TRIAL_DRIVER_CPUS
+    s = cfg.scaling
+    return s.num_workers * s.cpus_per_worker + cfg.data.actors * cfg.data.cpus_per_actor + TRIAL_DRIVER_CPUS
 
 
 def check_concurrency(cfg: JobConfig, nodes: list[Mapping[str, float]]) -> None:
@@ -151,18 +150,18 @@ def check_concurrency(cfg: JobConfig, nodes: list[Mapping[str, float]]) -> None:
     ``nodes``: the live nodes' resources (``ray.nodes()[i]["Resources"]``). One CPU more is kept
     for Ray's own read tasks, as cocoseg.engine.checks does for a single run.
     """
-    t, n = cfg.train, cfg.tune.max_concurrent_trials
+    s, n = cfg.scaling, cfg.tune.max_concurrent_trials
     per_trial = per_trial_cpus(cfg)
     total_cpu = sum(node.get("CPU", 0.0) for node in nodes)
     fits = max(0, math.floor((total_cpu - 1) / per_trial + 1e-9)) if per_trial else n
     gpus = sum(node.get("GPU", 0.0) for node in nodes)
-    if t.use_gpu:
-        fits = min(fits, math.floor(gpus / t.num_workers))
+    if s.use_gpu:
+        fits = min(fits, math.floor(gpus / s.num_workers))
     if fits >= n:
         return
-    gpu_part = f" and {n * t.num_workers} GPUs (the cluster has {gpus:g})" if t.use_gpu else ""
+    gpu_part = f" and {n * s.num_workers} GPUs (the cluster has {gpus:g})" if s.use_gpu else ""
     raise ConfigError(
-        f"tune.max_concurrent_trials={n} needs {n} x ({t.num_workers} worker(s) x {t.cpus_per_worker:g} CPU + "
-        f"{t.data_actors} input actor(s) x {t.data_cpus_per_actor:g} CPU + {TRIAL_DRIVER_CPUS:g} trial driver) + 1 = {n * per_trial + 1:g} CPUs{gpu_part}, "
+        f"tune.max_concurrent_trials={n} needs {n} x ({s.num_workers} worker(s) x {s.cpus_per_worker:g} CPU + "
+        f"{cfg.data.actors} input actor(s) x {cfg.data.cpus_per_actor:g} CPU + {TRIAL_DRIVER_CPUS:g} trial driver) + 1 = {n * per_trial + 1:g} CPUs{gpu_part}, "
         f"the cluster has {total_cpu:g} CPUs; set tune.max_concurrent_trials={max(fits, 1)}"
-        f"{'' if fits else ' and lower train.cpus_per_worker / train.data_actors'}, or add nodes")
+        f"{'' if fits else ' and lower scaling.cpus_per_worker / data.actors'}, or add nodes")

@@ -71,7 +71,7 @@ def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: Progre
     root = storage.join(cfg.storage.root if storage.is_s3(cfg.storage.root) else os.path.abspath(cfg.storage.root), "tune")
     # A trial's placement group holds its driver function and its input actors (created by the
     # driver, so Tune's group captures them); its train workers get Train's own group.
-    bundles = [{"CPU": TRIAL_DRIVER_CPUS}] + [{"CPU": cfg.train.data_cpus_per_actor}] * cfg.train.data_actors
+    bundles = [{"CPU": TRIAL_DRIVER_CPUS}] + [{"CPU": cfg.data.cpus_per_actor}] * cfg.data.actors
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, parent_run_id=parent),
                                     tune.PlacementGroupFactory(bundles))
     path = storage.join(root, t.name)

@@ -43,11 +43,11 @@ def part_b(args) -> dict:
             for workers in (1, 2):
                 cfg = load_config(None, [
                     "model.variant=n", "model.num_classes=4", f"model.imgsz={imgsz}", "train.batch_size=8",
-                    f"train.epochs={args.epochs}", "train.close_mosaic=0", f"train.num_workers={workers}",
-                    "train.cpus_per_worker=1", "train.data_actors=1", "train.data_cpus_per_actor=1",
-                    "train.threads_per_worker=1" if workers == 2 else "train.threads_per_worker=2",
+                    f"train.epochs={args.epochs}", "train.close_mosaic=0", f"scaling.num_workers={workers}",
+                    "scaling.cpus_per_worker=1", "data.actors=1", "data.cpus_per_actor=1",
+                    "scaling.threads_per_worker=1" if workers == 2 else "scaling.threads_per_worker=2",
                     f"storage.root={tmp}", f"train.snapshot={snapshot}", f"tracking.run_name=bench-{workers}",
-                    "tracking.system_metrics=false", "train.max_failures=0"])
+                    "tracking.system_metrics=false", "scaling.max_failures=0"])
                 started = time.perf_counter()
                 result = train.run(cfg)
                 out[f"workers_{workers}"] = {"images_per_s": round(result.metrics["train/images_per_s"], 2),

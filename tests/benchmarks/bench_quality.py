@@ -110,7 +110,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
 
     overrides = [f"storage.root={root}", f"ingest.source={src}", f"model.num_classes={NUM_CLASSES}",
                  f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
-                 "train.num_workers=1", "train.use_gpu=false", "tracking.run_name=bench-quality"]
+                 "scaling.num_workers=1", "scaling.use_gpu=false", "tracking.run_name=bench-quality"]
     cfg = load_config(None, overrides)
     # Ray starts its workers at nice 15; the reference runs at 0. On a machine shared with other
     # work that alone would starve cocoseg's side, so its local Ray runs its workers at 0 too.

@@ -181,7 +181,7 @@ def run_size(n_train: int, args: argparse.Namespace) -> dict[str, Any]:
         tcfg = load_config(str(REPO / "pipelines/configs/demo.yaml"), [
             *common, f"train.snapshot={manifest['snapshot_uri']}", "model.num_classes=80", f"model.imgsz={args.imgsz}",
             f"model.variant={args.variant}", "train.epochs=1", "train.close_mosaic=0", f"train.batch_size={args.batch}",
-            f"train.nominal_batch={args.batch}", f"train.data_actors={args.data_actors}", "tracking.run_name=scale",
+            f"train.nominal_batch={args.batch}", f"data.actors={args.data_actors}", "tracking.run_name=scale",
             f"export.imgsz={args.imgsz}", "tracking.system_metrics=false"])
         trained, stats = _stage(monitor, "train (1 epoch + val)", n_train, lambda: train.run(tcfg))
         out["stages"].append(stats)

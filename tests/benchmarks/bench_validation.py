@@ -30,7 +30,7 @@ from cocoseg.data.schema import read_manifest, snapshot_to_coco
 from cocoseg.engine import build
 snap = sys.argv[1]
 cfg = load_config(None, ["model.variant=n", "model.num_classes=4", "model.imgsz=256", "train.batch_size=16",
-                         "train.max_val_images=60"])
+                         "data.max_val_images=60"])
 man = read_manifest(snap)
 torch.manual_seed(0)
 model = build.build_model(cfg.model)
