@@ -8,7 +8,7 @@ import torch
 from augment_rows import make_row, make_rows
 
 from cocoseg.data.augment import load_letterboxed
-from cocoseg.data.collate import collate_rows, collate_train, collate_val, labels_array
+from cocoseg.data.collate import collate_train, collate_val, labels_array
 from cocoseg.data.instances import Sample, format_sample, overlap_map
 from cocoseg.data.stage import AugmentBatch, stack_rows
 from cocoseg.structures import SegTargets, TrainBatch
@@ -59,11 +59,6 @@ def test_collate_train_shapes_dtypes_and_instance_index() -> None:
         assert set(t.masks[b].unique().tolist()) <= set(range(n_b + 1))
         assert int(t.masks[b].max()) == n_b  # no affine here: every instance keeps some cells
     assert tb.image_ids.tolist() == [int(i) for i in batch["image_id"]]
-    # a list of single rows (torch DataLoader path) collates to the same thing
-    singles = [{k: (v[i]) for k, v in batch.items()} for i in range(4)]
-    again = collate_rows(singles)
-    assert torch.equal(again.images, tb.images) and torch.equal(again.targets.masks, t.masks)
-    assert torch.equal(again.targets.boxes_cxcywh_norm, t.boxes_cxcywh_norm)
 
 
 def test_labels_bytes_and_arrays_agree() -> None:

@@ -12,7 +12,7 @@ import pytest
 from ingest_helpers import EXPECTED_REJECTS, make_bad_source
 from PIL import Image
 
-from cocoseg.ingest.records import BadImage, check_annotation, inspect_image, process_batch
+from cocoseg.ingest.records import BadImage, check_annotation, inspect_image, process_record
 from cocoseg.ingest.snapshot import sort_records
 from cocoseg.ingest.source import plan_source
 
@@ -67,9 +67,9 @@ def test_box_tolerance_is_honoured():
 def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
     doc = make_bad_source(tmp_path / "src")
     plan = plan_source(str(tmp_path / "src"))
-    out = process_batch(sort_records(plan), plan.class_map.id_to_index, tolerance_px=2.0)
+    out = [process_record(r, plan.class_map.id_to_index, tolerance_px=2.0) for r in sort_records(plan)]
     rejects = [r for s in plan.splits for r in s.rejects]
-    rejects += [r for text in out.column("_rejects").to_pylist() if text for r in json.loads(text)]
+    rejects += [r for row in out if row["_rejects"] for r in json.loads(row["_rejects"])]
     images = Counter(r["reason"] for r in rejects if r["annotation_id"] is None)
     instances = Counter(r["reason"] for r in rejects if r["annotation_id"] is not None)
     for reason, (n_images, n_instances) in EXPECTED_REJECTS.items():
@@ -77,7 +77,7 @@ def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
         if n_instances is not None:
             assert instances[reason] == n_instances, (reason, instances)
     assert set(images) | set(instances) == set(EXPECTED_REJECTS)
-    kept = [r for r in out.to_pylist() if r["_keep"]]
+    kept = [r for r in out if r["_keep"]]
     # reconciliation: every image and instance read is either written or quarantined
     read_images = sum(s.images_read for s in plan.splits)
     read_instances = sum(s.instances_read for s in plan.splits)
@@ -88,30 +88,6 @@ def test_every_reason_is_quarantined_and_counts_reconcile(tmp_path):
     assert modes == {7: "L", 8: "CMYK"}  # accepted, original bytes kept
     crowd = [a for r in kept for a in r["annotations"] if a["iscrowd"]]
     assert len(crowd) == 1 and crowd[0]["area"] == 96 and crowd[0]["rle_counts"]
-
-
-def test_shards_do_not_depend_on_batch_boundaries(tmp_path):
-    from ingest_helpers import make_source
-
-    from cocoseg.ingest.snapshot import SnapshotWriter
-
-    make_source(tmp_path / "src", images=30, size=(64, 48))
-    plan = plan_source(str(tmp_path / "src"))
-    out = process_batch(sort_records(plan), plan.class_map.id_to_index)
-    results = []
-    for step in (1, 7, out.num_rows):
-        writer = SnapshotWriter(str(tmp_path / f"d{step}"), "s", plan, shard_bytes=6000, settings={})
-        for i in range(0, out.num_rows, step):
-            writer.add(out.slice(i, step))
-        manifest = writer.commit()
-        shards = {k: [(s["path"], s["rows"]) for s in v["shards"]] for k, v in manifest["splits"].items()}
-        ids = [pq.read_table(tmp_path / f"d{step}" / "snapshots" / "s" / p, columns=["image_id"]).column(0).to_pylist()
-               for v in shards.values() for p, _ in v]
-        results.append((shards, ids))
-    assert results[0] == results[1] == results[2]
-    shards, ids = results[0]
-    assert len(shards["train"]) > 2 and sum(map(len, ids)) == 30
-    assert [i for chunk in ids for i in chunk] == sorted(i for chunk in ids for i in chunk)
 
 
 def test_shards_are_planned_from_the_listing_before_any_read(tmp_path):
@@ -146,11 +122,11 @@ def test_write_shard_writes_its_file_and_returns_reconciling_metadata(tmp_path):
     records = sort_records(plan)
     snap = str(tmp_path / "snap")
     metas = [write_shard(s, snap, plan.class_map.id_to_index) for s in plan_shards(records, 10**9)]
-    expected = process_batch(records, plan.class_map.id_to_index, decode_check="header")
-    kept = [r for r in expected.to_pylist() if r["_keep"]]
+    expected = [process_record(r, plan.class_map.id_to_index, decode_check="header") for r in records]
+    kept = [r for r in expected if r["_keep"]]
     assert sum(m["rows"] for m in metas) == len(kept)
     assert sum(m["instances"] for m in metas) == sum(len(r["annotations"]) for r in kept)
-    rejects = [r for t in expected.column("_rejects").to_pylist() if t for r in json.loads(t)]
+    rejects = [r for row in expected if row["_rejects"] for r in json.loads(row["_rejects"])]
     assert [r for m in metas for r in m["rejects"]] == rejects
     for m in metas:
         table = pq.read_table(tmp_path / "snap" / m["path"])

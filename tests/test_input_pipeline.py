@@ -1,19 +1,16 @@
-"""The Ray Data input stage on a real local Ray: snapshot Parquet (local folder and S3) in,
-collated TrainBatch / ValBatch out."""
+"""The training input stage on a real local Ray: snapshot Parquet (local folder and S3) in,
+augmented rows out of the persistent input actors, every image once per epoch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 from augment_rows import make_rows, write_split
 
 from cocoseg import storage
-from cocoseg.data.collate import ValBatch, collate_val
 
-# The val test starts a Ray Data execution (3-18 s measured on the shared 2-core machine at load
-# average ~30); the train test starts two small pools of input actors.
+# The tests start small pools of input actors.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -21,19 +18,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def split(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     rows = make_rows(24, (120, 90), instances=2)
     return write_split(rows, tmp_path_factory.mktemp("snapshot") / "train", rows_per_file=8)
-
-
-def test_val_stage_keeps_letterbox_params(ray_local, split: list[str]) -> None:
-    from cocoseg.data.train_input import build_val_dataset, iter_collated
-
-    batches = list(iter_collated(build_val_dataset(split, imgsz=64, batch_size=8), batch_size=8,
-                                 collate=collate_val))
-    assert all(isinstance(vb, ValBatch) for vb in batches)
-    ids = sorted(i for vb in batches for i in vb.image_ids.tolist())
-    assert ids == list(range(1, 25))
-    gains = torch.cat([vb.gains for vb in batches])
-    assert torch.allclose(gains, torch.full_like(gains, 64 / 120))
-    assert all(vb.orig_hw.tolist() == [[90, 120]] * len(vb.image_ids) for vb in batches)
 
 
 def _epoch_ids(stream, epoch: int, batch: int) -> dict[int, tuple[bytes, bytes]]:

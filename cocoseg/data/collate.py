@@ -13,7 +13,7 @@ train worker (the only per-batch work it does besides the step itself).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from cocoseg.data.letterbox import to_original_boxes
 from cocoseg.structures import SegTargets, TrainBatch
 
-__all__ = ["ValBatch", "collate_rows", "collate_train", "collate_val", "labels_array"]
+__all__ = ["ValBatch", "collate_train", "collate_val", "labels_array"]
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -67,14 +67,6 @@ def collate_train(batch: Mapping[str, Any]) -> TrainBatch:
     ids = batch.get("image_id")
     return TrainBatch(images=images, targets=_targets(batch),
                       image_ids=_tensor(np.asarray(ids, np.int64)) if ids is not None else None)
-
-
-def collate_rows(rows: Sequence[Mapping[str, Any]]) -> TrainBatch:
-    """A list of single-sample rows (e.g. from a torch ``DataLoader``) -> TrainBatch."""
-    columns = {k: [r[k] for r in rows] for k in rows[0]}
-    for key in ("image", "masks"):
-        columns[key] = np.stack(columns[key])
-    return collate_train(columns)
 
 
 @dataclass

@@ -20,15 +20,13 @@ makes the stream reproducible: which rows form which chunk on which worker is pl
 epoch) alone (:func:`cocoseg.data.stage.epoch_chunks`) and each chunk's output depends on its rows,
 seed and epoch only (:func:`cocoseg.data.augment.augment_chunk`), never on the actor that ran it.
 The close-mosaic switch is per epoch: :func:`cocoseg.data.augment.preset_for_epoch`.
-
-``build_val_dataset`` is the Ray Data form for a one-pass letterboxed split.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,62 +34,9 @@ import numpy as np
 import ray
 
 from cocoseg.data.augment import get_preset, preset_for_epoch
-from cocoseg.data.collate import collate_train
-from cocoseg.data.stage import INPUT_COLUMNS, AugmentBatch, ChunkAugmenter, epoch_chunks
+from cocoseg.data.stage import ChunkAugmenter, epoch_chunks
 
-__all__ = ["EpochStream", "TrainInput", "build_val_dataset", "inflight_per_worker", "iter_collated"]
-
-
-def _actors(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
-    if isinstance(concurrency, tuple):
-        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
-    return ray.data.ActorPoolStrategy(size=concurrency)
-
-
-def _read(paths: str | Sequence[str], rows_per_block: int, filesystem: Any, shuffle: str | None) -> ray.data.Dataset:
-    """Read the snapshot columns the stage needs, in blocks of ``rows_per_block`` rows.
-
-    Ray Data packs small files into one read task and big shards into blocks of up to 128 MB of
-    encoded images; either way one actor call would then augment hundreds of images before the
-    consumer sees any. A streaming repartition to one map batch per block keeps the actors busy in
-    parallel and the output flowing batch by batch. ``shuffle="files"`` permutes the file order
-    anew each epoch without materialising anything (a block-order shuffle is an all-to-all barrier).
-    """
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.use_datasource_v2
-    # Ray 2.60's DataSourceV2 Parquet path (ListFiles -> ReadFiles) spent 28-45 s of wall time
-    # (0.3 s CPU) in its ListFiles task on every execution here, i.e. every epoch, before the
-    # first row; the classic reader starts in seconds. read_parquet picks the path when called,
-    # so the flag is flipped only around the call.
-    ctx.use_datasource_v2 = False
-    try:
-        ds = ray.data.read_parquet(paths, columns=list(INPUT_COLUMNS), filesystem=filesystem, shuffle=shuffle)
-    finally:
-        ctx.use_datasource_v2 = saved
-    return ds.repartition(target_num_rows_per_block=rows_per_block)
-
-
-def build_val_dataset(paths: str | Sequence[str], *, imgsz: int = 640, batch_size: int = 16,
-                      concurrency: int | tuple[int, int] = 1, cpus_per_actor: float = 1.0,
-                      num_classes: int = 80, filesystem: Any = None) -> ray.data.Dataset:
-    """Lazy Ray Dataset of letterboxed validation rows (``"val"`` preset, deterministic, in order)."""
-    ds = _read(paths, batch_size, filesystem, shuffle=None)
-    return ds.map_batches(
-        AugmentBatch,
-        fn_constructor_kwargs={"preset": "val", "imgsz": imgsz, "seed": 0, "epoch": 0,
-                               "num_classes": num_classes},
-        batch_size=batch_size, batch_format="pyarrow", compute=_actors(concurrency), num_cpus=cpus_per_actor,
-    )
-
-
-def iter_collated(data: ray.data.Dataset | ray.data.DataIterator | Iterable[Any], *, batch_size: int,
-                  collate: Callable[[Any], Any] = collate_train, prefetch_batches: int = 2,
-                  drop_last: bool = False) -> Iterator[Any]:
-    """Iterate a dataset or a train worker's shard as collated batches (TrainBatch by default;
-    pass ``collate=collate_val`` for :class:`cocoseg.data.collate.ValBatch`)."""
-    for batch in data.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                   prefetch_batches=prefetch_batches, drop_last=drop_last):
-        yield collate(batch)
+__all__ = ["EpochStream", "TrainInput", "inflight_per_worker"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Per-record validation and quarantine: pure functions over batches of records.
+"""Per-record validation and quarantine: pure functions, no Ray.
 
-:func:`process_batch` is what the ingest job maps over the records with Ray Data; it is plain
-Python over a pyarrow Table (or a list of dicts), so the tests call it without Ray. For each
-record (see :mod:`cocoseg.ingest.coco`) it reads the image bytes, checks them, checks every
-annotation, and returns one output row in :data:`OUTPUT_SCHEMA`: the snapshot columns, plus
+:func:`process_record` is what each shard task of the ingest job
+(:func:`cocoseg.ingest.snapshot.write_shard`) runs on each of its records (see
+:mod:`cocoseg.ingest.coco`): it reads the image bytes, checks them, checks every annotation, and
+returns one row: the snapshot columns (:data:`cocoseg.data.schema.SNAPSHOT_SCHEMA`), plus
 ``_keep`` (the image is written) and ``_rejects`` (JSON list of quarantine rows).
 
 Reasons (the ``reason`` column of ``_quarantine.parquet``). Image level, the image and all its
@@ -39,21 +39,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from cocoseg import storage
-from cocoseg.data.schema import SNAPSHOT_SCHEMA
 
 __all__ = [
     "IMAGE_REASONS",
     "INSTANCE_REASONS",
-    "OUTPUT_SCHEMA",
     "BadImage",
     "check_annotation",
     "inspect_image",
-    "process_batch",
     "process_record",
 ]
 
@@ -64,8 +60,6 @@ INSTANCE_REASONS = ("polygon_too_few_points", "non_finite_coordinates", "box_out
 DECODE_CHECKS = ("header", "draft", "full")
 
 _KNOWN_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF")
-
-OUTPUT_SCHEMA = SNAPSHOT_SCHEMA.append(pa.field("_keep", pa.bool_())).append(pa.field("_rejects", pa.string()))
 
 # Pillow refuses images above ~179 Mpx as a decompression-bomb guard; COCO-scale photos are far
 # below, so keep the guard but turn its warning into the error it would become at 2x.
@@ -237,7 +231,7 @@ def _read(record: Mapping[str, Any]) -> bytes:
 
 def process_record(record: Mapping[str, Any], id_to_index: Mapping[int, int], tolerance_px: float = 2.0,
                    decode_check: str = "draft") -> dict[str, Any]:
-    """One record -> one :data:`OUTPUT_SCHEMA` row (image-level rejects give ``_keep=False``)."""
+    """One record -> one snapshot row plus ``_keep`` (false for an image-level reject) and ``_rejects``."""
     anns = record["anns"] or []
     row = {"image_id": int(record["image_id"]), "file_name": record["file_name"], "split": record["split"],
            "width": int(record["width"]), "height": int(record["height"]), "image": b"", "annotations": []}
@@ -262,10 +256,3 @@ def process_record(record: Mapping[str, Any], id_to_index: Mapping[int, int], to
             row["annotations"].append(out)
     return {**row, "_keep": True, "_rejects": json.dumps(rejects) if rejects else ""}
 
-
-def process_batch(batch: pa.Table | list[dict[str, Any]], id_to_index: Mapping[int, int],
-                  tolerance_px: float = 2.0, decode_check: str = "draft") -> pa.Table:
-    """Records (a pyarrow Table or a list of record dicts) -> :data:`OUTPUT_SCHEMA` Table, same order."""
-    rows = batch.to_pylist() if isinstance(batch, pa.Table) else list(batch)
-    out = [process_record(r, id_to_index, tolerance_px, decode_check) for r in rows]
-    return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)

@@ -7,11 +7,8 @@ reads, validates and writes its own Parquet file and returns only small metadata
 :class:`SnapshotWriter` collects that metadata (:meth:`SnapshotWriter.add_shard`) and commits.
 A shard whose every image is quarantined writes no file and is not listed (its index is skipped).
 
-:class:`SnapshotWriter` can also stream the output of :func:`cocoseg.ingest.records.process_batch`
-itself (:meth:`SnapshotWriter.add`, in record order; one process, no Ray), cutting each split
-greedily on an estimate of the *output* row bytes. Either way record order is fixed by the
-source (split, then image id), so an image always lands in the same shard under the same name
-for the same source and settings.
+Record order is fixed by the source (split, then image id), so an image always lands in the same
+shard under the same name for the same source and settings.
 
 Atomicity: the manifest is written last, with one atomic write; a folder without a manifest is
 an interrupted ingest, which readers ignore and the next run of the same snapshot id removes
@@ -24,11 +21,11 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocoseg import __version__, storage
@@ -55,7 +52,6 @@ log = get_logger(__name__)
 # most its two edge groups with the actors of the chunks beside it: 1.25x the split read per epoch
 # with any number of actors (4 MB groups: 2-3x; whole 256 MB shards, as before: 1x per actor).
 _ROW_GROUP_BYTES = 1024 * 1024
-_BYTES_PER_INSTANCE = 512  # a COCO instance (box, ids, ~25 polygon vertices as float64) in Parquet
 
 
 def compute_snapshot_id(plan: SourcePlan, settings: dict[str, Any]) -> str:
@@ -162,20 +158,13 @@ def _write_rows(writer: pq.ParquetWriter | None, stream: Any, uri: str, rows: li
     return writer, stream
 
 
-class _Shards:
-    """The open shard of one split: a streaming Parquet writer plus rows not yet written."""
+@dataclass
+class _SplitTally:
+    """One split's committed shards and counts (from the shard tasks' metadata)."""
 
-    def __init__(self) -> None:
-        self.pending: list[pa.Table] = []
-        self.pending_bytes = 0  # estimate of the rows in `pending`
-        self.open_bytes = 0  # estimate of the whole open shard (written + pending); 0: none open
-        self.open_rows = 0
-        self.open_instances = 0
-        self.writer: pq.ParquetWriter | None = None
-        self.stream: Any = None
-        self.done: list[dict[str, Any]] = []
-        self.images = 0
-        self.instances = 0
+    done: list[dict[str, Any]] = field(default_factory=list)
+    images: int = 0
+    instances: int = 0
 
 
 class SnapshotWriter:
@@ -186,7 +175,7 @@ class SnapshotWriter:
         self.root, self.snapshot_id, self.plan = root, snapshot_id, plan
         self.uri = snapshot_uri(root, snapshot_id)
         self.shard_bytes, self.settings = shard_bytes, settings
-        self.splits: dict[str, _Shards] = defaultdict(_Shards)
+        self.splits: dict[str, _SplitTally] = defaultdict(_SplitTally)
         self.rejects: list[dict[str, Any]] = [r for s in plan.splits for r in s.rejects]
         self._shard_metas: dict[tuple[str, int], dict[str, Any]] = {}  # add_shard -> commit
         self.total = sum(len(s.records) for s in plan.splits)
@@ -197,32 +186,6 @@ class SnapshotWriter:
             log.warning("removing %s: the partial snapshot of an interrupted ingest (it had no manifest)", self.uri)
             storage.delete(self.uri, recursive=True)
         storage.makedirs(self.uri)
-
-    def add(self, table: pa.Table) -> None:
-        """Take one processed batch (``OUTPUT_SCHEMA``), in record order."""
-        for text in table.column("_rejects").to_pylist():
-            if text:
-                self.rejects.extend(json.loads(text))
-        kept = table.filter(pc.field("_keep")).select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
-        if kept.num_rows:
-            # a per-row estimate (never a per-batch one) keeps the cuts independent of batching
-            n_anns = pc.list_value_length(kept.column("annotations")).fill_null(0).to_pylist()
-            row_bytes = [b + 64 + _BYTES_PER_INSTANCE * n for b, n in
-                         zip(pc.binary_length(kept.column("image")).to_pylist(), n_anns, strict=True)]
-            splits = kept.column("split").to_pylist()
-            start = 0  # rows [start, i) go to the open shard of splits[start] as one slice
-            for i, (split, size) in enumerate(zip(splits, row_bytes, strict=True)):
-                shards = self.splits[split]
-                cut = shards.open_bytes > 0 and shards.open_bytes + size > self.shard_bytes
-                if i > start and (split != splits[start] or cut):
-                    self._append(splits[start], kept.slice(start, i - start), sum(row_bytes[start:i]))
-                    start = i
-                if cut:
-                    self._close(split)
-                shards.open_bytes += size
-            self._append(splits[start], kept.slice(start), sum(row_bytes[start:]))
-        self.seen += table.num_rows
-        self._progress()
 
     def add_shard(self, meta: dict[str, Any]) -> None:
         """Take one shard written by :func:`write_shard`, in any order (as the tasks finish).
@@ -246,50 +209,6 @@ class SnapshotWriter:
             shards.instances += meta["instances"]
         self._shard_metas.clear()
 
-    def _append(self, split: str, rows: pa.Table, size: float) -> None:
-        shards = self.splits[split]
-        shards.pending.append(rows)
-        shards.pending_bytes += size
-        if shards.pending_bytes >= _ROW_GROUP_BYTES:
-            self._write_pending(split)
-
-    def _write_pending(self, split: str) -> None:
-        """Write the pending rows of ``split`` as one row group of its open shard (opening it)."""
-        shards = self.splits[split]
-        if not shards.pending:
-            return
-        if shards.writer is None:
-            fs, path = storage.filesystem(self._shard_uri(split, len(shards.done)))
-            storage.makedirs(storage.join(self.uri, split))
-            shards.stream = fs.open_output_stream(path)
-            # JPEG/PNG bytes do not compress; the annotation columns do.
-            compression = {name: ("NONE" if name == "image" else "ZSTD") for name in SNAPSHOT_SCHEMA.names}
-            shards.writer = pq.ParquetWriter(shards.stream, SNAPSHOT_SCHEMA, compression=compression)
-        table = pa.concat_tables(shards.pending)
-        shards.writer.write_table(table, row_group_size=max(1, table.num_rows))
-        shards.open_rows += table.num_rows
-        shards.open_instances += sum(pc.list_value_length(table.column("annotations")).fill_null(0).to_pylist())
-        shards.pending, shards.pending_bytes = [], 0
-
-    def _shard_uri(self, split: str, index: int) -> str:
-        return storage.join(self.uri, split, f"part-{index:05d}.parquet")
-
-    def _close(self, split: str) -> None:
-        """Finish the open shard of ``split`` and record it."""
-        self._write_pending(split)
-        shards = self.splits[split]
-        if shards.writer is None:
-            return
-        shards.writer.close()
-        shards.stream.close()
-        fs, path = storage.filesystem(self._shard_uri(split, len(shards.done)))
-        shards.done.append({"path": f"{split}/part-{len(shards.done):05d}.parquet", "rows": shards.open_rows,
-                            "bytes": fs.get_file_info(path).size})
-        shards.images += shards.open_rows
-        shards.instances += shards.open_instances
-        shards.writer = shards.stream = None
-        shards.open_bytes = shards.open_rows = shards.open_instances = 0
-
     def _progress(self, force: bool = False) -> None:
         now = time.perf_counter()
         if force or now - self._last_log >= 2.0:
@@ -302,8 +221,6 @@ class SnapshotWriter:
     def commit(self) -> dict[str, Any]:
         """Flush the last shards, write ``_quarantine.parquet``, check the counts, write the manifest."""
         self._record_shards()
-        for split in list(self.splits):
-            self._close(split)
         self._progress(force=True)
         quarantine = pa.Table.from_pylist(self.rejects, schema=QUARANTINE_SCHEMA)
         fs, path = storage.filesystem(storage.join(self.uri, QUARANTINE_NAME))
@@ -320,7 +237,7 @@ class SnapshotWriter:
             per_reason[r["reason"]]["instances" if r["annotation_id"] is not None else "images"] += 1
         splits = {}
         for s in self.plan.splits:
-            shards = self.splits.get(s.name, _Shards())
+            shards = self.splits.get(s.name, _SplitTally())
             splits[s.name] = {"source_split": s.source_name, "images": shards.images,
                               "annotations": shards.instances, "shards": shards.done}
         counts = {
