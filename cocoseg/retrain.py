@@ -17,7 +17,8 @@ from typing import Any
 from cocoseg import storage
 from cocoseg.config import JobConfig, with_values
 from cocoseg.engine.checks import ensure_ray
-from cocoseg.registry import CHAMPION, alias_version, connect, resolve_tracking_uri
+from cocoseg.registry import CHAMPION, alias_version, connect
+from cocoseg.tracking import resolve_tracking_uri
 from cocoseg.utils import get_logger
 
 __all__ = ["retrain"]

@@ -129,7 +129,7 @@ def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, s3_buck
     # tune resolve through the same function) finds that store from any other working directory.
     from mlflow import MlflowClient
 
-    from cocoseg import registry, tracking
+    from cocoseg import tracking
 
     store = f"sqlite:///{home.resolve()}/mlflow.db"
     runs = MlflowClient(store).search_runs(
@@ -138,4 +138,4 @@ def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, s3_buck
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("COCOSEG_HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    assert tracking.resolve_tracking_uri("", root) == registry.resolve_tracking_uri("", root) == store
+    assert tracking.resolve_tracking_uri("", root) == store

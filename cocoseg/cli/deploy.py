@@ -39,7 +39,8 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from cocoseg.registry import connect, resolve_tracking_uri
+    from cocoseg.registry import connect
+    from cocoseg.tracking import resolve_tracking_uri
 
     cfg = load_config(args.config, args.overrides)
     return connect(resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root))

@@ -6,7 +6,7 @@
 - :mod:`.serving`: the pyfunc model (models from code, ONNX Runtime, no pickle).
 """
 
-from .client import RegistryError, connect, resolve_tracking_uri
+from .client import RegistryError, connect
 from .gate import CHALLENGER, CHAMPION, GateDecision, alias_version, decide, promote, rollback, run_gate
 from .versions import Registration, register_export, version_tags
 
@@ -21,7 +21,6 @@ __all__ = [
     "decide",
     "promote",
     "register_export",
-    "resolve_tracking_uri",
     "rollback",
     "run_gate",
     "version_tags",

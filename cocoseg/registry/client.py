@@ -1,4 +1,5 @@
-"""Connecting to MLflow: resolve the tracking URI and fail fast, in words, before any write.
+"""Connecting to the MLflow registry: fail fast, in words, before any write (the tracking URI is
+:func:`cocoseg.tracking.resolve_tracking_uri`'s, the one resolver).
 
 The MLflow client retries a dead server with exponential back-off for minutes and reports a
 refused login deep inside a REST stack trace. :func:`connect` first asks the server itself (one
@@ -12,19 +13,11 @@ from __future__ import annotations
 
 from cocoseg.utils import UserError
 
-__all__ = ["RegistryError", "connect", "resolve_tracking_uri"]
+__all__ = ["RegistryError", "connect"]
 
 
 class RegistryError(UserError):
     """The registry cannot do what was asked (server down, login refused, bad version, ...)."""
-
-
-def resolve_tracking_uri(tracking_uri: str = "", storage_root: str = "./.cocoseg") -> str:
-    """The URI to use: the config's, else ``$MLFLOW_TRACKING_URI``, else SQLite under the root;
-    credentials in it move to MLflow's variables (the same rule as training's)."""
-    from cocoseg import tracking
-
-    return tracking.resolve_tracking_uri(tracking_uri, storage_root)
 
 
 def preflight(uri: str, timeout: float = 5.0) -> None:

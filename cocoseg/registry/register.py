@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cocoseg import bundle, storage
 from cocoseg.config import JobConfig
-from cocoseg.registry import Registration, register_export, resolve_tracking_uri
+from cocoseg.registry import Registration, register_export
+from cocoseg.tracking import resolve_tracking_uri
 from cocoseg.utils import get_logger
 
 __all__ = ["register"]
