@@ -1,1 +1,3 @@
-"""Data: COCO/YOLO sources, the Parquet snapshot schema, ingest validation, synthetic data, augmentation, collation."""
+"""Training input: the snapshot schema both stages read, and snapshot rows -> model-ready batches
+(decode, instances, augment, the persistent input actors of :mod:`.train_input`, collate).
+Sources -> snapshots is :mod:`cocoseg.ingest`."""

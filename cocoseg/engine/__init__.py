@@ -1,1 +1,3 @@
-"""The per-worker train loop (plain PyTorch), optimiser, schedule, EMA, checkpoints, and the one Ray adapter (worker.py)."""
+"""Training: the config edge (:mod:`.build`), the driver (:mod:`.trainer`: checks, MLflow run,
+input actors, ``TorchTrainer``) and its cluster checks (:mod:`.checks`, :mod:`.capacity`), the
+per-worker Ray adapter (:mod:`.worker`) over the plain-PyTorch loop, optimiser, EMA and checkpoints."""
