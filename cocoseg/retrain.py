@@ -1,9 +1,8 @@
 """One scheduled retraining round: ingest -> (skip when nothing changed) -> train -> evaluate ->
 export -> register + gate, warm-started from the champion.
 
-:func:`retrain` is the work of ``pipelines.retrain`` (``python -m pipelines.retrain``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.retrain`` runs :func:`retrain` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

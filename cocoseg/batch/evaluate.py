@@ -2,9 +2,8 @@
 (:class:`cocoseg.inference.DetectBatch`), detections gathered to the driver, pycocotools COCOeval
 for box and mask AP (per class too), ``metrics.json`` and an MLflow run.
 
-:func:`evaluate` is the work of ``pipelines.evaluate`` (``python -m pipelines.evaluate``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.evaluate`` runs :func:`evaluate` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

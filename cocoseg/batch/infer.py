@@ -2,9 +2,8 @@
 files, an actor pool runs :class:`cocoseg.inference.PredictImages`, Parquet predictions are written
 per chunk (the unit of resume) and ``_manifest.json`` last.
 
-:func:`infer` is the work of ``pipelines.infer`` (``python -m pipelines.infer``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.infer`` runs :func:`infer` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

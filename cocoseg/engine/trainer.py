@@ -3,9 +3,8 @@ driver side. It checks the input and the cluster before any worker starts, opens
 the input actors (:class:`cocoseg.data.train_input.TrainInput`) and fits a ``TorchTrainer`` running
 :func:`cocoseg.engine.worker.train_loop_per_worker`.
 
-:func:`train` is the work of ``pipelines.train`` (``python -m pipelines.train``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.train`` runs :func:`train` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Export a trained checkpoint (local or ``s3://``) into a verified export directory (ONNX,
 TensorRT where it can be built, latency), with the evaluated metrics carried in.
 
-:func:`export_checkpoint` is the work of ``pipelines.export`` (``python -m pipelines.export``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.export`` runs :func:`export_checkpoint` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Ingest COCO-Seg into an immutable, sharded Parquet snapshot: the source planned on the driver,
 each shard written by a Ray Data task, the manifest committed last.
 
-:func:`ingest` is the work of ``pipelines.ingest`` (``python -m pipelines.ingest``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.ingest`` runs :func:`ingest` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

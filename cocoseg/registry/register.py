@@ -1,9 +1,8 @@
 """Register one export directory as an MLflow Model Registry version and run the promotion gate,
 evaluating the export first when it carries no evaluation provenance.
 
-:func:`register` is the work of ``pipelines.register`` (``python -m pipelines.register``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.register`` runs :func:`register` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Hyperparameter search on Ray Tune: every trial is the train job on one draw of ``tune.space``,
 under ASHA, tracked as nested MLflow runs; a rerun resumes the search.
 
-:func:`run_search` is the work of ``pipelines.tune`` (``python -m pipelines.tune``; the exact ``ray job submit`` line,
-what it reads and writes and what a rerun does are in that job's docstring) and of the matching
-``cocoseg`` command.
+The job ``pipelines.tune`` runs :func:`run_search` (its docstring: the ``ray job submit`` line, what it reads,
+writes and does on a rerun).
 """
 
 from __future__ import annotations
@@ -20,14 +19,7 @@ from cocoseg import storage, tracking
 from cocoseg.cluster import start_ray
 from cocoseg.config import JobConfig, to_dict, with_values
 from cocoseg.engine.checks import check_cluster, ray_init_kwargs, resolve_snapshot
-from cocoseg.tune.report import (
-    EPOCHS_DONE,
-    SCORE,
-    best_row,
-    mark_trial_run,
-    trial_rows,
-    write_report,
-)
+from cocoseg.tune.report import EPOCHS_DONE, SCORE, best_row, mark_trial_run, trial_rows, write_report
 from cocoseg.tune.search import open_search, train_best, write_best
 from cocoseg.tune.space import (
     TRIAL_DRIVER_CPUS,
