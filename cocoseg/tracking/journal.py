@@ -2,7 +2,7 @@
 
 Who does what:
 
-- The *driver* (``pipelines/train.py``) opens the run before any worker starts (so a restarted
+- The *driver* (``cocoseg/engine/trainer.py``) opens the run before any worker starts (so a restarted
   worker group logs into the same run) through ``lifecycle.open_run``, and ends it through
   ``lifecycle.end_run``; both are journaled in the run record (``lifecycle.py``).
 - Rank 0 of the train workers holds a :class:`RunLogger`: per-epoch metrics, system metrics.

@@ -2,7 +2,7 @@
 
 A trial's driver function (:func:`run_trial`, in Tune's trial actor) resolves its config
 (:func:`trial_config`: the base config, the trial's draw, ``tune.epochs`` and the run name
-``<search>-<trial id>``) and calls ``pipelines.train.run`` with a Ray Train ``UserCallback``
+``<search>-<trial id>``) and calls ``cocoseg.engine.trainer.train`` with a Ray Train ``UserCallback``
 (:class:`EpochReport`, a ``TuneReportCallback``) that hands each epoch's report to Tune with
 ASHA's clock and score added. The train job is the same code as a plain run: its MLflow run is
 nested under the search's parent run, its checkpoints and resume are the train job's own.
