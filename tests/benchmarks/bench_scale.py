@@ -286,7 +286,7 @@ def main() -> int:
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--preset-images", type=int, default=96)
     parser.add_argument("--preset-imgsz", type=int, default=640)
-    parser.add_argument("--keep", action="store_true", help="keep the generated data under --root")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data, snapshot and run under --root")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -303,8 +303,8 @@ def main() -> int:
             print(_table(result[-1]), flush=True)
             if args.json:  # after each size, so a long second size leaves the first one's figures
                 Path(args.json).write_text(json.dumps(result, indent=1))
-            if not args.keep:
-                shutil.rmtree(Path(args.root) / f"n{n}" / "source", ignore_errors=True)
+            if not args.keep:  # source, snapshot, run and MLflow files: ~2x the JPEGs
+                shutil.rmtree(Path(args.root) / f"n{n}", ignore_errors=True)
         for small, large in zip(result, result[1:], strict=False):
             print(_compare(small, large), flush=True)
     if args.json:

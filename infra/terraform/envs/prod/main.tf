@@ -28,10 +28,12 @@ module "stack" {
   azs         = ["us-west-2a", "us-west-2b", "us-west-2c"]
 
   db_instance_class = "db.m6g.large"
-  # 4 x 4 L4 = 16 GPUs at most; the GPU group scales from zero while no job runs.
+  # Sized by the capacity model (docs/scaling.md, sections 3.5-3.6): one GPU type for both 1-day
+  # COCO runs, n on 1 node (4 L4) and x on 8 (32 L4, ~21 h); up to 8 x 4 = 32 GPUs, scaling
+  # from zero while no job runs. The input actors (1 CPU each) run on the CPU group.
   gpu_instance_types = ["g6.12xlarge"]
   gpus_per_node      = 4
-  gpu_max_size       = 4
+  gpu_max_size       = 8
   cpu_instance_types = ["m6i.4xlarge"]
   cpu_min_size       = 3
   cpu_max_size       = 20
