@@ -371,8 +371,14 @@ class RunLogger:
 
     def close(self) -> bool:
         if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
             try:
-                self._monitor.finish()
+                monitor.finish()
+                # MLflow's monitor drops the samples of an unfinished interval, so a run shorter
+                # than one interval had no system metrics at all: one last sample, at the end.
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
             except Exception:  # the monitor's last upload may fail when the server is gone
                 pass
         return self.flush()
