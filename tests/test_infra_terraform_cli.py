@@ -115,14 +115,3 @@ def test_terraform_validate_and_test(tf_runs, root: str) -> None:
         assert proc.returncode == 0, f"terraform {' '.join(args)} in {root}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
         assert "Warning" not in proc.stdout + proc.stderr or args[0] == "init", proc.stdout + proc.stderr
     assert "0 failed" in runs[-1][1].stdout and " 0 passed" not in runs[-1][1].stdout, runs[-1][1].stdout
-
-
-def test_terraform_validate_platform(tf_env: dict[str, str], tf_copy: Path) -> None:
-    missing = [p for p in ("helm", "kubernetes") if _provider_mirror(p) is None]
-    if missing:
-        pytest.skip(f"platform root needs the {' and '.join(missing)} provider(s), absent from the offline mirror; "
-                    "it is covered by python-hcl2 rules and checkov only")
-    cwd = tf_copy / "platform"
-    for args in (["init", "-backend=false", "-input=false"], ["validate"]):
-        proc = _tf(args, cwd, tf_env)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
