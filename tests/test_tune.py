@@ -78,6 +78,7 @@ def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snap
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 @pytest.mark.timeout(900)
 def test_train_best_trains_exports_and_registers_the_best_as_challenger(tiny_snapshot, mlflow_server, tmp_path):
     from pipelines import tune
