@@ -32,9 +32,9 @@ $(STAMP): pyproject.toml
 
 # Offline IaC validators live in their own venvs: checkov vendors a fork of python-hcl2 that
 # overwrites the real one when both share an environment (see infra/README.md).
-infra-tools: $(VENV)/.infra-tools
+infra-tools: .venv-iac/.infra-tools
 
-$(VENV)/.infra-tools: $(STAMP) infra/requirements-iac.txt infra/requirements-hcl.txt
+.venv-iac/.infra-tools: infra/requirements-iac.txt infra/requirements-hcl.txt
 	test -x .venv-iac/bin/python || $(PYTHON) -m venv .venv-iac
 	.venv-iac/bin/pip install -q -r infra/requirements-iac.txt
 	test -x .venv-hcl/bin/python || $(PYTHON) -m venv .venv-hcl

@@ -21,6 +21,7 @@ EPOCHS = 14
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 @pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_val_mask_ap50_rises_above_half(ray_local, tmp_path):
     from pipelines import train

@@ -48,8 +48,11 @@ def _attempts(run_dir: Path) -> list[dict]:
 def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snapshot, mlflow_server, tmp_path):
     from pipelines import tune
 
-    result = tune.run(_cfg(tmp_path, tiny_snapshot, f"tracking.tracking_uri={mlflow_server}",
-                           "tracking.experiment=t-tune", "tune.name=asha"))
+    def search():
+        return tune.run(_cfg(tmp_path, tiny_snapshot, f"tracking.tracking_uri={mlflow_server}",
+                             "tracking.experiment=t-tune", "tune.name=asha"))
+
+    result = search()
     rows = result.rows
     print("\n" + "\n".join(f"{r['trial_id']} {r['status']:>13} epochs {r['epochs_done']} AP {r['best_mask_ap50_95']:.4f} "
                            f"lr0 {r['train.lr0']:.4g} {r['train.optimizer']}" for r in rows))
@@ -76,6 +79,12 @@ def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snap
     assert best.train.epochs == 100 and best.train.lr0 == result.best["train.lr0"]
     assert best.train.snapshot == tiny_snapshot and best.tracking.run_name == ""
 
+    # The same command again restores the finished search (Tuner.restore): nothing trains again.
+    attempts = {p.name: len(_attempts(p)) for p in (tmp_path / "runs").iterdir()}
+    again = search()
+    assert sorted(r["trial_id"] for r in again.rows) == sorted(r["trial_id"] for r in rows)
+    assert {p.name: len(_attempts(p)) for p in (tmp_path / "runs").iterdir()} == attempts
+
 
 @pytest.mark.slow
 @pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
@@ -101,6 +110,7 @@ def test_train_best_trains_exports_and_registers_the_best_as_challenger(tiny_sna
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 @pytest.mark.timeout(900)
 def test_search_state_on_s3_and_a_rerun_resumes_it(tiny_snapshot, s3_bucket, tmp_path, capsys):
     """storage.root=s3://: the search state, runs and best.yaml live in the bucket; the same call
