@@ -52,12 +52,13 @@ def _warm_start(cfg: JobConfig, champion: Any) -> str:
                  champion.version, tags.get("variant"), tags.get("num_classes"), cfg.model.variant,
                  cfg.model.num_classes)
         return ""
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root))
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)  # passed, never set process-wide
     dest = storage.join(cfg.storage.root, "warm-start", f"{cfg.registry.model_name}-v{champion.version}")
     with tempfile.TemporaryDirectory(prefix="cocoseg-champion-") as tmp:
         for artifact, name in (("model.safetensors", "model.safetensors"), ("model_card.json", "model_card.json")):
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{cfg.registry.model_name}/{champion.version}/artifacts/{artifact}", dst_path=tmp)
+                artifact_uri=f"models:/{cfg.registry.model_name}/{champion.version}/artifacts/{artifact}", dst_path=tmp,
+                tracking_uri=uri, registry_uri=uri)
             storage.write_bytes(storage.join(dest, name), Path(local).read_bytes())
     return dest if storage.is_s3(dest) else os.path.abspath(dest)
 

@@ -9,7 +9,6 @@ writes and does on a rerun).
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from typing import Any
@@ -140,7 +139,7 @@ def evaluate(cfg: JobConfig, weights: str, snapshot: str, *, split: str = "", ou
         if weights.startswith("models:/"):
             raise UserError("--out is required when WEIGHTS is a models:/ URI")
         out = storage.join(weights, f"eval-{split}")
-    start_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)  # no-op when connected
+    start_ray(log_to_driver=False)  # RAY_ADDRESS (ray.init reads it), else local; no-op when connected
     doc = measure(cfg, weights, snapshot, split)
     if log_mlflow:
         doc["mlflow_run_id"] = log_to_mlflow(cfg, doc, parent_run)

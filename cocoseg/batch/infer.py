@@ -115,7 +115,7 @@ def infer(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "
     startup = 0.0
     t0 = time.perf_counter()
     if todo:
-        start_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        start_ray(log_to_driver=False)  # RAY_ADDRESS (ray.init reads it), else local
         t0 = time.perf_counter()  # images/s of the job, not of a local Ray's start-up
         new, failures, startup = _infer(cfg, weights, protocol, todo, out, key)
         entries.update(new)

@@ -87,7 +87,7 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     ensure_ray(cfg)
     quiet_ray_data()
     check_cluster(cfg)
-    t = cfg.train
+    t, s = cfg.train, cfg.scaling
     run_name = cfg.tracking.run_name or f"{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs_root = storage.join(cfg.storage.root, "runs")
     if not storage.is_s3(runs_root):
@@ -96,12 +96,12 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     storage.write_json(storage.join(run_dir, "config.json"), redact(to_dict(cfg)))
     _drop_torn_ray_snapshot(run_dir)
     n_train = min(manifest["splits"]["train"]["images"], cfg.data.max_train_images or 1 << 62)
-    recipe = resolve_recipe(cfg, world_size=cfg.scaling.num_workers, train_images=n_train)
+    recipe = resolve_recipe(cfg, world_size=s.num_workers, train_images=n_train)
     log.info("%s", recipe.describe(t.optimizer))
     mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
                                 parent_run_id or cfg.tracking.parent_run_id, recipe)
     run_info = RunInfo(run_dir=run_dir, mlflow_run_id=mlflow_run_id,
-                       batches_per_epoch=batches_per_epoch(n_train, cfg.scaling.num_workers, t.batch_size), recipe=recipe,
+                       batches_per_epoch=batches_per_epoch(n_train, s.num_workers, t.batch_size), recipe=recipe,
                        snapshot_id=manifest["snapshot_id"], snapshot_uri=manifest["snapshot_uri"],
                        class_names=tuple(manifest["class_names"]), category_ids=tuple(manifest["category_ids"]))
     inputs = _train_input(cfg, manifest)
@@ -113,13 +113,13 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
             credentials=tracking.auth_env(), epochs=t.epochs,
             model_id=tracking.read_run_record(run_dir).get("model_id", ""))},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling_workers(cfg), use_gpu=cfg.scaling.use_gpu, placement_strategy=cfg.scaling.placement_strategy,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+            num_workers=scaling_workers(cfg), use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
+            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=runs_root, logging_config=train_logging_config(), callbacks=list(callbacks) or None,
             # A group that cannot start (a node lost, a fixed group too big for what is left) is a
             # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
-            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures,
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures,
                                                    controller_failure_limit=CONTROLLER_FAILURES),
             # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
             checkpoint_config=ray.train.CheckpointConfig(

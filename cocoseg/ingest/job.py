@@ -8,7 +8,6 @@ writes and does on a rerun).
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -44,7 +43,7 @@ def _write_shards(specs: list[dict[str, Any]], writer: SnapshotWriter, cfg: JobC
 
     from cocoseg.cluster import start_ray
 
-    start_ray(address=os.environ.get("RAY_ADDRESS"))
+    start_ray()  # the cluster in RAY_ADDRESS (ray.init reads it), else a local Ray
     ic = cfg.ingest
     kwargs = {"snapshot": writer.uri, "id_to_index": id_to_index, "tolerance_px": ic.box_tolerance_px,
               "decode_check": ic.decode_check}
