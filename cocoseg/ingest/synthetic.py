@@ -71,8 +71,13 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
 
 
 def make_image(seed: int, index: int, width: int, height: int, classes: tuple[str, ...],
-               max_instances: int) -> tuple[Image.Image, list[tuple[int, np.ndarray]]]:
-    """Image ``index`` of the dataset: (RGB PIL image, [(class index, polygon (V, 2) px)])."""
+               max_instances: int, radius: tuple[float, float] = (0.10, 0.22),
+               colour_by_class: bool = True) -> tuple[Image.Image, list[tuple[int, np.ndarray]]]:
+    """Image ``index`` of the dataset: (RGB PIL image, [(class index, polygon (V, 2) px)]).
+
+    ``radius`` is the range of a shape's radius as a fraction of the shorter side. With
+    ``colour_by_class=False`` every shape gets a random colour, so only its geometry names its class.
+    """
     rng = np.random.default_rng([seed, index])
     img = Image.fromarray(_background(rng, width, height))
     draw = ImageDraw.Draw(img)
@@ -81,17 +86,20 @@ def make_image(seed: int, index: int, width: int, height: int, classes: tuple[st
     shapes = []
     for _ in range(int(rng.integers(1, max_instances + 1))):
         for _attempt in range(50):
-            radius = rng.uniform(0.10, 0.22) * side
-            cx = rng.uniform(radius + 1, width - radius - 1)
-            cy = rng.uniform(radius + 1, height - radius - 1)
-            if all(math.hypot(cx - x, cy - y) > radius + r + 2 for x, y, r in placed):
+            r_px = rng.uniform(*radius) * side
+            cx = rng.uniform(r_px + 1, width - r_px - 1)
+            cy = rng.uniform(r_px + 1, height - r_px - 1)
+            if all(math.hypot(cx - x, cy - y) > r_px + r + 2 for x, y, r in placed):
                 break
         else:
             continue
-        placed.append((cx, cy, radius))
+        placed.append((cx, cy, r_px))
         cls = int(rng.integers(len(classes)))
-        poly = shape_polygon(classes[cls], cx, cy, radius, rng.uniform(0, 2 * np.pi)).round(2)
-        colour = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in SHAPES[classes[cls]])
+        poly = shape_polygon(classes[cls], cx, cy, r_px, rng.uniform(0, 2 * np.pi)).round(2)
+        if colour_by_class:
+            colour = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in SHAPES[classes[cls]])
+        else:
+            colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         draw.polygon([tuple(p) for p in poly], fill=colour)
         shapes.append((cls, poly))
     return img, shapes
@@ -123,8 +131,13 @@ def _writer(dest: str):
 
 def write_synthetic_coco(dest: str, images: int = 200, size: tuple[int, int] = (160, 128), seed: int = 0,
                          val_fraction: float = 0.2, max_instances: int = 4,
-                         classes: tuple[str, ...] = tuple(SHAPES), quality: int = 90) -> dict[str, Any]:
+                         classes: tuple[str, ...] = tuple(SHAPES), quality: int = 90,
+                         radius: tuple[float, float] = (0.10, 0.22), colour_by_class: bool = True) -> dict[str, Any]:
     """Write ``images`` synthetic images (``size`` = (width, height) px) with COCO annotations.
+
+    The defaults give an easy set (large shapes, one colour per class) that a small network
+    masters in a few epochs. Smaller ``radius`` (fraction of the shorter side), more
+    ``max_instances`` and ``colour_by_class=False`` (class told by geometry only) make a harder one.
 
     ``round(images * val_fraction)`` images go to ``val``, the rest to ``train``. Returns a
     summary: ``{"root", "splits": {split: images}, "instances": {split: n}, "class_names"}``.
@@ -143,7 +156,7 @@ def write_synthetic_coco(dest: str, images: int = 200, size: tuple[int, int] = (
 
     def build(index: int) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
         image_id = index + 1
-        img, shapes = make_image(seed, image_id, width, height, classes, max_instances)
+        img, shapes = make_image(seed, image_id, width, height, classes, max_instances, radius, colour_by_class)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality)
         file_name = f"{image_id:012d}.jpg"
