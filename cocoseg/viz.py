@@ -101,6 +101,8 @@ def render_comparison(images: Sequence[np.ndarray], truths: Sequence[Detections]
 
 
 def to_png(image: Image.Image) -> bytes:
+    """PNG bytes at zlib level 1: ~4x faster to encode than the default level 6 for ~1.2x the
+    size (a validation preview is encoded every epoch, inside the validation time)."""
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    image.save(out, format="PNG", compress_level=1)
     return out.getvalue()

@@ -70,6 +70,9 @@ def _rank(rank: int, world: int, rendezvous: str, scale_by_world: bool, out: str
         one_step(model, batch, loss_scale=float(world) if scale_by_world else 1.0)
         if rank == 0:
             torch.save(model.module.state_dict(), out)
+        # Both ranks leave together: a rank that tore gloo down while its peer was still in the
+        # step's all-reduce died now and then with "terminate called without an active exception".
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -7,7 +7,8 @@ the DDP all-reduce on micro-batches that do not end an accumulation window), and
 caller's ``validate`` runs on the EMA weights and ``on_epoch_end`` observes the result
 (checkpoint, report, MLflow); it never changes the loop's state.
 
-Precision: on CUDA autocast in bf16 (or fp16 with a GradScaler) and channels_last; on CPU fp32.
+Precision: on CUDA autocast in bf16 (or fp16 with a GradScaler); on CPU fp32. Images and the model
+are channels_last on both (the worker converts the model).
 """
 
 from __future__ import annotations
@@ -101,9 +102,7 @@ def train_step(parts: TrainParts, batch: TrainBatch, state: LoopState) -> dict[s
     settings = parts.schedule.at(state.ni)
     apply_settings(parts.optimizer, settings)
     batch = batch.to(parts.device, non_blocking=True)
-    images = batch.images.float().div_(255.0)
-    if parts.device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = batch.images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
     step_due = state.ni - state.last_step_ni >= settings.accumulate
     # Skip the gradient all-reduce on micro-batches that only accumulate (DDP only).
     sync = contextlib.nullcontext() if step_due or not hasattr(parts.model, "no_sync") else parts.model.no_sync()

@@ -42,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from cocoseg.engine.allocator import retain_freed_memory  # noqa: E402
 from cocoseg.loss import SegmentationLoss  # noqa: E402
 from cocoseg.model import build_model  # noqa: E402
 from cocoseg.structures import SegTargets  # noqa: E402
@@ -100,11 +101,14 @@ def cocoseg_worker(batch_file: str, variant: str, threads: int) -> None:
     """Serve ``step`` / ``quit`` lines on stdin: one timed train step each, figures as JSON."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    retain_freed_memory()  # as the training worker does on a CPU
     data = np.load(batch_file)
     images = torch.from_numpy(data["images"])
     targets = SegTargets(batch_idx=torch.from_numpy(data["batch_idx"]), cls=torch.from_numpy(data["cls"]),
                          boxes_cxcywh_norm=torch.from_numpy(data["boxes"]), masks=torch.from_numpy(data["masks"]))
-    model = build_model(variant, 80).train()
+    # as the training worker and train_step do: model and images in channels_last
+    model = build_model(variant, 80).to(memory_format=torch.channels_last).train()
+    images = images.contiguous(memory_format=torch.channels_last)
     criterion = SegmentationLoss.from_model(model)
     timed = criterion.assigner = TimedAssigner(criterion.assigner)
     params = [p for p in model.parameters() if p.requires_grad]
