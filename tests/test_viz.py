@@ -43,7 +43,11 @@ def test_validation_preview_draws_truth_and_predictions() -> None:
     (truth, empty) = targets_as_detections(targets, (64, 64), 2)
     assert len(truth) == 1 and len(empty) == 0 and truth.masks[0, 8:24, 8:24].all() and truth.masks.sum() == 256
     images = torch.full((2, 3, 64, 64), 114, dtype=torch.uint8)
-    png = render_validation_preview(images, targets, Predictor(model, class_names=["a", "b", "c"], imgsz=64),
-                                    ["a", "b", "c"], min_side=480)
+    predictor = Predictor(model, class_names=["a", "b", "c"], imgsz=64)
+    png = render_validation_preview(images, targets, predictor, ["a", "b", "c"], min_side=480)
     sheet = Image.open(io.BytesIO(png))
     assert sheet.format == "PNG" and min(sheet.size) >= 480
+    # the validator hands over the forward it already ran: the same sheet, pixel for pixel
+    reused = render_validation_preview(images, targets, predictor, ["a", "b", "c"], min_side=480,
+                                       outputs=predictor.forward(images))
+    assert Image.open(io.BytesIO(reused)).tobytes() == sheet.tobytes()

@@ -227,11 +227,14 @@ def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]
         preview, images = None, 0
         for batch in val_batches():
             letterboxes = predictor.letterboxes_for(batch.orig_hw.tolist())
-            evaluator.process(batch.image_ids.tolist(), predictor.detect(batch.images, letterboxes, masks="rle"))
+            pred, proto = predictor.forward(batch.images)
+            evaluator.process(batch.image_ids.tolist(), predictor.postprocess(pred, proto, letterboxes, masks="rle"))
             images += len(letterboxes)
-            if preview is None and preview_images > 0:
+            if preview is None and preview_images > 0:  # the same forward, under the predict defaults' NMS
                 shown = Predictor(model, class_names=class_names, imgsz=protocol.imgsz, device=device)
-                preview = render_validation_preview(*_first_images(batch, preview_images), shown, class_names)
+                n = preview_images
+                preview = render_validation_preview(*_first_images(batch, n), shown, class_names,
+                                                    outputs=(pred[:n], proto[:n]))
         evaluated = evaluator.evaluate()
         curves = {"epoch": epoch, "class_names": list(class_names),
                   "pr50": {kind: evaluated[t]["per_class_pr50"] for t, kind in (("bbox", "box"), ("segm", "mask"))},

@@ -43,12 +43,16 @@ def targets_as_detections(targets: SegTargets, image_hw: tuple[int, int], batch_
 
 
 def render_validation_preview(images: torch.Tensor, targets: SegTargets, predictor: Predictor,
-                              class_names: Sequence[str], *, min_side: int = 480) -> bytes:
+                              class_names: Sequence[str], *, min_side: int = 480,
+                              outputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> bytes:
     """PNG bytes: ``images`` (N, 3, S, S) uint8 letterboxed, their ``targets``, and the predictor's
-    detections of them, as (ground truth | prediction) pairs."""
+    detections of them, as (ground truth | prediction) pairs. ``outputs``: the decoded
+    ``(pred, proto)`` of these images when a forward already ran (the validator's); else the
+    predictor runs one."""
     hw = (int(images.shape[2]), int(images.shape[3]))
     identity = [letterbox_params(hw, hw)] * images.shape[0]
-    predictions = predictor.detect(images, identity, masks="full")
+    predictions = (predictor.postprocess(*outputs, identity, masks="full") if outputs is not None
+                   else predictor.detect(images, identity, masks="full"))
     truths = targets_as_detections(targets, hw, images.shape[0])
     rgbs = [np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy()) for img in images]
     return to_png(render_comparison(rgbs, truths, predictions, class_names, min_side=min_side))

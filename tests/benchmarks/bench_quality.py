@@ -56,8 +56,8 @@ a = json.loads(sys.argv[1])
 model = YOLO("yolov8n-seg.yaml")
 start = time.perf_counter()
 metrics = model.train(data=a["data"], epochs=a["epochs"], imgsz=a["imgsz"], batch=a["batch"], workers=0,
-                      seed=0, deterministic=True, pretrained=False, device="cpu",
-                      project=a["project"], name="ref", exist_ok=True)
+                      seed=a["seed"], deterministic=True, pretrained=False, device="cpu",
+                      project=a["project"], name=f"ref-s{a['seed']}", exist_ok=True)
 seconds = time.perf_counter() - start
 print("COCOSEG_REF_RESULT " + json.dumps({"seconds": seconds, "results": dict(metrics.results_dict),
                                           "save_dir": str(model.trainer.save_dir)}), flush=True)
@@ -106,7 +106,7 @@ def write_yolo_layout(src: Path, dest: Path) -> Path:
     return dest / "data.yaml"
 
 
-def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
+def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> dict:
     """Ingest + the train job with default settings; per-epoch curve from the run's journal."""
     import ray
 
@@ -117,7 +117,8 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace) -> dict:
 
     overrides = [f"storage.root={root}", f"ingest.source={src}", f"model.num_classes={NUM_CLASSES}",
                  f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
-                 "scaling.num_workers=1", "scaling.use_gpu=false", "tracking.run_name=bench-quality"]
+                 "scaling.num_workers=1", "scaling.use_gpu=false", f"train.seed={seed}",
+                 f"tracking.run_name=bench-quality-s{seed}"]
     cfg = load_config(None, overrides)
     # Ray starts its workers at nice 15; the reference runs at 0. On a machine shared with other
     # work that alone would starve cocoseg's side, so its local Ray runs its workers at 0 too.
@@ -155,13 +156,13 @@ def _mlflow_params(uri: str, run_id: str) -> dict:
     return dict(MlflowClient(tracking_uri=uri).get_run(run_id).data.params)
 
 
-def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Namespace) -> dict:
+def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Namespace, seed: int) -> dict:
     """Train the reference in its own process; final metrics from its best.pt validation."""
     payload = json.dumps({"data": str(data_yaml), "epochs": args.epochs, "imgsz": args.imgsz,
-                          "batch": args.batch, "project": str(project)})
+                          "batch": args.batch, "project": str(project), "seed": seed})
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(project / "cfg")}
     env.pop("PYTHONPATH", None)
-    log_path = project / "reference.log"
+    log_path = project / f"reference-s{seed}.log"
     project.mkdir(parents=True, exist_ok=True)
     start = load()
     t0 = time.perf_counter()
@@ -192,9 +193,9 @@ def _results_csv(path: Path) -> list[dict]:
         return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def report(args: argparse.Namespace, ours: dict | None, ref: dict | None) -> None:
+def report(args: argparse.Namespace, ours: dict | None, ref: dict | None, seed: int) -> None:
     print(f"\nbench_quality: n-seg from scratch, synthetic shapes ({args.set}) {args.train_images} train / {args.val_images} val, "
-          f"{args.imgsz} px, {NUM_CLASSES} classes, {args.epochs} epochs, batch {args.batch}, CPU")
+          f"{args.imgsz} px, {NUM_CLASSES} classes, {args.epochs} epochs, batch {args.batch}, CPU, seed {seed}")
     sides = [(name, side) for name, side in (("cocoseg (defaults)", ours), ("reference", ref)) if side]
     print(f"{'':28s}" + "".join(f"{name:>22s}" for name, _ in sides) + ("   ratio" if len(sides) == 2 else ""))
     for which in ("best", "last"):
@@ -217,6 +218,26 @@ def report(args: argparse.Namespace, ours: dict | None, ref: dict | None) -> Non
         print(f"  reference: {ref['optimizer_log']}")
 
 
+def summary(runs: list[dict]) -> None:
+    """Across seeds: each side's mean (min-max) of the best checkpoint's APs and of the wall time,
+    and the ratio of the means (cocoseg / reference)."""
+    both = [r for r in runs if r["cocoseg"] and r["reference"]]
+    if len(runs) < 2 or not both:
+        return
+    print(f"\nacross seeds {[r['seed'] for r in both]} (best checkpoint; mean, min-max):")
+    for key in ("mask_ap50_95", "mask_ap50", "box_ap50_95", "box_ap50", "seconds"):
+        cells, means = [], []
+        for side in ("cocoseg", "reference"):
+            vals = [r[side]["seconds"] if key == "seconds" else r[side]["best"][key] for r in both]
+            means.append(sum(vals) / len(vals))
+            cells.append(f"{means[-1]:10.4f} ({min(vals):.4f}-{max(vals):.4f})")
+        pairs = [(r["cocoseg"]["seconds"], r["reference"]["seconds"]) if key == "seconds"
+                 else (r["cocoseg"]["best"][key], r["reference"]["best"][key]) for r in both]
+        per_seed = ", ".join(f"{a / b:.2f}" if b > 0 else "-" for a, b in pairs)
+        ratio = f"{means[0] / means[1]:.3f}x" if means[1] > 0 else "-"
+        print(f"  {key:14s} cocoseg {cells[0]}   reference {cells[1]}   ratio of means {ratio}   per seed {per_seed}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
@@ -225,29 +246,36 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--set", choices=sorted(SETS), default="hard", help="which synthetic set (see SETS)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; each seed trains both sides")
     parser.add_argument("--skip-cocoseg", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--workdir", default="", help="keep data and runs here (default: a temporary folder)")
     parser.add_argument("--json", default="", help="write all figures to this file")
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     ref_python = "" if args.skip_reference else os.environ.get("COCOSEG_REF_PYTHON", "")
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work = Path(args.workdir or tmp)
         src = write_dataset(work / "source", args.train_images, args.val_images, args.imgsz, args.set)
-        ours = ref = None
+        data_yaml = write_yolo_layout(src, work / "yolo") if ref_python else None
+        runs: list[dict] = []
 
         def save() -> None:  # after each side: a long run interrupted later keeps what it measured
             if args.json:
-                Path(args.json).write_text(json.dumps({"args": vars(args), "cocoseg": ours, "reference": ref}, indent=1))
+                Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
 
-        if not args.skip_cocoseg:
-            ours = run_cocoseg(src, work / "cocoseg", args)
-            save()
-            report(args, ours, None)
-        if ref_python:
-            ref = run_reference(ref_python, write_yolo_layout(src, work / "yolo"), work / "reference", args)
-            save()
-        report(args, ours, ref)
+        for seed in seeds:  # per seed: cocoseg, then the reference; never overlapping
+            run = {"seed": seed, "cocoseg": None, "reference": None}
+            runs.append(run)
+            if not args.skip_cocoseg:
+                run["cocoseg"] = run_cocoseg(src, work / "cocoseg", args, seed)
+                save()
+                report(args, run["cocoseg"], None, seed)
+            if ref_python:
+                run["reference"] = run_reference(ref_python, data_yaml, work / "reference", args, seed)
+                save()
+            report(args, run["cocoseg"], run["reference"], seed)
+        summary(runs)
     return 0
 
 
