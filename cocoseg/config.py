@@ -124,6 +124,7 @@ class TrainConfig:
     momentum: float = 0.937
     weight_decay: float = 0.0005
     warmup_epochs: float = 3.0
+    warmup_min_steps: int = 100  # warm-up lasts max(warmup_epochs x batches, this) micro-batches
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
@@ -142,6 +143,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.close_mosaic >= 0, "train.close_mosaic", "must be >= 0")
+        _check(self.warmup_min_steps >= 0, "train.warmup_min_steps", "must be >= 0")
         _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1 (validate every N epochs; the last is always validated)")

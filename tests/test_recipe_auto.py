@@ -145,3 +145,12 @@ def test_a_choice_made_by_the_driver_is_used_as_is():
                               batches_per_epoch=20_000, choice=shipped)
     assert type(parts.optimizer) is torch.optim.AdamW
     assert (parts.schedule.lr0, parts.schedule.warmup_bias_lr) == (0.00125, 0.0)
+
+
+def test_warmup_min_steps_sets_the_warmup_floor_and_is_checked():
+    # 15 batches x 3 warm-up epochs = 45 micro-batches; the floor lengthens it, 0 leaves it
+    assert _parts([], train_images=240, batches=15)[1].schedule.warmup_steps == max(45, load_config(None).train.warmup_min_steps)
+    assert _parts(["train.warmup_min_steps=100"], train_images=240, batches=15)[1].schedule.warmup_steps == 100
+    assert _parts(["train.warmup_min_steps=0"], train_images=240, batches=15)[1].schedule.warmup_steps == 45
+    with pytest.raises(ConfigError, match=r"train.warmup_min_steps"):
+        load_config(None, ["train.warmup_min_steps=-1"])

@@ -113,6 +113,7 @@ def build_schedule(cfg: JobConfig, *, world_size: int, batches: int, choice: Opt
         choice = resolve_recipe(cfg, world_size=world_size, train_images=batches * t.batch_size * world_size)
     return Schedule(epochs=t.epochs, batches_per_epoch=batches, global_batch=t.batch_size * world_size,
                     lr0=choice.lr0, lrf=t.lrf, momentum=choice.momentum, warmup_epochs=t.warmup_epochs,
+                    min_warmup_steps=t.warmup_min_steps,
                     warmup_momentum=t.warmup_momentum, warmup_bias_lr=choice.warmup_bias_lr,
                     nominal_batch=t.nominal_batch, cos_lr=t.cos_lr)
 

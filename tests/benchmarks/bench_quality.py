@@ -118,7 +118,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
     overrides = [f"storage.root={root}", f"ingest.source={src}", f"model.num_classes={NUM_CLASSES}",
                  f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
                  "scaling.num_workers=1", "scaling.use_gpu=false", f"train.seed={seed}",
-                 f"tracking.run_name=bench-quality-s{seed}"]
+                 f"tracking.run_name=bench-quality-s{seed}", *args.cocoseg_set]
     cfg = load_config(None, overrides)
     # Ray starts its workers at nice 15; the reference runs at 0. On a machine shared with other
     # work that alone would starve cocoseg's side, so its local Ray runs its workers at 0 too.
@@ -247,6 +247,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--set", choices=sorted(SETS), default="hard", help="which synthetic set (see SETS)")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds; each seed trains both sides")
+    parser.add_argument("--cocoseg-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra config override for cocoseg's side (experiments; the benchmark sets none)")
     parser.add_argument("--skip-cocoseg", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--workdir", default="", help="keep data and runs here (default: a temporary folder)")
