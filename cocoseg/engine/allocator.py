@@ -4,8 +4,8 @@ A CPU train step allocates and frees its activations every step: ~2.8 GB for n-s
 batch 8. glibc serves every block above its mmap threshold (at most 32 MB) with a fresh
 ``mmap`` and returns it on ``free``, so each step touches all of that memory anew, and every
 4 KiB page costs a kernel page fault and zeroing. :func:`retain_freed_memory` tells malloc to
-serve large blocks from its heap and keep the heap's freed top, so from the second step on the
-same pages are reused. Measured with ``tests/benchmarks/bench_model.py`` (n, 640, batch 8,
+serve large blocks from its heap and keep the heap's freed top, so once the heap has reached
+its high-water mark (a few steps) the same pages are reused. Measured with ``tests/benchmarks/bench_model.py`` (n, 640, batch 8,
 1 thread): ~0.2 s less per 2.7 s step, for ~300 MB more peak RSS (the heap holds its high-water
 mark). The same knobs exist as the ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` /
 ``MALLOC_TOP_PAD_`` environment variables; ``mallopt`` sets them from inside the process, so a
