@@ -129,6 +129,9 @@ class TrainConfig:
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
     close_mosaic: int = 10
+    # ground-truth masks at 1/mask_ratio of the input. 1: the mask loss's target is the fraction
+    # of each prototype cell that the instance covers; 4 (classic YOLOv8): whether its centre is inside
+    mask_ratio: int = 1
     augment: str = "yolov8"  # named preset in cocoseg.data.augment
     amp: str = "auto"  # "auto" (bf16 on GPU), "bf16", "fp16" or "off"
     seed: int = 0
@@ -143,6 +146,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.close_mosaic >= 0, "train.close_mosaic", "must be >= 0")
+        _check(self.mask_ratio in (1, 2, 4), "train.mask_ratio",
+               f"must be 1, 2 or 4 (the prototype grid is 1/4 of the input), got {self.mask_ratio}")
         _check(self.warmup_min_steps >= 0, "train.warmup_min_steps", "must be >= 0")
         _check(self.checkpoints_to_keep >= 1, "train.checkpoints_to_keep", "must be >= 1")
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
@@ -184,6 +189,9 @@ class DataStageConfig:
     actors: int = 2  # input actors decoding + augmenting for all workers, kept all run (CPU, any node)
     cpus_per_actor: float = 1.0
     batch_rows: int = 16  # rows per input-actor call; mosaic partners come from the same call's rows
+    # a call's rows are this many runs of consecutive rows, from anywhere in the worker's part and
+    # different every epoch; 1: one run (fewest row-group reads, but the same batches every epoch)
+    chunk_runs: int = 4
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
 
@@ -191,6 +199,7 @@ class DataStageConfig:
         _check(self.actors >= 1, "data.actors", "must be >= 1")
         _check(self.cpus_per_actor > 0, "data.cpus_per_actor", "must be > 0")
         _check(self.batch_rows >= 1, "data.batch_rows", "must be >= 1")
+        _check(self.chunk_runs >= 1, "data.chunk_runs", "must be >= 1")
         _check(self.max_train_images >= 0 and self.max_val_images >= 0, "data.max_train_images",
                "max_train_images and max_val_images must be >= 0 (0: the whole split)")
 

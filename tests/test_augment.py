@@ -126,7 +126,7 @@ def _check_geometry(sample, *, min_iou: float = 0.98) -> None:
     row = format_sample(sample)
     masks, labels = row["masks"], row["labels"]
     h, w = sample.image.shape[:2]
-    assert masks.shape == (h // 4, w // 4) and masks.dtype == np.int32
+    assert masks.shape == (h // 4, w // 4) and masks.dtype == np.uint8
     assert masks.max() <= len(labels)  # a sliver may cover no 4x4 cell centre
     px = sample.image.astype(int)
     foreground = (px.max(-1) - px.min(-1)) > 60  # saturated shape colours; background and fill are grey
@@ -261,6 +261,29 @@ def test_epoch_chunks_cover_each_row_once_and_are_seeded() -> None:
     assert len(orders) > 1  # the shard order changes with the epoch
     limited = epoch_chunks(shard_rows, seed=0, epoch=0, rank=0, world=1, chunk_rows=100, limit=10, shuffle=False)
     assert limited == [[(0, 0, 7), (1, 0, 3)]]
+    for runs in (1, 2, 4, 16):  # every row once, whatever the runs per chunk
+        plan = epoch_chunks(shard_rows, seed=0, epoch=3, rank=1, world=2, chunk_rows=4, runs_per_chunk=runs)
+        rows = [(s, i) for c in plan for s, a, b in c for i in range(a, b)]
+        assert len(rows) == len(set(rows)) == 12 and all(sum(b - a for _, a, b in c) <= 4 for c in plan)
+
+
+def test_one_shard_batches_mix_differently_every_epoch() -> None:
+    """One shard of 240 rows (the quality bench's train split): each chunk (an actor call: the
+    rows mosaic draws partners from, one batch here) holds short runs from anywhere in the split,
+    and which rows share a chunk changes from epoch to epoch; ``runs_per_chunk=1`` is the old
+    plan, the same 15 runs of 16 consecutive rows, in the same order, every epoch."""
+    def groups(epoch: int, runs: int) -> list[frozenset[int]]:
+        plan = epoch_chunks([240], seed=0, epoch=epoch, rank=0, world=1, chunk_rows=16, runs_per_chunk=runs)
+        return [frozenset(i for _, a, b in c for i in range(a, b)) for c in plan]
+
+    old = [groups(e, 1) for e in range(3)]
+    assert old[0] == old[1] == old[2] and old[0][0] == frozenset(range(16))
+    new = [groups(e, 4) for e in range(3)]
+    assert all(sorted(i for g in plan for i in g) == list(range(240)) for plan in new)
+    spans = [max(g) - min(g) for g in new[0]]
+    assert sorted(spans)[len(spans) // 2] > 60  # a typical chunk reaches across a quarter of the split
+    together = [{frozenset((i, j)) for g in plan for i in g for j in g if i < j} for plan in new]
+    assert len(together[0] & together[1]) < 0.5 * len(together[0])  # most pairs meet in one epoch only
 
 
 def test_close_mosaic_preset_has_no_mosaic() -> None:

@@ -9,7 +9,7 @@ from augment_rows import make_row, make_rows
 
 from cocoseg.data.augment import load_letterboxed
 from cocoseg.data.collate import collate_train, collate_val, labels_array
-from cocoseg.data.instances import Sample, format_sample, overlap_map
+from cocoseg.data.instances import Sample, fill_polygon, format_sample, overlap_map, resample_polygon
 from cocoseg.data.stage import AugmentBatch, stack_rows
 from cocoseg.structures import SegTargets, TrainBatch
 
@@ -18,6 +18,31 @@ def _square(x0: float, y0: float, size: float, k: int = 1000) -> np.ndarray:
     from cocoseg.data.instances import resample_polygon
 
     return resample_polygon(np.float32([[x0, y0], [x0 + size, y0], [x0 + size, y0 + size], [x0, y0 + size]]), k)
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+def test_overlap_map_equals_full_canvas_rasterisation(ratio: int) -> None:
+    """Each polygon is filled inside its own box only; the map equals filling every polygon on the
+    whole canvas and painting largest first, for shapes partly off the image too."""
+    gen = np.random.default_rng(4)
+    segments = []
+    for _ in range(12):
+        centre, radius = gen.uniform(-10, 110, 2), gen.uniform(3, 30)
+        angles = np.sort(gen.uniform(0, 2 * np.pi, 9))
+        ring = centre + radius * gen.uniform(0.5, 1.0, (9, 1)) * np.stack([np.cos(angles), np.sin(angles)], 1)
+        segments.append(resample_polygon(ring.astype(np.float32), 64))
+    segments = np.stack(segments)
+    hw = (96, 104)
+    got, order = overlap_map(segments, hw, ratio)
+    small = (hw[0] // ratio, hw[1] // ratio)
+    full = np.stack([fill_polygon(seg / np.float32(ratio), small) for seg in segments])
+    want_order = np.argsort(-full.reshape(len(full), -1).sum(1), kind="stable")
+    want = np.zeros(small, np.int32)
+    for rank, i in enumerate(want_order):
+        want[full[i]] = rank + 1
+    assert got.shape == small and got.dtype == np.uint8
+    assert order.tolist() == want_order.tolist() and np.array_equal(got, want)
+    assert 0 < (got > 0).mean() < 1
 
 
 def test_overlap_map_paints_larger_first_and_labels_follow() -> None:
@@ -47,7 +72,7 @@ def test_collate_train_shapes_dtypes_and_instance_index() -> None:
     assert tb.images.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(tb.images[1].permute(1, 2, 0), torch.from_numpy(batch["image"][1]))
     t = tb.targets
-    assert t.masks.shape == (4, 24, 24) and t.masks.dtype == torch.int32
+    assert t.masks.shape == (4, 24, 24) and t.masks.dtype == torch.uint8
     n = t.num_instances
     assert t.batch_idx.shape == (n,) and t.batch_idx.dtype == torch.int64
     assert t.cls.dtype == torch.int64 and t.boxes_cxcywh_norm.shape == (n, 4)
@@ -107,4 +132,4 @@ def test_collated_batch_moves_to_cuda_channels_last() -> None:
     batch = AugmentBatch(preset="yolov8-close", imgsz=64, seed=0, epoch=0)(make_rows(2, (80, 60)))
     tb = collate_train(batch).to("cuda", non_blocking=True)
     assert tb.images.is_cuda and tb.images.is_contiguous(memory_format=torch.channels_last)
-    assert tb.targets.masks.is_cuda and tb.targets.masks.dtype == torch.int32
+    assert tb.targets.masks.is_cuda and tb.targets.masks.dtype == torch.uint8

@@ -237,6 +237,21 @@ def test_fused_class_and_mask_terms_match_dense_autograd() -> None:
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda c, p: cropped_mask_bce(c, p, gt_maps, groups), (coeffs, proto))
 
+    # Maps 2x finer than the grid (train.mask_ratio 2; 4x finer is mask_ratio 1): each cell's
+    # target is the fraction of its 2 x 2 pixels that belong to the instance.
+    fine = torch.randint(0, 3, (2, 12, 16), generator=gen, dtype=torch.int32).to(torch.uint8)
+    dense = 0.0
+    for g in groups:
+        full = torch.einsum("kn,nhw->khw", coeffs[g.b][:, g.anchors].T, proto[g.b])
+        target = F.avg_pool2d((fine[g.b] == g.slot + 1).to(full.dtype)[None], 2)[0].expand_as(full)
+        keep = torch.zeros(6, 8, dtype=torch.float64)
+        keep[g.y1:g.y2, g.x1:g.x2] = 1
+        dense = dense + (F.binary_cross_entropy_with_logits(full, target, reduction="none") * keep).sum() * g.scale
+    fused = cropped_mask_bce(coeffs, proto, fine, groups, 2)
+    torch.testing.assert_close(fused, dense)
+    for a, b in zip(torch.autograd.grad(fused, (coeffs, proto)), torch.autograd.grad(dense, (coeffs, proto)), strict=True):
+        torch.testing.assert_close(a, b)
+
 
 def test_loss_backward_under_autocast() -> None:
     """Inside an autocast region (as in the train step) the loss is still float32 and back-propagates

@@ -2,7 +2,7 @@
 
 The input is what :class:`cocoseg.data.stage.AugmentBatch` produces (and what Ray Data's
 ``iter_batches(batch_format="numpy")`` hands back): ``image`` (B, S, S, 3) uint8 (HWC rows), ``masks``
-(B, S/4, S/4) int32, ``labels`` per image either float32 bytes or an (n, 5) array of
+(B, S/r, S/r) integer overlap maps (r = ``train.mask_ratio``; uint8 up to 255 instances), ``labels`` per image either float32 bytes or an (n, 5) array of
 ``[class, cx, cy, w, h]`` (box normalised), ``image_id`` (B,), and for validation ``orig_hw``
 (B, 2) and ``letterbox`` (B, 3) = ``[gain, pad_x, pad_y]``.
 
@@ -46,7 +46,9 @@ def _targets(batch: Mapping[str, Any]) -> SegTargets:
     per_image = [labels_array(x) for x in batch["labels"]]
     counts = np.fromiter((len(x) for x in per_image), dtype=np.int64, count=len(per_image))
     labels = np.concatenate(per_image) if counts.sum() else np.zeros((0, 5), np.float32)
-    masks = np.ascontiguousarray(batch["masks"], dtype=np.int32)
+    masks = np.ascontiguousarray(batch["masks"])
+    if masks.dtype not in (np.uint8, np.int16, np.int32):
+        masks = masks.astype(np.int32)
     return SegTargets(
         batch_idx=torch.from_numpy(np.repeat(np.arange(len(per_image), dtype=np.int64), counts)),
         cls=torch.from_numpy(labels[:, 0].astype(np.int64)),
@@ -56,7 +58,7 @@ def _targets(batch: Mapping[str, Any]) -> SegTargets:
 
 
 def collate_train(batch: Mapping[str, Any]) -> TrainBatch:
-    """Column batch -> TrainBatch: images (B, 3, H, W) uint8, targets with (B, H/4, W/4) int32 maps.
+    """Column batch -> TrainBatch: images (B, 3, H, W) uint8, targets with (B, H/r, W/r) integer overlap maps.
 
     ``images`` is a view in ``torch.channels_last`` memory format (what the GPU path wants); call
     ``.contiguous()`` for a plain NCHW layout. Tensors may share memory with Ray's read-only

@@ -14,7 +14,8 @@ Output row format (:func:`format_sample`), the contract with :mod:`cocoseg.data.
 
 - ``image``: (S_h, S_w, 3) uint8 RGB, HWC as augmented (no transpose copy here: collation
   permutes the batch to (B, 3, H, W) as a zero-copy channels_last view);
-- ``masks``: (S_h/4, S_w/4) int32 overlap map (spec 8.6): value k >= 1 is the k-th row of ``labels``;
+- ``masks``: (S_h/r, S_w/r) overlap map (spec 8.6; r = ``mask_ratio``, 4 classic, 1 by default in
+  training): value k >= 1 is the k-th row of ``labels``; uint8 up to 255 instances;
 - ``labels``: (n, 5) float32 rows ``[class, cx, cy, w, h]`` with the box normalised to 0..1;
 - ``image_id``: int64; ``orig_hw``: (2,) int32; ``letterbox``: (3,) float32 ``[gain, pad_x, pad_y]``
   mapping original pixels to this image (``[nan, nan, nan]`` after mosaic/affine, where no such
@@ -139,47 +140,63 @@ def fill_polygon(points: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: pixels whose centre ``(j + 0.5, i + 0.5)`` lies inside the (K, 2) polygon (even-odd).
 
     A vectorised scanline: every edge crossing a row's centre line toggles the parity of all pixels
-    whose centre lies to its right; a cumulative sum of the toggles gives inside/outside. Edges
-    walked there and back (the bridges of :func:`merge_parts`) cancel and leave no trace.
+    whose centre lies to its right; a cumulative sum of the toggles gives inside/outside. Each edge
+    is intersected only with the rows it spans (half-open: a row centre ``y`` is crossed when
+    ``min(y_p, y_q) <= y < max(y_p, y_q)``, so a shared vertex counts once), so the work grows with
+    the polygon's points plus its crossings, not points x rows. Edges walked there and back (the
+    bridges of :func:`merge_parts`) cancel and leave no trace.
     """
     h, w = out_hw
-    toggles = np.zeros((h, w + 1), np.int32)
     p = np.asarray(points, np.float64)
     q = np.roll(p, -1, axis=0)
-    lo = max(int(np.floor(p[:, 1].min() - 0.5)), 0)
-    hi = min(int(np.ceil(p[:, 1].max() - 0.5)) + 1, h)
-    if hi <= lo:
+    lo_y, hi_y = np.minimum(p[:, 1], q[:, 1]), np.maximum(p[:, 1], q[:, 1])
+    first_row = np.clip(np.ceil(lo_y - 0.5), 0, h).astype(np.int64)  # rows i with lo <= i + 0.5 < hi
+    end_row = np.clip(np.ceil(hi_y - 0.5), 0, h).astype(np.int64)
+    counts = np.maximum(end_row - first_row, 0)
+    total = int(counts.sum())
+    if total == 0:
         return np.zeros((h, w), np.bool_)
-    yc = np.arange(lo, hi, dtype=np.float64)[:, None] + 0.5  # (rows, 1) row centres
-    crosses = (p[None, :, 1] <= yc) != (q[None, :, 1] <= yc)  # half-open rule: a vertex counts once
-    rows, edges = np.nonzero(crosses)
-    y = yc[rows, 0]
+    edges = np.repeat(np.arange(len(p)), counts)
+    rows = first_row[edges] + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    y = rows + 0.5
     t = (y - p[edges, 1]) / (q[edges, 1] - p[edges, 1])
     x = p[edges, 0] + t * (q[edges, 0] - p[edges, 0])
     first = np.clip(np.floor(x - 0.5).astype(np.int64) + 1, 0, w)  # first pixel with centre > x
-    np.add.at(toggles, (rows + lo, first), 1)
+    toggles = np.bincount(rows * (w + 1) + first, minlength=h * (w + 1)).reshape(h, w + 1)
     return (np.cumsum(toggles[:, :w], axis=1) & 1).astype(np.bool_)
 
 
 def overlap_map(segments: np.ndarray, out_hw: tuple[int, int], ratio: int = MASK_RATIO) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise polygons into one overlap map at 1/``ratio`` (spec 8.6).
 
-    Each polygon is filled directly at the low resolution (coordinates / ratio): a low-res pixel is
-    set when its centre lies inside (:func:`fill_polygon`), which equals point-sampling the
-    full-resolution mask at the cell centres, without a full-size canvas. Instances are painted largest first, so where they
-    overlap the smaller one wins. Returns the ``(H/ratio, W/ratio) int32`` map, whose value k >= 1
-    is instance ``order[k-1]``, and ``order`` (n,) int64, the permutation that sorts instances by
-    mask area, descending (stable).
+    Each polygon is filled directly at that resolution (coordinates / ratio), inside its own
+    bounding box only: a pixel is set when its centre lies inside (:func:`fill_polygon`), which
+    equals point-sampling the full-resolution mask at the cell centres. Instances are painted
+    largest first, so where they overlap the smaller one wins. Returns the ``(H/ratio, W/ratio)``
+    map, whose value k >= 1 is instance ``order[k-1]`` (uint8, or int16 / int32 when there are
+    more instances than that holds), and ``order`` (n,) int64, the permutation that sorts
+    instances by mask area, descending (stable).
     """
     h, w = out_hw[0] // ratio, out_hw[1] // ratio
-    out = np.zeros((h, w), np.int32)
     n = len(segments)
+    dtype = np.uint8 if n <= np.iinfo(np.uint8).max else np.int16 if n <= np.iinfo(np.int16).max else np.int32
+    out = np.zeros((h, w), dtype)
     if n == 0:
         return out, np.zeros(0, np.int64)
-    masks = np.stack([fill_polygon(seg / np.float32(ratio), (h, w)) for seg in segments])
-    order = np.argsort(-masks.reshape(n, -1).sum(1), kind="stable")
+    pieces = []  # (row slice, column slice, bool mask) of each instance inside its box
+    for seg in segments:
+        p = np.asarray(seg, np.float64) / ratio
+        x0, y0 = max(int(np.floor(p[:, 0].min())), 0), max(int(np.floor(p[:, 1].min())), 0)
+        x1, y1 = min(int(np.ceil(p[:, 0].max())) + 1, w), min(int(np.ceil(p[:, 1].max())) + 1, h)
+        if x1 <= x0 or y1 <= y0:
+            pieces.append((slice(0, 0), slice(0, 0), np.zeros((0, 0), np.bool_)))
+            continue
+        pieces.append((slice(y0, y1), slice(x0, x1), fill_polygon(p - (x0, y0), (y1 - y0, x1 - x0))))
+    areas = np.asarray([m.sum() for _, _, m in pieces])
+    order = np.argsort(-areas, kind="stable")
     for rank, i in enumerate(order):
-        out[masks[i]] = rank + 1
+        rows, cols, mask = pieces[i]
+        out[rows, cols][mask] = rank + 1
     return out, order.astype(np.int64)
 
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from cocoseg import storage
 from cocoseg.data.augment import augment_chunk, get_preset
-from cocoseg.data.instances import NUM_POINTS, format_sample
+from cocoseg.data.instances import MASK_RATIO, NUM_POINTS, format_sample
 
 __all__ = ["INPUT_COLUMNS", "AugmentBatch", "ChunkAugmenter", "epoch_chunks", "rows_from_batch", "stack_rows"]
 
@@ -44,12 +44,12 @@ def rows_from_batch(batch: Any) -> list[dict[str, Any]]:
     raise TypeError(f"unsupported batch type {type(batch).__name__}")
 
 
-def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int) -> dict[str, np.ndarray]:
+def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int, mask_ratio: int = MASK_RATIO) -> dict[str, np.ndarray]:
     """Formatted sample rows -> one column batch (``labels`` as float32 bytes, see module doc)."""
     b = len(rows)
     if b == 0:
-        s, m = imgsz, imgsz // 4
-        return {"image": np.zeros((0, s, s, 3), np.uint8), "masks": np.zeros((0, m, m), np.int32),
+        s, m = imgsz, imgsz // mask_ratio
+        return {"image": np.zeros((0, s, s, 3), np.uint8), "masks": np.zeros((0, m, m), np.uint8),
                 "labels": np.zeros(0, object), "image_id": np.zeros(0, np.int64),
                 "orig_hw": np.zeros((0, 2), np.int32), "letterbox": np.zeros((0, 3), np.float32)}
     labels = np.empty(b, dtype=object)
@@ -65,16 +65,24 @@ def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int) -> dict[str
 
 
 def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int, world: int,
-                 chunk_rows: int, limit: int = 0, shuffle: bool = True) -> list[list[tuple[int, int, int]]]:
+                 chunk_rows: int, limit: int = 0, shuffle: bool = True,
+                 runs_per_chunk: int = 4) -> list[list[tuple[int, int, int]]]:
     """This worker's chunks of one epoch: lists of ``(shard index, first row, end row)`` runs.
 
     The split's rows in snapshot order (the first ``limit`` only, when > 0) are cut into one run
     per shard; the shard order is permuted by (seed, epoch) when ``shuffle``; the concatenation
     is split into ``world`` equal contiguous parts (the ``len % world`` last rows are dropped, as
-    an equal split must), and this ``rank``'s part into chunks of ``chunk_rows`` consecutive rows
-    (the last one shorter). Rows inside a shard keep their order; mosaic mixes them. The same
-    arguments give the same chunks, on any machine; every kept row is in exactly one chunk of
-    exactly one rank.
+    an equal split must). Without ``shuffle`` this ``rank``'s part is cut into chunks of
+    ``chunk_rows`` consecutive rows (the last one shorter). With it, the part is first cut into
+    pieces of ``chunk_rows // runs_per_chunk`` consecutive rows (at least 1; the cut starts at a
+    random offset, so which rows share a piece changes too), the pieces are permuted, and each
+    chunk takes ``chunk_rows`` rows of pieces in that order: a chunk (one actor call, the rows that
+    mosaic draws partners from, most of one batch) holds about ``runs_per_chunk`` short runs from
+    anywhere in the part, different every epoch, while each run still reads one or two row groups
+    (``data.chunk_runs``: 4 runs of 4 rows read a split of ~4-image row groups about 2x, one run 1.25x). (Whole chunks
+    of consecutive rows used to repeat as the same batches, in the same order, every epoch of a
+    one-shard split.) The same arguments give the same chunks, on any machine; every kept row is
+    in exactly one chunk of exactly one rank.
     """
     if world < 1 or not 0 <= rank < world or chunk_rows < 1:
         raise ValueError(f"epoch_chunks: need 0 <= rank < world and chunk_rows >= 1 (got rank={rank}, "
@@ -89,11 +97,19 @@ def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int,
         order = np.random.default_rng(np.random.SeedSequence([seed & _MASK63, epoch & _MASK63, _PLAN_TAG]))
         runs = [runs[int(i)] for i in order.permutation(len(runs))]
     per = sum(b - a for _, a, b in runs) // world
-    return _cut(runs, rank * per, (rank + 1) * per, chunk_rows)
+    if not shuffle or runs_per_chunk == 1:
+        return _cut(runs, rank * per, (rank + 1) * per, chunk_rows)
+    rng = np.random.default_rng(np.random.SeedSequence([seed & _MASK63, epoch & _MASK63, rank, _PIECE_TAG]))
+    piece = max(1, chunk_rows // runs_per_chunk)
+    start = rank * per + int(rng.integers(piece))
+    pieces = _cut(runs, rank * per, start, piece) + _cut(runs, start, (rank + 1) * per, piece)
+    mixed = [run for k in rng.permutation(len(pieces)) for run in pieces[int(k)]]
+    return _cut(mixed, 0, per, chunk_rows)
 
 
 _MASK63 = (1 << 63) - 1
 _PLAN_TAG = 0x706C616E  # "plan": the file-order stream, apart from the per-image ones
+_PIECE_TAG = 0x70636573  # "pces": the order of a rank's pieces
 
 
 def _cut(runs: Sequence[tuple[int, int, int]], lo: int, hi: int, size: int) -> list[list[tuple[int, int, int]]]:
@@ -122,22 +138,24 @@ class AugmentBatch:
     Args (keywords): ``preset`` name (:data:`cocoseg.data.augment.PRESETS`), ``imgsz`` output side
     (multiple of 32), ``seed`` and ``epoch`` (with the image id they seed each image, see
     :func:`cocoseg.data.augment.augment_chunk`; mosaic partners come from the same call's rows),
-    ``num_classes``, ``num_points`` per resampled polygon. Holds no state between calls.
+    ``num_classes``, ``num_points`` per resampled polygon, ``mask_ratio`` the overlap maps'
+    downscale (``train.mask_ratio``). Holds no state between calls.
     """
 
     def __init__(self, *, preset: str, imgsz: int, seed: int = 0, epoch: int = 0,
-                 num_classes: int = 80, num_points: int = NUM_POINTS):
+                 num_classes: int = 80, num_points: int = NUM_POINTS, mask_ratio: int = MASK_RATIO):
         self.preset = get_preset(preset)
         self.imgsz = int(imgsz)
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.num_classes = num_classes
         self.num_points = num_points
+        self.mask_ratio = int(mask_ratio)
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
         samples = augment_chunk(rows_from_batch(batch), preset=self.preset, imgsz=self.imgsz, seed=self.seed,
                                 epoch=self.epoch, num_classes=self.num_classes, num_points=self.num_points)
-        return stack_rows([format_sample(s) for s in samples], self.imgsz)
+        return stack_rows([format_sample(s, self.mask_ratio) for s in samples], self.imgsz, self.mask_ratio)
 
 
 class ChunkAugmenter:
@@ -151,8 +169,8 @@ class ChunkAugmenter:
     and held 2 shards of memory. Holds nothing else, so a restarted actor gives the same output.
     """
 
-    def __init__(self, *, imgsz: int, num_classes: int, cached_groups: int = 4):
-        self.imgsz, self.num_classes = imgsz, num_classes
+    def __init__(self, *, imgsz: int, num_classes: int, cached_groups: int = 4, mask_ratio: int = MASK_RATIO):
+        self.imgsz, self.num_classes, self.mask_ratio = imgsz, num_classes, mask_ratio
         self.cached_groups = cached_groups
         self._files: OrderedDict[str, tuple[Any, list[int]]] = OrderedDict()  # uri -> (ParquetFile, group starts)
         self._groups: OrderedDict[tuple[str, int], Any] = OrderedDict()
@@ -200,5 +218,6 @@ class ChunkAugmenter:
         rows = []
         for uri, a, b in runs:
             rows += self.rows(uri, a, b)
-        stage = AugmentBatch(preset=preset, imgsz=self.imgsz, seed=seed, epoch=epoch, num_classes=self.num_classes)
+        stage = AugmentBatch(preset=preset, imgsz=self.imgsz, seed=seed, epoch=epoch, num_classes=self.num_classes,
+                             mask_ratio=self.mask_ratio)
         return stage(rows)

@@ -34,6 +34,7 @@ import numpy as np
 import ray
 
 from cocoseg.data.augment import get_preset, preset_for_epoch
+from cocoseg.data.instances import MASK_RATIO
 from cocoseg.data.stage import ChunkAugmenter, epoch_chunks
 
 __all__ = ["EpochStream", "TrainInput", "inflight_per_worker"]
@@ -48,7 +49,7 @@ class TrainInput:
     """What the driver hands every train worker: the actor pool and the epoch plan's inputs.
 
     ``shards`` [(uri, rows)] in snapshot order; ``augment``/``epochs``/``close_mosaic`` pick each
-    epoch's preset through ``preset_for_epoch``; ``chunk_rows`` rows per actor call; ``limit``
+    epoch's preset through ``preset_for_epoch``; ``chunk_rows`` rows per actor call, in ``chunk_runs`` runs; ``limit``
     keeps the first N rows of the split (0: all); ``prefetch`` chunks in flight per actor (over
     all workers, see :func:`inflight_per_worker`). Picklable (actor handles travel in ``train_loop_config``).
     """
@@ -60,6 +61,7 @@ class TrainInput:
     close_mosaic: int
     seed: int = 0
     chunk_rows: int = 16
+    chunk_runs: int = 4
     limit: int = 0
     shuffle: bool = True
     prefetch: int = 2
@@ -68,17 +70,17 @@ class TrainInput:
     def start(cls, shards: Sequence[tuple[str, int]], *, augment: str, epochs: int, close_mosaic: int,
               imgsz: int, num_classes: int = 80, seed: int = 0, actors: int = 2, cpus_per_actor: float = 1.0,
               chunk_rows: int = 16, limit: int = 0, shuffle: bool = True, prefetch: int = 2,
-              wait: bool = False) -> TrainInput:
+              mask_ratio: int = MASK_RATIO, chunk_runs: int = 4, wait: bool = False) -> TrainInput:
         """Start ``actors`` input actors (``cpus_per_actor`` logical CPUs each, any node; restarted
         if they die, which is safe: they hold only a read cache). They boot while the caller goes
         on (the train workers starting, say); ``wait`` blocks until they are up."""
         get_preset(augment)
         remote = ray.remote(num_cpus=cpus_per_actor, max_restarts=-1, max_task_retries=3)(ChunkAugmenter)
-        pool = tuple(remote.remote(imgsz=imgsz, num_classes=num_classes) for _ in range(actors))
+        pool = tuple(remote.remote(imgsz=imgsz, num_classes=num_classes, mask_ratio=mask_ratio) for _ in range(actors))
         if wait:
             ray.get([a.ready.remote() for a in pool])
         return cls(actors=pool, shards=tuple((str(u), int(n)) for u, n in shards), augment=augment, epochs=epochs,
-                   close_mosaic=close_mosaic, seed=seed, chunk_rows=chunk_rows, limit=limit, shuffle=shuffle,
+                   close_mosaic=close_mosaic, seed=seed, chunk_rows=chunk_rows, chunk_runs=chunk_runs, limit=limit, shuffle=shuffle,
                    prefetch=prefetch)
 
     def stop(self) -> None:
@@ -125,7 +127,8 @@ class EpochStream:
         s = self.spec
         for epoch in range(first, s.epochs):
             chunks = epoch_chunks([n for _, n in s.shards], seed=s.seed, epoch=epoch, rank=self.rank,
-                                  world=self.world, chunk_rows=s.chunk_rows, limit=s.limit, shuffle=s.shuffle)
+                                  world=self.world, chunk_rows=s.chunk_rows, limit=s.limit, shuffle=s.shuffle,
+                                  runs_per_chunk=s.chunk_runs)
             for chunk in chunks:
                 yield epoch, [(s.shards[i][0], a, b) for i, a, b in chunk]
 

@@ -172,7 +172,8 @@ def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterabl
     limit = cfg.data.max_val_images
     rows = min(rows, limit) if limit else rows
     size = cfg.train.val_batch_size or 2 * cfg.train.batch_size
-    stage = AugmentBatch(preset="val", imgsz=cfg.model.imgsz, seed=0, epoch=0, num_classes=cfg.model.num_classes)
+    stage = AugmentBatch(preset="val", imgsz=cfg.model.imgsz, seed=0, epoch=0, num_classes=cfg.model.num_classes,
+                         mask_ratio=cfg.train.mask_ratio)
     keep = rows * 3 * cfg.model.imgsz ** 2 <= _VAL_CACHE_BYTES
     cache: list[ValBatch] = []
     complete: list[bool] = []  # set once a pass has run to its end (an abandoned pass caches nothing)

@@ -70,7 +70,8 @@ def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
     return TrainInput.start(list(zip(list_shards(manifest, "train"), rows, strict=True)), augment=t.augment,
                             epochs=t.epochs, close_mosaic=t.close_mosaic, imgsz=m.imgsz, num_classes=m.num_classes,
                             seed=t.seed, actors=cfg.data.actors, cpus_per_actor=cfg.data.cpus_per_actor,
-                            chunk_rows=cfg.data.batch_rows, limit=cfg.data.max_train_images)
+                            chunk_rows=cfg.data.batch_rows, limit=cfg.data.max_train_images,
+                            mask_ratio=t.mask_ratio, chunk_runs=cfg.data.chunk_runs)
 
 
 def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:

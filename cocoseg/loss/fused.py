@@ -69,21 +69,24 @@ class MaskGroup(NamedTuple):
 
 class _CroppedMaskBCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, coeffs, proto, gt_maps, groups):  # noqa: ANN001, ANN205
+    def forward(ctx, coeffs, proto, gt_maps, groups, factor):  # noqa: ANN001, ANN205
         # The loss is float32 even when the forward ran under autocast; the saved crops are then
         # float32 too, which the backward (run outside autocast) relies on.
         with torch.autocast(coeffs.device.type, enabled=False):
-            return _CroppedMaskBCE._forward(ctx, coeffs, proto, gt_maps, groups)
+            return _CroppedMaskBCE._forward(ctx, coeffs, proto, gt_maps, groups, factor)
 
     @staticmethod
-    def _forward(ctx, coeffs, proto, gt_maps, groups):  # noqa: ANN001, ANN205
+    def _forward(ctx, coeffs, proto, gt_maps, groups, factor):  # noqa: ANN001, ANN205
         total = coeffs.new_zeros(())
         saved = []
         for g in groups:
             crop = proto[g.b, :, g.y1:g.y2, g.x1:g.x2].reshape(proto.shape[1], -1)  # (nm, h*w)
             coef = coeffs[g.b, :, g.anchors]  # (nm, K)
             logits = coef.T @ crop  # (K, h*w)
-            target = (gt_maps[g.b, g.y1:g.y2, g.x1:g.x2] == g.slot + 1).reshape(1, -1).to(logits.dtype)
+            inside = gt_maps[g.b, g.y1 * factor:g.y2 * factor, g.x1 * factor:g.x2 * factor] == g.slot + 1
+            if factor > 1:  # the covered fraction of each cell's factor x factor pixels
+                inside = inside.reshape(g.y2 - g.y1, factor, g.x2 - g.x1, factor).to(logits.dtype).mean((1, 3))
+            target = inside.reshape(1, -1).to(logits.dtype)
             bce = F.softplus(logits).sum() - (logits.sum(0) * target[0]).sum()
             total = total + bce * g.scale
             saved.append((crop, coef, (torch.sigmoid_(logits) - target) * g.scale))
@@ -99,13 +102,15 @@ class _CroppedMaskBCE(torch.autograd.Function):
             dlogits = dlogits * grad
             grad_coeffs[g.b, :, g.anchors] = crop @ dlogits.T  # (nm, K); anchors of one gt are distinct
             grad_proto[g.b, :, g.y1:g.y2, g.x1:g.x2] += (coef @ dlogits).view(-1, g.y2 - g.y1, g.x2 - g.x1)
-        return grad_coeffs, grad_proto, None, None
+        return grad_coeffs, grad_proto, None, None, None
 
 
 def cropped_mask_bce(coeffs: torch.Tensor, proto: torch.Tensor, gt_maps: torch.Tensor,
-                     groups: list[MaskGroup]) -> torch.Tensor:
-    """``sum_groups scale * sum_{positives, crop pixels} BCE(coeffs_a @ proto_b, gt == slot + 1)``.
+                     groups: list[MaskGroup], factor: int = 1) -> torch.Tensor:
+    """``sum_groups scale * sum_{positives, crop pixels} BCE(coeffs_a @ proto_b, target)``.
 
-    ``coeffs`` (B, nm, A), ``proto`` (B, nm, H, W), ``gt_maps`` (B, H, W) integer overlap maps.
+    ``coeffs`` (B, nm, A), ``proto`` (B, nm, H, W), ``gt_maps`` (B, factor H, factor W) integer
+    overlap maps. The target of a grid cell is ``gt == slot + 1`` when ``factor`` is 1, else the
+    fraction of the cell's ``factor x factor`` map pixels that equal ``slot + 1`` (a soft target).
     Returns a scalar (the caller divides by the number of positives)."""
-    return _CroppedMaskBCE.apply(coeffs, proto, gt_maps, groups)
+    return _CroppedMaskBCE.apply(coeffs, proto, gt_maps, groups, int(factor))

@@ -178,7 +178,9 @@ class SegmentationLoss:
         """Prototype mask loss over every positive anchor of the batch (spec 7.4, "seg").
 
         Per positive: BCE of ``coeffs_a @ proto_b`` against the assigned instance's mask, kept
-        inside the assigned gt box, averaged over the proto grid and divided by the box's
+        inside the assigned gt box (maps f times finer than the grid give each cell the fraction
+        of its f x f pixels that the instance covers, ``train.mask_ratio`` 1; maps at the grid's
+        size, whether its centre is inside: spec 7.4 exactly), averaged over the proto grid and divided by the box's
         normalised area; summed over positives and divided by their number. Only the box's crop
         is ever computed (the rest of the grid contributes exactly zero).
         """
@@ -186,10 +188,12 @@ class SegmentationLoss:
         if fg_b.numel() == 0:
             return proto.sum() * 0.0 + coeffs.sum() * 0.0 + 0.0
         _, _, mh, mw = proto.shape
-        if gt_maps.shape[-2:] != (mh, mw):  # only when mask_ratio != 4: nearest, as classic YOLOv8
-            gt_maps = F.interpolate(gt_maps[:, None].float(), (mh, mw), mode="nearest")[:, 0]
+        gh, gw = gt_maps.shape[-2:]
+        factor = gh // mh
+        if factor < 1 or (gh, gw) != (factor * mh, factor * mw):  # not a whole multiple: nearest, as YOLOv8
+            gt_maps, factor = F.interpolate(gt_maps[:, None].float(), (mh, mw), mode="nearest")[:, 0], 1
         groups = _mask_groups(fg_b, fg_a, assigned, image_hw, (mh, mw))
-        return cropped_mask_bce(coeffs, proto, gt_maps, groups) / fg_b.shape[0]
+        return cropped_mask_bce(coeffs, proto, gt_maps, groups, factor) / fg_b.shape[0]
 
 
 def _mask_groups(fg_b: torch.Tensor, fg_a: torch.Tensor, assigned: Assignment, image_hw: tuple[int, int],
@@ -236,6 +240,6 @@ def _check_targets(targets: SegTargets, batch: int) -> None:
     elif n and (int(targets.batch_idx.min()) < 0 or int(targets.batch_idx.max()) >= batch):
         problems.append(f"batch_idx must lie in 0..{batch - 1}, got {int(targets.batch_idx.max())}")
     if targets.masks.dim() != 3 or targets.masks.shape[0] != batch:
-        problems.append(f"masks must be (B={batch}, H/4, W/4) overlap maps, got {tuple(targets.masks.shape)}")
+        problems.append(f"masks must be (B={batch}, H/r, W/r) overlap maps, got {tuple(targets.masks.shape)}")
     if problems:
         raise ValueError("SegTargets do not fit the model outputs: " + "; ".join(problems))

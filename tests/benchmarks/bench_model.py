@@ -42,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from cocoseg.config import TrainConfig  # noqa: E402
 from cocoseg.engine.allocator import retain_freed_memory  # noqa: E402
 from cocoseg.loss import SegmentationLoss  # noqa: E402
 from cocoseg.model import build_model  # noqa: E402
@@ -50,16 +51,18 @@ from cocoseg.structures import SegTargets  # noqa: E402
 TAG = "@@bench "  # protocol lines; anything else a worker prints is ignored
 
 
-def synthetic_targets(batch: int, imgsz: int, per_image: int, num_classes: int, seed: int = 0) -> SegTargets:
-    """``per_image`` non-degenerate boxes per image with rectangular masks painted in row order."""
+def synthetic_targets(batch: int, imgsz: int, per_image: int, num_classes: int, seed: int = 0,
+                      mask_ratio: int = 4) -> SegTargets:
+    """``per_image`` non-degenerate boxes per image with rectangular masks painted in row order,
+    as overlap maps at 1/``mask_ratio`` of the input."""
     gen = torch.Generator().manual_seed(seed)
     n = batch * per_image
     centre = 0.2 + 0.6 * torch.rand(n, 2, generator=gen)
     size = 0.05 + 0.3 * torch.rand(n, 2, generator=gen)
     boxes = torch.cat((centre, size), 1)
     batch_idx = torch.arange(batch).repeat_interleave(per_image)
-    masks = torch.zeros(batch, imgsz // 4, imgsz // 4, dtype=torch.int32)
-    grid = imgsz // 4
+    masks = torch.zeros(batch, imgsz // mask_ratio, imgsz // mask_ratio, dtype=torch.uint8)
+    grid = imgsz // mask_ratio
     for i in range(n):  # building the fixture, not the measured path
         b, k = int(batch_idx[i]), i % per_image + 1
         x1, y1 = ((centre[i] - size[i] / 2) * grid).long().clamp(0, grid).tolist()
@@ -70,11 +73,14 @@ def synthetic_targets(batch: int, imgsz: int, per_image: int, num_classes: int, 
 
 
 def write_batch(path: Path, batch: int, imgsz: int, per_image: int) -> None:
-    """The shared synthetic batch as .npz (both sides read the same arrays)."""
-    t = synthetic_targets(batch, imgsz, per_image, 80)
+    """The shared synthetic batch as .npz (both sides read the same arrays). Each side gets the
+    masks its defaults train on: cocoseg full-size maps (``train.mask_ratio`` 1), the reference
+    1/4-size maps (its ``mask_ratio`` 4); the same boxes and instances."""
+    t = synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=TrainConfig().mask_ratio)
+    quarter = synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=4)
     images = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     np.savez(path, images=images.numpy(), batch_idx=t.batch_idx.numpy(), cls=t.cls.numpy(),
-             boxes=t.boxes_cxcywh_norm.numpy(), masks=t.masks.numpy())
+             boxes=t.boxes_cxcywh_norm.numpy(), masks=t.masks.numpy(), masks_quarter=quarter.masks.numpy())
 
 
 def _rss_mib() -> float:
@@ -154,7 +160,7 @@ from ultralytics.cfg import get_cfg
 d = np.load(batch_file)
 batch = {"img": torch.from_numpy(d["images"]), "batch_idx": torch.from_numpy(d["batch_idx"]).float(),
          "cls": torch.from_numpy(d["cls"]).float().view(-1, 1), "bboxes": torch.from_numpy(d["boxes"]),
-         "masks": torch.from_numpy(d["masks"]).float()}
+         "masks": torch.from_numpy(d["masks_quarter"]).float()}
 model = YOLO("yolov8n-seg.yaml").model
 model.args = get_cfg()
 model.train()

@@ -17,9 +17,17 @@ workers 0, seed 0, deterministic, ``YOLO_OFFLINE=1``); the two runs are made one
 other, never overlapping, with the load average at the start and end of each. Nothing of the
 reference is imported here: it is driven through a small inline script in a subprocess.
 
+Both sides are scored by the same code: pycocotools on the original-size val images, through
+``cocoseg evaluate``. The reference's ``best.pt`` and ``last.pt`` are converted with ``cocoseg
+import-weights`` (a restricted unpickler; nothing of the reference runs) and evaluated on the same
+snapshot; cocoseg's selected checkpoint is evaluated by the same command too, which must agree
+with its in-training validation. The reference's own validator is printed beside it but not used
+for the ratio: it compares masks in the letterboxed frame against ground truth rasterised at 1/4
+of the input and upsampled (its ``mask_ratio`` 4), which on small shapes reads several points of
+mask AP higher than pycocotools does for the same weights (docs/quality.md).
+
 Figures are "best" (the selected checkpoint: cocoseg's best epoch by val mask AP50-95, the
-reference's best.pt as re-validated at the end of its run) and "last" (the final epoch).
-``--json PATH`` writes everything measured.
+reference's best.pt) and "last" (the final epoch). ``--json PATH`` writes everything measured.
 """
 
 from __future__ import annotations
@@ -136,6 +144,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
         end = load()
     finally:
         ray.shutdown()
+    scored = score(result.best_weights, manifest["snapshot_uri"], root / f"eval-s{seed}")
     curve = [r["metrics"] for r in tracking.read_journal(tracking.journal_uri(result.run_dir))]
     params = _mlflow_params(result.tracking_uri, result.mlflow_run_id)
     best = max(curve, key=lambda m: m.get("val/mask_ap50_95", -1.0))
@@ -145,9 +154,32 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
             "train_s": sum(m.get("train/epoch_time_s", 0.0) for m in curve),
             "val_s": sum(m.get("val/time_s", 0.0) for m in curve),
             "best": {k: v[0] for k, v in pick.items()}, "last": {k: v[1] for k, v in pick.items()},
-            "best_epoch": curve.index(best), "epochs": len(curve),
+            "best_epoch": curve.index(best), "epochs": len(curve), "evaluate_best": scored,
+            "snapshot_uri": manifest["snapshot_uri"],
             "recipe": {k[len("recipe."):]: v for k, v in params.items() if k.startswith("recipe.")},
             "curve_mask_ap50_95": [round(m.get("val/mask_ap50_95", float("nan")), 4) for m in curve]}
+
+
+def _cli(*args: str) -> None:
+    """``python -m cocoseg ARGS`` from this checkout; its output is shown only when it fails."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "cocoseg", *args], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise SystemExit(f"cocoseg {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+
+
+def score(weights: str, snapshot_uri: str, out: Path) -> dict:
+    """``cocoseg evaluate`` of a checkpoint on the val split: pycocotools box and mask AP."""
+    _cli("evaluate", str(weights), snapshot_uri, "--no-mlflow", "--out", str(out))
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    return {k: float(m[f"val/{k}"]) for k in ("mask_ap50_95", "mask_ap50", "box_ap50_95", "box_ap50")}
+
+
+def ingest_snapshot(src: Path, root: Path) -> str:
+    """The val split's snapshot (for scoring the reference when cocoseg's side is skipped)."""
+    _cli("ingest", str(src), str(root))
+    manifests = sorted((root / "snapshots").glob("*/_manifest.json"), key=lambda p: p.stat().st_mtime)
+    return str(manifests[-1].parent)
 
 
 def _mlflow_params(uri: str, run_id: str) -> dict:
@@ -156,8 +188,10 @@ def _mlflow_params(uri: str, run_id: str) -> dict:
     return dict(MlflowClient(tracking_uri=uri).get_run(run_id).data.params)
 
 
-def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Namespace, seed: int) -> dict:
-    """Train the reference in its own process; final metrics from its best.pt validation."""
+def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Namespace, seed: int,
+                  snapshot_uri: str) -> dict:
+    """Train the reference in its own process; score its best.pt and last.pt with cocoseg's
+    evaluator (pycocotools) on ``snapshot_uri``, and keep its own validator's figures beside."""
     payload = json.dumps({"data": str(data_yaml), "epochs": args.epochs, "imgsz": args.imgsz,
                           "batch": args.batch, "project": str(project), "seed": seed})
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(project / "cfg")}
@@ -177,14 +211,20 @@ def run_reference(python: str, data_yaml: Path, project: Path, args: argparse.Na
         raise SystemExit(f"reference run failed (exit {proc.returncode}); see {log_path}")
     out = json.loads(lines[-1].split(" ", 1)[1])
     r = out["results"]
-    best = {"mask_ap50_95": r["metrics/mAP50-95(M)"], "mask_ap50": r["metrics/mAP50(M)"],
-            "box_ap50_95": r["metrics/mAP50-95(B)"], "box_ap50": r["metrics/mAP50(B)"]}
+    own_best = {"mask_ap50_95": r["metrics/mAP50-95(M)"], "mask_ap50": r["metrics/mAP50(M)"],
+                "box_ap50_95": r["metrics/mAP50-95(B)"], "box_ap50": r["metrics/mAP50(B)"]}
     rows = _results_csv(Path(out["save_dir"]) / "results.csv")
-    last = {k: float(rows[-1][c]) for k, c in (("mask_ap50_95", "metrics/mAP50-95(M)"), ("mask_ap50", "metrics/mAP50(M)"),
-                                                 ("box_ap50_95", "metrics/mAP50-95(B)"), ("box_ap50", "metrics/mAP50(B)"))}
+    own_last = {k: float(rows[-1][c]) for k, c in (("mask_ap50_95", "metrics/mAP50-95(M)"), ("mask_ap50", "metrics/mAP50(M)"),
+                                                     ("box_ap50_95", "metrics/mAP50-95(B)"), ("box_ap50", "metrics/mAP50(B)"))}
+    scored = {}
+    for which in ("best", "last"):
+        converted = project / f"ref-s{seed}-{which}-cocoseg"
+        _cli("import-weights", str(Path(out["save_dir"]) / "weights" / f"{which}.pt"), str(converted))
+        scored[which] = score(str(converted), snapshot_uri, converted / "eval-val")
     chosen = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines() if "optimizer:" in ln and "(lr=" in ln][-1:]
     return {"seconds": seconds, "process_s": out["seconds"], "load_start": start, "load_end": end,
-            "best": best, "last": last, "epochs": len(rows), "optimizer_log": chosen[0] if chosen else "",
+            "best": scored["best"], "last": scored["last"], "own_best": own_best, "own_last": own_last,
+            "epochs": len(rows), "optimizer_log": chosen[0] if chosen else "",
             "curve_mask_ap50_95": [round(float(r["metrics/mAP50-95(M)"]), 4) for r in rows]}
 
 
@@ -197,6 +237,7 @@ def report(args: argparse.Namespace, ours: dict | None, ref: dict | None, seed: 
     print(f"\nbench_quality: n-seg from scratch, synthetic shapes ({args.set}) {args.train_images} train / {args.val_images} val, "
           f"{args.imgsz} px, {NUM_CLASSES} classes, {args.epochs} epochs, batch {args.batch}, CPU, seed {seed}")
     sides = [(name, side) for name, side in (("cocoseg (defaults)", ours), ("reference", ref)) if side]
+    print("(both scored by pycocotools through `cocoseg evaluate`; the reference's own validator below)")
     print(f"{'':28s}" + "".join(f"{name:>22s}" for name, _ in sides) + ("   ratio" if len(sides) == 2 else ""))
     for which in ("best", "last"):
         for key in ("mask_ap50_95", "mask_ap50", "box_ap50_95", "box_ap50"):
@@ -214,8 +255,15 @@ def report(args: argparse.Namespace, ours: dict | None, ref: dict | None, seed: 
         print(f"  cocoseg: {ours['recipe'].get('name')} lr0 {ours['recipe'].get('lr0')} "
               f"({ours['recipe'].get('reason')}); train loops {ours['train_s']:.0f} s + validation {ours['val_s']:.0f} s "
               f"of {ours['seconds']:.0f} s (ingest {ours['ingest_s']:.0f} s not counted); best epoch {ours['best_epoch']}")
+        e = ours["evaluate_best"]
+        print(f"  cocoseg: `cocoseg evaluate` of the selected checkpoint: mask {e['mask_ap50_95']:.4f}, box "
+              f"{e['box_ap50_95']:.4f} (the in-training validation: {ours['best']['mask_ap50_95']:.4f}, "
+              f"{ours['best']['box_ap50_95']:.4f})")
     if ref:
         print(f"  reference: {ref['optimizer_log']}")
+        o = ref["own_best"]
+        print(f"  reference's own validator on its best.pt (mask_ratio 4 ground truth, letterboxed frame): "
+              f"mask AP50-95 {o['mask_ap50_95']:.4f}, AP50 {o['mask_ap50']:.4f}; box AP50-95 {o['box_ap50_95']:.4f}")
 
 
 def summary(runs: list[dict]) -> None:
@@ -236,6 +284,10 @@ def summary(runs: list[dict]) -> None:
         per_seed = ", ".join(f"{a / b:.2f}" if b > 0 else "-" for a, b in pairs)
         ratio = f"{means[0] / means[1]:.3f}x" if means[1] > 0 else "-"
         print(f"  {key:14s} cocoseg {cells[0]}   reference {cells[1]}   ratio of means {ratio}   per seed {per_seed}")
+    own = [r["reference"]["own_best"]["mask_ap50_95"] for r in both if "own_best" in r["reference"]]
+    if own:
+        print(f"  (the reference's own validator: mask_ap50_95 {sum(own) / len(own):.4f} ({min(own):.4f}-{max(own):.4f}); "
+              f"cocoseg / that {sum(r['cocoseg']['best']['mask_ap50_95'] for r in both) / len(both) / (sum(own) / len(own)):.3f}x)")
 
 
 def main() -> int:
@@ -274,7 +326,8 @@ def main() -> int:
                 save()
                 report(args, run["cocoseg"], None, seed)
             if ref_python:
-                run["reference"] = run_reference(ref_python, data_yaml, work / "reference", args, seed)
+                snapshot = (run["cocoseg"] or {}).get("snapshot_uri") or ingest_snapshot(src, work / "cocoseg")
+                run["reference"] = run_reference(ref_python, data_yaml, work / "reference", args, seed, snapshot)
                 save()
             report(args, run["cocoseg"], run["reference"], seed)
         summary(runs)

@@ -123,9 +123,11 @@ def _ensure_project(site: Path | None) -> str:
 
 # ---------------------------------------------------------------- rows
 def synthetic_batch(batch: int, imgsz: int, per_image: int = 6, seed: int = 0):
-    """uint8 images and ``per_image`` square instances per image, masks painted at imgsz / 4."""
+    """uint8 images and ``per_image`` square instances per image, masks painted on the 1/4 grid
+    and given at the default ``train.mask_ratio`` (full size: each cell repeated 4 x 4)."""
     import torch
 
+    from cocoseg.config import TrainConfig
     from cocoseg.structures import SegTargets, TrainBatch
 
     gen = torch.Generator().manual_seed(seed)
@@ -137,6 +139,8 @@ def synthetic_batch(batch: int, imgsz: int, per_image: int = 6, seed: int = 0):
     for i in range(n):  # fixture, not the measured path
         cx, cy = (centres[i] * grid).long().tolist()
         masks[i // per_image, max(cy - half, 0):cy + half, max(cx - half, 0):cx + half] = i % per_image + 1
+    up = 4 // TrainConfig().mask_ratio
+    masks = masks.to(torch.uint8).repeat_interleave(up, 1).repeat_interleave(up, 2)
     images = torch.randint(0, 255, (batch, 3, imgsz, imgsz), dtype=torch.uint8, generator=gen)
     targets = SegTargets(batch_idx=torch.arange(batch).repeat_interleave(per_image),
                          cls=torch.randint(0, 80, (n,), generator=gen),
