@@ -79,10 +79,10 @@ def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int,
     chunk takes ``chunk_rows`` rows of pieces in that order: a chunk (one actor call, the rows that
     mosaic draws partners from, most of one batch) holds about ``runs_per_chunk`` short runs from
     anywhere in the part, different every epoch, while each run still reads one or two row groups
-    (``data.chunk_runs``: 4 runs of 4 rows read a split of ~4-image row groups about 2x, one run 1.25x). (Whole chunks
-    of consecutive rows used to repeat as the same batches, in the same order, every epoch of a
-    one-shard split.) The same arguments give the same chunks, on any machine; every kept row is
-    in exactly one chunk of exactly one rank.
+    (``data.chunk_runs``; four runs read a split of ~6-image row groups ~2.7x per epoch, one run
+    1.25x). Whole chunks of consecutive rows used to repeat as the same batches, in the same
+    order, every epoch of a one-shard split. The same arguments give the same chunks, on any
+    machine; every kept row is in exactly one chunk of exactly one rank.
     """
     if world < 1 or not 0 <= rank < world or chunk_rows < 1:
         raise ValueError(f"epoch_chunks: need 0 <= rank < world and chunk_rows >= 1 (got rank={rank}, "
