@@ -129,9 +129,10 @@ class TrainConfig:
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
     close_mosaic: int = 10
-    # ground-truth masks at 1/mask_ratio of the input. 1: the mask loss's target is the fraction
-    # of each prototype cell that the instance covers; 4 (classic YOLOv8): whether its centre is inside
-    mask_ratio: int = 1
+    # ground-truth masks at 1/mask_ratio of the input. 4 (YOLOv8): the mask loss's target is whether
+    # a prototype cell's centre is inside; 1 or 2: the fraction of the cell the instance covers (a soft
+    # target; measured: masks 3 % worse against boxes, docs/quality.md)
+    mask_ratio: int = 4
     augment: str = "yolov8"  # named preset in cocoseg.data.augment
     amp: str = "auto"  # "auto" (bf16 on GPU), "bf16", "fp16" or "off"
     seed: int = 0
