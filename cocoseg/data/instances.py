@@ -14,8 +14,8 @@ Output row format (:func:`format_sample`), the contract with :mod:`cocoseg.data.
 
 - ``image``: (S_h, S_w, 3) uint8 RGB, HWC as augmented (no transpose copy here: collation
   permutes the batch to (B, 3, H, W) as a zero-copy channels_last view);
-- ``masks``: (S_h/r, S_w/r) overlap map (spec 8.6; r = ``mask_ratio``, 4 classic, 1 by default in
-  training): value k >= 1 is the k-th row of ``labels``; uint8 up to 255 instances;
+- ``masks``: (S_h/r, S_w/r) overlap map (spec 8.6; r = ``train.mask_ratio``, 4 by default): value
+  k >= 1 is the k-th row of ``labels``; uint8 up to 255 instances;
 - ``labels``: (n, 5) float32 rows ``[class, cx, cy, w, h]`` with the box normalised to 0..1;
 - ``image_id``: int64; ``orig_hw``: (2,) int32; ``letterbox``: (3,) float32 ``[gain, pad_x, pad_y]``
   mapping original pixels to this image (``[nan, nan, nan]`` after mosaic/affine, where no such

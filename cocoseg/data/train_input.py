@@ -103,7 +103,7 @@ def inflight_per_worker(prefetch: int, actors: int, world: int) -> int:
 
     All workers together then keep about ``prefetch x actors`` chunks queued or done-but-unread, so
     each actor's node holds about ``prefetch`` chunks per actor in its object store (16 rows at 640
-    px: ~26 MB each), whatever the number of workers. (Each worker used to keep ``prefetch x
+    px: ~20 MB each), whatever the number of workers. (Each worker used to keep ``prefetch x
     actors``: ``world`` times that, 8 GPUs x 96 actors of yolov8n -> ~32 GB of object store.)
     """
     return prefetch * max(1, math.ceil(actors / world))

@@ -74,7 +74,7 @@ def synthetic_targets(batch: int, imgsz: int, per_image: int, num_classes: int, 
 
 def write_batch(path: Path, batch: int, imgsz: int, per_image: int) -> None:
     """The shared synthetic batch as .npz (both sides read the same arrays). Each side gets the
-    masks its defaults train on: cocoseg full-size maps (``train.mask_ratio`` 1), the reference
+    masks its defaults train on: cocoseg maps at its default ``train.mask_ratio``, the reference
     1/4-size maps (its ``mask_ratio`` 4); the same boxes and instances."""
     t = synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=TrainConfig().mask_ratio)
     quarter = synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=4)

@@ -124,7 +124,7 @@ def _ensure_project(site: Path | None) -> str:
 # ---------------------------------------------------------------- rows
 def synthetic_batch(batch: int, imgsz: int, per_image: int = 6, seed: int = 0):
     """uint8 images and ``per_image`` square instances per image, masks painted on the 1/4 grid
-    and given at the default ``train.mask_ratio`` (full size: each cell repeated 4 x 4)."""
+    and given at the default ``train.mask_ratio`` (each cell repeated 4 / ratio times per side)."""
     import torch
 
     from cocoseg.config import TrainConfig
