@@ -76,8 +76,9 @@ def write_batch(path: Path, batch: int, imgsz: int, per_image: int) -> None:
     """The shared synthetic batch as .npz (both sides read the same arrays). Each side gets the
     masks its defaults train on: cocoseg maps at its default ``train.mask_ratio``, the reference
     1/4-size maps (its ``mask_ratio`` 4); the same boxes and instances."""
-    t = synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=TrainConfig().mask_ratio)
+    ratio = TrainConfig().mask_ratio
     quarter = synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=4)
+    t = quarter if ratio == 4 else synthetic_targets(batch, imgsz, per_image, 80, mask_ratio=ratio)
     images = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     np.savez(path, images=images.numpy(), batch_idx=t.batch_idx.numpy(), cls=t.cls.numpy(),
              boxes=t.boxes_cxcywh_norm.numpy(), masks=t.masks.numpy(), masks_quarter=quarter.masks.numpy())
