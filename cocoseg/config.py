@@ -195,6 +195,9 @@ class DataStageConfig:
     chunk_runs: int = 4
     max_train_images: int = 0  # 0: the whole train split; else the first N (smoke runs, benchmarks)
     max_val_images: int = 0
+    # LVIS repeat-factor sampling: an image is seen max(1, sqrt(t / f_c)) times per epoch (on average; the
+    # max over its classes c, f_c the fraction of training images holding c); 0: off. LVIS uses 0.001.
+    repeat_factor_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.actors >= 1, "data.actors", "must be >= 1")
@@ -203,6 +206,8 @@ class DataStageConfig:
         _check(self.chunk_runs >= 1, "data.chunk_runs", "must be >= 1")
         _check(self.max_train_images >= 0 and self.max_val_images >= 0, "data.max_train_images",
                "max_train_images and max_val_images must be >= 0 (0: the whole split)")
+        _check(0.0 <= self.repeat_factor_threshold <= 1.0, "data.repeat_factor_threshold",
+               f"must be in [0, 1] (a fraction of the training images; 0: off), got {self.repeat_factor_threshold}")
 
 
 @dataclass(frozen=True)

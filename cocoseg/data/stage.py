@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cocoseg import storage
 from cocoseg.data.augment import augment_chunk, get_preset
 from cocoseg.data.instances import MASK_RATIO, NUM_POINTS, format_sample
+from cocoseg.data.repeat_factor import with_repeats
 
 __all__ = ["INPUT_COLUMNS", "AugmentBatch", "ChunkAugmenter", "epoch_chunks", "rows_from_batch", "stack_rows"]
 
@@ -66,7 +67,7 @@ def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int, mask_ratio:
 
 def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int, world: int,
                  chunk_rows: int, limit: int = 0, shuffle: bool = True,
-                 runs_per_chunk: int = 4) -> list[list[tuple[int, int, int]]]:
+                 runs_per_chunk: int = 4, repeats: Sequence[np.ndarray] | None = None) -> list[list[tuple[int, int, int]]]:
     """This worker's chunks of one epoch: lists of ``(shard index, first row, end row)`` runs.
 
     The split's rows in snapshot order (the first ``limit`` only, when > 0) are cut into one run
@@ -83,6 +84,10 @@ def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int,
     1.25x). Whole chunks of consecutive rows used to repeat as the same batches, in the same
     order, every epoch of a one-shard split. The same arguments give the same chunks, on any
     machine; every kept row is in exactly one chunk of exactly one rank.
+
+    ``repeats`` (per shard, (rows,) repeat factors >= 1; ``data.repeat_factor_threshold``) adds
+    this epoch's extra copies of rare-class images to the plan before it is split between the ranks
+    (:func:`cocoseg.data.repeat_factor.with_repeats`); each copy, like each row, goes to one rank.
     """
     if world < 1 or not 0 <= rank < world or chunk_rows < 1:
         raise ValueError(f"epoch_chunks: need 0 <= rank < world and chunk_rows >= 1 (got rank={rank}, "
@@ -96,6 +101,8 @@ def epoch_chunks(shard_rows: Sequence[int], *, seed: int, epoch: int, rank: int,
     if shuffle:
         order = np.random.default_rng(np.random.SeedSequence([seed & _MASK63, epoch & _MASK63, _PLAN_TAG]))
         runs = [runs[int(i)] for i in order.permutation(len(runs))]
+    if repeats is not None:
+        runs = with_repeats(runs, repeats, seed=seed, epoch=epoch)
     per = sum(b - a for _, a, b in runs) // world
     if not shuffle or runs_per_chunk == 1:
         return _cut(runs, rank * per, (rank + 1) * per, chunk_rows)

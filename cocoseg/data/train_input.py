@@ -65,12 +65,14 @@ class TrainInput:
     limit: int = 0
     shuffle: bool = True
     prefetch: int = 2
+    repeats: tuple[np.ndarray, ...] | None = None  # per shard, rows' repeat factors (data.repeat_factor_threshold)
 
     @classmethod
     def start(cls, shards: Sequence[tuple[str, int]], *, augment: str, epochs: int, close_mosaic: int,
               imgsz: int, num_classes: int = 80, seed: int = 0, actors: int = 2, cpus_per_actor: float = 1.0,
               chunk_rows: int = 16, limit: int = 0, shuffle: bool = True, prefetch: int = 2,
-              mask_ratio: int = MASK_RATIO, chunk_runs: int = 4, wait: bool = False) -> TrainInput:
+              mask_ratio: int = MASK_RATIO, chunk_runs: int = 4, wait: bool = False,
+              repeats: Sequence[np.ndarray] | None = None) -> TrainInput:
         """Start ``actors`` input actors (``cpus_per_actor`` logical CPUs each, any node; restarted
         if they die, which is safe: they hold only a read cache). They boot while the caller goes
         on (the train workers starting, say); ``wait`` blocks until they are up."""
@@ -81,7 +83,7 @@ class TrainInput:
             ray.get([a.ready.remote() for a in pool])
         return cls(actors=pool, shards=tuple((str(u), int(n)) for u, n in shards), augment=augment, epochs=epochs,
                    close_mosaic=close_mosaic, seed=seed, chunk_rows=chunk_rows, chunk_runs=chunk_runs, limit=limit, shuffle=shuffle,
-                   prefetch=prefetch)
+                   prefetch=prefetch, repeats=tuple(repeats) if repeats is not None else None)
 
     def stop(self) -> None:
         for actor in self.actors:
@@ -128,7 +130,7 @@ class EpochStream:
         for epoch in range(first, s.epochs):
             chunks = epoch_chunks([n for _, n in s.shards], seed=s.seed, epoch=epoch, rank=self.rank,
                                   world=self.world, chunk_rows=s.chunk_rows, limit=s.limit, shuffle=s.shuffle,
-                                  runs_per_chunk=s.chunk_runs)
+                                  runs_per_chunk=s.chunk_runs, repeats=s.repeats)
             for chunk in chunks:
                 yield epoch, [(s.shards[i][0], a, b) for i, a, b in chunk]
 

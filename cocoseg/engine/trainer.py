@@ -26,6 +26,8 @@ from cocoseg.cluster import quiet_ray_data, train_logging_config
 from cocoseg.config import JobConfig, to_dict
 from cocoseg.data.schema import list_shards
 from cocoseg.data.train_input import TrainInput
+from cocoseg.data.repeat_factor import expected_rows
+from cocoseg.engine import class_balance
 from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
 from cocoseg.engine.checks import (
     check_cluster,
@@ -63,7 +65,7 @@ class TrainResult:
         return asdict(self)
 
 
-def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
+def _train_input(cfg: JobConfig, manifest: dict[str, Any], repeats: Any = None) -> TrainInput:
     """Start the run's input actors (decode + augment, kept for all epochs; see cocoseg.data.train_input)."""
     t, m = cfg.train, cfg.model
     rows = [int(s["rows"]) for s in manifest["splits"]["train"]["shards"]]
@@ -71,7 +73,7 @@ def _train_input(cfg: JobConfig, manifest: dict[str, Any]) -> TrainInput:
                             epochs=t.epochs, close_mosaic=t.close_mosaic, imgsz=m.imgsz, num_classes=m.num_classes,
                             seed=t.seed, actors=cfg.data.actors, cpus_per_actor=cfg.data.cpus_per_actor,
                             chunk_rows=cfg.data.batch_rows, limit=cfg.data.max_train_images,
-                            mask_ratio=t.mask_ratio, chunk_runs=cfg.data.chunk_runs)
+                            mask_ratio=t.mask_ratio, chunk_runs=cfg.data.chunk_runs, repeats=repeats)
 
 
 def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:
@@ -97,15 +99,19 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     storage.write_json(storage.join(run_dir, "config.json"), redact(to_dict(cfg)))
     _drop_torn_ray_snapshot(run_dir)
     n_train = min(manifest["splits"]["train"]["images"], cfg.data.max_train_images or 1 << 62)
+    repeats = class_balance.repeat_factors(cfg, manifest)  # None unless data.repeat_factor_threshold > 0
+    if repeats is not None:  # the schedule counts the epoch's rows with their (average) copies
+        n_train = round(expected_rows(repeats, cfg.data.max_train_images))
     recipe = resolve_recipe(cfg, world_size=s.num_workers, train_images=n_train)
     log.info("%s", recipe.describe(t.optimizer))
     mlflow_run_id = _mlflow_run(cfg, tracking_uri, run_name, run_dir, manifest,
                                 parent_run_id or cfg.tracking.parent_run_id, recipe)
+    class_balance.report_classes(manifest, run_dir, tracking_uri, mlflow_run_id)
     run_info = RunInfo(run_dir=run_dir, mlflow_run_id=mlflow_run_id,
                        batches_per_epoch=batches_per_epoch(n_train, s.num_workers, t.batch_size), recipe=recipe,
                        snapshot_id=manifest["snapshot_id"], snapshot_uri=manifest["snapshot_uri"],
                        class_names=tuple(manifest["class_names"]), category_ids=tuple(manifest["category_ids"]))
-    inputs = _train_input(cfg, manifest)
+    inputs = _train_input(cfg, manifest, repeats)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg, "run": run_info, "input": inputs, "make_logger": functools.partial(

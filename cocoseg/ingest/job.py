@@ -13,6 +13,7 @@ from typing import Any
 
 from cocoseg import storage
 from cocoseg.config import JobConfig
+from cocoseg.data.class_stats import format_class_table
 from cocoseg.data.schema import MANIFEST_NAME, manifest_summary, read_manifest, snapshot_uri
 from cocoseg.ingest.coco import IngestError
 from cocoseg.ingest.snapshot import (
@@ -92,4 +93,6 @@ def ingest(cfg: JobConfig) -> dict[str, Any]:
         _write_shards(specs, writer, cfg, plan.class_map.id_to_index)
     manifest = writer.commit()
     print(manifest_summary(manifest))
+    for split in manifest["splits"]:  # per-class counts: what the classes' APs will rest on
+        print(format_class_table(manifest, split))
     return {**manifest, "skipped": False}

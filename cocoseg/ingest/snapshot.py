@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocoseg import __version__, storage
+from cocoseg.data.class_stats import merge_stats, tally
 from cocoseg.data.schema import (
     MANIFEST_NAME,
     QUARANTINE_NAME,
@@ -105,11 +106,13 @@ def write_shard(spec: dict[str, Any], snapshot: str, id_to_index: dict[int, int]
                 decode_check: str = "header") -> dict[str, Any]:
     """Read, validate and write one planned shard to ``<snapshot>/<spec path>``; return its metadata.
 
-    Returns ``{"split", "index", "path", "rows", "instances", "bytes", "rejects"}`` (``rejects``:
-    quarantine rows as dicts). No file is written (``rows`` 0, ``bytes`` 0) when every image of
+    Returns ``{"split", "index", "path", "rows", "instances", "bytes", "rejects", "stats"}``
+    (``rejects``: quarantine rows as dicts; ``stats``: the written rows' per-class counts,
+    :func:`cocoseg.data.class_stats.tally`). No file is written (``rows`` 0, ``bytes`` 0) when every image of
     the shard is rejected. Images go out as row groups of about 32 MB of encoded bytes.
     """
     rows, rejects, pending, instances = 0, [], [], 0
+    kept_annotations: list[list[dict[str, Any]]] = []
     writer = stream = None
     pending_bytes = 0
     uri = storage.join(snapshot, *spec["path"].split("/"))
@@ -122,6 +125,7 @@ def write_shard(spec: dict[str, Any], snapshot: str, id_to_index: dict[int, int]
             if not out.pop("_keep"):
                 continue
             pending.append(out)
+            kept_annotations.append([{k: a[k] for k in ("category", "area", "iscrowd")} for a in out["annotations"]])
             pending_bytes += len(out["image"])
             instances += len(out["annotations"])
             if pending_bytes >= _ROW_GROUP_BYTES:
@@ -137,7 +141,8 @@ def write_shard(spec: dict[str, Any], snapshot: str, id_to_index: dict[int, int]
     fs, path = storage.filesystem(uri)
     size = fs.get_file_info(path).size if rows else 0
     return {"split": spec["split"], "index": spec["index"], "path": spec["path"], "rows": rows,
-            "instances": instances, "bytes": int(size or 0), "rejects": rejects}
+            "instances": instances, "bytes": int(size or 0), "rejects": rejects,
+            "stats": tally(kept_annotations, max(id_to_index.values(), default=-1) + 1)}
 
 
 def _write_rows(writer: pq.ParquetWriter | None, stream: Any, uri: str, rows: list[dict[str, Any]]):
@@ -166,6 +171,7 @@ class _SplitTally:
     done: list[dict[str, Any]] = field(default_factory=list)
     images: int = 0
     instances: int = 0
+    stats: dict[str, Any] | None = None  # per-class counts (cocoseg.data.class_stats)
 
 
 class SnapshotWriter:
@@ -208,6 +214,8 @@ class SnapshotWriter:
                 shards.done.append({"path": meta["path"], "rows": meta["rows"], "bytes": meta["bytes"]})
             shards.images += meta["rows"]
             shards.instances += meta["instances"]
+            if "stats" in meta:
+                shards.stats = merge_stats(shards.stats, meta["stats"])
         self._shard_metas.clear()
 
     def _progress(self, force: bool = False) -> None:
@@ -240,7 +248,8 @@ class SnapshotWriter:
         for s in self.plan.splits:
             shards = self.splits.get(s.name, _SplitTally())
             splits[s.name] = {"source_split": s.source_name, "images": shards.images,
-                              "annotations": shards.instances, "shards": shards.done}
+                              "annotations": shards.instances, "shards": shards.done,
+                              "stats": shards.stats or tally([], len(self.plan.class_map.names))}
         counts = {
             "images_read": sum(s.images_read for s in self.plan.splits),
             "images_written": sum(v["images"] for v in splits.values()),
