@@ -167,8 +167,11 @@ def _by_image(snapshot: str) -> dict[int, list[tuple[int, list[float]]]]:
     return out
 
 
-def test_coco8_from_coco_json_and_from_yolo_labels_agree(ray_local, coco8_seg, tmp_path):
+def test_coco8_from_coco_json_and_from_yolo_labels_agree(ray_local, coco8_seg, tmp_path, capsys):
+    from test_ingest_class_stats import check_coco8_stats
+
     coco = _ingest(str(coco8_seg), str(tmp_path / "a"))
+    check_coco8_stats(coco, coco8_seg, capsys.readouterr().out)  # per-class statistics, the class table
     yolo = _ingest(str(coco8_seg / "coco8-seg.yaml"), str(tmp_path / "b"), "ingest.layout=yolo")
     assert coco["layout"] == "coco" and yolo["layout"] == "yolo"
     for m in (coco, yolo):

@@ -33,12 +33,18 @@ def report_classes(manifest: dict[str, Any], run_dir: str, tracking_uri: str, ru
         log.info("snapshot %s has no per-class statistics (ingested by an older cocoseg): no class "
                  "table, no rare-class check; re-ingest to get them", manifest["snapshot_id"])
         return []
-    rare = rare_classes(manifest, "train")
+    below = rare_classes(manifest, "train")
+    absent, rare = [c for c, n in below if n == 0], [(c, n) for c, n in below if n > 0]
+    nc = len(manifest["class_names"])
     if rare:
         shown = ", ".join(f"{name} ({n})" for name, n in rare[:12]) + (", ..." if len(rare) > 12 else "")
         log.warning("%d of %d classes have fewer than %d training instances: %s. Their AP rests on a handful "
                     "of instances; add data, or oversample them with data.repeat_factor_threshold "
-                    "(docs/data.md)", len(rare), len(manifest["class_names"]), RARE_INSTANCES, shown)
+                    "(docs/data.md)", len(rare), nc, RARE_INSTANCES, shown)
+    if absent:
+        shown = ", ".join(absent[:12]) + (", ..." if len(absent) > 12 else "")
+        log.warning("%d of %d classes have no training instance (the model cannot learn them): %s",
+                    len(absent), nc, shown)
     return log_class_stats(class_rows(manifest, "train"), run_dir, tracking_uri, run_id)
 
 

@@ -1,7 +1,7 @@
 """The training data's per-class statistics in MLflow: a table artifact and a bar chart.
 
-``plots/class_stats.json`` is an MLflow table (``MlflowClient.log_table``: the UI shows it as a
-table, ``mlflow.load_table`` reads it back) with one row per class (images, instances, COCO
+``plots/class_stats.json`` is an MLflow table (the file and tag ``MlflowClient.log_table`` writes:
+the UI shows it as a table, ``MlflowClient.load_table`` reads it back) with one row per class (images, instances, COCO
 small/medium/large instances; see :mod:`cocoseg.data.class_stats`); ``plots/class_stats.png``
 draws the instances per class, small/medium/large stacked, classes sorted by count, with the
 rare-class line (:data:`cocoseg.data.class_stats.RARE_INSTANCES`).
@@ -30,6 +30,7 @@ log = get_logger(__name__)
 
 TABLE_FILE = "plots/class_stats.json"
 CHART_FILE = "plots/class_stats.png"
+_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # mlflow.utils.mlflow_tags.MLFLOW_LOGGED_ARTIFACTS
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -66,6 +67,16 @@ def class_stats_chart(rows: Sequence[Mapping[str, Any]], path: Path, split: str 
     return path
 
 
+def _mark_table(client: Any, run_id: str) -> None:
+    """Tag the JSON as a table artifact, as ``log_table`` does (which would append to an existing
+    file: a resumed run would hold its rows twice); the UI and ``load_table`` find it by this tag."""
+    tags = client.get_run(run_id).data.tags
+    logged = json.loads(tags.get(_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": TABLE_FILE, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, _LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+
+
 def log_class_stats(rows: Sequence[Mapping[str, Any]], run_dir: str, tracking_uri: str, run_id: str,
                     split: str = "train") -> list[str]:
     """Write the table and the chart to ``run_dir/plots/`` and, when ``run_id`` is set, log them to
@@ -85,8 +96,10 @@ def log_class_stats(rows: Sequence[Mapping[str, Any]], run_dir: str, tracking_ur
             return []
         try:
             client = jr._client(tracking_uri)
-            client.log_table(run_id, data=columns, artifact_file=TABLE_FILE)
+            (Path(tmp) / "class_stats.json").write_text(json.dumps(table))
+            client.log_artifact(run_id, str(Path(tmp) / "class_stats.json"), artifact_path="plots")
             client.log_artifact(run_id, str(chart), artifact_path="plots")
+            _mark_table(client, run_id)
         except Exception as exc:  # noqa: BLE001 - any MLflow/transport error: keep training
             log.warning("could not log the class statistics to MLflow run %s (%s); they are in %s/plots",
                         run_id, exc, run_dir)
