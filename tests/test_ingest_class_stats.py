@@ -64,7 +64,7 @@ def _with_rare(manifest: dict) -> dict:
     out = json.loads(json.dumps(manifest))
     out["class_names"] = [*out["class_names"], "unicorn"]
     stats = out["splits"]["train"]["stats"]["classes"]
-    for key, values in stats.items():
+    for values in stats.values():
         values[-1] = min(values[-1], 3)
         values.append(0)
     return out

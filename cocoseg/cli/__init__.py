@@ -28,7 +28,7 @@ from . import model as _model
 from . import train as _train
 from . import tune as _tune
 
-__all__ = ["EXAMPLES", "build_parser", "main", "split_overrides"]
+__all__ = ["EXAMPLES", "build_parser", "main", "parse_args", "split_overrides"]
 
 _AREAS = (_data, _model, _train, _tune, _deploy, _evaluate, _infer, _jobs, _config)
 
@@ -136,20 +136,27 @@ def _all_actions(command: argparse.ArgumentParser) -> list[argparse.Action]:
     return actions
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args`` with the dotted overrides taken from anywhere after the command
+    (:func:`split_overrides`) into ``args.overrides``; a command without overrides refuses them
+    (argparse's exit status 2 and usage line)."""
+    rest, overrides = split_overrides(parser, argv)
+    args = parser.parse_args(rest)
+    if overrides and not hasattr(args, "overrides"):
+        _, command = _subcommand(parser, rest)
+        command.error(f"takes no key=value overrides (got {' '.join(overrides)})")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv, overrides = split_overrides(parser, list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     set_verbose(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if overrides and not hasattr(args, "overrides"):
-        print(f"cocoseg {args.command}: error: takes no key=value overrides (got {' '.join(overrides)}); "
-              f"see cocoseg {args.command} --help", file=sys.stderr)
-        return 2
-    if overrides:
-        args.overrides = [*args.overrides, *overrides]
     try:
         return int(args.func(args) or 0)
     except (ConfigError, UserError, StorageError, FileNotFoundError) as exc:

@@ -32,11 +32,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from cocoseg.config import load_config
+    from cocoseg.config import config_path, load_config
     from cocoseg.ingest.job import ingest
 
     overrides = [f"ingest.source={args.source}", f"ingest.dest={args.dest}", *args.overrides]
-    result = ingest(load_config(args.config, overrides))
+    result = ingest(load_config(config_path(args.config), overrides))
     return 0 if result else 1
 
 

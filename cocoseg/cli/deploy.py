@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cocoseg.config import load_config
+from cocoseg.config import config_path, load_config
 
 
 def _formats(text: str) -> list[str]:
@@ -22,7 +22,7 @@ def _export(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.formats:
         overrides.append(f"export.formats=[{','.join(args.formats)}]")
-    manifest = export_checkpoint(load_config(args.config, overrides), args.weights, args.out, args.metrics,
+    manifest = export_checkpoint(load_config(config_path(args.config), overrides), args.weights, args.out, args.metrics,
                        args.train_run_id)
     print(json.dumps({"out": args.out, "files": sorted(manifest["files"]),
                       "engine_built": manifest["engine_built"]}, indent=2))
@@ -32,7 +32,7 @@ def _export(args: argparse.Namespace) -> int:
 def _register(args: argparse.Namespace) -> int:
     from cocoseg.registry.register import register
 
-    result = register(load_config(args.config, args.overrides), args.export_dir, args.name)
+    result = register(load_config(config_path(args.config), args.overrides), args.export_dir, args.name)
     print(json.dumps({"name": result.name, "version": result.version, "model_uri": result.model_uri,
                       "decision": result.decision.decision, "reason": result.decision.reason}, indent=2))
     return 0
@@ -42,7 +42,7 @@ def _client(args: argparse.Namespace):
     from cocoseg.registry import connect
     from cocoseg.tracking import resolve_tracking_uri
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config_path(args.config), args.overrides)
     return connect(resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root))
 
 

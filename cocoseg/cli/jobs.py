@@ -41,9 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _retrain(args: argparse.Namespace) -> int:
     from cocoseg.config import config_path, load_config
+
+    cfg = load_config(config_path(args.config), args.overrides)  # a bad key: one line before Ray loads
     from cocoseg.retrain import retrain
 
-    result = retrain(load_config(config_path(args.config), args.overrides))
+    result = retrain(cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -31,10 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cocoseg.config import load_config
+    from cocoseg.config import config_path, load_config
+
+    cfg = load_config(config_path(args.config), args.overrides)  # a bad key: one line before torch and Ray load
     from cocoseg.engine.trainer import train
 
-    result = train(load_config(args.config, args.overrides))
+    result = train(cfg)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
 

@@ -24,9 +24,9 @@ from ray.train.torch import TorchTrainer
 from cocoseg import storage, tracking
 from cocoseg.cluster import quiet_ray_data, train_logging_config
 from cocoseg.config import JobConfig, to_dict
+from cocoseg.data.repeat_factor import expected_rows
 from cocoseg.data.schema import list_shards
 from cocoseg.data.train_input import TrainInput
-from cocoseg.data.repeat_factor import expected_rows
 from cocoseg.engine import class_balance
 from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
 from cocoseg.engine.checks import (
