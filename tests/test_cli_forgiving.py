@@ -25,6 +25,7 @@ def test_every_commands_help_ends_with_an_example_line() -> None:
     commands = _commands()
     assert {"retrain", "demo", "config", "config show"} <= set(commands)
     assert set(EXAMPLES) == set(commands) - {"config show"}  # no command without its example
+    assert build_parser().format_help().rstrip().splitlines()[-1].startswith("example: cocoseg train ")
     for name, command in commands.items():
         last = command.format_help().rstrip().splitlines()[-1]
         assert last.startswith(f"example: cocoseg {name.split()[0]} "), (name, last)

@@ -95,3 +95,33 @@ def test_factors_come_from_a_real_snapshot(tiny_snapshot) -> None:
     assert sum(len(s) for s in first) == 5
     limited = repeat_factors(load_config(None, ["data.repeat_factor_threshold=0.9", "data.max_train_images=5"]), manifest)
     assert sum(len(f) for f in limited) == 5
+
+
+@pytest.mark.extended  # the plan, the factors and the MLflow table each have a fast test above / in test_ingest_class_stats
+@pytest.mark.timeout(1200)
+def test_two_workers_train_with_repeat_factor_sampling(tiny_snapshot, mlflow_server, tmp_path) -> None:
+    """The train job end to end with data.repeat_factor_threshold: both workers step in lockstep over
+    the longer epoch, the run logs the class table and chart to MLflow."""
+    import mlflow
+    from _train_support import TINY
+
+    from cocoseg import tracking
+    from cocoseg.data.schema import read_manifest
+    from cocoseg.engine.class_balance import repeat_factors
+    from pipelines import train
+
+    cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}",
+                             "scaling.num_workers=2", "train.epochs=1", "train.close_mosaic=1", "train.preview_images=0",
+                             "data.repeat_factor_threshold=1.0", f"tracking.tracking_uri={mlflow_server}",
+                             "tracking.experiment=t-rfs", "tracking.run_name=rfs"])
+    plain = read_manifest(tiny_snapshot)["splits"]["train"]["images"]
+    rows = expected_rows(repeat_factors(cfg, read_manifest(tiny_snapshot)))
+    assert rows > plain + 8  # t = 1: every class is below it, so the epoch grows by more than a batch
+    result = train.run(cfg)
+    (record,) = tracking.read_journal(tracking.journal_uri(result.run_dir))
+    per_worker = record["metrics"]["train/batches"]
+    assert math.ceil((plain // 2) / 8) < per_worker <= math.ceil((rows / 2 + 4) / 8)
+    client = mlflow.tracking.MlflowClient(mlflow_server)
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+    plots = {a.path for a in client.list_artifacts(result.mlflow_run_id, "plots")}
+    assert {"plots/class_stats.json", "plots/class_stats.png"} <= plots

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cocoseg",
         description="Train YOLOv8-seg models on COCO-Seg: ingest, train, evaluate, export, register.",
+        epilog="example: cocoseg train --config pipelines/configs/train.yaml train.snapshot=latest train.epochs=3",
+        formatter_class=_ExampleLast,
     )
     parser.add_argument("--version", action="version", version=f"cocoseg {__version__}")
     parser.add_argument("--verbose", action="store_true",
