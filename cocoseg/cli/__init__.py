@@ -108,12 +108,14 @@ def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tup
     (in order), so that they may come before, between or after options and positionals.
 
     A token right after an option that takes a value stays that option's value (``--reason a.b=c``);
-    nothing after ``--`` is taken.
+    nothing after ``--`` is taken, nor anything from a command without overrides (argparse then
+    reports the token it does not expect).
     """
     at, command = _subcommand(parser, argv)
-    if command is None:
+    actions = _all_actions(command) if command is not None else []
+    if not any(a.dest == "overrides" for a in actions):  # e.g. predict: a file may be named a.b=c.jpg
         return list(argv), []
-    takes_value = {s: a.nargs != 0 for a in _all_actions(command) for s in a.option_strings}
+    takes_value = {s: a.nargs != 0 for a in actions for s in a.option_strings}
     rest, found, skip = list(argv[: at + 1]), [], False
     for i, token in enumerate(argv[at + 1:], start=at + 1):
         if token == "--":
@@ -140,13 +142,9 @@ def _all_actions(command: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
     """``parser.parse_args`` with the dotted overrides taken from anywhere after the command
-    (:func:`split_overrides`) into ``args.overrides``; a command without overrides refuses them
-    (argparse's exit status 2 and usage line)."""
+    (:func:`split_overrides`) into ``args.overrides``, after any given in the usual place."""
     rest, overrides = split_overrides(parser, argv)
     args = parser.parse_args(rest)
-    if overrides and not hasattr(args, "overrides"):
-        _, command = _subcommand(parser, rest)
-        command.error(f"takes no key=value overrides (got {' '.join(overrides)})")
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     return args
