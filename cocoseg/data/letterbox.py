@@ -8,8 +8,8 @@ image maps to ``p * gain + pad`` in the letterboxed image and back with ``(q - p
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
+from cocoseg.data.decode import resize_rgb
 from cocoseg.structures import LetterboxParams, letterbox_params  # the one definition of the geometry
 
 __all__ = ["FILL", "LetterboxParams", "letterbox", "letterbox_params", "to_original_boxes",
@@ -20,7 +20,7 @@ FILL = 114  # grey used for padding and affine borders (spec 1)
 
 def letterbox(image: np.ndarray, out_hw: tuple[int, int], *, scaleup: bool = True,
               params: LetterboxParams | None = None) -> tuple[np.ndarray, LetterboxParams]:
-    """Resize ``image`` (H0, W0, 3) uint8 bilinearly and pad with 114 to ``out_hw``.
+    """Resize ``image`` (H0, W0, 3) uint8 (:func:`cocoseg.data.decode.resize_rgb`) and pad with 114 to ``out_hw``.
 
     Pass ``params`` when ``image`` is already resized to ``params.resized_hw`` (for example by
     :func:`cocoseg.data.decode.decode_resized`); then only the padding is done.
@@ -29,8 +29,7 @@ def letterbox(image: np.ndarray, out_hw: tuple[int, int], *, scaleup: bool = Tru
     if params is None:
         params = letterbox_params(image.shape[:2], out_hw, scaleup=scaleup)
     rh, rw = params.resized_hw
-    if image.shape[:2] != (rh, rw):
-        image = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BILINEAR))
+    image = resize_rgb(image, (rh, rw))
     h, w = params.out_hw
     out = np.full((h, w, 3), FILL, dtype=np.uint8)
     out[params.pad_top:params.pad_top + rh, params.pad_left:params.pad_left + rw] = image
