@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cocoseg.data.decode import decode_resized, resized_shape
+from cocoseg.data.decode import decode_into, decode_resized, resized_shape
 from cocoseg.data.instances import NUM_POINTS, Sample, boxes_from_segments, instances_from_annotations
 from cocoseg.data.letterbox import FILL, LetterboxParams, letterbox, letterbox_params
 from cocoseg.utils import UserError
@@ -120,13 +120,21 @@ def load_sample(row: Mapping[str, Any], long_side: int, *, num_classes: int = 80
 
 
 def _load_unpadded(row: Mapping[str, Any], out_hw: tuple[int, int], *, scaleup: bool, num_classes: int,
-                   num_points: int) -> tuple[Sample, LetterboxParams]:
+                   num_points: int, into: np.ndarray | None = None) -> tuple[Sample, LetterboxParams]:
     """A row decoded at its letterbox size, not yet padded: the image is ``params.resized_hw``, the
-    polygons are already in the padded frame (shifted by the padding)."""
+    polygons are already in the padded frame (shifted by the padding).
+
+    ``into``: an ``out_hw`` (H, W, 3) uint8 array; a JPEG that needs no resize and fills whole rows
+    of it (COCO's landscape photos) is decoded straight into its place there (then ``image`` is
+    that view of ``into``, and only the padding is left to fill)."""
     h0, w0 = _row_hw(row)
     params = letterbox_params((h0, w0), out_hw, scaleup=scaleup)
     rh, rw = params.resized_hw
-    resized, _ = decode_resized(row["image"], (rh, rw), record=_record(row), expect_wh=(w0, h0))
+    resized = None
+    if into is not None and (rh, rw) == (h0, w0) and params.pad_left == 0:
+        resized = decode_into(row["image"], into[params.pad_top:params.pad_top + rh])
+    if resized is None:
+        resized, _ = decode_resized(row["image"], (rh, rw), record=_record(row), expect_wh=(w0, h0))
     cls, segments = instances_from_annotations(row.get("annotations"), record=_record(row),
                                                num_classes=num_classes, num_points=num_points,
                                                scale_xy=(rw / w0, rh / h0))
@@ -239,23 +247,25 @@ def _axis_aligned(matrix: np.ndarray) -> bool:
 
 
 def _mosaic_affine(samples: Sequence[Sample], size: int, out_hw: tuple[int, int], preset: AugmentPreset,
-                   rng: np.random.Generator) -> Sample:
+                   rng: np.random.Generator, dst: np.ndarray | None = None) -> Sample:
     """:func:`mosaic4` then :func:`random_affine`, with the same draws and the same result, but
     each source warped straight into the output (no 2*size canvas) when the affine has no
     rotation or shear (the default presets): tile k fills the output pixels whose centres map
-    back into its canvas region."""
+    back into its canvas region. ``dst``: the (H, W, 3) uint8 array to write the image into."""
     tiles, cls, segs = _mosaic_layout(samples, size, rng)
     matrix, zoom = _affine_matrix((2 * size, 2 * size), out_hw, preset, rng)
     first = samples[0]
     if _axis_aligned(matrix):
-        image = np.full((*out_hw, 3), FILL, np.uint8)
+        image = np.full((*out_hw, 3), FILL, np.uint8) if dst is None else dst
+        if dst is not None:
+            image.fill(FILL)
         a, b = matrix[0, 0], matrix[1, 1]
         for t, smp in zip(tiles, samples[:4], strict=False):
             place = matrix @ np.array([[1, 0, t.x1 - t.sx], [0, 1, t.y1 - t.sy], [0, 0, 1]], np.float64)
             rect = (a * t.x1 + matrix[0, 2], b * t.y1 + matrix[1, 2], a * t.x2 + matrix[0, 2], b * t.y2 + matrix[1, 2])
             _warp_into(image, smp.image, place, rect)
     else:
-        image = warp_affine(_canvas(tiles, samples, 2 * size), matrix, out_hw)
+        image = warp_affine(_canvas(tiles, samples, 2 * size), matrix, out_hw, dst=dst)
     cls, segs = _affine_points(cls, segs, matrix, zoom, out_hw, preset)
     return Sample(image, cls, segs, image_id=first.image_id, orig_hw=first.orig_hw)
 
@@ -290,16 +300,17 @@ def _cv_matrix(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+def warp_affine(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int], *,
+                dst: np.ndarray | None = None) -> np.ndarray:
     """Warp (H, W, 3) uint8 by the 3x3 ``matrix`` (input xy -> output xy, continuous pixels).
 
     OpenCV's bilinear ``warpAffine`` (the reference's choice too), the continuous convention the
     polygons use; borders are filled with 114. Unlike the Pillow resize it replaces, it does not
     average when zooming out below 1 (the sampling alone decides), a change in texture, not
-    geometry (tests/test_augment_equivalence.py).
+    geometry (tests/test_augment_equivalence.py). ``dst``: an (H, W, 3) uint8 array to write into.
     """
     h, w = out_hw
-    return cv2.warpAffine(image, _cv_matrix(matrix), (w, h), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(image, _cv_matrix(matrix), (w, h), dst=dst, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(FILL, FILL, FILL))
 
 
@@ -330,13 +341,13 @@ def random_affine(sample: Sample, out_hw: tuple[int, int], preset: AugmentPreset
 
 
 def _letterbox_affine(sample: Sample, params: LetterboxParams, out_hw: tuple[int, int], preset: AugmentPreset,
-                      rng: np.random.Generator) -> Sample:
+                      rng: np.random.Generator, dst: np.ndarray | None = None) -> Sample:
     """:func:`random_affine` of the letterboxed ``sample`` (image not yet padded, polygons in the
     padded frame, see :func:`_load_unpadded`), with the same draws: the padding is folded into the
     warp, whose border is the padding's grey, so the padded image is never made."""
     matrix, zoom = _affine_matrix(params.out_hw, out_hw, preset, rng)
     pad = np.array([[1, 0, params.pad_left], [0, 1, params.pad_top], [0, 0, 1]], np.float64)
-    image = warp_affine(sample.image, matrix @ pad, out_hw)
+    image = warp_affine(sample.image, matrix @ pad, out_hw, dst=dst)
     cls, pts = _affine_points(sample.cls, sample.segments, matrix, zoom, out_hw, preset)
     return Sample(image, cls, pts, image_id=sample.image_id, orig_hw=sample.orig_hw)
 
@@ -428,33 +439,45 @@ def flip_vertical(sample: Sample) -> Sample:
 # The chain
 
 
-def _mosaic(sources: Sequence[Sample], p: AugmentPreset, imgsz: int, rng: np.random.Generator) -> Sample:
-    """Mosaic of four loaded samples, then the affine when the preset has one."""
+def _mosaic(sources: Sequence[Sample], p: AugmentPreset, imgsz: int, rng: np.random.Generator,
+            dst: np.ndarray | None = None) -> Sample:
+    """Mosaic of four loaded samples, then the affine when the preset has one (into ``dst``)."""
     if p.affine:
-        return _mosaic_affine(sources, imgsz, (imgsz, imgsz), p, rng)
+        return _mosaic_affine(sources, imgsz, (imgsz, imgsz), p, rng, dst)
     return mosaic4(sources, imgsz, rng)
 
 
 def _single(row: Mapping[str, Any], p: AugmentPreset, imgsz: int, rng: np.random.Generator, *, num_classes: int,
-            num_points: int) -> Sample:
+            num_points: int, dst: np.ndarray | None = None) -> Sample:
     """One row letterboxed to imgsz x imgsz, then the affine when the preset has one (the padding
-    folded into the warp)."""
+    folded into the warp); the image goes into ``dst`` when given."""
     out_hw = (imgsz, imgsz)
-    smp, params = _load_unpadded(row, out_hw, scaleup=p.scaleup, num_classes=num_classes, num_points=num_points)
+    smp, params = _load_unpadded(row, out_hw, scaleup=p.scaleup, num_classes=num_classes, num_points=num_points,
+                                 into=None if p.affine else dst)
     if p.affine:
-        return _letterbox_affine(smp, params, out_hw, p, rng)
-    return replace(smp, image=letterbox(smp.image, out_hw, params=params)[0])
+        return _letterbox_affine(smp, params, out_hw, p, rng, dst)
+    return replace(smp, image=letterbox(smp.image, out_hw, params=params, dst=dst)[0])
 
 
-def _colour_flip(smp: Sample, p: AugmentPreset, rng: np.random.Generator) -> Sample:
-    """The per-image tail of every chain after the geometry: HSV, flips (where the preset asks)."""
-    if any(p.hsv_gains):
-        smp = replace(smp, image=augment_hsv(smp.image, p.hsv_gains, rng))
-    if p.fliplr > 0 and rng.random() < p.fliplr:
-        smp = flip_horizontal(smp)
-    if p.flipud > 0 and rng.random() < p.flipud:
-        smp = flip_vertical(smp)
-    return smp
+def _colour_flip(smp: Sample, p: AugmentPreset, rng: np.random.Generator, *, in_place: bool = False) -> Sample:
+    """The per-image tail of every chain after the geometry: HSV, flips (where the preset asks).
+    ``in_place``: overwrite ``smp.image`` (a buffer the chain owns) instead of making new ones."""
+    gains = rng.uniform(-1, 1, 3) * np.asarray(p.hsv_gains, np.float64) + 1 if any(p.hsv_gains) else None
+    lr = p.fliplr > 0 and rng.random() < p.fliplr
+    ud = p.flipud > 0 and rng.random() < p.flipud
+    image = smp.image
+    if gains is not None:
+        image = cv2.transform(image, colour_matrix(gains).astype(np.float32), dst=image if in_place else None)
+    if lr or ud:
+        image = cv2.flip(image, -1 if lr and ud else 1 if lr else 0, dst=image if in_place else None)
+        segments = smp.segments.copy()
+        h, w = image.shape[:2]
+        if lr:
+            segments[..., 0] = w - segments[..., 0]
+        if ud:
+            segments[..., 1] = h - segments[..., 1]
+        return Sample(image, smp.cls, segments, image_id=smp.image_id, orig_hw=smp.orig_hw, letterbox=None)
+    return replace(smp, image=image)
 
 
 def augment_rows(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPreset, imgsz: int,
@@ -496,7 +519,8 @@ _AUGMENT_TAG = 0x617567  # "aug": keeps these streams apart from other seeded st
 
 
 def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPreset, imgsz: int,
-                  seed: int, epoch: int, num_classes: int = 80, num_points: int = NUM_POINTS) -> list[Sample]:
+                  seed: int, epoch: int, num_classes: int = 80, num_points: int = NUM_POINTS,
+                  out: np.ndarray | None = None) -> list[Sample]:
     """Chunk form, reproducible: each row gets :func:`image_rng` (seed, epoch, its image id).
 
     Mosaic partners are drawn with the row's own generator among the *other* rows of the chunk
@@ -504,6 +528,10 @@ def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPre
     image id, the set of the chunk's rows) and on nothing that happened before or elsewhere. Whoever forms the chunks decides what
     "the same chunk" means (``cocoseg.data.stage.epoch_chunks``: seeded by (seed, epoch)).
     A one-row chunk mosaics the image with itself.
+
+    ``out``: a (len(rows), imgsz, imgsz, 3) uint8 array; each output image is made in its row of
+    it (saves a fresh 1.2 MB image per step at 640 and the final stacking copy). Not for presets
+    that mosaic without an affine (their images are 2 x imgsz).
     """
     p = get_preset(preset)
     rngs = [image_rng(seed, epoch, int(r.get("image_id", -1))) for r in rows]
@@ -513,11 +541,17 @@ def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPre
     samples = []
     by_id = sorted(range(len(rows)), key=lambda j: int(rows[j].get("image_id", -1)))  # order-free choice
     for i, (row, rng) in enumerate(zip(rows, rngs, strict=True)):
+        dst = out[i] if out is not None else None
         if p.mosaic > 0 and rng.random() < p.mosaic:
             others = [j for j in by_id if j != i] or [i]
             picks = rng.choice(len(others), size=3, replace=len(others) < 3)
-            smp = _mosaic([loaded[i], *(loaded[others[int(k)]] for k in picks)], p, imgsz, rng)
+            smp = _mosaic([loaded[i], *(loaded[others[int(k)]] for k in picks)], p, imgsz, rng, dst)
         else:
-            smp = _single(row, p, imgsz, rng, num_classes=num_classes, num_points=num_points)
-        samples.append(_colour_flip(smp, p, rng))
+            smp = _single(row, p, imgsz, rng, num_classes=num_classes, num_points=num_points, dst=dst)
+        owned = dst is not None and np.shares_memory(smp.image, dst)
+        smp = _colour_flip(smp, p, rng, in_place=owned)
+        if dst is not None and not owned:
+            dst[...] = smp.image
+            smp = replace(smp, image=dst)
+        samples.append(smp)
     return samples

@@ -27,7 +27,7 @@ from PIL import Image
 
 from cocoseg.utils import UserError
 
-__all__ = ["DecodeError", "decode_rgb", "decode_resized", "resize_rgb"]
+__all__ = ["DecodeError", "decode_into", "decode_rgb", "decode_resized", "resize_rgb"]
 
 # Pillow's default limit (~179 Mpx) turns decompression bombs into warnings; we refuse instead.
 _MAX_PIXELS = 200_000_000
@@ -120,6 +120,20 @@ def _check_wh(wh: tuple[int, int], expect_wh: tuple[int, int] | None, record: st
     if expect_wh is not None and tuple(wh) != tuple(expect_wh):
         raise DecodeError(f"image {record}: decoded size {wh[0]}x{wh[1]} differs from the row's "
                           f"width x height {expect_wh[0]}x{expect_wh[1]}; re-ingest the snapshot")
+
+
+def decode_into(data: bytes, dst: np.ndarray) -> np.ndarray | None:
+    """Decode a JPEG of exactly ``dst``'s size into ``dst`` ((H, W, 3) uint8, C-contiguous) without
+    an intermediate image; returns ``dst``, or None when that cannot be done (not a JPEG, another
+    size, simplejpeg refuses it): the caller then decodes the usual way, which reports problems."""
+    wh = _jpeg_wh(data)
+    if wh is None or (wh[1], wh[0]) != dst.shape[:2] or not dst.flags.c_contiguous:
+        return None
+    try:
+        simplejpeg.decode_jpeg(data, "RGB", buffer=dst)
+        return dst
+    except (ValueError, RuntimeError, OSError):
+        return None
 
 
 def resized_shape(h0: int, w0: int, long_side: int) -> tuple[int, int]:

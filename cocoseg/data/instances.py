@@ -84,20 +84,21 @@ def resample_polygons(polygons: Sequence[np.ndarray], num_points: int = NUM_POIN
     if n == 0:
         return np.zeros((0, num_points, 2), np.float32)
     lengths = np.fromiter((len(p) for p in polygons), np.int64, count=n)  # m_i vertices
-    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])  # each closed ring takes m_i + 1 rows
-    rings = np.empty((int((lengths + 1).sum()), 2), np.float64)
     flat = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in polygons])
-    inner = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    rings[np.arange(len(flat)) + inner] = flat
-    rings[starts + lengths] = rings[starts]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     step = lengths / max(num_points - 1, 1)  # ring index advance per output point
     at = np.arange(num_points)[None, :] * step[:, None]
     at[:, -1] = lengths  # np.linspace ends exactly on the last index
     j = np.minimum(np.floor(at).astype(np.int64), (lengths - 1)[:, None])
-    frac = (at - j)[..., None]
-    lo = rings[j + starts[:, None]]
-    hi = rings[j + 1 + starts[:, None]]
-    return (lo + frac * (hi - lo)).astype(np.float32)
+    frac = at - j
+    lo = j + starts[:, None]  # vertex floor(a); the next one wraps to the ring's first vertex
+    hi = np.where(j + 1 == lengths[:, None], starts[:, None], lo + 1)
+    out = np.empty((n, num_points, 2), np.float32)
+    for c in (0, 1):  # x, then y: 1-D gathers, several times faster than gathering (x, y) pairs
+        v = np.ascontiguousarray(flat[:, c])
+        a = v[lo]
+        out[..., c] = a + frac * (v[hi] - a)
+    return out
 
 
 def merge_parts(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -208,27 +209,31 @@ def _fill_boxes(polys: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray,
     """
     h, w = out_hw
     n, k = polys.shape[:2]
-    x0 = np.maximum(np.floor(polys[..., 0].min(axis=1)).astype(np.int64), 0)
-    y0 = np.maximum(np.floor(polys[..., 1].min(axis=1)).astype(np.int64), 0)
-    bw = np.maximum(np.minimum(np.ceil(polys[..., 0].max(axis=1)).astype(np.int64) + 1, w) - x0, 0)
-    bh = np.maximum(np.minimum(np.ceil(polys[..., 1].max(axis=1)).astype(np.int64) + 1, h) - y0, 0)
+    px, py = np.ascontiguousarray(polys[..., 0]), np.ascontiguousarray(polys[..., 1])  # (n, K) each
+    x0 = np.maximum(np.floor(px.min(axis=1)).astype(np.int64), 0)
+    y0 = np.maximum(np.floor(py.min(axis=1)).astype(np.int64), 0)
+    bw = np.maximum(np.minimum(np.ceil(px.max(axis=1)).astype(np.int64) + 1, w) - x0, 0)
+    bh = np.maximum(np.minimum(np.ceil(py.max(axis=1)).astype(np.int64) + 1, h) - y0, 0)
     bh[bw == 0] = 0
     offsets = np.concatenate([[0], np.cumsum(bh * (bw + 1))])
     boxes = np.stack([x0, y0, bw, bh], axis=1)
-    p = (polys - np.stack([x0, y0], axis=1)[:, None, :].astype(np.float64)).reshape(-1, 2)
-    q = np.roll(p.reshape(n, k, 2), -1, axis=1).reshape(-1, 2)
+    px -= x0[:, None]
+    py -= y0[:, None]
+    qx, qy = np.roll(px, -1, axis=1).ravel(), np.roll(py, -1, axis=1).ravel()  # each edge's end point
+    px, py = px.ravel(), py.ravel()
     rows_of = np.repeat(bh, k)
-    lo_y, hi_y = np.minimum(p[:, 1], q[:, 1]), np.maximum(p[:, 1], q[:, 1])
-    first_row = np.clip(np.ceil(lo_y - 0.5), 0, rows_of).astype(np.int64)  # rows i with lo <= i + 0.5 < hi
-    end_row = np.clip(np.ceil(hi_y - 0.5), 0, rows_of).astype(np.int64)
-    counts = np.maximum(end_row - first_row, 0)
-    total = int(counts.sum())
-    if total == 0:
+    first_row = np.clip(np.ceil(np.minimum(py, qy) - 0.5), 0, rows_of).astype(np.int64)  # rows i with lo <= i + 0.5 < hi
+    end_row = np.clip(np.ceil(np.maximum(py, qy) - 0.5), 0, rows_of).astype(np.int64)
+    counts = end_row - first_row
+    crossing = np.flatnonzero(counts > 0)  # most edges of a 1,000-point ring cross no row centre
+    if len(crossing) == 0:
         return np.zeros(int(offsets[-1]), np.uint8), offsets, boxes
-    edges = np.repeat(np.arange(len(p)), counts)
+    counts = counts[crossing]
+    total = int(counts.sum())
+    edges = np.repeat(crossing, counts)
     rows = first_row[edges] + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    t = (rows + 0.5 - p[edges, 1]) / (q[edges, 1] - p[edges, 1])
-    x = p[edges, 0] + t * (q[edges, 0] - p[edges, 0])
+    t = (rows + 0.5 - py[edges]) / (qy[edges] - py[edges])
+    x = px[edges] + t * (qx[edges] - px[edges])
     inst = edges // k
     first = np.clip(np.floor(x - 0.5).astype(np.int64) + 1, 0, bw[inst])  # first pixel with centre > x
     cells = offsets[inst] + rows * (bw[inst] + 1) + first
@@ -255,17 +260,12 @@ def overlap_map(segments: np.ndarray, out_hw: tuple[int, int], ratio: int = MASK
     if n == 0:
         return out, np.zeros(0, np.int64)
     inside, offsets, boxes = _fill_boxes(np.asarray(segments, np.float64) / ratio, (h, w))
-    running = np.concatenate([[0], np.cumsum(inside, dtype=np.int64)])
-    areas = running[offsets[1:]] - running[offsets[:-1]]
-    order = np.argsort(-areas, kind="stable")
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(1, n + 1)
-    cell = np.flatnonzero(inside)
-    inst = np.searchsorted(offsets, cell, side="right") - 1
-    local = cell - offsets[inst]
-    stride = boxes[inst, 2] + 1
-    target = (boxes[inst, 1] + local // stride) * w + boxes[inst, 0] + local % stride
-    np.maximum.at(out.reshape(-1), target, rank[inst].astype(dtype))  # the smaller (later) instance wins
+    masks = [inside[offsets[i]:offsets[i + 1]].view(np.bool_).reshape(bh, bw + 1)[:, :bw]
+             for i, (_, _, bw, bh) in enumerate(boxes.tolist())]  # each instance inside its box
+    order = np.argsort([-np.count_nonzero(m) for m in masks], kind="stable")
+    for rank, i in enumerate(order.tolist(), start=1):  # smaller instances later: they win
+        x0, y0, bw, bh = boxes[i].tolist()
+        np.copyto(out[y0:y0 + bh, x0:x0 + bw], rank, where=masks[i], casting="unsafe")
     return out, order.astype(np.int64)
 
 
@@ -273,7 +273,7 @@ def format_sample(sample: Sample, ratio: int = MASK_RATIO) -> dict[str, np.ndarr
     """Sample -> one output row (see the module docstring), instances reordered to match the overlap map."""
     h, w = sample.image.shape[:2]
     masks, order = overlap_map(sample.segments, (h, w), ratio)
-    boxes = boxes_from_segments(sample.segments[order])
+    boxes = boxes_from_segments(sample.segments)[order]
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
     labels = np.empty((len(order), 5), np.float32)

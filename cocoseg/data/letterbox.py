@@ -19,11 +19,12 @@ FILL = 114  # grey used for padding and affine borders (spec 1)
 
 
 def letterbox(image: np.ndarray, out_hw: tuple[int, int], *, scaleup: bool = True,
-              params: LetterboxParams | None = None) -> tuple[np.ndarray, LetterboxParams]:
+              params: LetterboxParams | None = None, dst: np.ndarray | None = None) -> tuple[np.ndarray, LetterboxParams]:
     """Resize ``image`` (H0, W0, 3) uint8 (:func:`cocoseg.data.decode.resize_rgb`) and pad with 114 to ``out_hw``.
 
     Pass ``params`` when ``image`` is already resized to ``params.resized_hw`` (for example by
-    :func:`cocoseg.data.decode.decode_resized`); then only the padding is done.
+    :func:`cocoseg.data.decode.decode_resized`); then only the padding is done. ``dst``: an
+    ``out_hw`` (H, W, 3) uint8 array to write into (only its padding is filled, not all of it).
     Returns the ``(H, W, 3) uint8`` image and the parameters.
     """
     if params is None:
@@ -31,8 +32,15 @@ def letterbox(image: np.ndarray, out_hw: tuple[int, int], *, scaleup: bool = Tru
     rh, rw = params.resized_hw
     image = resize_rgb(image, (rh, rw))
     h, w = params.out_hw
-    out = np.full((h, w, 3), FILL, dtype=np.uint8)
-    out[params.pad_top:params.pad_top + rh, params.pad_left:params.pad_left + rw] = image
+    top, left = params.pad_top, params.pad_left
+    if dst is None:
+        out = np.full((h, w, 3), FILL, dtype=np.uint8)
+    else:
+        out = dst
+        out[:top], out[top + rh:] = FILL, FILL
+        out[top:top + rh, :left], out[top:top + rh, left + rw:] = FILL, FILL
+    if not np.shares_memory(image, out):  # else decoded in place already (decode_into)
+        out[top:top + rh, left:left + rw] = image
     return out, params
 
 

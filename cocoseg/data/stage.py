@@ -45,8 +45,10 @@ def rows_from_batch(batch: Any) -> list[dict[str, Any]]:
     raise TypeError(f"unsupported batch type {type(batch).__name__}")
 
 
-def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int, mask_ratio: int = MASK_RATIO) -> dict[str, np.ndarray]:
-    """Formatted sample rows -> one column batch (``labels`` as float32 bytes, see module doc)."""
+def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int, mask_ratio: int = MASK_RATIO, *,
+               images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Formatted sample rows -> one column batch (``labels`` as float32 bytes, see module doc).
+    ``images``: the rows' images already stacked (:func:`cocoseg.data.augment.augment_chunk`'s ``out``)."""
     b = len(rows)
     if b == 0:
         s, m = imgsz, imgsz // mask_ratio
@@ -56,7 +58,7 @@ def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int, mask_ratio:
     labels = np.empty(b, dtype=object)
     labels[:] = [np.ascontiguousarray(r["labels"], np.float32).tobytes() for r in rows]
     return {
-        "image": np.stack([r["image"] for r in rows]),
+        "image": images if images is not None else np.stack([r["image"] for r in rows]),
         "masks": np.stack([r["masks"] for r in rows]),
         "labels": labels,
         "image_id": np.asarray([r["image_id"] for r in rows], np.int64),
@@ -160,9 +162,16 @@ class AugmentBatch:
         self.mask_ratio = int(mask_ratio)
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
-        samples = augment_chunk(rows_from_batch(batch), preset=self.preset, imgsz=self.imgsz, seed=self.seed,
-                                epoch=self.epoch, num_classes=self.num_classes, num_points=self.num_points)
-        return stack_rows([format_sample(s, self.mask_ratio) for s in samples], self.imgsz, self.mask_ratio)
+        rows = rows_from_batch(batch)
+        p = self.preset
+        # the images are made in place in the output column (a preset that mosaics without an affine
+        # makes 2 x imgsz canvases and keeps the stacking)
+        out = None if (p.mosaic > 0 and not p.affine) or not rows else \
+            np.empty((len(rows), self.imgsz, self.imgsz, 3), np.uint8)
+        samples = augment_chunk(rows, preset=p, imgsz=self.imgsz, seed=self.seed, epoch=self.epoch,
+                                num_classes=self.num_classes, num_points=self.num_points, out=out)
+        return stack_rows([format_sample(s, self.mask_ratio) for s in samples], self.imgsz, self.mask_ratio,
+                          images=out)
 
 
 class ChunkAugmenter:
