@@ -296,7 +296,7 @@ def _cv_matrix(matrix: np.ndarray) -> np.ndarray:
     2x3 matrix OpenCV wants, whose pixel ``i`` is centred on ``i``: shift by half a pixel on both
     sides, ``x' = A (x + 0.5) + t - 0.5``."""
     out = np.asarray(matrix, np.float64)[:2].copy()
-    out[:, 2] += out[:, :2] @ np.full(2, 0.5) - 0.5
+    out[:, 2] += 0.5 * (out[:, 0] + out[:, 1]) - 0.5
     return out
 
 

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cocoseg.utils import UserError
 from frozen_augment.decode import decode_resized, resized_shape
 from frozen_augment.instances import NUM_POINTS, Sample, boxes_from_segments, instances_from_annotations
 from frozen_augment.letterbox import FILL, letterbox, letterbox_params
-from cocoseg.utils import UserError
 
 __all__ = ["PRESETS", "AugmentPreset", "MosaicBuffer", "augment_chunk", "augment_hsv", "augment_rows", "colour_matrix", "flip_horizontal", "flip_vertical",
            "get_preset", "image_rng", "load_letterboxed", "load_sample", "mosaic4", "preset_for_epoch", "random_affine", "warp_affine"]
