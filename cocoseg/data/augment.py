@@ -200,14 +200,11 @@ class _Tile:
     sy: int
 
 
-def _mosaic_layout(samples: Sequence[Sample], size: int, rng: np.random.Generator
-                   ) -> tuple[list[_Tile], np.ndarray, np.ndarray]:
-    """Draw the mosaic centre (spec 8.4.1) and place four samples around it on a 2*size canvas:
-    the tiles, and the instances moved to canvas pixels, clipped to the canvas (the classes, the
-    polygons)."""
+def _mosaic_tiles(samples: Sequence[Sample], size: int, rng: np.random.Generator) -> list[_Tile]:
+    """Draw the mosaic centre (spec 8.4.1) and place four samples around it on a 2*size canvas."""
     s2 = 2 * size
     xc, yc = (int(v) for v in rng.integers(size // 2, 3 * size // 2 + 1, size=2))
-    tiles, segments, classes = [], [], []
+    tiles = []
     for k, smp in enumerate(samples[:4]):
         h, w = smp.image.shape[:2]
         x1 = max(xc - w, 0) if k in (0, 2) else xc  # canvas region, left/right of the centre
@@ -217,10 +214,45 @@ def _mosaic_layout(samples: Sequence[Sample], size: int, rng: np.random.Generato
         sx = w - (x2 - x1) if k in (0, 2) else 0  # matching source offset (crop of the image)
         sy = h - (y2 - y1) if k in (0, 1) else 0
         tiles.append(_Tile(x1, y1, x2, y2, sx, sy))
-        segments.append(smp.segments + np.float32([x1 - sx, y1 - sy]))
-        classes.append(smp.cls)
-    segs, cls = _clip_drop(np.concatenate(segments), np.concatenate(classes), s2, s2)
+    return tiles
+
+
+def _mosaic_layout(samples: Sequence[Sample], size: int, rng: np.random.Generator
+                   ) -> tuple[list[_Tile], np.ndarray, np.ndarray]:
+    """:func:`_mosaic_tiles`, and the instances moved to canvas pixels, clipped to the canvas
+    (the classes, the polygons)."""
+    tiles = _mosaic_tiles(samples, size, rng)
+    segs, cls = _clip_drop(np.concatenate([smp.segments + np.float32([t.x1 - t.sx, t.y1 - t.sy])
+                                           for t, smp in zip(tiles, samples[:4], strict=False)]),
+                           np.concatenate([smp.cls for smp in samples[:4]]), 2 * size, 2 * size)
     return tiles, cls, segs
+
+
+def _instances_in_view(samples: Sequence[Sample], boxes: Sequence[np.ndarray], tiles: Sequence[_Tile], side: int,
+                       matrix: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The instances of :func:`_mosaic_layout` (moved to the canvas, clipped to it, those left
+    without area dropped), less those the affine ``matrix`` moves wholly out of the ``out_hw``
+    frame (with a pixel to spare), which :func:`_affine_points` would drop anyway: decided from
+    the instances' boxes (``boxes``, one (n, 4) array per sample), so their points are never
+    moved. Returns classes, polygons and their boxes on the canvas."""
+    h, w = out_hw
+    keep_cls, keep_segs, keep_boxes = [], [], []
+    for t, smp, box in zip(tiles, samples[:4], boxes, strict=False):
+        shift = np.float32([t.x1 - t.sx, t.y1 - t.sy])
+        canvas_box = np.clip(box + np.tile(shift, 2), 0, side)
+        xs = canvas_box[:, [0, 2, 0, 2]] * matrix[0, 0] + canvas_box[:, [1, 1, 3, 3]] * matrix[0, 1] + matrix[0, 2]
+        ys = canvas_box[:, [0, 2, 0, 2]] * matrix[1, 0] + canvas_box[:, [1, 1, 3, 3]] * matrix[1, 1] + matrix[1, 2]
+        keep = (canvas_box[:, 2] > canvas_box[:, 0]) & (canvas_box[:, 3] > canvas_box[:, 1]) & \
+            (xs.max(axis=1) >= -1) & (xs.min(axis=1) <= w + 1) & (ys.max(axis=1) >= -1) & (ys.min(axis=1) <= h + 1)
+        if keep.any():
+            segs = smp.segments[keep] + shift
+            np.clip(segs, 0, side, out=segs)
+            keep_cls.append(smp.cls[keep])
+            keep_segs.append(segs)
+            keep_boxes.append(canvas_box[keep])
+    if not keep_segs:
+        return np.zeros(0, np.int64), np.zeros((0, samples[0].segments.shape[1], 2), np.float32), np.zeros((0, 4), np.float32)
+    return np.concatenate(keep_cls), np.concatenate(keep_segs), np.concatenate(keep_boxes)
 
 
 def mosaic4(samples: Sequence[Sample], size: int, rng: np.random.Generator) -> Sample:
@@ -247,13 +279,18 @@ def _axis_aligned(matrix: np.ndarray) -> bool:
 
 
 def _mosaic_affine(samples: Sequence[Sample], size: int, out_hw: tuple[int, int], preset: AugmentPreset,
-                   rng: np.random.Generator, dst: np.ndarray | None = None) -> Sample:
+                   rng: np.random.Generator, dst: np.ndarray | None = None,
+                   boxes: Sequence[np.ndarray] | None = None) -> Sample:
     """:func:`mosaic4` then :func:`random_affine`, with the same draws and the same result, but
     each source warped straight into the output (no 2*size canvas) when the affine has no
     rotation or shear (the default presets): tile k fills the output pixels whose centres map
-    back into its canvas region. ``dst``: the (H, W, 3) uint8 array to write the image into."""
-    tiles, cls, segs = _mosaic_layout(samples, size, rng)
+    back into its canvas region. ``dst``: the (H, W, 3) uint8 array to write the image into;
+    ``boxes``: each sample's instance boxes, when known already."""
+    tiles = _mosaic_tiles(samples, size, rng)
     matrix, zoom = _affine_matrix((2 * size, 2 * size), out_hw, preset, rng)
+    if boxes is None:
+        boxes = [boxes_from_segments(smp.segments) for smp in samples[:4]]
+    cls, segs, old = _instances_in_view(samples, boxes, tiles, 2 * size, matrix, out_hw)
     first = samples[0]
     if _axis_aligned(matrix):
         image = np.full((*out_hw, 3), FILL, np.uint8) if dst is None else dst
@@ -266,7 +303,7 @@ def _mosaic_affine(samples: Sequence[Sample], size: int, out_hw: tuple[int, int]
             _warp_into(image, smp.image, place, rect)
     else:
         image = warp_affine(_canvas(tiles, samples, 2 * size), matrix, out_hw, dst=dst)
-    cls, segs = _affine_points(cls, segs, matrix, zoom, out_hw, preset)
+    cls, segs = _affine_points(cls, segs, matrix, zoom, out_hw, preset, old=old)
     return Sample(image, cls, segs, image_id=first.image_id, orig_hw=first.orig_hw)
 
 
@@ -353,13 +390,15 @@ def _letterbox_affine(sample: Sample, params: LetterboxParams, out_hw: tuple[int
 
 
 def _affine_points(cls: np.ndarray, segments: np.ndarray, matrix: np.ndarray, zoom: float,
-                   out_hw: tuple[int, int], preset: AugmentPreset) -> tuple[np.ndarray, np.ndarray]:
+                   out_hw: tuple[int, int], preset: AugmentPreset, *,
+                   old: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Move (n, K, 2) polygons by ``matrix`` into the ``out_hw`` frame (spec 8.4.3): per instance,
     the new box is the extent of the transformed points inside the frame, points are clipped to
     it, and the instance survives only if the box is wider and taller than ``min_wh_px``, keeps
-    ``min_area_ratio`` of its zoom-corrected area and is not too thin. Returns (classes, points)."""
+    ``min_area_ratio`` of its zoom-corrected area and is not too thin. ``old``: the polygons' boxes,
+    when known already. Returns (classes, points)."""
     h, w = out_hw
-    old = boxes_from_segments(segments)
+    old = boxes_from_segments(segments) if old is None else old
     m = matrix.astype(np.float32)
     sx, sy = segments[..., 0], segments[..., 1]
     px = sx * m[0, 0] + sy * m[0, 1] + m[0, 2]  # (n, K) each: one contiguous array per coordinate
@@ -383,6 +422,11 @@ def _affine_points(cls: np.ndarray, segments: np.ndarray, matrix: np.ndarray, zo
 
 
 _LUMA = np.array([0.299, 0.587, 0.114])
+_EYE = np.eye(3)
+_K = np.full(3, 1 / math.sqrt(3))  # the grey axis, unit length
+_CROSS = np.array([[0, -_K[2], _K[1]], [_K[2], 0, -_K[0]], [-_K[1], _K[0], 0]])
+_GREY_AXIS = np.outer(_K, _K)
+_TO_LUMA = np.outer(np.ones(3), _LUMA)
 
 
 def colour_matrix(gains: np.ndarray) -> np.ndarray:
@@ -394,10 +438,8 @@ def colour_matrix(gains: np.ndarray) -> np.ndarray:
     """
     g_h, g_s, g_v = (float(x) for x in gains)
     angle = (g_h - 1.0) * math.pi
-    k = np.full(3, 1 / math.sqrt(3))
-    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    rotate = math.cos(angle) * np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * np.outer(k, k)
-    saturate = g_s * np.eye(3) + (1 - g_s) * np.outer(np.ones(3), _LUMA)
+    rotate = math.cos(angle) * _EYE + math.sin(angle) * _CROSS + (1 - math.cos(angle)) * _GREY_AXIS
+    saturate = g_s * _EYE + (1 - g_s) * _TO_LUMA
     return g_v * saturate @ rotate
 
 
@@ -440,10 +482,10 @@ def flip_vertical(sample: Sample) -> Sample:
 
 
 def _mosaic(sources: Sequence[Sample], p: AugmentPreset, imgsz: int, rng: np.random.Generator,
-            dst: np.ndarray | None = None) -> Sample:
+            dst: np.ndarray | None = None, boxes: Sequence[np.ndarray] | None = None) -> Sample:
     """Mosaic of four loaded samples, then the affine when the preset has one (into ``dst``)."""
     if p.affine:
-        return _mosaic_affine(sources, imgsz, (imgsz, imgsz), p, rng, dst)
+        return _mosaic_affine(sources, imgsz, (imgsz, imgsz), p, rng, dst, boxes)
     return mosaic4(sources, imgsz, rng)
 
 
@@ -538,6 +580,7 @@ def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPre
     loaded: list[Sample | None] = [None] * len(rows)
     if p.mosaic > 0:
         loaded = [load_sample(r, imgsz, num_classes=num_classes, num_points=num_points) for r in rows]
+        boxes = [boxes_from_segments(smp.segments) for smp in loaded]  # each row joins ~4 mosaics
     samples = []
     by_id = sorted(range(len(rows)), key=lambda j: int(rows[j].get("image_id", -1)))  # order-free choice
     for i, (row, rng) in enumerate(zip(rows, rngs, strict=True)):
@@ -545,7 +588,8 @@ def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPre
         if p.mosaic > 0 and rng.random() < p.mosaic:
             others = [j for j in by_id if j != i] or [i]
             picks = rng.choice(len(others), size=3, replace=len(others) < 3)
-            smp = _mosaic([loaded[i], *(loaded[others[int(k)]] for k in picks)], p, imgsz, rng, dst)
+            chosen = [i, *(others[int(k)] for k in picks)]
+            smp = _mosaic([loaded[j] for j in chosen], p, imgsz, rng, dst, [boxes[j] for j in chosen])
         else:
             smp = _single(row, p, imgsz, rng, num_classes=num_classes, num_points=num_points, dst=dst)
         owned = dst is not None and np.shares_memory(smp.image, dst)

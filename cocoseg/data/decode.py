@@ -4,8 +4,9 @@ JPEGs (nearly all of COCO) go through simplejpeg (libjpeg-turbo's TurboJPEG API 
 paths): 1.0 CPU ms for a 640x480 COCO photo against 1.8 for Pillow's decode plus its array copy
 and 1.2 for ``cv2.imdecode`` (one thread, measured 2026-12-06, docs/input-pipeline.md). Anything
 simplejpeg refuses (other formats, CMYK, a JPEG it finds corrupt) goes through Pillow, which
-decides and names the problem. Resizes are OpenCV's. Every mode Pillow reads becomes ``(H, W, 3) uint8`` RGB: greyscale (``L``, ``LA``, ``1``),
-palette (``P``), ``RGBA``, ``CMYK`` (including Adobe's inverted CMYK JPEGs, which Pillow
+decides and names the problem. Resizes are OpenCV's, on as many threads as ``OMP_NUM_THREADS``
+says (Ray sets it to an actor's ``num_cpus``). Every mode Pillow reads becomes ``(H, W, 3) uint8``
+RGB: greyscale (``L``, ``LA``, ``1``), palette (``P``), ``RGBA``, ``CMYK`` (including Adobe's inverted CMYK JPEGs, which Pillow
 handles), ``YCbCr`` and 16-bit / float greyscale (``I;16``, ``I``, ``F``, rescaled to 0..255).
 EXIF orientation is deliberately *not* applied: COCO's ``width``/``height`` and polygons refer to
 the stored pixel grid, so rotating the pixels would misalign every annotation.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 
 import cv2
@@ -28,6 +30,18 @@ from PIL import Image
 from cocoseg.utils import UserError
 
 __all__ = ["DecodeError", "decode_into", "decode_rgb", "decode_resized", "resize_rgb"]
+
+
+def _follow_thread_settings() -> None:
+    """OpenCV starts a thread pool as wide as the machine; an input actor reserves ``num_cpus``
+    (1 by default) and Ray sets ``OMP_NUM_THREADS`` to that, so follow it (as torch and numpy's
+    BLAS do) rather than oversubscribe a 96-vCPU node from every actor."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        cv2.setNumThreads(int(threads))
+
+
+_follow_thread_settings()
 
 # Pillow's default limit (~179 Mpx) turns decompression bombs into warnings; we refuse instead.
 _MAX_PIXELS = 200_000_000

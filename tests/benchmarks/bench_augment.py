@@ -142,6 +142,17 @@ def _cocoseg_round(rows: list[dict], preset: str, imgsz: int) -> float:
     return 1000 * (time.process_time() - c0) / len(rows)
 
 
+def _decode_round(rows: list[dict]) -> float:
+    """CPU ms per image of the decode alone (full size), the part of the cost that does not scale
+    with the output size (``cocoseg.engine.capacity.DECODE_MS_PER_IMAGE``)."""
+    from cocoseg.data.decode import decode_rgb
+
+    c0 = time.process_time()
+    for row in rows:
+        decode_rgb(row["image"])
+    return 1000 * (time.process_time() - c0) / len(rows)
+
+
 class _Reference:
     """The reference's dataset class in its own venv and process, driven over stdin/stdout."""
 
@@ -235,7 +246,9 @@ def main() -> int:
                           f"ratio {ours / ref_ms:.2f}  load {load0:.1f}", flush=True)
         ref.close()
         result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
-                                  "imgsz": args.imgsz, "rows": []}
+                                  "imgsz": args.imgsz, "rows": [],
+                                  "decode_ms": {n: statistics.median(_decode_round(r) for _ in range(3))
+                                                for n, r in sets.items()}}
         for preset in presets:
             for name in [*sets, "all"]:
                 keys = [(n, preset) for n in sets] if name == "all" else [(name, preset)]
@@ -250,6 +263,8 @@ def main() -> int:
                                        "reference_ms": refm, "ratio": ours / refm, "load": (min(loads), max(loads))})
         print()
         print(_table(result))
+        print("decode only (cocoseg, full size): " + ", ".join(f"{n} {v:.2f} CPU ms/img"
+                                                               for n, v in result["decode_ms"].items()))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
     finally:
