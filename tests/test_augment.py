@@ -4,7 +4,9 @@ through every transform, determinism, presets."""
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,8 @@ from cocoseg.data.instances import (
 )
 from cocoseg.data.letterbox import letterbox, letterbox_params, to_original_boxes, to_original_points
 from cocoseg.data.stage import AugmentBatch, epoch_chunks
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
 # decode
@@ -79,6 +83,33 @@ def test_jpeg_draft_decode_matches_full_decode() -> None:
     small, _ = decode_resized(row["image"], (120, 160))
     full = np.asarray(Image.fromarray(decode_rgb(row["image"])).resize((160, 120), Image.Resampling.BILINEAR))
     assert np.abs(small.astype(int) - full.astype(int)).mean() < 6
+
+
+def test_simd_jpeg_decode_matches_pillow_and_falls_back() -> None:
+    """JPEGs go through simplejpeg (decode.py): the same pixels as Pillow's libjpeg-turbo, the same
+    DCT-scaled resize; a JPEG it refuses goes through Pillow, which names the problem."""
+    photo = REPO / "tests" / "fixtures" / "coco8-seg" / "images" / "train" / "000000000009.jpg"
+    data = photo.read_bytes()
+    fast = decode_rgb(data, record="9", expect_wh=(640, 480))
+    slow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert fast.shape == slow.shape and np.abs(fast.astype(int) - slow.astype(int)).mean() < 0.5
+    half, orig = decode_resized(data, (240, 320))
+    assert half.shape == (240, 320, 3) and orig == (480, 640)
+    with pytest.raises(DecodeError, match="image 9: cannot decode"):
+        decode_rgb(data[: len(data) // 2], record="9")  # truncated: simplejpeg refuses, Pillow explains
+    with pytest.raises(DecodeError, match="differs from the row's width x height 641x480"):
+        decode_rgb(data, record="9", expect_wh=(641, 480))
+
+
+def test_opencv_follows_the_actors_thread_setting() -> None:
+    """Ray sets OMP_NUM_THREADS to an actor's num_cpus; OpenCV's pool follows it."""
+    import subprocess
+    import sys
+
+    code = "import cv2, cocoseg.data.decode; print(cv2.getNumThreads())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "1"
 
 
 # ---------------------------------------------------------------------------------------------
