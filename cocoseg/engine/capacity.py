@@ -8,8 +8,10 @@ Figures and where they come from:
 
 - :data:`CPU_MS_PER_IMAGE`: CPU milliseconds per image to decode a COCO-sized JPEG, augment it
   with a preset and format it to model input at 640 px (one thread, one process, no Ray),
-  **measured** here by ``tests/benchmarks/bench_scale.py --part presets`` on COCO-shaped synthetic
-  images (:func:`cocoseg.ingest.synthetic.write_coco_like`); see ``docs/scaling.md`` for the run.
+  **measured** by ``tests/benchmarks/bench_augment.py`` (the input stage of issue 21: OpenCV and
+  simplejpeg) on COCO-shaped synthetic images (:func:`cocoseg.ingest.synthetic.write_coco_like`),
+  side by side with the reference's dataset class; see ``docs/scaling.md`` and
+  ``docs/input-pipeline.md`` for the run.
 - :data:`GPU_TRAIN_IMAGES_PER_S`: training images/s per GPU at 640 px, bf16. **Not measured** (no
   GPU run of ``make gpu-check`` yet): estimated from the reference's GFLOPs per image at 640
   (``../shared/reference/yolov8-seg-reference.json``, ``docs_gflops``, the spec's section 13) as
@@ -45,13 +47,14 @@ __all__ = [
     "gpu_images_per_s",
 ]
 
-# Measured 2026-12-04 17:31 UTC (bench_scale.py --part presets --preset-images 160: COCO-shaped
-# images, 640 px, 1 thread, process CPU time; load average 20 on the shared 2-core host, which
-# inflates CPU time somewhat; a first run of 96 images gave 16.4 / 10.4 / 3.8).
-CPU_MS_PER_IMAGE: dict[str, float] = {"yolov8": 16.1, "yolov8-close": 9.8, "val": 3.4}
+# Measured 2026-12-06 11:44-11:50 UTC (bench_augment.py --rounds 3 --synthetic 128: COCO-shaped images, 640 px,
+# 1 thread, process CPU time, median of 3 rounds; load average 43-77 on the shared 2-core host,
+# which inflates CPU time, so these err towards more actors). The Pillow stage before issue 21
+# measured 16.1 / 9.8 / 3.4 (2026-12-04, load 20).
+CPU_MS_PER_IMAGE: dict[str, float] = {"yolov8": 6.7, "yolov8-close": 5.1, "val": 3.1}
 # The part of that cost that does not scale with the output side: the full-size JPEG decode
-# (cocoseg.data.decode.decode_rgb of a COCO-sized image, same run).
-DECODE_MS_PER_IMAGE = 1.4
+# (cocoseg.data.decode.decode_rgb of a COCO-sized image, simplejpeg; same run).
+DECODE_MS_PER_IMAGE = 1.9
 
 # GFLOPs per image at 640 (reference docs convention; yolov8-seg-reference.json "docs_gflops").
 GPU_GFLOPS_640: dict[str, float] = {"n": 12.6, "s": 42.6, "m": 110.2, "l": 220.5, "x": 344.1}
@@ -121,7 +124,8 @@ def feed_plan(*, variant: str, gpus: int, imgsz: int, preset: str, data_actors: 
     """The input actors' decode + augment rate against what ``gpus`` GPUs consume.
 
     An actor uses up to ``min(1, data_cpus_per_actor)`` core's worth of the figures (its work is
-    one thread of Python and Pillow; more logical CPUs reserve cores it does not use).
+    mostly one thread of Python, numpy and libjpeg-turbo; OpenCV's warps would use more threads,
+    but the figures do not count on it, so more logical CPUs reserve cores it barely uses).
     """
     demand = gpus * gpu_images_per_s(variant, imgsz, gpu)
     per_core = 1000.0 / cpu_ms_per_image(preset, imgsz)
@@ -132,6 +136,10 @@ def feed_plan(*, variant: str, gpus: int, imgsz: int, preset: str, data_actors: 
 
 COCO_TRAIN_IMAGES = 118_287
 COCO_BYTES_PER_IMAGE = 163_000  # 19.3 GB of train2017 JPEGs / 118,287; the snapshot keeps the bytes as they are
+# S3 reads one CPU node is asked to sustain (an assumption: an m6i.4xlarge has 12.5 Gbit/s burst and
+# about 5 sustained, 625 MB/s; this keeps a third of that free). Since issue 21 an actor decodes
+# ~2.4x the images it did, so a node's network, not its cores, can bound the actors it holds.
+S3_MB_PER_S_PER_NODE = 400.0
 
 
 @dataclass(frozen=True)
@@ -166,8 +174,9 @@ def run_plan(variant: str, node: str, *, epochs: int = 300, images: int = COCO_T
              ddp_efficiency: float = 0.9, other_time: float = 0.1, read_amplification: float = 2.7,
              cpu_node: str = "m6i.4xlarge") -> RunPlan:
     """Whole GPU nodes of type ``node`` for the run to end within ``hours``; the input actors on
-    ``cpu_node`` nodes of the CPU group (2 vCPUs of each left to the system), where the RayCluster
-    of ``infra/k8s`` schedules them (its GPU pods hold the train workers only).
+    ``cpu_node`` nodes of the CPU group (2 vCPUs of each left to the system, and no more than
+    :data:`S3_MB_PER_S_PER_NODE` of snapshot reads per node), where the RayCluster of ``infra/k8s``
+    schedules them (its GPU pods hold the train workers only).
 
     ``other_time``: share of the wall time not spent in train steps (validation, checkpoints, epoch
     edges); ``ddp_efficiency``: per-GPU rate kept under DDP; ``read_amplification``: encoded bytes
@@ -182,8 +191,9 @@ def run_plan(variant: str, node: str, *, epochs: int = 300, images: int = COCO_T
     rate = nodes * kind.gpus * per_gpu
     # actors for the GPUs' full rate (no DDP discount), as the train job's feed check counts them
     actors = math.ceil(rate / ddp_efficiency * HEADROOM * CPU_MS_PER_IMAGE["yolov8"] / 1000)
-    cpu_nodes = math.ceil(actors / (NODE_TYPES[cpu_node].vcpus - 2))
-    s3 = rate * COCO_BYTES_PER_IMAGE * read_amplification / 1e6 / cpu_nodes
+    s3_total = rate * COCO_BYTES_PER_IMAGE * read_amplification / 1e6
+    cpu_nodes = max(math.ceil(actors / (NODE_TYPES[cpu_node].vcpus - 2)), math.ceil(s3_total / S3_MB_PER_S_PER_NODE))
+    s3 = s3_total / cpu_nodes
     return RunPlan(variant=variant, node=node, gpu_nodes=nodes, gpus=nodes * kind.gpus, images_per_s=rate,
                    hours=epochs * images / rate / 3600 / (1 - other_time), data_actors=actors, cpu_nodes=cpu_nodes,
                    s3_mb_per_s_per_cpu_node=s3)
@@ -200,12 +210,17 @@ def _plan_table() -> str:
     return "\n".join(lines)
 
 
+TABLE_GPUS = ("L4", "A100", "H100")
+
+
 def _table() -> str:
-    lines = ["| variant | GFLOPs/img @640 | est. train img/s per GPU @640 | CPU cores per GPU (yolov8 preset, x1.25) |",
-             "|---|---|---|---|"]
+    cores = " | ".join(f"CPU cores per {g}" for g in TABLE_GPUS)
+    lines = [f"| variant | GFLOPs/img @640 | est. train img/s per A100 @640 | {cores} |",
+             "|---|---|---|" + "---|" * len(TABLE_GPUS)]
     for v, g in GPU_GFLOPS_640.items():
-        plan = feed_plan(variant=v, gpus=1, imgsz=640, preset="yolov8", data_actors=1, data_cpus_per_actor=1)
-        lines.append(f"| {v} | {g} | {GPU_TRAIN_IMAGES_PER_S[v]:.0f} | {plan.cores_needed:.1f} |")
+        need = [feed_plan(variant=v, gpus=1, imgsz=640, preset="yolov8", data_actors=1, data_cpus_per_actor=1,
+                          gpu=gpu).cores_needed for gpu in TABLE_GPUS]
+        lines.append(f"| {v} | {g} | {GPU_TRAIN_IMAGES_PER_S[v]:.0f} | " + " | ".join(f"{c:.1f}" for c in need) + " |")
     return "\n".join(lines)
 
 

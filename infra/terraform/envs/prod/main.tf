@@ -30,12 +30,13 @@ module "stack" {
   db_instance_class = "db.m6g.large"
   # Sized by the capacity model (docs/scaling.md, sections 3.5-3.6): one GPU type for both 1-day
   # COCO runs, n on 1 node (4 L4) and x on 8 (32 L4, ~21 h); up to 8 x 4 = 32 GPUs, scaling
-  # from zero while no job runs. The input actors (1 CPU each) run on the CPU group.
+  # from zero while no job runs. The input actors (1 CPU each) run on the CPU group: since the
+  # input stage of issue 21 one node holds those of either run, so 2 always on (head + actors).
   gpu_instance_types = ["g6.12xlarge"]
   gpus_per_node      = 4
   gpu_max_size       = 8
   cpu_instance_types = ["m6i.4xlarge"]
-  cpu_min_size       = 3
+  cpu_min_size       = 2
   cpu_max_size       = 20
 }
 
