@@ -106,7 +106,7 @@ def test_opencv_follows_the_actors_thread_setting() -> None:
     import subprocess
     import sys
 
-    code = "import cv2, cocoseg.data.decode; print(cv2.getNumThreads())"
+    code = "import cv2, cocoseg.data.augment; print(cv2.getNumThreads())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "1"

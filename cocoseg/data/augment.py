@@ -27,11 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from cocoseg.data.decode import decode_into, decode_resized, resized_shape
+from cocoseg.data.decode import decode_into, decode_resized, opencv, resized_shape
 from cocoseg.data.instances import NUM_POINTS, Sample, boxes_from_segments, instances_from_annotations
 from cocoseg.data.letterbox import LetterboxParams, letterbox, letterbox_params
 from cocoseg.data.transforms import (
@@ -46,6 +45,8 @@ from cocoseg.data.transforms import (
     warp_affine,
 )
 from cocoseg.utils import UserError
+
+cv2 = opencv()  # the training path needs it: import it (and set its threads) with this module
 
 __all__ = ["PRESETS", "AugmentPreset", "MosaicBuffer", "augment_chunk", "augment_hsv", "augment_rows", "colour_matrix", "flip_horizontal", "flip_vertical",
            "get_preset", "image_rng", "load_letterboxed", "load_sample", "mosaic4", "preset_for_epoch", "random_affine", "warp_affine"]

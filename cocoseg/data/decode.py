@@ -21,27 +21,33 @@ import io
 import math
 import os
 import warnings
+from types import ModuleType
 
-import cv2
 import numpy as np
-import simplejpeg
 from PIL import Image
 
 from cocoseg.utils import UserError
 
-__all__ = ["DecodeError", "decode_into", "decode_rgb", "decode_resized", "resize_rgb"]
+__all__ = ["DecodeError", "decode_into", "decode_rgb", "decode_resized", "opencv", "resize_rgb"]
+
+_CV2: ModuleType | None = None
 
 
-def _follow_thread_settings() -> None:
-    """OpenCV starts a thread pool as wide as the machine; an input actor reserves ``num_cpus``
-    (1 by default) and Ray sets ``OMP_NUM_THREADS`` to that, so follow it (as torch and numpy's
-    BLAS do) rather than oversubscribe a 96-vCPU node from every actor."""
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        cv2.setNumThreads(int(threads))
+def opencv() -> ModuleType:
+    """OpenCV (``cv2``), imported on first use: the export and predictor paths import this module
+    for the letterbox but need no image library until they resize one (the GPU check carries no
+    OpenCV wheel). OpenCV starts a thread pool as wide as the machine; an input actor reserves
+    ``num_cpus`` (1 by default) and Ray sets ``OMP_NUM_THREADS`` to that, so the pool follows it
+    (as torch and numpy's BLAS do) rather than oversubscribe a 96-vCPU node from every actor."""
+    global _CV2
+    if _CV2 is None:
+        import cv2
 
-
-_follow_thread_settings()
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            cv2.setNumThreads(int(threads))
+        _CV2 = cv2
+    return _CV2
 
 # Pillow's default limit (~179 Mpx) turns decompression bombs into warnings; we refuse instead.
 _MAX_PIXELS = 200_000_000
@@ -91,6 +97,8 @@ def _jpeg(data: bytes, min_hw: tuple[int, int] = (0, 0)) -> np.ndarray | None:
     >= ``min_hw`` when given; None when simplejpeg does not take it (not a JPEG, CMYK, damage)."""
     if data[:2] != b"\xff\xd8":
         return None
+    import simplejpeg  # imported on first use, like OpenCV (see opencv())
+
     try:
         return simplejpeg.decode_jpeg(data, "RGB", min_height=min_hw[0], min_width=min_hw[1])
     except (ValueError, RuntimeError, OSError):
@@ -102,6 +110,8 @@ def _jpeg_wh(data: bytes) -> tuple[int, int] | None:
     over the pixel limit (Pillow then refuses it with the reason)."""
     if data[:2] != b"\xff\xd8":
         return None
+    import simplejpeg
+
     try:
         h, w, *_ = simplejpeg.decode_jpeg_header(data)
     except (ValueError, RuntimeError, OSError):
@@ -143,6 +153,8 @@ def decode_into(data: bytes, dst: np.ndarray) -> np.ndarray | None:
     wh = _jpeg_wh(data)
     if wh is None or (wh[1], wh[0]) != dst.shape[:2] or not dst.flags.c_contiguous:
         return None
+    import simplejpeg
+
     try:
         simplejpeg.decode_jpeg(data, "RGB", buffer=dst)
         return dst
@@ -163,6 +175,7 @@ def resize_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     h1, w1 = size_hw
     if image.shape[:2] == (h1, w1):
         return image
+    cv2 = opencv()
     shrink = h1 < image.shape[0] and w1 < image.shape[1]
     return cv2.resize(image, (w1, h1), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 

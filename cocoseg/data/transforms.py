@@ -16,14 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
+from cocoseg.data.decode import opencv
 from cocoseg.data.instances import Sample, boxes_from_segments
 from cocoseg.data.letterbox import FILL, LetterboxParams
 
 if TYPE_CHECKING:
     from cocoseg.data.augment import AugmentPreset
+
+cv2 = opencv()  # the training path needs it: import it (and set its threads) with this module
 
 __all__ = ["augment_hsv", "colour_matrix", "flip_horizontal", "flip_vertical", "mosaic4", "random_affine",
            "warp_affine"]
