@@ -217,8 +217,11 @@ def _warp_into(out: np.ndarray, image: np.ndarray, matrix: np.ndarray, rect: tup
     shifted = matrix.copy()
     shifted[0, 2] -= j0
     shifted[1, 2] -= i0
-    cv2.warpAffine(image, _cv_matrix(shifted), (j1 - j0, i1 - i0), dst=out[i0:i1, j0:j1],
-                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    roi = out[i0:i1, j0:j1]
+    made = cv2.warpAffine(image, _cv_matrix(shifted), (j1 - j0, i1 - i0), dst=roi,
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if not np.shares_memory(made, roi):  # OpenCV wrote a new array rather than into the view
+        roi[...] = made
 
 
 def random_affine(sample: Sample, out_hw: tuple[int, int], preset: AugmentPreset,
