@@ -304,8 +304,8 @@ def augment_chunk(rows: Sequence[Mapping[str, Any]], *, preset: str | AugmentPre
             smp = _mosaic([loaded[j] for j in chosen], p, imgsz, rng, dst, [boxes[j] for j in chosen])
         else:
             smp = _single(row, p, imgsz, rng, num_classes=num_classes, num_points=num_points, dst=dst)
-        smp = _colour_flip(smp, p, rng, in_place=dst is not None and np.shares_memory(smp.image, dst))
-        if dst is not None and not np.shares_memory(smp.image, dst):  # a step that could not work in place
+        smp = _colour_flip(smp, p, rng, in_place=dst is not None and np.may_share_memory(smp.image, dst))
+        if dst is not None and not np.may_share_memory(smp.image, dst):  # a step that could not work in place
             dst[...] = smp.image
             smp = replace(smp, image=dst)
         samples.append(smp)

@@ -39,7 +39,7 @@ def letterbox(image: np.ndarray, out_hw: tuple[int, int], *, scaleup: bool = Tru
         out = dst
         out[:top], out[top + rh:] = FILL, FILL
         out[top:top + rh, :left], out[top:top + rh, left + rw:] = FILL, FILL
-    if not np.shares_memory(image, out):  # else decoded in place already (decode_into)
+    if not np.may_share_memory(image, out):  # else decoded in place already (decode_into)
         out[top:top + rh, left:left + rw] = image
     return out, params
 

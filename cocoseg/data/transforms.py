@@ -220,7 +220,7 @@ def _warp_into(out: np.ndarray, image: np.ndarray, matrix: np.ndarray, rect: tup
     roi = out[i0:i1, j0:j1]
     made = cv2.warpAffine(image, _cv_matrix(shifted), (j1 - j0, i1 - i0), dst=roi,
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    if not np.shares_memory(made, roi):  # OpenCV wrote a new array rather than into the view
+    if not np.may_share_memory(made, roi):  # OpenCV wrote a new array rather than into the view
         roi[...] = made
 
 
