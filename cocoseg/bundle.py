@@ -7,6 +7,9 @@ Layout (flat, local folder)::
                         errors, TensorRT build facts or why no engine, latency table)
     model.onnx          the ONNX graph, weights embedded (cocoseg.export.onnx.IO_SIGNATURE)
     model.engine        optional: serialized TensorRT plan for the GPU named in the card
+    model.int8.onnx     optional: the ONNX statically quantized to INT8 (QDQ; export.formats onnx-int8)
+    matches.npz         optional: the served ONNX's per-image COCO matches on the evaluated split
+                        (cocoseg.metrics.bootstrap; written by `cocoseg register`, the gate's evidence)
     metrics.json        evaluation metrics (flat name -> number; may be {} before evaluation)
     config.yaml         the resolved job config
     export.json         the manifest, written last: every file with its size and SHA-256
@@ -29,7 +32,7 @@ from typing import Any
 from cocoseg.utils import UserError
 
 __all__ = [
-    "CARD", "CONFIG", "ENGINE", "MANIFEST", "METRICS", "ONNX", "REQUIRED", "WEIGHTS",
+    "CARD", "CONFIG", "ENGINE", "MANIFEST", "MATCHES", "METRICS", "ONNX", "ONNX_INT8", "REQUIRED", "WEIGHTS",
     "BundleError", "ExportBundle", "open_bundle", "sha256_file", "write_manifest",
 ]
 
@@ -37,6 +40,8 @@ WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
 ONNX = "model.onnx"
 ENGINE = "model.engine"
+ONNX_INT8 = "model.int8.onnx"
+MATCHES = "matches.npz"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 MANIFEST = "export.json"

@@ -249,10 +249,14 @@ class ExportConfig:
     bench: bool = True
     bench_warmup: int = 3
     bench_runs: int = 10
+    calibration_images: int = 64  # onnx-int8: train-split images drawn (seeded) to calibrate the static quantization
+    calibration_seed: int = 0
+    int8_exclude: tuple[str, ...] = ()  # onnx-int8: node-name substrings kept in fp32 (docs/promotion.md)
 
     def __post_init__(self) -> None:
+        _check(self.calibration_images >= 1, "export.calibration_images", "must be >= 1")
         for fmt in self.formats:
-            _check_choice("export.formats[]", fmt, ("onnx", "engine"))
+            _check_choice("export.formats[]", fmt, ("onnx", "onnx-int8", "engine"))
         _check("onnx" in self.formats, "export.formats", "must include 'onnx' (the engine is built from it)")
         _check_choice("export.exporter", self.exporter, ("torchscript", "dynamo"))
         _check(self.opset >= 18, "export.opset", "must be >= 18 (the torch 2.13 exporter rejects 17)")
@@ -274,10 +278,19 @@ class RegistryConfig:
     gate_metric: str = "val/mask_ap50_95"  # key in the export's metrics.json (the trainer's name; nested keys joined by ".")
     promotion_margin: float = 0.0  # the challenger needs gate_metric >= champion's + margin
     same_snapshot: bool = True  # refuse to compare metrics measured on different val snapshots
+    max_export_drop: float = 0.005  # served artifact's mask/box AP50-95 may trail the eager model's by this much
+    max_class_drop: float = 0.05  # no class present in the split may lose more AP50-95 than this vs the champion
+    bootstrap_resamples: int = 1000  # paired per-image bootstrap of the AP difference (docs/promotion.md)
+    bootstrap_seed: int = 0
+    bootstrap_confidence: float = 0.95  # two-sided interval; promotion needs its lower bound > promotion_margin
 
     def __post_init__(self) -> None:
         _check(bool(self.model_name.strip()), "registry.model_name", "must not be empty")
         _check(self.promotion_margin >= 0, "registry.promotion_margin", "must be >= 0")
+        _check(self.max_export_drop >= 0 and self.max_class_drop >= 0, "registry.max_export_drop",
+               "max_export_drop and max_class_drop must be >= 0")
+        _check(self.bootstrap_resamples >= 100, "registry.bootstrap_resamples", "must be >= 100")
+        _check(0.5 <= self.bootstrap_confidence < 1, "registry.bootstrap_confidence", "must be in [0.5, 1)")
 
 
 @dataclass(frozen=True)

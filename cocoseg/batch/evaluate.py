@@ -43,8 +43,12 @@ def pool_size(cfg: JobConfig) -> int:
     return max(1, math.floor((total.get("CPU", 1.0) - 1) / e.cpus_per_actor))
 
 
-def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int):
-    """Ray Data: shards -> actor pool -> a stream of detection batches (pyarrow Tables) to the driver."""
+def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int,
+                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None):
+    """Ray Data: shards -> actor pool -> a stream of detection batches (pyarrow Tables) to the driver.
+
+    ``detector``: the ``map_batches`` class (:class:`DetectBatch`, or the served artifacts' one of
+    ``cocoseg.batch.served`` with its extra ``detector_kwargs``)."""
     e = cfg.evaluate
     ctx = ray.data.DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # the classic reader (see cocoseg/data/train_input.py)
@@ -56,9 +60,9 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
     log.info("evaluate: %d actor(s), %s per actor, batch %d", actors, "1 GPU" if e.use_gpu else f"{e.cpus_per_actor:g} CPU",
              e.batch_size)
     ds = ds.repartition(target_num_rows_per_block=e.batch_size).map_batches(
-        DetectBatch, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
-                                            "num_classes": num_classes, "device": "cuda" if e.use_gpu else "cpu",
-                                            "threads": e.threads_per_actor},
+        detector, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
+                                         "num_classes": num_classes, "device": "cuda" if e.use_gpu else "cpu",
+                                         "threads": e.threads_per_actor, **(detector_kwargs or {})},
         batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")

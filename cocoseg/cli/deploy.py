@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="make VERSION the champion by hand (no gate)")
     p.add_argument("name")
     p.add_argument("version")
-    p.add_argument("--reason", default="manual promotion", help="recorded in the gate.reason tag")
+    p.add_argument("--reason", default="", help="recorded in the gate.reason tag; required to override "
+                   "the per-class guard's refusal")
     _common(p)
     p.set_defaults(func=_promote)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import getpass
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from cocoseg.utils import get_logger
@@ -59,6 +60,7 @@ class GateDecision:
     champion_version: str | None = None
     champion_value: float | None = None
     margin: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)  # the evidence gate's tags (interval, drops, ...)
 
     @property
     def promote(self) -> bool:
@@ -70,7 +72,7 @@ class GateDecision:
                 "gate.champion_version": self.champion_version or "",
                 "gate.champion_value": "" if self.champion_value is None else repr(self.champion_value),
                 "gate.margin": repr(self.margin), "gate.time": _now(),
-                "gate.by": _who()}
+                "gate.by": _who(), **self.extra}
 
 
 def _now() -> str:
@@ -166,20 +168,67 @@ def _move_champion(client: Any, name: str, version: str, previous: str | None) -
         log.warning("%s v%s is champion, but updating its bookkeeping tags failed: %s", name, version, exc)
 
 
+# (champion ModelVersion) -> ({iou type: Matches} on the challenger's images or None, tags saying how)
+ChampionEvidence = Callable[[Any], tuple[dict[str, Any] | None, dict[str, str]]]
+
+
+def _tag_metrics(version: Any) -> dict[str, float]:
+    out = {}
+    for key, raw in version.tags.items():
+        if key.startswith("metric."):
+            try:
+                out[key.removeprefix("metric.")] = float(raw)
+            except ValueError:
+                continue
+    return out
+
+
+def _evidence_gate(candidate: Any, champion: Any, metric: str, policy: Any, matches: dict[str, Any],
+                   champion_evidence: ChampionEvidence | None) -> GateDecision:
+    """The evidence rule (:mod:`.evidence`) with the champion's matches fetched or re-measured."""
+    from .evidence import decide_on_evidence, iou_type_of
+
+    kind = iou_type_of(metric)
+    theirs, how = None, {}
+    if champion is not None:
+        theirs, how = champion_evidence(champion) if champion_evidence else (None, {})
+        if theirs is None:
+            value = float(matches[kind].ap()[0])
+            reason = (f"not comparable: champion v{champion.version} has no per-image matches on the challenger's "
+                      f"snapshot/split and could not be evaluated there ({how.get('gate.champion_evidence', 'no snapshot')})")
+            return GateDecision("rejected", reason, metric, value, champion.version, None, policy.margin,
+                                {**how, "gate.refused_by": "not_comparable", "gate.evidence": "paired-bootstrap"})
+    v = decide_on_evidence(policy, metric, _tag_metrics(candidate), matches[kind],
+                           theirs[kind] if theirs else None, f"v{champion.version}" if champion is not None else "")
+    extra = {**how, **v.tags, "gate.evidence": "paired-bootstrap", "gate.refused_by": v.refused_by,
+             "gate.iou_type": kind}
+    return GateDecision(v.decision, v.reason, metric, v.challenger_value,
+                        champion.version if champion is not None else None, v.champion_value, policy.margin, extra)
+
+
 def run_gate(client: Any, name: str, version: str, *, metric: str, margin: float,
-             same_snapshot: bool = True) -> GateDecision:
-    """Give ``version`` the challenger alias, decide, tag the decision, promote when it wins."""
+             same_snapshot: bool = True, policy: Any = None, matches: dict[str, Any] | None = None,
+             champion_evidence: ChampionEvidence | None = None) -> GateDecision:
+    """Give ``version`` the challenger alias, decide, tag the decision, promote when it wins.
+
+    With ``policy`` (:class:`.evidence.GatePolicy`) and the challenger's served ``matches``, the
+    evidence rule decides (``champion_evidence`` supplies the champion's matches on the same
+    images); otherwise the point rule of :func:`decide` (a version registered without evaluation).
+    """
     candidate = client.get_model_version(name, version)
-    value = metric_value(candidate, metric)
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion = alias_version(client, name, CHAMPION)
-    champ_value = metric_value(champion, metric) if champion is not None else None
-    snapshots = provenance = None
-    if same_snapshot and champion is not None:
-        snapshots = (candidate.tags.get(SNAPSHOT_TAG, ""), champion.tags.get(SNAPSHOT_TAG, ""))
-        provenance = tuple({k: v.tags.get(k, "") for k in PROVENANCE_TAGS} for v in (candidate, champion))
-    result = decide(metric, value, champ_value, margin, champion_version=champion.version if champion is not None
-                    else None, snapshots=snapshots, provenance=provenance)
+    if policy is not None and matches is not None:
+        result = _evidence_gate(candidate, champion, metric, policy, matches, champion_evidence)
+    else:
+        value = metric_value(candidate, metric)
+        champ_value = metric_value(champion, metric) if champion is not None else None
+        snapshots = provenance = None
+        if same_snapshot and champion is not None:
+            snapshots = (candidate.tags.get(SNAPSHOT_TAG, ""), champion.tags.get(SNAPSHOT_TAG, ""))
+            provenance = tuple({k: v.tags.get(k, "") for k in PROVENANCE_TAGS} for v in (candidate, champion))
+        result = decide(metric, value, champ_value, margin, champion_version=champion.version if champion is not None
+                        else None, snapshots=snapshots, provenance=provenance)
     for key, text in result.tags().items():
         client.set_model_version_tag(name, version, key, text)
     if result.promote:
@@ -197,15 +246,25 @@ def _require_version(client: Any, name: str, version: str):
         raise RegistryError(f"registered model {name!r} has no version {version}: {exc.message}") from None
 
 
-def promote(client: Any, name: str, version: str, *, reason: str = "manual promotion") -> str | None:
-    """Make ``version`` champion by hand (no gate); returns the previous champion's version."""
-    _require_version(client, name, version)
+def promote(client: Any, name: str, version: str, *, reason: str = "") -> str | None:
+    """Make ``version`` champion by hand (no gate); returns the previous champion's version.
+
+    A version the per-class guard refused is promoted only with a ``reason``; the refusal it
+    overrides and the reason are recorded (``gate.override``, ``gate.override_reason``)."""
+    mv = _require_version(client, name, version)
     champion = alias_version(client, name, CHAMPION)
     previous = champion.version if champion is not None else None
     if previous == str(version):
         raise RegistryError(f"{name} v{version} already is the champion")
+    refused = (mv.tags or {}).get("gate.refused_by", "")
+    if refused == "class_guard":
+        if not reason.strip():
+            raise RegistryError(f"{name} v{version} was refused by the per-class guard "
+                                f"({(mv.tags or {}).get('gate.class_drops', '')}); promote it only with --reason \"why\"")
+        client.set_model_version_tag(name, str(version), "gate.override", refused)
+        client.set_model_version_tag(name, str(version), "gate.override_reason", reason)
     client.set_model_version_tag(name, str(version), "gate.decision", "manual")
-    client.set_model_version_tag(name, str(version), "gate.reason", reason)
+    client.set_model_version_tag(name, str(version), "gate.reason", reason.strip() or "manual promotion")
     client.set_model_version_tag(name, str(version), "gate.by", _who())
     client.set_model_version_tag(name, str(version), "gate.time", _now())
     _move_champion(client, name, str(version), previous)

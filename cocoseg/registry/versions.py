@@ -33,6 +33,7 @@ from .gate import (
     CHALLENGER,
     CHAMPION,
     METRIC_TAG,
+    ChampionEvidence,
     PROVENANCE_TAGS,
     SNAPSHOT_TAG,
     GateDecision,
@@ -97,6 +98,11 @@ def version_tags(b: bundle.ExportBundle, metric: str) -> dict[str, str]:
             tags[METRIC_TAG.format(key)] = repr(float(value))
         if key in PROVENANCE_TAGS:  # what the evaluate job measured on, compared by the gate
             tags[key] = str(int(value) if key == "eval.images" else value)
+        if key in ("eval.scorer", "served.formats", "served.reason"):  # how the served artifacts were scored
+            tags[key] = str(value)[:5000]
+    tags["eval.matches"] = str(b.has(bundle.MATCHES)).lower()  # the gate's per-image evidence travels along
+    if b.has(bundle.ONNX_INT8):
+        tags["onnx_int8_sha256"] = b.sha256(bundle.ONNX_INT8)
     engine = export.get("engine", {})
     if engine.get("built"):
         tags.update({"engine_sha256": b.sha256(bundle.ENGINE), "trt.version": engine.get("tensorrt_version"),
@@ -155,8 +161,9 @@ def _log_model(mlflow: Any, b: bundle.ExportBundle, staging: Path):
                  "weights": str(b.path(bundle.WEIGHTS)), "model_card": str(b.path(bundle.CARD)),
                  "metrics": str(b.path(bundle.METRICS)), "config": str(b.path(bundle.CONFIG)),
                  "manifest": str(b.path(bundle.MANIFEST))}
-    if b.has(bundle.ENGINE):
-        artifacts["engine"] = str(b.path(bundle.ENGINE))
+    for key, name in (("engine", bundle.ENGINE), ("onnx_int8", bundle.ONNX_INT8), ("matches", bundle.MATCHES)):
+        if b.has(name):
+            artifacts[key] = str(b.path(name))
     return mlflow.pyfunc.log_model(name="model", python_model=str(SERVING_CODE), artifacts=artifacts,
                                    code_paths=[str(PACKAGE_DIR)], pip_requirements=_requirements(),
                                    signature=_signature())
@@ -218,13 +225,25 @@ def _aliases(client: Any, name: str) -> dict[str, str]:
 
 
 def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
-                    metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True) -> Registration:
-    """Register ``export_dir`` as a new version of ``name`` and run the gate on it."""
+                    metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True,
+                    policy: Any = None, champion_evidence: ChampionEvidence | None = None) -> Registration:
+    """Register ``export_dir`` as a new version of ``name`` and run the gate on it.
+
+    ``policy`` (:class:`~.evidence.GatePolicy`, default from the margin) turns on the evidence gate
+    when the export carries per-image matches (``matches.npz``); ``champion_evidence`` gives the
+    champion's matches on the same images (``register`` re-evaluates a champion measured elsewhere).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from cocoseg.metrics.bootstrap import load_matches
+
+    from .evidence import GatePolicy
+
     b = bundle.open_bundle(export_dir)
     _check_metric(b, metric)
+    matches = load_matches(b.path(bundle.MATCHES)) if b.has(bundle.MATCHES) else None
+    policy = policy or GatePolicy(margin=margin)
     client = connect(tracking_uri)
     tags = version_tags(b, metric)
     mlflow.set_tracking_uri(tracking_uri)
@@ -253,7 +272,9 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
                                              tags={**tags, **({"trained_model_id": trained_model} if trained_model else {})},
                                              model_id=model_id)
             version = str(mv.version)
-            decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot)
+            decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot,
+                                policy=policy, matches=matches, champion_evidence=champion_evidence)
+            mlflow.set_tags({k: v for k, v in decision.tags().items() if v})  # the gate's numbers on the register run too
     except (MlflowException, RegistryError, OSError) as exc:
         _undo(client, name, version, created, model_id, aliases)
         if isinstance(exc, RegistryError):

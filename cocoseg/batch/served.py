@@ -1,0 +1,131 @@
+"""Evaluate an export the way it is served: the eager model and each served artifact (the ONNX
+under ONNX Runtime, the INT8 ONNX) on the same rows in one Ray Data pass, under one protocol.
+
+Each actor letterboxes a batch once and runs every backend on it, so the numbers differ only by
+the backend. Per backend: the evaluate job's metrics (pycocotools COCOeval) and, for the served
+artifacts, the per-image matches the promotion gate bootstraps (:mod:`cocoseg.metrics.bootstrap`).
+The TensorRT engine is not evaluated here: its backend belongs to the export layer and needs a
+CUDA device (docs/promotion.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from cocoseg import bundle, storage
+from cocoseg.config import JobConfig
+from cocoseg.data.schema import list_shards, read_manifest, snapshot_to_coco
+from cocoseg.inference import OnnxBackend, Predictor, Protocol, detections_from_row
+from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
+from cocoseg.metrics.bootstrap import Matches, collect_matches
+from cocoseg.metrics.coco import detections_to_coco
+from cocoseg.model.weights import read_card
+from cocoseg.utils import UserError
+
+__all__ = ["ARTIFACT_FILES", "EAGER", "SCORER", "ServedDetectBatch", "measure_served"]
+
+EAGER = "torch"
+ARTIFACT_FILES = {"onnx": bundle.ONNX, "onnx-int8": bundle.ONNX_INT8}
+SCORER = "pycocotools"  # the COCOeval that scores every backend here and whose matches the gate resamples
+_PER_IMAGE = ("boxes_xyxy", "scores", "classes", "masks_rle")
+
+
+def _predictor(export_dir: str, backend: str, device: str, threads: int) -> Predictor:
+    if backend == EAGER:
+        return Predictor.load(export_dir, device=device)
+    card = read_card(export_dir)
+    data = storage.read_bytes(storage.join(export_dir, ARTIFACT_FILES[backend]))
+    return Predictor(OnnxBackend(data, threads=threads), class_names=card.class_names, imgsz=int(card.imgsz))
+
+
+class ServedDetectBatch:
+    """``map_batches`` callable: snapshot rows -> one row per image with every backend's detections
+    as ``<backend>:<column>`` (the columns of :class:`cocoseg.inference.DetectBatch`)."""
+
+    def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
+                 threads: int = 1, backends: Sequence[str] = (EAGER, "onnx")) -> None:
+        from cocoseg.data.stage import AugmentBatch
+
+        torch.set_num_threads(threads)
+        self.protocol = Protocol(**protocol)
+        self.predictors = {b: _predictor(weights, b, device, threads).for_evaluation(self.protocol) for b in backends}
+        self.stage = AugmentBatch(preset="val", imgsz=self.protocol.imgsz, seed=0, epoch=0, num_classes=num_classes)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from cocoseg.data.collate import collate_val
+
+        vb = collate_val(self.stage(batch))
+        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
+        cols = {"image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
+                "height": pa.array([s[0] for s in sizes], pa.int32()),
+                "width": pa.array([s[1] for s in sizes], pa.int32())}
+        for name, predictor in self.predictors.items():
+            dets = predictor.detect(vb.images, predictor.letterboxes_for(sizes), masks="rle")
+            cols[f"{name}:boxes_xyxy"] = pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32()))
+            cols[f"{name}:scores"] = pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32()))
+            cols[f"{name}:classes"] = pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32()))
+            cols[f"{name}:masks_rle"] = pa.array([[r["counts"] for r in d.masks_rle] for d in dets], pa.list_(pa.string()))
+        return pa.table(cols)
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The evaluate job's metric names (``val/{box,mask}_{ap50_95,ap50,ap75}`` and per class)."""
+    flat = flatten_metrics(result)
+    names = {"AP": "ap50_95", "AP50": "ap50", "AP75": "ap75"}
+    metrics = {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"] for kind in ("box", "mask") for stat in names}
+    metrics.update(per_class_metrics(result, prefix="val/"))
+    return metrics
+
+
+def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
+                   backends: Sequence[str] = (EAGER, "onnx")) -> dict[str, Any]:
+    """Evaluate ``backends`` of ``export_dir`` on ``snapshot``'s ``split`` (starts no Ray: the caller's).
+
+    Returns ``{"backends": {name: {"metrics", "detections", "matches"}}, "snapshot_id", "split",
+    "images", "protocol", "protocol_hash", "scorer", "seconds"}``; ``matches`` ({"bbox", "segm"} ->
+    :class:`Matches`) for every backend but the eager one.
+    """
+    from cocoseg.batch import evaluate
+
+    unknown = [b for b in backends if b != EAGER and b not in ARTIFACT_FILES]
+    if unknown:
+        raise UserError(f"cannot evaluate {unknown} as served backends (known: {EAGER}, {', '.join(ARTIFACT_FILES)})")
+    start = time.perf_counter()
+    manifest = read_manifest(snapshot)
+    card = read_card(export_dir)
+    protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
+                        max_det=cfg.evaluate.max_det)
+    gt = snapshot_to_coco(snapshot, split)
+    evaluators = {b: COCOEvaluator(gt, category_ids=manifest.get("category_ids")) for b in backends}
+    results: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+    counts = dict.fromkeys(backends, 0)
+    image_ids: list[int] = []
+    stream = evaluate._detections(cfg, export_dir, list_shards(manifest, split), protocol, card.num_classes,
+                                  detector=ServedDetectBatch, detector_kwargs={"backends": list(backends)})
+    for table in stream:
+        rows = table.to_pylist()
+        ids = [int(r["image_id"]) for r in rows]
+        image_ids += ids
+        for b in backends:
+            dets = [detections_from_row({"height": r["height"], "width": r["width"],
+                                         **{c: r[f"{b}:{c}"] for c in _PER_IMAGE}}) for r in rows]
+            evaluators[b].process(ids, dets)
+            counts[b] += sum(len(d) for d in dets)
+            for i, d in zip(ids, dets, strict=True):
+                results[b] += detections_to_coco(i, d, evaluators[b].category_ids)
+    out = {}
+    for b in backends:
+        ev = evaluators[b]
+        matches: dict[str, Matches] | None = None
+        if b != EAGER:
+            matches = {t: collect_matches(ev.coco, results[b], t, image_ids, ev.category_ids) for t in ("bbox", "segm")}
+        out[b] = {"metrics": _metrics(ev.evaluate()), "detections": counts[b], "matches": matches}
+    return {"backends": out, "snapshot_id": manifest["snapshot_id"], "split": split, "images": len(image_ids),
+            "protocol": protocol.to_dict(), "protocol_hash": protocol.hash(), "scorer": SCORER,
+            "seconds": round(time.perf_counter() - start, 3)}
