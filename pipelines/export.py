@@ -10,7 +10,7 @@ built for that GPU; without ``tensorrt`` or a CUDA device the job says so and ex
 
 Reads: a cocoseg checkpoint folder (``model.safetensors`` + ``model_card.json``, local or
 ``s3://``) and optionally ``--metrics FILE`` (JSON; else ``<weights>/metrics.json`` if present,
-else the card's metrics). Writes: the ``cocoseg.bundle`` layout under ``--out``, ``export.json``
+else the card's metrics) and, for ``onnx-int8``, ``--snapshot``'s train split (calibration). Writes: the ``cocoseg.bundle`` layout under ``--out``, ``export.json``
 last. Rerun: exports again and replaces the folder's files (the manifest is removed first, so an
 interrupted rerun never looks finished). A parity failure fails the job and commits nothing.
 """
@@ -27,7 +27,7 @@ from cocoseg.utils import UserError
 
 __all__ = ["main", "run"]
 
-run = export_checkpoint  # the work: cocoseg.export.job.export_checkpoint(cfg, weights, out, metrics_file, train_run_id)
+run = export_checkpoint  # the work: cocoseg.export.job.export_checkpoint(cfg, weights, out, metrics_file, train_run_id, snapshot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,11 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="export directory (local or s3://)")
     parser.add_argument("--metrics", default=None, help="evaluation metrics JSON to carry into the export")
     parser.add_argument("--train-run-id", default="", help="MLflow run id that trained the weights")
+    parser.add_argument("--snapshot", default="", help="snapshot whose train split calibrates onnx-int8")
     parser.add_argument("--config", default=None, help="job config YAML")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. export.imgsz=320")
     args = parser.parse_args(argv)
     try:
-        run(load_config(config_path(args.config), args.overrides), args.weights, args.out, args.metrics, args.train_run_id)
+        run(load_config(config_path(args.config), args.overrides), args.weights, args.out, args.metrics, args.train_run_id,
+            args.snapshot)
     except (UserError, ValueError) as exc:
         print(f"pipelines.export: error: {exc}", file=sys.stderr)
         return 2

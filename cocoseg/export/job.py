@@ -46,11 +46,31 @@ def _metrics(weights: str, card_metrics: dict[str, Any], metrics_file: str | Non
     return dict(card_metrics)
 
 
+def _calibration(cfg: JobConfig, card: Any, snapshot: str):
+    """(snapshot, ids, images) for ``onnx-int8``: ``snapshot``, else ``train.snapshot``, else the card's
+    data snapshot under ``storage.root``; None when no INT8 graph is asked for."""
+    from cocoseg.data.schema import snapshot_uri
+    from cocoseg.export.quantize import calibration_batch
+
+    if "onnx-int8" not in cfg.export.formats:
+        return None
+    candidates = [snapshot, cfg.train.snapshot if cfg.train.snapshot != "latest" else "",
+                  snapshot_uri(cfg.storage.root, card.data_snapshot) if card.data_snapshot else ""]
+    found = next((s for s in candidates if s and storage.exists(storage.join(s, "_manifest.json"))), "")
+    if not found:
+        raise UserError("export.formats has onnx-int8, which calibrates on train-split images, but no snapshot "
+                        f"was found (tried {[c for c in candidates if c]}): pass --snapshot")
+    ids, images = calibration_batch(found, count=cfg.export.calibration_images, seed=cfg.export.calibration_seed,
+                                    imgsz=cfg.export.imgsz or int(card.imgsz))
+    return found, ids, images
+
+
 def export_checkpoint(cfg: JobConfig, weights: str, out: str, metrics_file: str | None = None,
-        train_run_id: str = "") -> dict[str, Any]:
+        train_run_id: str = "", snapshot: str = "") -> dict[str, Any]:
     """Export the checkpoint ``weights`` into ``out``; returns the manifest.
 
-    ``train_run_id`` (the MLflow run that trained the weights) becomes a registry version tag.
+    ``train_run_id`` (the MLflow run that trained the weights) becomes a registry version tag;
+    ``snapshot``: where ``onnx-int8`` draws its calibration images (default: train.snapshot or the card's).
     """
     from cocoseg.model.weights import WEIGHTS_FILE, load_checkpoint
 
@@ -58,6 +78,7 @@ def export_checkpoint(cfg: JobConfig, weights: str, out: str, metrics_file: str 
     if not cfg.export.imgsz:
         cfg = with_values(cfg, {"export.imgsz": card.imgsz})  # the card's, recorded as resolved
     metrics = _metrics(weights, card.metrics, metrics_file)
+    calibration = _calibration(cfg, card, snapshot)
     cache = cfg.export.timing_cache_dir or storage.join(cfg.storage.root, "cache", "tensorrt")
     with storage.local_copy(storage.join(weights, WEIGHTS_FILE)) as weights_file, \
             tempfile.TemporaryDirectory(prefix="cocoseg-export-") as tmp:
@@ -65,7 +86,7 @@ def export_checkpoint(cfg: JobConfig, weights: str, out: str, metrics_file: str 
         manifest = export_bundle(model, weights_file=weights_file, card=card.to_dict(), out_dir=local_out,
                                  cfg=cfg.export, num_classes=card.num_classes, metrics=metrics,
                                  resolved_config=redact(to_dict(cfg)), timing_cache_dir=cache,
-                                 train_run_id=train_run_id)
+                                 train_run_id=train_run_id, calibration=calibration)
         if storage.is_s3(out):
             storage.delete(storage.join(out, bundle.MANIFEST))
             for name in sorted(manifest["files"]):  # the manifest goes last: it commits the export

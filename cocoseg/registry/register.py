@@ -50,8 +50,8 @@ def _eval_snapshot(cfg: JobConfig, b: bundle.ExportBundle) -> str:
 def _served_metrics(doc: dict[str, Any]) -> dict[str, Any]:
     """:func:`measure_served`'s document -> flat metrics.json keys: the eager ``val/*`` numbers with
     their provenance, and per served artifact ``served/<format>/*`` with the delta against eager."""
-    from cocoseg.batch.served import EAGER
     from cocoseg.batch.evaluate import export_metrics
+    from cocoseg.batch.served import EAGER
 
     backends = doc["backends"]
     eager = backends[EAGER]["metrics"]
