@@ -44,6 +44,18 @@ def test_retrain_trains_once_then_skips_then_warm_starts(ray_local, tmp_path):
     third = retrain.run(cfg)
     assert third["action"] == "trained" and third["snapshot"] != first["snapshot"], third
     assert third["decision"] in ("promoted", "rejected")
+    # ... and says what changed: 24 -> 28 images under the same names, redrawn (seed 3 -> 4), some
+    # moved between splits; the champion was scored on the new and changed images before training
+    diff = third["diff"]
+    assert (tmp_path / "retrain" / third["snapshot"] / "diff.json").is_file()
+    assert diff["added"] > 0 and diff["changed"] > 0 and diff["added"] + diff["changed"] <= 28
+    assert sum(diff["instances_after"].values()) > 0 and set(diff["instances_after"]) == set(diff["instances_before"])
+    scored = diff["champion_on_new"]["by_split"]
+    assert diff["champion_on_new"]["version"] == str(first["version"])
+    assert sum(v["images"] for v in scored.values()) == diff["added"] + diff["changed"]
+    assert "diff" not in first  # a first round has no champion to compare with
+    tags = client.get_model_version("retrain-test", third["version"]).tags
+    assert tags["eval.matches"] == "true" and tags["gate.champion_reevaluated"] == "true"  # champion on the new split
     warm = list((tmp_path / "warm-start").iterdir())
     assert [p.name for p in warm] == [f"retrain-test-v{first['version']}"]
     assert (warm[0] / "model.safetensors").stat().st_size > 1_000_000

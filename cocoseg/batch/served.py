@@ -47,9 +47,11 @@ class ServedDetectBatch:
     as ``<backend>:<column>`` (the columns of :class:`cocoseg.inference.DetectBatch`)."""
 
     def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
-                 threads: int = 1, backends: Sequence[str] = (EAGER, "onnx")) -> None:
+                 threads: int = 1, backends: Sequence[str] = (EAGER, "onnx"),
+                 only_ids: Sequence[int] | None = None) -> None:
         from cocoseg.data.stage import AugmentBatch
 
+        self.only = None if only_ids is None else [int(i) for i in only_ids]
         torch.set_num_threads(threads)
         self.protocol = Protocol(**protocol)
         self.predictors = {b: _predictor(weights, b, device, threads).for_evaluation(self.protocol) for b in backends}
@@ -60,6 +62,12 @@ class ServedDetectBatch:
 
         from cocoseg.data.collate import collate_val
 
+        if self.only is not None:  # a subset of the split (e.g. the images a new snapshot added)
+            import pyarrow.compute as pc
+
+            batch = batch.filter(pc.is_in(batch["image_id"], value_set=pa.array(self.only, pa.int64())))
+            if batch.num_rows == 0:
+                return _schema(list(self.predictors)).empty_table()
         vb = collate_val(self.stage(batch))
         sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
         cols = {"image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
@@ -74,6 +82,16 @@ class ServedDetectBatch:
         return pa.table(cols)
 
 
+def _schema(backends: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    fields = [("image_id", pa.int64()), ("height", pa.int32()), ("width", pa.int32())]
+    for b in backends:
+        fields += [(f"{b}:boxes_xyxy", pa.list_(pa.float32())), (f"{b}:scores", pa.list_(pa.float32())),
+                   (f"{b}:classes", pa.list_(pa.int32())), (f"{b}:masks_rle", pa.list_(pa.string()))]
+    return pa.schema(fields)
+
+
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
     """The evaluate job's metric names (``val/{box,mask}_{ap50_95,ap50,ap75}`` and per class)."""
     flat = flatten_metrics(result)
@@ -84,8 +102,9 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
-                   backends: Sequence[str] = (EAGER, "onnx")) -> dict[str, Any]:
-    """Evaluate ``backends`` of ``export_dir`` on ``snapshot``'s ``split`` (starts no Ray: the caller's).
+                   backends: Sequence[str] = (EAGER, "onnx"), only_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Evaluate ``backends`` of ``export_dir`` on ``snapshot``'s ``split`` (starts no Ray: the caller's),
+    or on its images ``only_ids`` alone.
 
     Returns ``{"backends": {name: {"metrics", "detections", "matches"}}, "snapshot_id", "split",
     "images", "protocol", "protocol_hash", "scorer", "seconds"}``; ``matches`` ({"bbox", "segm"} ->
@@ -107,7 +126,7 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     counts = dict.fromkeys(backends, 0)
     image_ids: list[int] = []
     stream = evaluate._detections(cfg, export_dir, list_shards(manifest, split), protocol, card.num_classes,
-                                  detector=ServedDetectBatch, detector_kwargs={"backends": list(backends)})
+                                  detector=ServedDetectBatch, detector_kwargs={"backends": list(backends), "only_ids": only_ids})
     for table in stream:
         rows = table.to_pylist()
         ids = [int(r["image_id"]) for r in rows]
@@ -123,7 +142,7 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     for b in backends:
         ev = evaluators[b]
         matches: dict[str, Matches] | None = None
-        if b != EAGER:
+        if b != EAGER and image_ids:
             matches = {t: collect_matches(ev.coco, results[b], t, image_ids, ev.category_ids) for t in ("bbox", "segm")}
         out[b] = {"metrics": _metrics(ev.evaluate()), "detections": counts[b], "matches": matches}
     return {"backends": out, "snapshot_id": manifest["snapshot_id"], "split": split, "images": len(image_ids),

@@ -22,9 +22,13 @@ from cocoseg.utils import get_logger
 
 from .onnx import ExportError
 
-__all__ = ["calibration_batch", "quantize_int8"]
+__all__ = ["PRESETS", "calibration_batch", "quantize_int8"]
 
 log = get_logger(__name__)
+
+# Named groups for export.int8_exclude: "head-final" = the head's last 1x1 convolutions of every level
+# (box distribution cv2.i.2, class logits cv3.i.2, mask coefficients cv4.i.2), the usual accuracy suspects.
+PRESETS = {"head-final": tuple(f"/cv{k}.{i}/cv{k}.{i}.2/Conv" for k in (2, 3, 4) for i in range(3))}
 
 
 def calibration_batch(snapshot: str, *, count: int, seed: int, imgsz: int,
@@ -75,6 +79,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, *,
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         nodes = [n.name for n in onnx.load(str(pre)).graph.node]
+        exclude = [p for e in exclude for p in PRESETS.get(e, (e,))]
         excluded = sorted(n for n in nodes if any(s and s in n for s in exclude))
         unmatched = [s for s in exclude if not any(s in n for n in nodes)]
         if unmatched:

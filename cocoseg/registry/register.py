@@ -21,7 +21,7 @@ from cocoseg.registry import Registration, register_export
 from cocoseg.tracking import resolve_tracking_uri
 from cocoseg.utils import get_logger
 
-__all__ = ["register"]
+__all__ = ["register", "served_files"]
 
 log = get_logger(__name__)
 
@@ -96,6 +96,20 @@ def _served_copy(cfg: JobConfig, export_dir: str, local: Path, snapshot: str, de
     return dest
 
 
+def served_files(cfg: JobConfig, uri: str, name: str, version: str) -> str:
+    """Version ``version``'s served ONNX and model card copied to ``<storage.root>/gate/NAME-vN`` (every
+    Ray worker reads it there); returns that folder's URI (absolute when local)."""
+    import mlflow
+
+    dest = storage.join(cfg.storage.root, "gate", f"{name}-v{version}")
+    with tempfile.TemporaryDirectory(prefix="cocoseg-champion-") as tmp:
+        for file in (bundle.ONNX, bundle.CARD):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}/artifacts/{file}",
+                                                        dst_path=tmp, tracking_uri=uri)
+            storage.write_bytes(storage.join(dest, file), Path(local).read_bytes())
+    return dest if storage.is_s3(dest) else os.path.abspath(dest)
+
+
 def _champion_evidence(cfg: JobConfig, uri: str, name: str, snapshot: str, ours: dict[str, Any]):
     """The gate's ``champion_evidence``: the champion's stored matches when they were measured on the
     challenger's snapshot, split, image count and protocol; else the champion's served ONNX evaluated
@@ -121,15 +135,11 @@ def _champion_evidence(cfg: JobConfig, uri: str, name: str, snapshot: str, ours:
             where = f"{theirs['eval.snapshot_id'] or '?'}/{theirs['eval.split'] or '?'} ({theirs['eval.images'] or '?'} images)"
             if not snapshot:
                 return None, {"gate.champion_evidence": f"champion measured on {where}; no snapshot to re-evaluate it on"}
-            dest = storage.join(cfg.storage.root, "gate", f"{name}-v{champion.version}")
-            for file in (bundle.ONNX, bundle.CARD):
-                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{file}", dst_path=tmp, tracking_uri=uri)
-                storage.write_bytes(storage.join(dest, file), Path(local).read_bytes())
+        dest = served_files(cfg, uri, name, str(champion.version))
         log.info("champion v%s was measured on %s, the challenger on %s/%s: evaluating the champion there",
                  champion.version, where, mine["eval.snapshot_id"], mine["eval.split"])
         start_ray(log_to_driver=False)
-        doc = measure_served(cfg, dest if storage.is_s3(dest) else os.path.abspath(dest), snapshot,
-                             mine["eval.split"], ("onnx",))
+        doc = measure_served(cfg, dest, snapshot, mine["eval.split"], ("onnx",))
         served = doc["backends"]["onnx"]["metrics"]
         return doc["backends"]["onnx"]["matches"], {
             "gate.champion_reevaluated": "true",
