@@ -118,8 +118,10 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     start = time.perf_counter()
     manifest = read_manifest(snapshot)
     card = read_card(export_dir)
-    protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
-                        max_det=cfg.evaluate.max_det)
+    # the size the artifacts were exported at (what is served), else the card's
+    exported = (storage.read_json(storage.join(export_dir, bundle.CARD)).get("export") or {}).get("imgsz")
+    protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(exported or card.imgsz), conf=cfg.evaluate.conf,
+                        iou=cfg.evaluate.iou, max_det=cfg.evaluate.max_det)
     gt = snapshot_to_coco(snapshot, split)
     evaluators = {b: COCOEvaluator(gt, category_ids=manifest.get("category_ids")) for b in backends}
     results: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}

@@ -2,11 +2,13 @@
 
 - :mod:`.client`: tracking URI resolution and a fail-fast server/credential check;
 - :mod:`.versions`: one export directory -> one registered version (all or nothing);
-- :mod:`.gate`: ``challenger`` / ``champion`` aliases, the metric gate, promote, rollback;
+- :mod:`.gate`: ``challenger`` / ``champion`` aliases, the gate, promote, rollback;
+- :mod:`.evidence`: the evidence rule (served artifact, per-class guard, paired bootstrap; docs/promotion.md);
 - :mod:`.serving`: the pyfunc model (models from code, ONNX Runtime, no pickle).
 """
 
 from .client import RegistryError, connect
+from .evidence import GatePolicy
 from .gate import CHALLENGER, CHAMPION, GateDecision, alias_version, decide, promote, rollback, run_gate
 from .versions import Registration, register_export, version_tags
 
@@ -14,6 +16,7 @@ __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "GateDecision",
+    "GatePolicy",
     "Registration",
     "RegistryError",
     "alias_version",

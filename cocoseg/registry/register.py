@@ -80,7 +80,9 @@ def _served_copy(cfg: JobConfig, export_dir: str, local: Path, snapshot: str, de
     backends = [EAGER, "onnx"] + (["onnx-int8"] if b.has(bundle.ONNX_INT8) else [])
     log.info("evaluating %s (%s) on %s/%s", export_dir, ", ".join(backends), snapshot, cfg.evaluate.split)
     start_ray(log_to_driver=False)  # RAY_ADDRESS (ray.init reads it), else local; no-op when connected
-    doc = measure_served(cfg, export_dir, snapshot, cfg.evaluate.split, backends)
+    # Ray workers start in other folders (and on other nodes): a local path must be absolute
+    doc = measure_served(cfg, export_dir if storage.is_s3(export_dir) else os.path.abspath(export_dir), snapshot,
+                         cfg.evaluate.split, backends)
     shutil.copytree(local, dest, ignore=shutil.ignore_patterns(bundle.MANIFEST, bundle.MATCHES))
     metrics = {**b.metrics, **_served_metrics(doc)}
     if b.has(bundle.ENGINE):

@@ -38,7 +38,6 @@ def load() -> float:
 
 def train(work: Path, args: argparse.Namespace) -> tuple[str, str]:
     """(best weights, snapshot URI) of a short run on the easy synthetic set."""
-    import ray
 
     from cocoseg.config import load_config, with_values
     from cocoseg.engine.checks import ensure_ray
