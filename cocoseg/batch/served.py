@@ -34,12 +34,12 @@ SCORER = "pycocotools"  # the COCOeval that scores every backend here and whose 
 _PER_IMAGE = ("boxes_xyxy", "scores", "classes", "masks_rle")
 
 
-def _predictor(export_dir: str, backend: str, device: str, threads: int) -> Predictor:
+def _predictor(export_dir: str, backend: str, device: str, threads: int, imgsz: int) -> Predictor:
     if backend == EAGER:
-        return Predictor.load(export_dir, device=device)
+        return Predictor.load(export_dir, device=device, imgsz=imgsz)
     card = read_card(export_dir)
     data = storage.read_bytes(storage.join(export_dir, ARTIFACT_FILES[backend]))
-    return Predictor(OnnxBackend(data, threads=threads), class_names=card.class_names, imgsz=int(card.imgsz))
+    return Predictor(OnnxBackend(data, threads=threads), class_names=card.class_names, imgsz=imgsz)
 
 
 class ServedDetectBatch:
@@ -54,7 +54,8 @@ class ServedDetectBatch:
         self.only = None if only_ids is None else [int(i) for i in only_ids]
         torch.set_num_threads(threads)
         self.protocol = Protocol(**protocol)
-        self.predictors = {b: _predictor(weights, b, device, threads).for_evaluation(self.protocol) for b in backends}
+        self.predictors = {b: _predictor(weights, b, device, threads, self.protocol.imgsz).for_evaluation(self.protocol)
+                           for b in backends}
         self.stage = AugmentBatch(preset="val", imgsz=self.protocol.imgsz, seed=0, epoch=0, num_classes=num_classes)
 
     def __call__(self, batch: Any) -> Any:
