@@ -18,7 +18,7 @@ from cocoseg.registry import connect
 from cocoseg.registry.register import register
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # test_retrain.py covers the same path (served pass with INT8, champion re-evaluation)
 def test_register_evaluates_served_artifacts_and_reevaluates_a_champion(ray_local, tiny_snapshot, mlflow_server,
                                                                          tmp_path):
     names = read_manifest(tiny_snapshot)["class_names"]

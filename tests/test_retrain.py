@@ -1,6 +1,8 @@
-"""Scheduled retraining through the real jobs: the first round trains, exports, registers and
-crowns a champion; a second round over the unchanged source is a no-op that starts no training;
-a changed source trains again, warm-started from the champion, and the gate decides."""
+"""Scheduled retraining through the real jobs: the first round trains, exports (ONNX and INT8 ONNX),
+registers and crowns a champion; a second round over the unchanged source is a no-op that starts no
+training; a changed source says what changed (diff.json, the champion on the new images), trains
+again, warm-started from the champion, and the evidence gate decides, the champion re-evaluated on
+the new snapshot (the fast cover of tests/test_registry_served.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ def _cfg(root, source, *extra):
     return load_config(None, [*TINY, f"storage.root={root}", f"ingest.source={source}", "train.epochs=1",
                               "scaling.num_workers=1", "train.close_mosaic=0", "export.imgsz=64",
                               f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-                              "registry.model_name=retrain-test", *extra])
+                              "registry.model_name=retrain-test", "export.formats=[onnx,onnx-int8]",
+                              "export.calibration_images=4", "registry.bootstrap_resamples=200", *extra])
 
 
 @pytest.mark.slow
@@ -56,6 +59,7 @@ def test_retrain_trains_once_then_skips_then_warm_starts(ray_local, tmp_path):
     assert "diff" not in first  # a first round has no champion to compare with
     tags = client.get_model_version("retrain-test", third["version"]).tags
     assert tags["eval.matches"] == "true" and tags["gate.champion_reevaluated"] == "true"  # champion on the new split
+    assert tags["served.formats"] == "onnx,onnx-int8" and "metric.served/onnx-int8/mask_ap50_95" in tags
     warm = list((tmp_path / "warm-start").iterdir())
     assert [p.name for p in warm] == [f"retrain-test-v{first['version']}"]
     assert (warm[0] / "model.safetensors").stat().st_size > 1_000_000
