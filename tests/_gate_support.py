@@ -87,19 +87,18 @@ def matches_for(gt: dict, results: list[dict]) -> dict:
 PROVENANCE = {"eval.snapshot_id": "snap-gate", "eval.split": "val", "eval.protocol_hash": "p-gate"}
 
 
-def evidence_export(root, gt: dict, results: list[dict], *, seed: int = 0, eager_gap: float = 0.0,
+def evidence_export(root, gt: dict, results: list[dict], *, base, eager_gap: float = 0.0,
                     provenance: dict | None = None):
-    """A TinySeg export carrying the served ONNX's per-image matches for ``results`` on ``gt`` (as
+    """A copy of the TinySeg export ``base`` carrying the served ONNX's per-image matches for ``results`` on ``gt`` (as
     `cocoseg register` writes them) and metrics: the served numbers are the matches' own, the eager
     ones ``eager_gap`` above them (a gap > registry.max_export_drop: an export that lost accuracy)."""
     import json
-
-    from export_helpers import make_export
+    import shutil
 
     from cocoseg.bundle import MANIFEST, write_manifest
     from cocoseg.metrics.bootstrap import save_matches
 
-    export = make_export(root, metric=0.0, seed=seed)
+    export = shutil.copytree(base, root)
     matches = matches_for(gt, results)
     save_matches(export / "matches.npz", matches)
     served = {kind: float(matches[t].ap()[0]) for kind, t in (("mask", "segm"), ("box", "bbox"))}

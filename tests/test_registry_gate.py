@@ -18,14 +18,22 @@ def gt():
     return ground_truth(images=40, seed=0)
 
 
-def test_gate_promotes_only_on_evidence(mlflow_server, gt, tmp_path):
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """One TinySeg export; every version below is a copy carrying other evidence."""
+    from export_helpers import make_export
+
+    return make_export(tmp_path_factory.mktemp("gate") / "base", metric=0.0)
+
+
+def test_gate_promotes_only_on_evidence(mlflow_server, gt, base, tmp_path):
     client = connect(mlflow_server)
     name = f"gate-{uuid.uuid4().hex[:8]}"
-    policy = GatePolicy(margin=0.0, resamples=500, seed=3)
+    policy = GatePolicy(margin=0.0, resamples=300, seed=3)
     poor = detections(gt, jitter=0.25, seed=1, miss=0.3)
 
     def register(label, results, **kw):
-        export = evidence_export(tmp_path / label, gt, results, seed=len(label), **kw)
+        export = evidence_export(tmp_path / label, gt, results, base=base, **kw)
         return register_export(export, name=name, tracking_uri=mlflow_server, policy=policy,
                                champion_evidence=lambda champion: (_stored(client, name, champion), {}))
 
@@ -36,7 +44,7 @@ def test_gate_promotes_only_on_evidence(mlflow_server, gt, tmp_path):
     tags = client.get_model_version(name, same.version).tags
     assert same.decision.decision == "rejected" and "spans 0" in same.decision.reason
     assert float(tags["gate.ci_low"]) == float(tags["gate.ci_high"]) == 0.0
-    assert tags["gate.resamples"] == "500" and tags["gate.seed"] == "3" and tags["gate.refused_by"] == "interval"
+    assert tags["gate.resamples"] == "300" and tags["gate.seed"] == "3" and tags["gate.refused_by"] == "interval"
 
     collapsed = register("collapsed", detections(gt, jitter=0.03, seed=2, drop_class="square"))
     reason = collapsed.decision.reason
