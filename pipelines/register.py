@@ -4,13 +4,16 @@
         --export s3://bucket/cocoseg/exports/<run> --name cocoseg-yolov8-seg \\
         tracking.tracking_uri=https://mlflow.example.internal registry.promotion_margin=0.005
 
-(or ``cocoseg register EXPORT_DIR --name NAME``). The gate's metric comes from the evaluate
-job: an export whose ``metrics.json`` carries no evaluation provenance (``eval.protocol_hash``)
-is evaluated first (``pipelines.evaluate`` on ``--snapshot``, default the card's data snapshot
-under ``storage.root`` when it is there) and registered with those metrics; without a snapshot it
-is registered with its own metrics and a warning (the gate then never promotes it over an
-evaluated champion). Credentials for a basic-auth server come from
-``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` in the job's environment.
+(or ``cocoseg register EXPORT_DIR --name NAME [--snapshot URI]``). The gate decides on evidence
+(docs/promotion.md): when a snapshot is at hand (``--snapshot``, else the one the export was
+evaluated or trained on, under ``storage.root``) the eager model, the served ONNX and the INT8 ONNX
+are evaluated in one Ray Data pass on ``evaluate.split`` and registered with those numbers and the
+served ONNX's per-image matches; the gate refuses an artifact more than ``registry.max_export_drop``
+below its eager model, re-evaluates a champion measured elsewhere on the same images, applies the
+per-class guard and promotes only when the paired bootstrap interval's lower bound clears
+``registry.promotion_margin``. Without a snapshot the export is registered with its own metrics
+and a warning (the point rule; it never beats an evaluated champion). Credentials for a basic-auth
+server come from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` in the job's environment.
 
 Reads: a committed export directory (``cocoseg.bundle``: every file checked against the
 manifest's SHA-256; local or ``s3://``). Writes: an MLflow run, a logged pyfunc model and one new

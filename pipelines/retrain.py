@@ -10,8 +10,11 @@ Reads: the source dataset (``ingest.source``) and the registry's ``champion`` of
 ``registry.model_name``. Writes: a new snapshot when the source changed, one training run
 (``<storage.root>/runs/<name>``), an export (``<storage.root>/exports/<name>``) and one new
 registry version that the metric gate promotes to ``champion`` only if it beats the current one.
-The evaluate job scores the new weights on the snapshot's ``evaluate.split`` before the export, so
-the export and the gate carry evaluated, comparable metrics (``<weights>/eval-<split>``).
+Before training, a new snapshot is compared with the champion's (``<storage.root>/retrain/<snapshot>/diff.json``,
+also on the training run in MLflow and in the summary): images added / removed / changed,
+instances per class, and the champion's AP on the new and changed images alone. Register then
+evaluates the eager model and the served artifacts on the new snapshot and gates on evidence
+(docs/promotion.md).
 
 Rerun: when ingest finds the source unchanged (no new snapshot) and the champion was trained on
 that snapshot, the job says so and exits 0 without starting any training (``retrain.force=true``
