@@ -107,7 +107,7 @@ def main() -> int:
     parser.add_argument("--train-images", type=int, default=160)
     parser.add_argument("--val-images", type=int, default=48)
     parser.add_argument("--imgsz", type=int, default=160)
-    parser.add_argument("--latency-imgsz", type=int, default=640)
+    parser.add_argument("--latency-imgsz", type=int, default=640, help="0: accuracy only")
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--exclude", action="append", default=[], help="an INT8 variant keeping these in float")
@@ -127,9 +127,12 @@ def main() -> int:
             name = "int8" + (f" excluding {'+'.join(exclude)}" if exclude else "")
             acc_dir = export(weights, snapshot, work / f"acc{i}", args.imgsz, args, exclude)
             acc = accuracy(acc_dir, snapshot, ["torch", "onnx", "onnx-int8"])
-            lat_dir = export(weights, snapshot, work / f"lat{i}", args.latency_imgsz, args, exclude)
-            lat = {f"batch{b}": {fmt: latency(lat_dir / f, args.latency_imgsz, b, args.runs)
-                                 for fmt, f in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))} for b in (1, 8)}
+            lat = {}
+            if args.latency_imgsz:  # 0: accuracy only
+                lat_dir = export(weights, snapshot, work / f"lat{i}", args.latency_imgsz, args, exclude)
+                lat = {f"batch{b}": {fmt: latency(lat_dir / f, args.latency_imgsz, b, args.runs)
+                                     for fmt, f in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
+                       for b in (1, 8)}
             card = json.loads((acc_dir / "model_card.json").read_text())["export"]["onnx_int8"]
             row = {"variant": name, "accuracy": acc, "latency": lat, "excluded_nodes": card["excluded_nodes"],
                    "mask_drop_vs_fp32_onnx": acc["onnx"]["mask_ap50_95"] - acc["onnx-int8"]["mask_ap50_95"],
