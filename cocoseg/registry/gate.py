@@ -1,7 +1,10 @@
-"""Champion/challenger aliases, the metric gate, manual promotion and rollback.
+"""Champion/challenger aliases, the gate, manual promotion and rollback.
 
 Serving follows ``models:/NAME@champion`` and never a version number. A new version gets the
-alias ``challenger``; it takes ``champion`` only if its gate metric (mask AP50-95 by default)
+alias ``challenger``. A version carrying its served artifact's per-image matches is decided by
+the evidence rule (:mod:`.evidence`, docs/promotion.md: the served artifact against its eager
+model, the per-class guard, the paired bootstrap interval). Otherwise (the point rule below)
+it takes ``champion`` only if its gate metric (mask AP50-95 by default)
 is *greater* than the champion's + ``margin`` (a tie is not a promotion) and both were measured
 comparably: the evaluate job's provenance tags (``eval.snapshot_id``, ``eval.split``,
 ``eval.images``, ``eval.protocol_hash``) must be present on both versions and equal; any
