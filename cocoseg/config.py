@@ -251,7 +251,8 @@ class ExportConfig:
     bench_runs: int = 10
     calibration_images: int = 64  # onnx-int8: train-split images drawn (seeded) to calibrate the static quantization
     calibration_seed: int = 0
-    int8_exclude: tuple[str, ...] = ()  # onnx-int8: node-name substrings kept in fp32 (docs/promotion.md)
+    int8_exclude: tuple[str, ...] = ("decode",)  # onnx-int8: kept in float: node-name substrings or presets
+    # "decode" (the output decode, whose concat mixes pixels and scores) / "head-final" (docs/promotion.md)
 
     def __post_init__(self) -> None:
         _check(self.calibration_images >= 1, "export.calibration_images", "must be >= 1")

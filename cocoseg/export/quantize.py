@@ -4,8 +4,8 @@ Calibration: ``count`` images drawn with ``numpy.random.default_rng(seed)`` from
 train split (never the split the gate evaluates on), decoded and letterboxed to the export size
 like the predictor's input, ``[0, 1]`` float; their image ids go into the export's manifest and
 model card. Activations are calibrated MinMax, unsigned 8-bit per tensor; weights signed 8-bit
-per output channel (ONNX Runtime's U8S8 for x86 CPUs). ``exclude``: node-name substrings kept in
-float (e.g. the head's final convolutions, docs/promotion.md); the graph is pre-processed with
+per output channel (ONNX Runtime's U8S8 for x86 CPUs). ``exclude``: node-name substrings or
+:data:`PRESETS` kept in float (default ``decode``, docs/promotion.md); the graph is pre-processed with
 ONNX Runtime's ``quant_pre_process`` (shape inference, optimisation) first.
 """
 
@@ -26,10 +26,16 @@ __all__ = ["PRESETS", "calibration_batch", "quantize_int8"]
 
 log = get_logger(__name__)
 
-# Named groups for export.int8_exclude: "head-final" = the head's last 1x1 convolutions of every level
-# (box distribution cv2.i.2, class logits cv3.i.2, mask coefficients cv4.i.2), the usual accuracy suspects.
-PRESETS = {"head-final": tuple(f"/cv{k}.{i}/cv{k}.{i}.2/Conv" for k in (2, 3, 4) for i in range(3))}
-
+# Named groups for export.int8_exclude (node names of the torchscript export):
+# - "decode": every node outside the network proper (not under "/model/"): the wrapper's DFL softmax,
+#   box decode, sigmoid and the output concat. That concat puts box coordinates in pixels next to
+#   class scores in [0, 1]; one 8-bit scale for both rounds every score to 0 (measured: mask AP
+#   0.674 -> 0.000 with the whole graph quantized, docs/promotion.md). The default.
+# - "head-final": the head's last 1x1 convolutions of every level (box distribution cv2.i.2, class
+#   logits cv3.i.2, mask coefficients cv4.i.2), the usual accuracy suspects.
+PRESETS = {"decode": lambda nodes: [n for n in nodes if not n.startswith("/model/")],
+           "head-final": lambda nodes: [n for n in nodes
+                                        if any(f"/cv{k}.{i}/cv{k}.{i}.2/" in n for k in (2, 3, 4) for i in range(3))]}
 
 def calibration_batch(snapshot: str, *, count: int, seed: int, imgsz: int,
                       split: str = "train") -> tuple[list[int], np.ndarray]:
@@ -79,9 +85,9 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, *,
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         nodes = [n.name for n in onnx.load(str(pre)).graph.node]
-        exclude = [p for e in exclude for p in PRESETS.get(e, (e,))]
-        excluded = sorted(n for n in nodes if any(s and s in n for s in exclude))
-        unmatched = [s for s in exclude if not any(s in n for n in nodes)]
+        excluded = sorted({n for e in exclude for n in (PRESETS[e](nodes) if e in PRESETS else
+                                                         [m for m in nodes if e and e in m])})
+        unmatched = [e for e in exclude if e not in PRESETS and not any(e in n for n in nodes)]
         if unmatched:
             raise ExportError(f"export.int8_exclude: {unmatched} match no node of {fp32.name} "
                               f"(node names look like {nodes[:3]})")

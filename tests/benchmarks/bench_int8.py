@@ -13,7 +13,8 @@ each graph under ONNX Runtime on the CPU with 1 intra-op thread (a shared host: 
 measure the neighbours), the graph's forward alone on a fixed input at batch 1 and 8, ``--runs``
 timed runs after 2 warm-up runs; the figure is the median of the process CPU time per run
 (wall time printed beside it), and the ratio INT8 / fp32 is taken inside one run. Every
-``--exclude`` value (node-name substrings or the preset ``head-final``) adds one more INT8 variant.
+``--exclude`` value (node-name substrings or presets ``decode`` / ``head-final``, comma-separated)
+adds one more INT8 variant; the first variant quantizes the whole graph.
 The load average is printed at the start and the end.
 """
 
@@ -124,7 +125,7 @@ def main() -> int:
         out["train_s"] = round(time.perf_counter() - t0, 1)
         variants = [[]] + [[e] if "," not in e else e.split(",") for e in args.exclude]
         for i, exclude in enumerate(variants):
-            name = "int8" + (f" excluding {'+'.join(exclude)}" if exclude else "")
+            name = "int8" + (f" excluding {'+'.join(exclude)}" if exclude else " (whole graph)")
             acc_dir = export(weights, snapshot, work / f"acc{i}", args.imgsz, args, exclude)
             acc = accuracy(acc_dir, snapshot, ["torch", "onnx", "onnx-int8"])
             lat = {}
