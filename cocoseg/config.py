@@ -171,9 +171,22 @@ class ScalingConfig:
     # Fewest workers the run may go on with after losing some (a node gone): 0 means num_workers
     # (a fixed group). Below num_workers, Ray Train runs elastic (ScalingConfig num_workers=(min, max)).
     min_workers: int = 0
+    # Spot GPUs and stuck ranks (docs/reliability.md "Spot GPUs"): poll Ray Train's preemption
+    # notice every N optimiser steps (a barrier across workers; 0: off) and write a just-in-time
+    # checkpoint on one; node reclaims retried apart from max_failures (-1: always).
+    preemption_poll_steps: int = 10
+    max_preemption_failures: int = -1
+    # A rank without progress for this long fails the group (stacks dumped; the collective timeout
+    # follows it). 0: automatic (50 median steps, 120-600 s); -1: no watchdog.
+    hang_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _check(self.preemption_poll_steps >= 0, "scaling.preemption_poll_steps", "must be >= 0 (0: no polling)")
+        _check(self.max_preemption_failures >= -1, "scaling.max_preemption_failures",
+               "must be >= 0 (or -1 for unlimited)")
+        _check(self.hang_timeout_s == -1 or self.hang_timeout_s >= 0, "scaling.hang_timeout_s",
+               "must be seconds > 0, 0 (automatic) or -1 (no watchdog)")
         _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
         _check(self.max_failures >= -1, "scaling.max_failures", "must be >= 0 (or -1 for unlimited)")
         _check(0 <= self.min_workers <= self.num_workers, "scaling.min_workers",

@@ -35,6 +35,7 @@ import ray
 
 from cocoseg.data.augment import get_preset, preset_for_epoch
 from cocoseg.data.instances import MASK_RATIO
+from cocoseg.data.plan_position import PlanPosition, resume_chunks
 from cocoseg.data.stage import ChunkAugmenter, epoch_chunks
 
 __all__ = ["EpochStream", "TrainInput", "inflight_per_worker"]
@@ -124,13 +125,21 @@ class EpochStream:
         self._plan: Iterator[tuple[int, list[tuple[str, int, int]]]] = iter(())
         self._next_epoch = -1  # the epoch the in-flight queue starts with (-1: unknown, replan)
         self._sent = 0
+        self._skip = 0  # rows to drop from the next chunk's output (a resume inside an epoch)
 
-    def _tasks(self, first: int) -> Iterator[tuple[int, list[tuple[str, int, int]]]]:
+    def _chunks(self, epoch: int, rank: int, world: int) -> list[list[tuple[int, int, int]]]:
+        s = self.spec
+        return epoch_chunks([n for _, n in s.shards], seed=s.seed, epoch=epoch, rank=rank, world=world,
+                            chunk_rows=s.chunk_rows, limit=s.limit, shuffle=s.shuffle, runs_per_chunk=s.chunk_runs,
+                            repeats=s.repeats)
+
+    def _tasks(self, first: int, position: PlanPosition | None = None) -> Iterator[tuple[int, list[tuple[str, int, int]]]]:
         s = self.spec
         for epoch in range(first, s.epochs):
-            chunks = epoch_chunks([n for _, n in s.shards], seed=s.seed, epoch=epoch, rank=self.rank,
-                                  world=self.world, chunk_rows=s.chunk_rows, limit=s.limit, shuffle=s.shuffle,
-                                  runs_per_chunk=s.chunk_runs, repeats=s.repeats)
+            chunks = self._chunks(epoch, self.rank, self.world)
+            if position is not None and position.epoch == epoch:  # the rest of an interrupted epoch
+                chunks, self._skip = resume_chunks(lambda r, w, e=epoch: self._chunks(e, r, w), position,
+                                                   self.rank, self.world, s.chunk_rows)
             for chunk in chunks:
                 yield epoch, [(s.shards[i][0], a, b) for i, a, b in chunk]
 
@@ -146,11 +155,15 @@ class EpochStream:
             self._inflight.append((epoch, actor.chunk.remote(runs, self.spec.preset(epoch), s.seed, epoch)))
             self._sent += 1
 
-    def epoch(self, epoch: int, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """This worker's rows of ``epoch`` in batches of ``batch_size`` (the last one shorter)."""
-        if epoch != self._next_epoch:  # first call, a resume, or an epoch abandoned midway
+    def epoch(self, epoch: int, *, batch_size: int,
+              position: PlanPosition | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """This worker's rows of ``epoch`` in batches of ``batch_size`` (the last one shorter);
+        with a mid-epoch ``position`` (a resume), only the rows not yet trained
+        (:func:`cocoseg.data.plan_position.resume_chunks`)."""
+        if epoch != self._next_epoch or position is not None:  # first call, a resume, or an epoch abandoned midway
             self._inflight.clear()
-            self._plan = self._tasks(epoch)
+            self._skip = 0
+            self._plan = self._tasks(epoch, position)
         self._next_epoch = -1  # until this epoch has been delivered in full
         carry: list[dict[str, np.ndarray]] = []
         have = 0
@@ -159,6 +172,8 @@ class EpochStream:
             if not self._inflight or self._inflight[0][0] != epoch:
                 break
             part = ray.get(self._inflight.popleft()[1])
+            if self._skip:  # trained before the checkpoint this run resumed from
+                part, self._skip = {c: v[self._skip:] for c, v in part.items()}, 0
             carry.append(part)
             have += len(part["image_id"])
             while have >= batch_size:

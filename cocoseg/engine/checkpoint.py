@@ -92,9 +92,11 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                     epoch: int, ni: int, best_fitness: float, config: dict[str, Any],
                     card: model_weights.ModelCard, mlflow_run_id: str | None = None, last_step_ni: int = -1,
-                    is_best: bool = False) -> Path:
+                    is_best: bool = False, mid_epoch: dict[str, Any] | None = None) -> Path:
     """Write a complete checkpoint into the local ``folder`` (created); returns it. ``is_best``
-    (the epoch set a new best fitness) goes into the marker, so a resume can repair weights/best."""
+    (the epoch set a new best fitness) goes into the marker, so a resume can repair weights/best.
+    ``mid_epoch``: a just-in-time checkpoint inside epoch ``epoch + 1`` (``engine/spot.py``: the
+    plan position and every rank's RNG states); its marker says so."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {
@@ -109,11 +111,13 @@ def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
         "rng": capture_rng(),
         "mlflow_run_id": mlflow_run_id or "",
     }
+    if mid_epoch:
+        state["mid_epoch"] = mid_epoch
     torch.save(state, folder / STATE_FILE)
     model_weights.save_checkpoint(str(folder), ema.module, card)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
     files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER_FILE}
-    manifest = {"epoch": int(epoch), "ni": int(ni), "is_best": bool(is_best),
+    manifest = {"epoch": int(epoch), "ni": int(ni), "is_best": bool(is_best), "mid_epoch": bool(mid_epoch),
                 "files": {n: {"size": len(d), "sha256": storage.sha256(d)} for n, d in files.items()}}
     storage.write_json(str(folder / MARKER_FILE), manifest)
     return folder
@@ -198,16 +202,18 @@ def checkpoint_dirs(run_dir: str) -> list[str]:
 
 
 def latest_complete(run_dir: str) -> tuple[str, int] | None:
-    """(URI, epoch) of the run's complete checkpoint with the highest epoch, or None."""
-    best: tuple[str, int] | None = None
+    """(URI, epoch) of the run's newest complete checkpoint: the highest (epoch, step ``ni``), so a
+    mid-epoch one (its epoch is the last *completed* one) comes after that epoch's end; or None."""
+    best: tuple[str, int, int] | None = None
     for uri in checkpoint_dirs(run_dir):
         try:
-            epoch = int(check_complete(uri)["epoch"])
+            marker = check_complete(uri)
+            epoch, ni = int(marker["epoch"]), int(marker.get("ni", -1))
         except (CheckpointError, KeyError, ValueError, TypeError):
             continue
-        if best is None or epoch > best[1]:
-            best = (uri, epoch)
-    return best
+        if best is None or (epoch, ni) > (best[1], best[2]):
+            best = (uri, epoch, ni)
+    return None if best is None else (best[0], best[1])
 
 
 def sweep_incomplete(run_dir: str) -> list[str]:

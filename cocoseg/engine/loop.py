@@ -76,6 +76,8 @@ class LoopState:
     ni: int = 0  # global micro-batch index
     last_step_ni: int = -1  # ni of the last optimiser step
     best_fitness: float = -1.0
+    epoch_rows: int = 0  # rows of epoch ``epoch`` this worker has trained (> 0: resumed inside it)
+    epoch_world: int = 0  # the world size ``epoch_rows`` was counted on, when it differs from this one's
 
 
 @dataclass
@@ -124,8 +126,10 @@ def train_step(parts: TrainParts, batch: TrainBatch, state: LoopState) -> dict[s
     return out
 
 
-def train_epoch(parts: TrainParts, batches: Iterable[TrainBatch], state: LoopState) -> dict[str, float]:
-    """Train over ``batches``; returns mean loss terms, images/s of this worker and LRs."""
+def train_epoch(parts: TrainParts, batches: Iterable[TrainBatch], state: LoopState,
+                on_step: Callable[[LoopState], None] | None = None) -> dict[str, float]:
+    """Train over ``batches``; returns mean loss terms, images/s of this worker and LRs.
+    ``on_step(state)`` runs after every micro-batch (heartbeat, preemption poll: ``worker.py``)."""
     parts.model.train()
     sums: dict[str, float] = {}
     images = steps = 0
@@ -136,7 +140,10 @@ def train_epoch(parts: TrainParts, batches: Iterable[TrainBatch], state: LoopSta
             if k != "grad_norm":
                 sums[k] = sums.get(k, 0.0) + v
         images += int(batch.images.shape[0])
+        state.epoch_rows += int(batch.images.shape[0])
         steps += 1
+        if on_step is not None:
+            on_step(state)
     seconds = time.perf_counter() - start
     metrics = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
     metrics["train/loss"] = sum(metrics.values())
@@ -152,7 +159,8 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         train_batches: Callable[[int], Iterable[TrainBatch]],
         validate: Callable[[nn.Module, int], tuple[dict[str, float], object | None]] | None,
         on_epoch_end: Callable[[EpochResult], None], world_size: int = 1,
-        fitness_key: str = "val/mask_ap50_95", val_every: int = 1) -> LoopState:
+        fitness_key: str = "val/mask_ap50_95", val_every: int = 1,
+        on_step: Callable[[LoopState], None] | None = None) -> LoopState:
     """Run epochs ``state.epoch .. epochs-1``.
 
     ``train_batches(epoch)`` yields this worker's micro-batches of that epoch (the epoch decides
@@ -162,7 +170,7 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
     """
     while state.epoch < epochs:
         epoch = state.epoch
-        metrics = train_epoch(parts, train_batches(epoch), state)
+        metrics = train_epoch(parts, train_batches(epoch), state, on_step)
         metrics["train/images_per_s"] = metrics["train/images_per_s_worker"] * world_size
         preview = None
         val_start = time.perf_counter()
@@ -175,7 +183,7 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         is_best = fitness_key in metrics and fitness > state.best_fitness
         if is_best:
             state.best_fitness = fitness
-        state.epoch = epoch + 1
+        state.epoch, state.epoch_rows, state.epoch_world = epoch + 1, 0, 0
         on_epoch_end(EpochResult(epoch=epoch, metrics=metrics, state=state, preview=preview, is_best=is_best))
     return state
 

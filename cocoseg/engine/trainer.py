@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from cocoseg import storage, tracking
 from cocoseg.cluster import quiet_ray_data, train_logging_config
@@ -37,6 +37,7 @@ from cocoseg.engine.checks import (
     scaling_workers,
 )
 from cocoseg.engine.optim import OptimizerChoice
+from cocoseg.engine.watchdog import collective_timeout_s
 from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import get_logger, git_commit, redact
 
@@ -119,6 +120,8 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
             system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
             credentials=tracking.auth_env(), epochs=t.epochs,
             model_id=tracking.read_run_record(run_dir).get("model_id", ""))},
+        # the collective timeout just above the hang watchdog's (engine/watchdog.py), not 30 minutes
+        torch_config=TorchConfig(timeout_s=int(collective_timeout_s(s.hang_timeout_s))),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling_workers(cfg), use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
@@ -127,7 +130,8 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
             # A group that cannot start (a node lost, a fixed group too big for what is left) is a
             # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures,
-                                                   controller_failure_limit=CONTROLLER_FAILURES),
+                                                   controller_failure_limit=CONTROLLER_FAILURES,
+                                                   max_preemption_failures=s.max_preemption_failures),
             # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,

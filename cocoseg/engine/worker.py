@@ -47,7 +47,7 @@ import torch
 from cocoseg import storage
 from cocoseg.config import JobConfig, to_dict
 from cocoseg.data.schema import snapshot_to_coco
-from cocoseg.engine import build
+from cocoseg.engine import build, spot
 from cocoseg.engine.allocator import retain_freed_memory
 from cocoseg.engine.checkpoint import (
     CHECKPOINT_PREFIX,
@@ -108,11 +108,12 @@ def _resume(parts, state: LoopState, run_dir: str, rank: int, world: int) -> tup
         return state, ""
     with storage.local_copy(uri) as folder:
         saved = load_train_state(folder)
-        if rank == 0:
+        if rank == 0 and not saved.get("mid_epoch"):  # weights/* hold epoch ends only
             _repair_weights(run_dir, str(folder), check_complete(folder))
     restore_training(saved, model=parts.model, ema=parts.ema, optimizer=parts.optimizer, scaler=parts.scaler)
     resumed = LoopState(epoch=saved["epoch"] + 1, ni=saved["ni"], last_step_ni=saved["last_step_ni"],
                         best_fitness=saved["best_fitness"])
+    spot.resume_inside_epoch(saved, resumed, rank, world)  # a just-in-time checkpoint: mid-epoch
     return resumed, str(saved.get("mlflow_run_id", ""))
 
 
@@ -165,9 +166,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # stream picks each epoch's preset (close-mosaic) and this rank's rows of it.
     stream = loop_config["input"].for_worker(rank, world)
     collate = build.build_train_collate(cfg)
+    # spot GPUs and stuck ranks (engine/spot.py): the heartbeat + hang watchdog, the preemption poll
+    guard = spot.Guard.start(cfg, run=run, state=state, rank=rank, world=world,
+                             save=functools.partial(_save_mid_epoch, cfg, run, parts, rank, world))
 
     def train_batches(epoch: int):
-        for rows in stream.epoch(epoch, batch_size=cfg.train.batch_size):
+        for rows in guard.epoch_rows(stream, epoch, cfg.train.batch_size, state):
             yield collate(rows)
 
     validate = None
@@ -179,6 +183,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         logger = loop_config["make_logger"]()  # a tracking.RunLogger, built by the driver's factory
 
     def on_epoch_end(result: EpochResult) -> None:
+        guard.epoch_done()
         with tempfile.TemporaryDirectory(prefix="cocoseg-ckpt-") as tmp:
             checkpoint = None
             if rank == 0:
@@ -195,8 +200,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batches = _with_progress(train_batches, run.batches_per_epoch, cfg.train.epochs) if rank == 0 else train_batches
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
-            on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every)
+            on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every, on_step=guard.on_step)
     finally:
+        guard.stop()
         if logger is not None:
             logger.close()
 
@@ -228,6 +234,29 @@ def _save(cfg: JobConfig, run: build.RunInfo, parts, result: EpochResult, tmp: P
                              mlflow_run_id=run.mlflow_run_id, last_step_ni=result.state.last_step_ni,
                              is_best=result.is_best)
     return ray.train.Checkpoint.from_directory(str(folder))
+
+
+def _save_mid_epoch(cfg: JobConfig, run: build.RunInfo, parts, rank: int, world: int, state: LoopState,
+                    mid_epoch: dict[str, Any]) -> None:
+    """All ranks: a just-in-time checkpoint inside epoch ``state.epoch`` (``engine/spot.py`` builds
+    ``mid_epoch``: the plan position, every rank's RNG states), through the epoch-end writer and
+    upload (marker last); ``checkpoint_epoch-<e>-ni-<ni>``. Not published to weights/*, not logged."""
+    with tempfile.TemporaryDirectory(prefix="cocoseg-ckpt-") as tmp:
+        checkpoint = None
+        if rank == 0:
+            done = state.epoch - 1  # the last completed epoch, as in every checkpoint
+            card = build.model_card(cfg, snapshot_id=run.snapshot_id, class_names=run.class_names, metrics={},
+                                    epoch=max(done, 0))
+            folder = save_checkpoint(Path(tmp) / "checkpoint", model=parts.model, ema=parts.ema,
+                                     optimizer=parts.optimizer, scaler=parts.scaler, epoch=done, ni=state.ni,
+                                     best_fitness=state.best_fitness, config=to_dict(cfg), card=card,
+                                     mlflow_run_id=run.mlflow_run_id, last_step_ni=state.last_step_ni,
+                                     mid_epoch=mid_epoch)
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report({"epoch": state.epoch - 1, spot.MID_EPOCH_KEY: state.ni, FITNESS_KEY: -1.0},
+                         checkpoint=checkpoint,
+                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{state.epoch:04d}-ni-{state.ni:09d}",
+                         checkpoint_upload_fn=functools.partial(_upload, run.run_dir))
 
 
 def _upload(run_dir: str, checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:

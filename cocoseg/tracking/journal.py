@@ -36,11 +36,14 @@ from cocoseg import storage
 from cocoseg.utils import UserError, get_logger, redact
 
 __all__ = [
+    "ATTEMPTS_NAME",
+    "ATTEMPT_KINDS",
     "AUTH_ENV",
     "JOURNAL_NAME",
     "RunLogger",
     "TrackingUnavailable",
     "adopt_credentials",
+    "attempts_uri",
     "auth_env",
     "create_run",
     "fast_fail",
@@ -50,7 +53,9 @@ __all__ = [
     "log_params",
     "check_server",
     "preflight",
+    "read_attempts",
     "read_journal",
+    "record_attempt",
     "resolve_tracking_uri",
     "split_credentials",
     "sync_journal",
@@ -59,6 +64,14 @@ __all__ = [
 log = get_logger(__name__)
 
 JOURNAL_NAME = "metrics.jsonl"
+# The attempt journal (``<run dir>/tracking/attempts.jsonl``): what happened to the worker groups,
+# one JSON line each. ``start``: a group starts (rank 0: world size, epoch, ``ni``, the checkpoint it
+# resumed from); ``preemption``: the first notice an attempt saw; ``jit_checkpoint``: a checkpoint
+# written on it; ``progress``: an optimiser step after the notice (so the steps a reclaim cost can
+# be counted, ``cocoseg.engine.preemption.steps_lost``); ``hang``: the watchdog failed the group (the
+# stuck rank(s), the frame, where the stacks are; ``cocoseg.engine.watchdog``).
+ATTEMPTS_NAME = "attempts.jsonl"
+ATTEMPT_KINDS = ("start", "preemption", "jit_checkpoint", "progress", "hang")
 STEP_KEY = "epoch"  # logged with every epoch; its history tells which steps MLflow already holds
 
 # A worker must not stall for minutes on a dead server (mlflow's default is 7 retries with
@@ -202,6 +215,32 @@ def check_server(uri: str, *, probe: str, error: type[Exception], hint: str = ""
 
 def journal_uri(run_dir: str) -> str:
     return storage.join(run_dir, "tracking", JOURNAL_NAME)
+
+
+def attempts_uri(run_dir: str) -> str:
+    return storage.join(run_dir, "tracking", ATTEMPTS_NAME)
+
+
+def record_attempt(run_dir: str, kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Append one record (``kind``, ``time`` and ``fields``) to the run's attempt journal.
+
+    One writer at a time (rank 0, or the one rank that reports a hang); the file is rewritten
+    whole, which S3 needs and which keeps a reader from ever seeing half a line."""
+    if kind not in ATTEMPT_KINDS:
+        raise ValueError(f"attempt journal: unknown kind {kind!r} (one of {', '.join(ATTEMPT_KINDS)})")
+    uri = attempts_uri(run_dir)
+    record = {"kind": kind, "time": time.time(), **fields}
+    old = storage.read_text(uri) if storage.exists(uri) else ""
+    storage.write_text(uri, old + json.dumps(record, default=str) + "\n")
+    return record
+
+
+def read_attempts(run_dir: str) -> list[dict[str, Any]]:
+    """The attempt journal's records, oldest first (empty when there is none)."""
+    uri = attempts_uri(run_dir)
+    if not storage.exists(uri):
+        return []
+    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -18,6 +18,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from cocoseg import storage, tracking
 from cocoseg.config import JobConfig, from_dict, with_values
+from cocoseg.engine.spot import MID_EPOCH_KEY
 from cocoseg.engine.trainer import train
 from cocoseg.engine.worker import FITNESS_KEY
 from cocoseg.tune.report import EPOCHS_DONE, SCORE, search_score
@@ -30,6 +31,8 @@ class EpochReport(TuneReportCallback):
 
     def after_report(self, run_context, metrics, checkpoint):
         m = metrics[0]
+        if MID_EPOCH_KEY in m:  # a just-in-time checkpoint inside an epoch: no epoch for ASHA
+            return
         super().after_report(run_context, [{**m, EPOCHS_DONE: int(m["epoch"]) + 1, SCORE: search_score(m)}], checkpoint)
 
 
