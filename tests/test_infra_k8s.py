@@ -433,6 +433,25 @@ def test_gpu_workers_tolerate_the_gpu_taint() -> None:
         assert wants_gpu == tolerates, pod["metadata"]["name"]
 
 
+def test_gpu_workers_turn_their_termination_into_a_preemption_drain() -> None:
+    """Spot GPUs (docs/reliability.md): a GPU worker pod being terminated first drains its Ray node
+    for preemption (Ray Train's just-in-time checkpoint), with a deadline inside the pod's grace
+    period, which is inside EC2's 2-minute spot interruption notice."""
+    seen = 0
+    for pod in render_ray_pods(_ray_docs()):
+        if not any("nvidia.com/gpu" in (c.get("resources", {}).get("limits") or {}) for c in pod["spec"]["containers"]):
+            continue
+        seen += 1
+        grace = pod["spec"]["terminationGracePeriodSeconds"]
+        (worker,) = pod["spec"]["containers"]
+        hook = " ".join(worker["lifecycle"]["preStop"]["exec"]["command"])
+        assert "ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION" in hook, pod["metadata"]["name"]
+        deadline = int(re.search(r"--deadline-remaining-seconds (\d+)", hook).group(1))
+        hold = int(re.search(r"sleep (\d+)", hook).group(1))
+        assert 30 <= deadline <= hold < grace < 120, (pod["metadata"]["name"], deadline, hold, grace)
+    assert seen
+
+
 # --------------------------------------------------------------------------------------------
 # One base, rendered: infra/tools/render_k8s.py
 
