@@ -219,7 +219,13 @@ def test_watchdog_dumps_stacks_and_journals_the_silent_rank(tmp_path: Path) -> N
 
 
 def test_stuck_rank_choice_and_timeouts() -> None:
-    from cocoseg.engine.watchdog import HANG_CAP_S, HANG_FLOOR_S, auto_timeout, collective_timeout_s, stuck_ranks
+    from cocoseg.engine.watchdog import (
+        HANG_CAP_S,
+        HANG_FLOOR_S,
+        auto_timeout,
+        collective_timeout_s,
+        stuck_ranks,
+    )
 
     def rep(step, phase="step"):
         return {"step": step, "phase": phase}
