@@ -67,33 +67,27 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def test_the_input_actors_deliver_exactly_the_rest_of_an_epoch(ray_local, split: list[str]) -> None:
-    """A resumed stream (a fresh pool, as after a restart) gives the rows an uninterrupted one
-    gives after the trained ones, the same pixels, in the same batches."""
+    """A resumed stream (a new one, as in a restarted worker) gives the rows an uninterrupted
+    one gives after the trained ones, the same pixels, in the same batches."""
     from cocoseg.data.train_input import TrainInput
 
-    def start():
-        return TrainInput.start([(u, 10) for u in split], augment="yolov8", epochs=2, close_mosaic=0, imgsz=64,
-                                num_classes=4, seed=5, actors=1, cpus_per_actor=0.5, chunk_rows=4)
-
+    inputs = TrainInput.start([(u, 10) for u in split], augment="yolov8", epochs=2, close_mosaic=0, imgsz=64,
+                              num_classes=4, seed=5, actors=1, cpus_per_actor=0.5, chunk_rows=4)
     batch = 3
-    inputs = start()
     try:
         full = list(inputs.for_worker(1, 2).epoch(1, batch_size=batch))
-    finally:
-        inputs.stop()
-    ids = np.concatenate([b["image_id"] for b in full])
-    images = np.concatenate([b["image"] for b in full])
-    assert len(ids) == 15 and len(set(ids.tolist())) == 15
-    again = start()
-    try:
-        for done in (6, 5):  # after 2 batches (a chunk boundary is at 4 and 8); mid-chunk rows too
-            rest = list(again.for_worker(1, 2).epoch(1, batch_size=batch, position=PlanPosition(1, 2, done)))
+        ids = np.concatenate([b["image_id"] for b in full])
+        images = np.concatenate([b["image"] for b in full])
+        assert len(ids) == 15 and len(set(ids.tolist())) == 15
+        # chunks of 4 rows: 6 = two batches, inside the 2nd chunk; 8 = a chunk boundary; 5 = no batch boundary
+        for done in (6, 8, 5):
+            rest = list(inputs.for_worker(1, 2).epoch(1, batch_size=batch, position=PlanPosition(1, 2, done)))
             assert np.array_equal(np.concatenate([b["image_id"] for b in rest]), ids[done:])
             assert np.array_equal(np.concatenate([b["image"] for b in rest]), images[done:])
             if done == 6:  # the same batches as the uninterrupted run from there on
                 assert [len(b["image_id"]) for b in rest] == [len(b["image_id"]) for b in full[2:]]
     finally:
-        again.stop()
+        inputs.stop()
 
 
 def test_poll_every_k_optimiser_steps_checkpoint_each_poll_after_a_notice(tmp_path: Path) -> None:

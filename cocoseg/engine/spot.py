@@ -131,6 +131,7 @@ class Guard:
             self._ids = rows.get("image_id")
             yield rows
             self._mark("input")
+        self.epoch_done()  # before rank 0 validates: no steps until the next epoch
 
     def _mark(self, phase: str) -> None:
         if self.watchdog is not None:
