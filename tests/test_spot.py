@@ -186,8 +186,8 @@ def test_watchdog_dumps_stacks_and_journals_the_silent_rank(tmp_path: Path) -> N
     box: dict = {}
 
     def training_thread():
-        dog = HangWatchdog(rank=0, world=2, run_dir=run_dir, attempt="a1", timeout_s=0.3, check_s=0.05,
-                           grace_s=0.3, on_hang=failed.set, node="n0").start()
+        dog = HangWatchdog(rank=0, world=2, run_dir=run_dir, attempt="a1", timeout_s=0.3, floor_s=0.3,
+                           check_s=0.05, grace_s=0.3, on_hang=failed.set, node="n0").start()
         box["dog"] = dog
         dog.arm()
         for step in range(3):
@@ -232,3 +232,9 @@ def test_stuck_rank_choice_and_timeouts() -> None:
     assert auto_timeout([0.5] * 20) == HANG_FLOOR_S and auto_timeout([4.0] * 20) == 200.0
     assert auto_timeout([60.0] * 20) == HANG_CAP_S
     assert 30 < collective_timeout_s(30) < 30 + 80 and HANG_CAP_S < collective_timeout_s(0) < 1800
+    from cocoseg.engine.watchdog import HangWatchdog
+
+    dog = HangWatchdog(rank=0, world=1, run_dir="unused", attempt="a", timeout_s=5)
+    assert dog.timeout_s() == HANG_FLOOR_S  # the first step: input, first collectives, autotuning
+    dog.beat(0)
+    assert dog.timeout_s() == 5

@@ -221,7 +221,7 @@ def test_sigstopped_rank_is_detected_dumped_and_restarted(spot_snapshot, tmp_pat
     from cocoseg.config import load_config
     from pipelines import train
 
-    timeout_s = 12
+    timeout_s = 20  # steps take ~1-5 s on 2 loaded cores
     cfg = load_config(None, [*SPOT, f"storage.root={tmp_path}", f"train.snapshot={spot_snapshot}",
                              "tracking.run_name=hang", f"scaling.hang_timeout_s={timeout_s}",
                              "scaling.cpus_per_worker=0.5", "scaling.preemption_poll_steps=0"])
@@ -234,7 +234,8 @@ def test_sigstopped_rank_is_detected_dumped_and_restarted(spot_snapshot, tmp_pat
         while time.time() < deadline and not (epochs := read_journal(journal)):
             time.sleep(0.1)
         time.sleep(epochs[0]["metrics"]["train/epoch_time_s"] / 3)
-        victim = next(json.loads(p.read_text()) for p in (run_dir / "workers").glob("attempt-*rank1-*.json"))
+        victim = max((json.loads(p.read_text()) for p in (run_dir / "workers").glob("attempt-*rank1-*.json")),
+                     key=lambda w: w["time"])  # the running attempt's rank 1
         os.kill(victim["pid"], signal.SIGSTOP)
         stopped.update(victim, at=time.time())
 

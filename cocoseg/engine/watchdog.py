@@ -23,7 +23,10 @@ record then says it did not answer, with the step and phase of its last beat as 
 cannot know them either: the phase it reported is its own ``rank<r>.json`` only when it answers.
 
 Timeout: ``scaling.hang_timeout_s`` when > 0, else :func:`auto_timeout` from the median step time
-measured so far (``STEP_FACTOR`` times it, at least ``HANG_FLOOR_S``, at most ``HANG_CAP_S``). The
+measured so far (``STEP_FACTOR`` times it, at least ``HANG_FLOOR_S``, at most ``HANG_CAP_S``). Until
+the attempt's first beat it is at least ``HANG_FLOOR_S``: the first step also waits for the input
+actors' first chunks, the first collectives (NCCL builds its communicators then) and kernel
+autotuning, which a timeout sized for steady steps would take for a hang. The
 process group's collective timeout is :func:`collective_timeout_s`: just above the watchdog's, so
 the watchdog (with stacks) fires first and the collective timeout is a backstop, not NCCL's or
 gloo's 30-minute default.
@@ -166,6 +169,8 @@ class HangWatchdog:
             self._last, self._armed = time.monotonic(), armed
 
     def timeout_s(self) -> float:
+        if self.step < 0:  # the attempt's first step (see the module doc)
+            return max(self.fixed_s, self.floor_s)
         return self.fixed_s if self.fixed_s > 0 else auto_timeout(self._times, self.floor_s)
 
     # --- the watchdog thread ---

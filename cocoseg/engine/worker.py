@@ -19,6 +19,11 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
   ``cocoseg.storage`` (S3 retries) and with the commit marker last, where Ray's own copy writes
   the files in any order. The folder is ``checkpoint_epoch-<epoch>``.
 
+Spot GPUs and stuck ranks (``engine/spot.py``, docs/reliability.md): after every micro-batch a
+heartbeat for the hang watchdog and, every ``scaling.preemption_poll_steps`` optimiser steps, Ray
+Train's preemption notice; on one, :func:`_save_mid_epoch` writes a just-in-time checkpoint
+(``checkpoint_epoch-<epoch>-ni-<ni>``) and a resume continues inside that epoch.
+
 Rank 0 logs metrics through the logger the driver injected (``cocoseg.tracking.RunLogger``)
 *before* the checkpoint commits (a committed epoch is always logged; a redone one is not logged
 twice: the logger skips steps MLflow has), and publishes ``weights/last`` and ``weights/best``
