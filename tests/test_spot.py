@@ -110,14 +110,14 @@ def test_poll_every_k_optimiser_steps_checkpoint_each_poll_after_a_notice(tmp_pa
     record_attempt(run_dir, "start", {"ni": 0})
     state = LoopState()
     accumulate = 3
-    for _ in range(40):  # micro-batches; an optimiser step every `accumulate`
+    for _ in range(42):  # micro-batches; an optimiser step every `accumulate`
         state.ni += 1
         if state.ni % accumulate == 0:
             state.last_step_ni = state.ni - 1
         state.epoch_rows += 4
         poller(state)
-    # optimiser steps end at ni 3, 6, 9, ...; polled at every 2nd one: ni 6, 12, 18, ...
-    assert polls == list(range(6, 41, 6))
+    # optimiser steps end at ni 3, 6, 9, ...; polled at the 1st and then every 2nd one: ni 3, 9, 15, ...
+    assert polls == list(range(3, 43, 6))
     assert saved == polls[notice_at_poll - 1:]
     records = read_attempts(run_dir)
     kinds = [r["kind"] for r in records]
@@ -125,7 +125,7 @@ def test_poll_every_k_optimiser_steps_checkpoint_each_poll_after_a_notice(tmp_pa
     assert next(r for r in records if r["kind"] == "preemption")["ranks"] == [1]
     # the next attempt resumed from the last checkpoint: the steps after it are lost (< k = 2)
     record_attempt(run_dir, "start", {"ni": saved[-1]})
-    assert steps_lost(read_attempts(run_dir)) == [1]  # the optimiser step at ni 39
+    assert steps_lost(read_attempts(run_dir)) == [1]  # the optimiser step ending at ni 42
     with pytest.raises(ValueError, match="unknown kind"):
         record_attempt(run_dir, "crash", {})
 

@@ -8,8 +8,9 @@ the cloud, delivered to Ray as ``ray drain-node --reason DRAIN_NODE_REASON_PREEM
 drain's deadline it tears the group down and restarts it from the latest checkpoint
 (``FailureConfig.max_preemption_failures``, counted apart from ``max_failures``).
 
-:class:`PreemptionPoller` is called after every micro-batch. At every ``every``-th optimiser step
-(right after the step, so no gradient is half accumulated) it asks for the notice; the question is
+:class:`PreemptionPoller` is called after every micro-batch. At an attempt's first optimiser step
+and then every ``every``-th (right after the step, so no gradient is half accumulated) it asks for
+the notice (a node drained while the group was restarting is seen at once); the question is
 a barrier across the workers (all ranks ask at the same steps: the optimiser steps fall on the
 same micro-batches everywhere), so it is kept off the other steps. Once a notice came, every poll
 writes a checkpoint (``save``: the worker's ``save_mid_epoch``, with the commit marker last) and
@@ -62,7 +63,7 @@ class PreemptionPoller:
         self.steps += 1
         if self.notice is not None:
             self.note("progress", {"ni": state.ni, "epoch": state.epoch, "epoch_rows": state.epoch_rows})
-        if self.steps % self.every:
+        if (self.steps - 1) % self.every:  # the 1st step of an attempt, then every `every`-th
             return False
         self.polls += 1
         info = self.poll()
