@@ -16,6 +16,7 @@ Ray-free or on the session's local Ray.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,15 @@ def _rows_of(chunks) -> list[tuple[int, int]]:
     return [(shard, row) for chunk in chunks for shard, a, b in chunk for row in range(a, b)]
 
 
-@pytest.mark.parametrize("shards,chunk_rows,runs", [([40, 13, 27], 8, 4), ([101], 16, 4), ([5, 5, 5, 5], 3, 1)])
-def test_resume_chunks_continue_the_plan_exactly(shards, chunk_rows, runs) -> None:
+@pytest.mark.parametrize("shards,chunk_rows,runs,rare", [([40, 13, 27], 8, 4, False), ([101], 16, 4, False),
+                                                         ([5, 5, 5, 5], 3, 1, False), ([40, 13, 27], 8, 4, True)])
+def test_resume_chunks_continue_the_plan_exactly(shards, chunk_rows, runs, rare) -> None:
+    # rare: a plan with repeat-factor copies (data.repeat_factor_threshold): every 5th row 2.5x
+    repeats = [np.where(np.arange(n) % 5 == 0, 2.5, 1.0) for n in shards] if rare else None
+
     def plan(epoch):
         return lambda r, w: epoch_chunks(shards, seed=3, epoch=epoch, rank=r, world=w, chunk_rows=chunk_rows,
-                                         runs_per_chunk=runs)
+                                         runs_per_chunk=runs, repeats=repeats)
 
     world = 2
     for rank in range(world):
@@ -47,14 +52,14 @@ def test_resume_chunks_continue_the_plan_exactly(shards, chunk_rows, runs) -> No
             first, into = split_at(full, done)
             assert rest == full[first:] and drop == into  # the plan's own chunks: the same mosaic partners
             assert _rows_of(full)[:done] + _rows_of(rest)[drop:] == _rows_of(full)  # once each, in order
-    # another world size (an elastic group after a node loss): the untrained rows, each once, re-split
+    # another world size (an elastic group after a node loss): the untrained rows (and copies), each
+    # once, re-split
     done = 7
-    trained = {row for r in range(world) for row in _rows_of(plan(1)(r, world))[:done]}
-    untrained = {row for r in range(world) for row in _rows_of(plan(1)(r, world))[done:]}
+    untrained = Counter(row for r in range(world) for row in _rows_of(plan(1)(r, world))[done:])
     parts = [resume_chunks(plan(1), PlanPosition(1, world, done), r, 3, chunk_rows) for r in range(3)]
-    got = [row for chunks, drop in parts for row in _rows_of(chunks)]
-    assert all(drop == 0 for _, drop in parts) and len(got) == len(set(got))
-    assert set(got) <= untrained and not set(got) & trained and len(untrained) - len(got) < 3
+    got = Counter(row for chunks, drop in parts for row in _rows_of(chunks))
+    assert all(drop == 0 for _, drop in parts) and not got - untrained
+    assert sum(untrained.values()) - sum(got.values()) < 3
     assert len({len(_rows_of(c)) for c, _ in parts}) == 1  # equal parts
     with pytest.raises(ValueError, match="fewer than"):
         split_at(plan(1)(0, world), 10_000)
