@@ -159,6 +159,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """Where a training run's validation runs (``train.val_every`` says which epochs)."""
+
+    # async: each due epoch is validated by a Ray task of its own while training goes on
+    # (engine/validation.py); blocking: rank 0 validates in-process between epochs (every rank waits)
+    mode: str = "async"
+    actors: int = 1  # async: DetectBatch actors of each validation's Ray Data pool
+    cpus_per_actor: float = 1.0  # ... CPUs each (and of the validation task, which scores)
+    use_gpu: bool = False  # ... one GPU per actor (spare GPUs beside the train workers)
+    concurrency: int = 1  # async validations running at once (more wait in a queue)
+
+    def __post_init__(self) -> None:
+        _check_choice("validation.mode", self.mode, ("async", "blocking"))
+        _check(self.actors >= 1 and self.concurrency >= 1, "validation.actors", "actors and concurrency must be >= 1")
+        _check(self.cpus_per_actor > 0, "validation.cpus_per_actor", "must be > 0")
+
+
+@dataclass(frozen=True)
 class ScalingConfig:
     """How a training run spreads over the Ray cluster: the worker group and its fault tolerance."""
 
@@ -168,6 +186,7 @@ class ScalingConfig:
     threads_per_worker: int = 0  # torch intra-op threads; 0: cpus_per_worker rounded up
     placement_strategy: str = "PACK"
     max_failures: int = 2
+    async_upload: bool = True  # checkpoint upload in Ray's background thread (ASYNC); false: the step waits
     # Fewest workers the run may go on with after losing some (a node gone): 0 means num_workers
     # (a fixed group). Below num_workers, Ray Train runs elastic (ScalingConfig num_workers=(min, max)).
     min_workers: int = 0
@@ -323,6 +342,7 @@ class EvaluateConfig:
     use_gpu: bool = False
     threads_per_actor: int = 1  # torch intra-op threads in each actor
     chunk_images: int = 256  # pipelines.infer: images per output Parquet file (the unit of resume)
+    scorer: str = "faster-coco-eval"  # COCO AP: faster-coco-eval or pycocotools (same AP to 1e-4; docs/evaluation.md)
 
     def __post_init__(self) -> None:
         _check(self.imgsz >= 0 and self.imgsz % 32 == 0, "evaluate.imgsz", "must be 0 or a multiple of 32")
@@ -333,6 +353,7 @@ class EvaluateConfig:
                "batch_size and max_det must be >= 1, actors >= 0")
         _check(self.cpus_per_actor > 0 and self.threads_per_actor >= 1, "evaluate.cpus_per_actor",
                "must be > 0 (threads_per_actor >= 1)")
+        _check_choice("evaluate.scorer", self.scorer, ("faster-coco-eval", "pycocotools"))
 
 
 @dataclass(frozen=True)
@@ -380,6 +401,7 @@ class JobConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     data: DataStageConfig = field(default_factory=DataStageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -9,7 +9,11 @@ import pytest
 # Sizes keep every distributed test to seconds of compute: 64 px inputs, a few dozen images.
 TINY = ["model.variant=n", "model.num_classes=4", "model.imgsz=64", "train.batch_size=8",
         "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
-        "data.batch_rows=16", "scaling.threads_per_worker=1", "tracking.system_metrics_interval_s=2"]
+        "data.batch_rows=16", "scaling.threads_per_worker=1", "tracking.system_metrics_interval_s=2",
+        "validation.cpus_per_actor=0.5", "validation.mode=blocking"]
+# Tests of the asynchronous path (the default) say ``*ASYNC_VAL``; the others validate in-process:
+# a Ray Data pool per validated epoch costs seconds more than the TINY epochs it validates.
+ASYNC_VAL = ["validation.mode=async"]
 
 
 def make_snapshot(root: Path, *, images: int = 48, val_fraction: float = 0.25, seed: int = 0,

@@ -6,9 +6,11 @@ B. rank 0 while it uploads epoch 2's checkpoint (after a seeded number of its fi
    the uploader is SIGSTOPped the moment that is seen, so the kill is inside the upload however
    fast the disk);
 C. the driver and its whole private Ray (every descendant process) a seeded instant after epoch
-   2's redo committed: between epochs. The run is then started again with the same run name.
+   2's redo committed: between epochs, while a validation is in flight (asynchronous validation and
+   upload are the defaults). The run is then started again with the same run name.
 
-After the resume: no partial checkpoint is left, every epoch is in MLflow exactly once, each
+After the resume: no partial checkpoint is left, every epoch is in MLflow exactly once and
+validated once (the one in flight at kill C too), ``weights/best`` is the best validated epoch, each
 kill made the run redo at most the epoch it interrupted (the next attempt starts right after the
 newest *complete* checkpoint at the kill), every attempt has its records, and the final weights
 load. The moments and the epochs redone are printed (``-s``); ``COCOSEG_CHAOS_SEED`` picks
@@ -29,10 +31,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _train_support import TINY
+from _train_support import ASYNC_VAL, TINY
 from conftest import REPO
 
 from cocoseg.engine import checkpoint as ckpt
+from cocoseg.engine.validation import STAGE_DIR
 from cocoseg.model.weights import load_checkpoint
 
 mlflow = pytest.importorskip("mlflow")
@@ -60,14 +63,37 @@ class Chaos:
                 continue
         return done
 
-    def epoch_seconds(self, epoch: int) -> float:
-        """Training time of ``epoch`` as rank 0 journaled it (``train/epoch_time_s``)."""
-        journal = self.run_dir / "tracking" / "metrics.jsonl"
-        for line in journal.read_text().splitlines():
+    def epoch_seconds(self, epoch: int) -> float | None:
+        """Training time of ``epoch`` as rank 0 recorded it (``tracking/epoch_timing.jsonl``, written
+        as the epoch ends; the journal's record may come later, with its validation), or None yet."""
+        try:
+            lines = (self.run_dir / "tracking" / "epoch_timing.jsonl").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
             record = json.loads(line)
-            if record["step"] == epoch:
-                return float(record["metrics"]["train/epoch_time_s"])
-        raise AssertionError(f"epoch {epoch} is not in {journal}")
+            if record["epoch"] == epoch:
+                return float(record["train_s"])
+        return None
+
+    def journaled(self) -> dict[int, dict]:
+        journal = self.run_dir / "tracking" / "metrics.jsonl"
+        try:
+            return {r["step"]: r for r in map(json.loads, journal.read_text().splitlines())}
+        except (OSError, ValueError):  # not there yet, or caught mid-write
+            return {}
+
+    def validations_in_flight(self) -> list[int]:
+        """Epochs staged for validation (committed stage) whose record is not journaled yet."""
+        staged = []
+        for folder in sorted((self.run_dir / STAGE_DIR).glob("epoch-*")):
+            try:
+                ckpt.check_complete(folder)
+            except (ckpt.CheckpointError, FileNotFoundError):
+                continue
+            staged.append(int(folder.name.split("-")[1]))
+        logged = self.journaled()
+        return [e for e in staged if e not in logged]
 
     def attempts(self) -> list[dict]:
         out = []
@@ -140,7 +166,7 @@ def _kill_worker_mid_step(c: Chaos, driver, group: list[dict]) -> None:
     # The moment is a seeded fraction of epoch 0's own training time (from the run's journal), so
     # it lands inside epoch 1 on a quiet host (an epoch of ~1 s) and on a loaded one alike; epoch 0
     # also paid the input actors' first start, so epoch 1 is shorter and the fraction stays low.
-    seconds = c.epoch_seconds(0)
+    seconds = c.wait("epoch 0's timing", lambda: c.epoch_seconds(0), driver)
     delay, rank = c.rng.uniform(0.05, 0.4) * seconds, c.rng.choice([0, 1])
     time.sleep(delay)
     pid = next(a["pid"] for a in group if a["rank"] == rank)
@@ -181,6 +207,9 @@ def _kill_driver_between_epochs(c: Chaos, driver, group: list[dict]) -> None:
     epoch = group[0]["start_epoch"]
     c.wait(f"epoch {epoch}'s checkpoint", lambda: epoch in c.complete(), driver, poll=0.01)
     time.sleep(c.rng.uniform(0.0, 0.3))
+    # asynchronous validation: the kill lands while a validation is in flight (a committed stage
+    # whose record is not journaled yet; a validation takes seconds, an epoch's commit milliseconds)
+    c.in_flight = c.wait("a validation in flight", c.validations_in_flight, driver, poll=0.01)
     tree = [driver, *psutil.Process(driver.pid).children(recursive=True)]
     last = max(c.complete())
     for p in tree:
@@ -191,7 +220,7 @@ def _kill_driver_between_epochs(c: Chaos, driver, group: list[dict]) -> None:
     driver.wait(60)
     psutil.wait_procs([p for p in tree if isinstance(p, psutil.Process)], timeout=30)
     c.note(f"C: SIGKILL the driver (pid {driver.pid}) and its {len(tree) - 1} Ray processes after epoch "
-           f"{last} committed")
+           f"{last} committed, with the validation of epoch(s) {c.in_flight} in flight")
     c.killed("driver between epochs", time.time(), last + 1)
 
 
@@ -199,7 +228,7 @@ def _kill_driver_between_epochs(c: Chaos, driver, group: list[dict]) -> None:
 @pytest.mark.timeout(2400)
 def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, tmp_path):
     seed = int(os.environ.get("COCOSEG_CHAOS_SEED", "12"))
-    overrides = [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "scaling.num_workers=2",
+    overrides = [*TINY, *ASYNC_VAL, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "scaling.num_workers=2",
                  f"train.epochs={EPOCHS}", "train.close_mosaic=0", "scaling.max_failures=2",
                  "train.checkpoints_to_keep=1", f"tracking.tracking_uri={mlflow_server}",
                  "tracking.run_name=chaos", "tracking.experiment=t-chaos", "tracking.system_metrics=false"]
@@ -254,6 +283,14 @@ def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, t
     assert len(run_ids) == 1
     client = mlflow.tracking.MlflowClient(mlflow_server)
     run_id = run_ids.pop()
-    for key in ("epoch", "train/loss"):
+    for key in ("epoch", "train/loss", "val/mask_ap50_95"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(EPOCHS)), key
     assert client.get_run(run_id).info.status == "FINISHED"
+    # Asynchronous validation: every epoch validated and journaled once, the validations in flight at
+    # the driver kill included; no stage left; weights/best is the best validated epoch.
+    records = c.journaled()
+    assert sorted(records) == list(range(EPOCHS)) and all("val/mask_ap50_95" in r["metrics"] for r in records.values())
+    assert c.in_flight and not list((c.run_dir / STAGE_DIR).glob("epoch-*"))
+    fitness = {e: r["metrics"]["val/mask_ap50_95"] for e, r in records.items()}
+    best = ckpt.check_complete(c.run_dir / "weights" / "best")["epoch"]
+    assert fitness[best] == max(fitness.values()), (best, fitness)

@@ -41,6 +41,23 @@ def test_printer_prints_each_new_epoch_once_and_skips_a_resumes_old_ones():
     assert "ETA" in lines[0] and "ETA" not in lines[1]
 
 
+def test_printer_prints_epochs_as_their_validation_arrives_and_says_when_it_failed():
+    """Asynchronous validation: epoch 1's record arrives before epoch 0's; each line is printed
+    when its record arrives, once, and a failed validation says so with its reason."""
+    records = []
+    out = io.StringIO()
+    printer = tracking.EpochPrinter(lambda: list(records), epochs=3, interval_s=60, out=out)
+    with printer:
+        records.append({"step": 1, "metrics": EPOCH})
+        printer.poll()
+        records.append({"step": 0, "metrics": {"train/loss": 5.0, "val/failed": 1.0},
+                        "validation_error": "RayActorError: the actor died"})
+        printer.poll()
+    lines = out.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 2/3", "epoch 1/3"]
+    assert "validation FAILED (RayActorError: the actor died)" in lines[1] and "FAILED" not in lines[0]
+
+
 def _per_class(epoch: int, scale: float) -> dict:
     metrics = {"val/mask_ap50_95": 0.3 * scale}
     for i, name in enumerate(("circle", "square", "traffic light")):

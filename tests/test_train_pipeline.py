@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _train_support import TINY
+from _train_support import ASYNC_VAL, TINY
 
 from cocoseg import storage, tracking
 from cocoseg.config import ConfigError, load_config
@@ -28,7 +28,7 @@ def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tm
     client = mlflow.tracking.MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("t-pipe") or client.get_experiment(client.create_experiment("t-pipe"))
     parent = client.create_run(exp.experiment_id, run_name="pipeline").info.run_id
-    cfg = _cfg(tmp_path, tiny_snapshot, "scaling.num_workers=2", "train.epochs=2", "train.close_mosaic=1",
+    cfg = _cfg(tmp_path, tiny_snapshot, *ASYNC_VAL, "scaling.num_workers=2", "train.epochs=2", "train.close_mosaic=1",
                f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=t-pipe", "tracking.run_name=pipe")
     result = train.run(cfg, parent_run_id=parent)
 

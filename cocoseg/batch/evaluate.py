@@ -1,6 +1,8 @@
 """Evaluate weights on a snapshot split: Ray Data batch inference in an actor pool
-(:class:`cocoseg.inference.DetectBatch`), detections gathered to the driver, pycocotools COCOeval
-for box and mask AP (per class too), ``metrics.json`` and an MLflow run.
+(:class:`cocoseg.inference.DetectBatch`), detections gathered to the driver, COCO box and mask AP
+(per class too) by faster-coco-eval (``evaluate.scorer``; pycocotools on request), ``metrics.json``
+(its ``scorer`` names the scorer and version) and an MLflow run. Training's validation runs the same
+:func:`measure` (``cocoseg/engine/validation.py``).
 
 The job ``pipelines.evaluate`` runs :func:`evaluate` (its docstring: the ``ray job submit`` line, what it reads,
 writes and does on a rerun).
@@ -44,8 +46,9 @@ def pool_size(cfg: JobConfig) -> int:
 
 
 def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int,
-                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None):
-    """Ray Data: shards -> actor pool -> a stream of detection batches (pyarrow Tables) to the driver.
+                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None, limit: int = 0):
+    """Ray Data: shards (the first ``limit`` rows when > 0) -> actor pool -> a stream of detection
+    batches (pyarrow Tables) to the driver.
 
     ``detector``: the ``map_batches`` class (:class:`DetectBatch`, or the served artifacts' one of
     ``cocoseg.batch.served`` with its extra ``detector_kwargs``)."""
@@ -56,6 +59,8 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
         ds = ray.data.read_parquet(shards, columns=list(INPUT_COLUMNS))
     finally:
         ctx.use_datasource_v2 = saved
+    if limit:
+        ds = ds.limit(limit)
     actors = pool_size(cfg)
     log.info("evaluate: %d actor(s), %s per actor, batch %d", actors, "1 GPU" if e.use_gpu else f"{e.cpus_per_actor:g} CPU",
              e.batch_size)
@@ -68,17 +73,21 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def measure(cfg: JobConfig, weights: str, snapshot: str, split: str) -> dict[str, Any]:
-    """Run the evaluation; returns the ``metrics.json`` document (nothing written)."""
+def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: int = 0,
+            confusion: bool = False) -> dict[str, Any]:
+    """Run the evaluation; returns the ``metrics.json`` document (nothing written). ``limit``: the
+    split's first N images only (0: all); ``confusion``: add the box confusion matrix (a list of
+    rows, ``COCOEvaluator.confusion_matrix``) as ``confusion``."""
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
                         max_det=cfg.evaluate.max_det)
-    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=manifest.get("category_ids"))
+    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=manifest.get("category_ids"),
+                              scorer=cfg.evaluate.scorer)
     start, images, detections = time.perf_counter(), 0, 0
-    for table in _detections(cfg, weights, shards, protocol, card.num_classes):
+    for table in _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit):
         rows = table.to_pylist()
         evaluator.process([r["image_id"] for r in rows], [detections_from_row(r) for r in rows])
         images += len(rows)
@@ -90,17 +99,23 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str) -> dict[str
     metrics = {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"] for kind in ("box", "mask") for stat in names}
     metrics.update(per_class_metrics(result, prefix="val/"))
     seconds = time.perf_counter() - start
-    return {"metrics": metrics, "coco": result, "snapshot_id": manifest["snapshot_id"], "split": split,
-            "images": images, "detections": detections, "protocol": protocol.to_dict(),
-            "protocol_hash": protocol.hash(), "weights": weights, "card_snapshot": card.data_snapshot,
-            "seconds": round(seconds, 3), "images_per_s": round(images / max(inference_s, 1e-9), 3)}
+    doc = {"metrics": metrics, "coco": result, "snapshot_id": manifest["snapshot_id"], "split": split,
+           "images": images, "detections": detections, "protocol": protocol.to_dict(),
+           "protocol_hash": protocol.hash(), "weights": weights, "card_snapshot": card.data_snapshot,
+           "scorer": evaluator.scorer, "seconds": round(seconds, 3),
+           "scoring_s": round(seconds - inference_s, 3), "images_per_s": round(images / max(inference_s, 1e-9), 3)}
+    if confusion:
+        doc["confusion"] = evaluator.confusion_matrix().tolist()
+    return doc
 
 
 def export_metrics(doc: dict[str, Any]) -> dict[str, Any]:
     """An evaluation document -> the flat metrics an export carries (and the gate compares):
-    the metric keys plus ``eval.snapshot_id`` / ``eval.split`` / ``eval.images`` / ``eval.protocol_hash``."""
+    the metric keys plus ``eval.snapshot_id`` / ``eval.split`` / ``eval.images`` / ``eval.protocol_hash``
+    and ``eval.scorer`` (which COCO scorer made the numbers; "unknown" for documents older than it)."""
     return {**doc["metrics"], "val_snapshot": doc["snapshot_id"], "eval.snapshot_id": doc["snapshot_id"],
-            "eval.split": doc["split"], "eval.images": doc["images"], "eval.protocol_hash": doc["protocol_hash"]}
+            "eval.split": doc["split"], "eval.images": doc["images"], "eval.protocol_hash": doc["protocol_hash"],
+            "eval.scorer": doc.get("scorer", "unknown")}
 
 
 def _parent_run_id(client: Any, experiment: str, parent: str) -> str:
@@ -125,6 +140,7 @@ def log_to_mlflow(cfg: JobConfig, doc: dict[str, Any], parent: str = "") -> str:
     run_id = create_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=f"evaluate-{doc['split']}",
                         params={f"protocol.{k}": v for k, v in doc["protocol"].items()},
                         tags={"snapshot_id": doc["snapshot_id"], "split": doc["split"], "job": "evaluate",
+                              "scorer": doc["scorer"],
                               "protocol_hash": doc["protocol_hash"], "weights": doc["weights"]},
                         parent_run_id=parent_id)
     numbers = {**doc["metrics"], "val/images": float(doc["images"]), "eval/images_per_s": doc["images_per_s"]}
@@ -149,7 +165,7 @@ def evaluate(cfg: JobConfig, weights: str, snapshot: str, *, split: str = "", ou
         doc["mlflow_run_id"] = log_to_mlflow(cfg, doc, parent_run)
     storage.write_json(storage.join(out, METRICS_FILE), doc)
     m = doc["metrics"]
-    log.info("evaluate %s on %s/%s: %d images, box AP %.4f, mask AP %.4f (%.1f img/s) -> %s", weights,
-             doc["snapshot_id"], split, doc["images"], m["val/box_ap50_95"], m["val/mask_ap50_95"],
-             doc["images_per_s"], storage.join(out, METRICS_FILE))
+    log.info("evaluate %s on %s/%s: %d images, box AP %.4f, mask AP %.4f (%.1f img/s; scored by %s) -> %s",
+             weights, doc["snapshot_id"], split, doc["images"], m["val/box_ap50_95"], m["val/mask_ap50_95"],
+             doc["images_per_s"], doc["scorer"], storage.join(out, METRICS_FILE))
     return doc

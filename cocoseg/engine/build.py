@@ -48,6 +48,7 @@ __all__ = [
     "build_train_parts",
     "build_validator",
     "model_card",
+    "render_preview",
     "resolve_recipe",
 ]
 
@@ -244,6 +245,24 @@ def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]
         return {**_val_metrics(evaluated), "val/images": float(images)}, {"preview": preview, "curves": curves}
 
     return validate
+
+
+def render_preview(cfg: JobConfig, weights: str, snapshot_uri: str, class_names: tuple[str, ...] | list[str]) -> bytes | None:
+    """The validation preview of a weights folder (asynchronous validation, ``engine/validation.py``):
+    PNG bytes of the val split's first ``train.preview_images`` images, ground truth | prediction,
+    as :func:`build_validator` draws them in-process (the predict defaults' NMS). None when 0."""
+    n = cfg.train.preview_images
+    if n <= 0:
+        return None
+    stage = AugmentBatch(preset="val", imgsz=cfg.model.imgsz, seed=0, epoch=0, num_classes=cfg.model.num_classes,
+                         mask_ratio=cfg.train.mask_ratio)
+    table = next(iter_split_batches(snapshot_uri, "val", columns=list(INPUT_COLUMNS), batch_rows=n, limit=n), None)
+    if table is None:
+        return None
+    batch = collate_val(stage(table))
+    model, _ = load_checkpoint(weights, num_classes=cfg.model.num_classes)
+    shown = Predictor(model.fuse(), class_names=list(class_names), imgsz=cfg.model.imgsz, device=torch.device("cpu"))
+    return render_validation_preview(*_first_images(batch, n), shown, list(class_names))
 
 
 def model_card(cfg: JobConfig, *, snapshot_id: str, class_names: list[str], metrics: dict[str, float],

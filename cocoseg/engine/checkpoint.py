@@ -24,6 +24,7 @@ checkpoint of a run and remove what interrupted writes left behind.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -49,8 +50,10 @@ __all__ = [
     "restore_rng",
     "restore_training",
     "save_checkpoint",
+    "snapshot_training",
     "sweep_incomplete",
     "upload",
+    "write_snapshot",
 ]
 
 STATE_FILE = "train_state.pt"
@@ -88,36 +91,60 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: str | Path, *, model: nn.Module, ema: ModelEMA,
-                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                    epoch: int, ni: int, best_fitness: float, config: dict[str, Any],
-                    card: model_weights.ModelCard, mlflow_run_id: str | None = None, last_step_ni: int = -1,
-                    is_best: bool = False, mid_epoch: dict[str, Any] | None = None) -> Path:
-    """Write a complete checkpoint into the local ``folder`` (created); returns it. ``is_best``
-    (the epoch set a new best fitness) goes into the marker, so a resume can repair weights/best.
-    ``mid_epoch``: a just-in-time checkpoint inside epoch ``epoch + 1`` (``engine/spot.py``: the
-    plan position and every rank's RNG states); its marker says so."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
+def save_checkpoint(folder: str | Path, **kwargs: Any) -> Path:
+    """Write a complete checkpoint into the local ``folder`` (created); returns it. Keywords: those
+    of :func:`snapshot_training`."""
+    return write_snapshot(folder, snapshot_training(**kwargs))
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to CPU memory (containers rebuilt): training may go on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def snapshot_training(*, model: nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None, epoch: int, ni: int, best_fitness: float,
+                      config: dict[str, Any], card: model_weights.ModelCard, mlflow_run_id: str | None = None,
+                      last_step_ni: int = -1, is_best: bool = False,
+                      mid_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a checkpoint holds, copied into CPU memory now (a few tens of MB, milliseconds),
+    so :func:`write_snapshot` can serialise it later in another thread (Ray's upload thread) while
+    training changes the live objects. ``is_best`` (the epoch set a new best fitness) goes into
+    the marker, so a resume can repair weights/best. ``mid_epoch``: a just-in-time checkpoint
+    inside epoch ``epoch + 1`` (``engine/spot.py``: the plan position and every rank's RNG states);
+    its marker says so."""
+    state = _cpu_copy({
         "model": unwrap(model).state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "epoch": int(epoch),
-        "ni": int(ni),
-        "last_step_ni": int(last_step_ni),
-        "best_fitness": float(best_fitness),
-        "rng": capture_rng(),
-        "mlflow_run_id": mlflow_run_id or "",
-    }
+    })
+    state.update({"epoch": int(epoch), "ni": int(ni), "last_step_ni": int(last_step_ni),
+                  "best_fitness": float(best_fitness), "rng": _cpu_copy(capture_rng()),
+                  "mlflow_run_id": mlflow_run_id or ""})
     if mid_epoch:
-        state["mid_epoch"] = mid_epoch
+        state["mid_epoch"] = _cpu_copy(mid_epoch)
+    weights = copy.deepcopy(ema.module).to("cpu")
+    return {"state": state, "weights": weights, "card": card, "config": config, "is_best": bool(is_best)}
+
+
+def write_snapshot(folder: str | Path, snapshot: dict[str, Any]) -> Path:
+    """Serialise a :func:`snapshot_training` into the local ``folder`` (created), marker last."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = snapshot["state"]
     torch.save(state, folder / STATE_FILE)
-    model_weights.save_checkpoint(str(folder), ema.module, card)
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    model_weights.save_checkpoint(str(folder), snapshot["weights"], snapshot["card"])
+    (folder / CONFIG_FILE).write_text(json.dumps(snapshot["config"], indent=2, default=str) + "\n")
     files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER_FILE}
-    manifest = {"epoch": int(epoch), "ni": int(ni), "is_best": bool(is_best), "mid_epoch": bool(mid_epoch),
+    manifest = {"epoch": state["epoch"], "ni": state["ni"], "is_best": snapshot["is_best"],
+                "mid_epoch": bool(state.get("mid_epoch")),
                 "files": {n: {"size": len(d), "sha256": storage.sha256(d)} for n, d in files.items()}}
     storage.write_json(str(folder / MARKER_FILE), manifest)
     return folder
@@ -161,18 +188,24 @@ def restore_training(state: dict[str, Any], *, model: nn.Module, ema: ModelEMA,
         restore_rng(state["rng"])
 
 
-def publish(folder: str | Path, uri: str) -> str:
+def publish(folder: str | Path, uri: str, *, card_metrics: dict[str, float] | None = None) -> str:
     """Copy the inference files of a checkpoint folder (local or ``s3://``) to ``uri``.
 
     Only the weights, card and config travel (not the optimiser state). Order: the marker and
     the card go first, then weights, config, card, and a marker listing those three last, so a
     kill at any moment leaves either a folder every reader refuses or a whole one. Returns ``uri``.
+    ``card_metrics`` are merged into the card's metrics (an epoch validated after its checkpoint
+    was written: ``engine/validation.py``).
     """
     src = str(folder)
     epoch = check_complete(src).get("epoch")
     storage.delete(storage.join(uri, MARKER_FILE))
     storage.delete(storage.join(uri, CARD_FILE))
     files = {name: storage.read_bytes(storage.join(src, name)) for name in PUBLISHED}
+    if card_metrics:
+        card = json.loads(files[CARD_FILE])
+        card["metrics"] = {**card.get("metrics", {}), **{k: float(v) for k, v in card_metrics.items()}}
+        files[CARD_FILE] = (json.dumps(card, indent=2) + "\n").encode()
     storage.write_manifest(uri, MARKER_FILE, files, extra={"epoch": epoch})
     return uri
 

@@ -65,9 +65,12 @@ def resolve_snapshot(cfg: JobConfig) -> dict[str, Any]:
 
 
 def _data_cpus(cfg: JobConfig) -> float:
-    # One dataset executes at a time per worker group (train or train_close, then val on rank 0),
-    # plus one CPU for Ray Data's read tasks (ray-notes CPU pitfall: without it, it hangs).
-    return cfg.data.actors * cfg.data.cpus_per_actor + 1
+    # The input actors, plus one CPU for Ray Data's read tasks (ray-notes CPU pitfall: without it,
+    # it hangs), plus, with asynchronous validation, its tasks and their actor pools
+    # (engine/validation.py: each task holds validation.cpus_per_actor, as each actor does).
+    v = cfg.validation
+    val = v.concurrency * (v.actors + 1) * v.cpus_per_actor if v.mode == "async" else 0.0
+    return cfg.data.actors * cfg.data.cpus_per_actor + 1 + val
 
 
 def ray_init_kwargs(cfg: JobConfig) -> dict[str, Any]:
@@ -179,8 +182,11 @@ def check_cluster(cfg: JobConfig) -> None:
     if total_cpu < s.num_workers * s.cpus_per_worker + _data_cpus(cfg):
         raise TrainInputError(
             f"{s.num_workers} workers x {s.cpus_per_worker:g} CPU + Ray Data ({cfg.data.actors} actors x "
-            f"{cfg.data.cpus_per_actor:g} CPU + 1 for reads) exceed the cluster's {total_cpu:g} CPUs, and the data "
-            "stage would wait forever; lower scaling.cpus_per_worker, data.actors or data.cpus_per_actor")
+            f"{cfg.data.cpus_per_actor:g} CPU + 1 for reads"
+            + (f" + validation {cfg.validation.concurrency} x ({cfg.validation.actors} actors + its task) x "
+               f"{cfg.validation.cpus_per_actor:g} CPU" if cfg.validation.mode == "async" else "")
+            + f") exceed the cluster's {total_cpu:g} CPUs, and the data stage would wait forever; lower "
+            "scaling.cpus_per_worker, data.actors, data.cpus_per_actor or validation.cpus_per_actor")
     kinds = [k.split(":", 1)[1] for n in nodes for k in n if k.startswith("accelerator_type:")]
     warning = check_feed(cfg, kinds[0] if kinds else "A100")  # after placement: that error comes first
     if warning:

@@ -27,7 +27,7 @@ from cocoseg.engine.optim import GROUP_NAMES, Schedule, apply_settings, clip_and
 from cocoseg.structures import RawOutputs, SegTargets, TrainBatch
 
 __all__ = ["EpochResult", "LoopState", "NonFiniteLossError", "TrainParts", "fit", "resolve_precision",
-           "train_epoch", "train_step"]
+           "train_epoch", "train_step", "validation_due"]
 
 # loss_fn(outputs, targets) -> {"loss": scalar to back-propagate, "loss_box": ..., ...} where the
 # named terms are detached gained components (the contract of cocoseg.loss.SegmentationLoss).
@@ -155,6 +155,11 @@ def train_epoch(parts: TrainParts, batches: Iterable[TrainBatch], state: LoopSta
     return metrics
 
 
+def validation_due(epoch: int, epochs: int, val_every: int) -> bool:
+    """Whether 0-based ``epoch`` of ``epochs`` is validated: every ``val_every``-th, and the last."""
+    return (epoch + 1) % max(val_every, 1) == 0 or epoch + 1 == epochs
+
+
 def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         train_batches: Callable[[int], Iterable[TrainBatch]],
         validate: Callable[[nn.Module, int], tuple[dict[str, float], object | None]] | None,
@@ -174,8 +179,7 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         metrics["train/images_per_s"] = metrics["train/images_per_s_worker"] * world_size
         preview = None
         val_start = time.perf_counter()
-        due = (epoch + 1) % max(val_every, 1) == 0 or epoch + 1 == epochs
-        if validate is not None and due:
+        if validate is not None and validation_due(epoch, epochs, val_every):
             val_metrics, preview = validate(parts.ema.module, epoch)
             metrics.update(val_metrics)
         metrics["val/time_s"] = time.perf_counter() - val_start

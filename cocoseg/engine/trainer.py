@@ -42,7 +42,7 @@ from cocoseg.engine.worker import FITNESS_KEY, train_loop_per_worker
 from cocoseg.utils import get_logger, git_commit, redact
 
 # The MLflow params of a training run: the sections this job reads (not export.* / registry.*).
-PARAM_SECTIONS = ("model", "train", "scaling", "data", "storage", "tracking")
+PARAM_SECTIONS = ("model", "train", "validation", "scaling", "data", "storage", "tracking")
 
 __all__ = ["TrainResult", "train"]
 
@@ -132,10 +132,7 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures,
                                                    controller_failure_limit=CONTROLLER_FAILURES,
                                                    max_preemption_failures=s.max_preemption_failures),
-            # the best `checkpoints_to_keep` by val mask AP50-95 and, always, the latest (resume)
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
-                checkpoint_score_order="max")),
+            checkpoint_config=_checkpoint_config(cfg)),
     )
     journal = tracking.journal_uri(run_dir)
     try:
@@ -160,6 +157,17 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
              run_name, out.seconds, metrics.get("val/mask_ap50_95", float("nan")),
              metrics.get("val/mask_ap50", float("nan")), out.best_weights, mlflow_run_id, tracking_uri)
     return out
+
+
+def _checkpoint_config(cfg: JobConfig) -> ray.train.CheckpointConfig:
+    """Blocking validation: the best ``checkpoints_to_keep`` by val mask AP50-95 and, always, the
+    latest (resume). Asynchronous: an epoch's fitness is not known when it reports, so the latest
+    ``checkpoints_to_keep``; the best epoch's weights are ``weights/best`` (engine/validation.py)."""
+    t = cfg.train
+    if cfg.validation.mode == "async":
+        return ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep)
+    return ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute=FITNESS_KEY,
+                                      checkpoint_score_order="max")
 
 
 def _drop_torn_ray_snapshot(run_dir: str) -> None:

@@ -7,8 +7,10 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
   the backend from ``use_gpu``);
 - input from the driver's pool of input actors (``loop_config["input"]``, a
   ``cocoseg.data.train_input.TrainInput``, kept across epochs): each rank streams its equal part of every
-  epoch, in that epoch's preset (close-mosaic included). Validation runs on rank 0 from the
-  val split read in-process (letterbox only, prepared once and kept; see ``build_val_batches``);
+  epoch, in that epoch's preset (close-mosaic included). Validation (``validation.mode``): by
+  default a Ray task per due epoch on its staged weights while the workers go on
+  (``engine/validation.py``: rank 0 stages, collects and logs); ``blocking``: rank 0 between
+  epochs, from the val split read in-process (see ``build_val_batches``), every rank waiting;
 - resume from the run's newest *complete* checkpoint (model, EMA, optimiser, scaler, epoch,
   step, RNG): Ray's ``get_checkpoint()`` names the latest *registered* one, but a checkpoint that
   committed just before a worker died is complete and never registered; it is taken too, so an
@@ -17,7 +19,8 @@ Everything Ray-specific of a worker lives here, around the plain-PyTorch loop of
 - ``ray.train.report`` every epoch on *all* ranks (it is a barrier), with rank 0's checkpoint,
   uploaded by :func:`cocoseg.engine.checkpoint.upload` (``checkpoint_upload_fn``): through
   ``cocoseg.storage`` (S3 retries) and with the commit marker last, where Ray's own copy writes
-  the files in any order. The folder is ``checkpoint_epoch-<epoch>``.
+  the files in any order; in Ray's background upload thread with ``scaling.async_upload``. The
+  folder is ``checkpoint_epoch-<epoch>``.
 
 Spot GPUs and stuck ranks (``engine/spot.py``, docs/reliability.md): after every micro-batch a
 heartbeat for the hang watchdog and, every ``scaling.preemption_poll_steps`` optimiser steps, Ray
@@ -25,9 +28,12 @@ Train's preemption notice; on one, :func:`_save_mid_epoch` writes a just-in-time
 (``checkpoint_epoch-<epoch>-ni-<ni>``) and a resume continues inside that epoch.
 
 Rank 0 logs metrics through the logger the driver injected (``cocoseg.tracking.RunLogger``)
-*before* the checkpoint commits (a committed epoch is always logged; a redone one is not logged
-twice: the logger skips steps MLflow has), and publishes ``weights/last`` and ``weights/best``
-*after* it commits (they are copies of committed checkpoints; a resume repairs a copy cut short).
+*before* the checkpoint commits (blocking validation; asynchronous: the epoch is staged before
+the commit and logged when its validation arrives), so a committed epoch is always logged and a
+redone one is not logged twice (the logger skips steps MLflow has); it publishes ``weights/last``
+(and, blocking, ``weights/best``) *after* the commit (copies of committed checkpoints; a resume
+repairs a copy cut short). ``tracking/epoch_timing.jsonl``: rank 0's training and blocked
+seconds per epoch.
 Every worker writes ``workers/attempt-<start epoch>-rank<r>-<pid>-<ns>.json`` (pid, node id,
 device) into the run folder: one record per worker per attempt, never overwritten.
 """
@@ -35,9 +41,11 @@ device) into the run folder: one record per worker per attempt, never overwritte
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -48,6 +56,7 @@ import ray.train
 import ray.train.collective
 import ray.train.torch
 import torch
+from ray.train import CheckpointUploadMode
 
 from cocoseg import storage
 from cocoseg.config import JobConfig, to_dict
@@ -63,10 +72,13 @@ from cocoseg.engine.checkpoint import (
     publish,
     restore_training,
     save_checkpoint,
+    snapshot_training,
     sweep_incomplete,
     upload,
+    write_snapshot,
 )
-from cocoseg.engine.loop import EpochResult, LoopState, fit
+from cocoseg.engine.loop import EpochResult, LoopState, fit, validation_due
+from cocoseg.engine.validation import Validations
 from cocoseg.tracking.ui import CURVES_FILE
 from cocoseg.utils import get_logger, verbose
 
@@ -179,37 +191,75 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for rows in guard.epoch_rows(stream, epoch, cfg.train.batch_size, state):
             yield collate(rows)
 
-    validate = None
-    logger = None
+    validate = validations = logger = None
     if rank == 0:
-        val_batches = build.build_val_batches(cfg, run.snapshot_uri)
-        validate = build.build_validator(cfg, val_batches, device=device, coco_gt=snapshot_to_coco(run.snapshot_uri, "val"),
-                                         category_ids=run.category_ids, class_names=run.class_names)
         logger = loop_config["make_logger"]()  # a tracking.RunLogger, built by the driver's factory
+        if cfg.validation.mode == "async":  # a Ray task per due epoch (engine/validation.py)
+            validations = Validations(cfg, run, log_epoch=logger.log_epoch, on_result=functools.partial(_write_plots, run),
+                                      logged={r["step"]: r["metrics"] for r in logger.records})
+            validations.resume(state.epoch)
+        else:  # in-process between epochs: every rank waits (the before/after benchmark's baseline)
+            val_batches = build.build_val_batches(cfg, run.snapshot_uri)
+            validate = build.build_validator(cfg, val_batches, device=device,
+                                             coco_gt=snapshot_to_coco(run.snapshot_uri, "val"),
+                                             category_ids=run.category_ids, class_names=run.class_names)
+    timing = _Timing(run.run_dir) if rank == 0 else None
 
     def on_epoch_end(result: EpochResult) -> None:
         guard.epoch_done()
-        with tempfile.TemporaryDirectory(prefix="cocoseg-ckpt-") as tmp:
-            checkpoint = None
-            if rank == 0:
-                checkpoint = _save(cfg, run, parts, result, Path(tmp))
+        started = time.perf_counter()
+        checkpoint, upload = None, functools.partial(_upload, run, result, None, None)
+        if rank == 0:
+            checkpoint, snap = _save(cfg, run, parts, result)
+            if validations is not None:
+                upload, checkpoint = _end_async_epoch(cfg, run, parts, validations, result, checkpoint, snap)
+            else:
                 logger.log_epoch(result.epoch, result.metrics)  # before the commit (see the module doc)
-            # All ranks report: it is a barrier, and Ray registers rank 0's checkpoint.
-            fitness = result.metrics.get("val/mask_ap50_95", -1.0)
-            ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint,
-                             checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{result.epoch:04d}",
-                             checkpoint_upload_fn=functools.partial(_upload, run.run_dir))
-            if checkpoint is not None:
-                _publish(run, Path(checkpoint.path), result)
+                upload = functools.partial(_upload, run, result, None, snap)
+        # All ranks report: it is a barrier, and Ray registers rank 0's checkpoint. The upload (and,
+        # with async validation, the epoch's stage) runs in Ray's upload thread with scaling.async_upload.
+        fitness = result.metrics.get("val/mask_ap50_95", -1.0)
+        mode = CheckpointUploadMode.ASYNC if cfg.scaling.async_upload else CheckpointUploadMode.SYNC
+        ray.train.report({"epoch": result.epoch, **result.metrics, FITNESS_KEY: fitness}, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{result.epoch:04d}",
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True,
+                         checkpoint_upload_fn=upload)
+        if timing is not None:
+            timing.add(result, time.perf_counter() - started)
 
     batches = _with_progress(train_batches, run.batches_per_epoch, cfg.train.epochs) if rank == 0 else train_batches
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
             on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every, on_step=guard.on_step)
+        if validations is not None:  # a resume with nothing left to train may still have some running
+            validations.wait()
     finally:
         guard.stop()
+        if validations is not None:
+            validations.close()
         if logger is not None:
             logger.close()
+
+
+def _end_async_epoch(cfg: JobConfig, run: build.RunInfo, parts, validations: Validations, result: EpochResult,
+                     checkpoint: ray.train.Checkpoint, snap: dict) -> tuple[functools.partial, ray.train.Checkpoint]:
+    """Rank 0, asynchronous validation: -> the epoch's upload function (it stages the epoch for
+    validation before the commit) and the checkpoint to report. The last epoch is staged here and waited for, and its
+    checkpoint written again with the validated metrics: the run ends validated, its report
+    (``Result.metrics``) and ``weights/last`` carry them."""
+    due = validation_due(result.epoch, cfg.train.epochs, cfg.train.val_every)
+    validations.expect(result.epoch)
+    if result.epoch + 1 < cfg.train.epochs:
+        return functools.partial(_upload, run, result, (validations, due), snap), checkpoint
+    write_snapshot(checkpoint.path, snap)
+    validations.stage(result.epoch, result.metrics, checkpoint.path if due else None)
+    validations.wait()
+    result.metrics.update({k: v for k, v in validations.results.get(result.epoch, {}).items() if k.startswith("val/")})
+    result.is_best = validations.best_epoch == result.epoch
+    result.state.best_fitness = validations.best
+    shutil.rmtree(checkpoint.path, ignore_errors=True)
+    checkpoint, snap = _save(cfg, run, parts, result)
+    return functools.partial(_upload, run, result, None, snap), checkpoint
 
 
 def _with_progress(train_batches, total: int, epochs: int):
@@ -229,16 +279,19 @@ def _with_progress(train_batches, total: int, epochs: int):
     return batches
 
 
-def _save(cfg: JobConfig, run: build.RunInfo, parts, result: EpochResult, tmp: Path):
-    """Rank 0: write the epoch's checkpoint folder under ``tmp``; -> a local ``ray.train.Checkpoint``."""
+def _save(cfg: JobConfig, run: build.RunInfo, parts, result: EpochResult) -> tuple[ray.train.Checkpoint, dict]:
+    """Rank 0: the epoch's checkpoint as an in-memory snapshot and a fresh local folder it will be
+    written into by the upload function (off the step with ``scaling.async_upload``; Ray removes the
+    folder once uploaded: ``delete_local_checkpoint_after_upload``); -> (local Checkpoint, snapshot)."""
+    tmp = Path(tempfile.mkdtemp(prefix="cocoseg-ckpt-"))
     card = build.model_card(cfg, snapshot_id=run.snapshot_id, class_names=run.class_names,
                             metrics=result.metrics, epoch=result.epoch)
-    folder = save_checkpoint(tmp / "checkpoint", model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
+    snap = snapshot_training(model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
                              scaler=parts.scaler, epoch=result.epoch, ni=result.state.ni,
                              best_fitness=result.state.best_fitness, config=to_dict(cfg), card=card,
                              mlflow_run_id=run.mlflow_run_id, last_step_ni=result.state.last_step_ni,
                              is_best=result.is_best)
-    return ray.train.Checkpoint.from_directory(str(folder))
+    return ray.train.Checkpoint.from_directory(str(tmp)), snap
 
 
 def _save_mid_epoch(cfg: JobConfig, run: build.RunInfo, parts, rank: int, world: int, state: LoopState,
@@ -261,10 +314,10 @@ def _save_mid_epoch(cfg: JobConfig, run: build.RunInfo, parts, rank: int, world:
         ray.train.report({"epoch": state.epoch - 1, spot.MID_EPOCH_KEY: state.ni, FITNESS_KEY: -1.0},
                          checkpoint=checkpoint,
                          checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{state.epoch:04d}-ni-{state.ni:09d}",
-                         checkpoint_upload_fn=functools.partial(_upload, run.run_dir))
+                         checkpoint_upload_fn=functools.partial(_commit, run.run_dir))
 
 
-def _upload(run_dir: str, checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+def _commit(run_dir: str, checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
     """``checkpoint_upload_fn``: commit the folder under the run with its marker last (retried on S3)."""
     ray_storage = ray.train.get_context().get_storage()
     path = ray_storage.build_checkpoint_path_from_name(dir_name)
@@ -272,15 +325,56 @@ def _upload(run_dir: str, checkpoint: ray.train.Checkpoint, dir_name: str) -> ra
     return ray.train.Checkpoint(path=path, filesystem=ray_storage.storage_filesystem)
 
 
+def _upload(run: build.RunInfo, result: EpochResult, stage, snap: dict | None, checkpoint: ray.train.Checkpoint,
+            dir_name: str) -> ray.train.Checkpoint:
+    """``checkpoint_upload_fn`` (rank 0; Ray's upload thread with ``scaling.async_upload``): stage the
+    epoch for asynchronous validation when ``stage`` = (validations, due) is given, then commit the
+    folder under the run with its marker last (retried on S3), then publish weights/last (best).
+    ``snap``: the epoch's snapshot, serialised into the local folder first."""
+    if snap is not None:
+        write_snapshot(checkpoint.path, snap)
+    if stage is not None:
+        validations, due = stage
+        validations.stage(result.epoch, result.metrics, checkpoint.path if due else None)
+    committed = _commit(run.run_dir, checkpoint, dir_name)
+    _publish(run, Path(checkpoint.path), result)
+    return committed
+
+
 def _publish(run: build.RunInfo, folder: Path, result: EpochResult) -> None:
-    """Rank 0, after the commit: copy the checkpoint to weights/last (and best); the preview plot."""
+    """Rank 0, after the commit: copy the checkpoint to weights/last (and best); the plots."""
     weights = storage.join(run.run_dir, "weights")
     publish(folder, storage.join(weights, "last"))
     if result.is_best:
         publish(folder, storage.join(weights, "best"))
-    plots = result.preview or {}
-    if plots.get("preview") is not None:  # the latest, and one per validated epoch (its evolution in MLflow)
-        for name in ("val_predictions.png", f"val_predictions_epoch{result.epoch:03d}.png"):
+    _write_plots(run, result.epoch, result.metrics, result.preview, result.is_best)
+
+
+def _write_plots(run: build.RunInfo, epoch: int, metrics: dict[str, float], plots: dict[str, Any] | None,
+                 is_best: bool) -> None:
+    """The validation preview (the latest and one per validated epoch: its evolution in MLflow) and,
+    for the best epoch, its PR curves and confusion matrix."""
+    plots = plots or {}
+    if plots.get("preview") is not None:
+        for name in ("val_predictions.png", f"val_predictions_epoch{epoch:03d}.png"):
             storage.write_bytes(storage.join(run.run_dir, "plots", name), plots["preview"])
-    if result.is_best and plots.get("curves"):  # PR curves and confusion matrix of the selected model
+    if is_best and plots.get("curves"):
         storage.write_json(storage.join(run.run_dir, "plots", CURVES_FILE), plots["curves"])
+
+
+class _Timing:
+    """Rank 0's time per epoch outside training (``tracking/epoch_timing.jsonl``: ``train_s``, the
+    epoch's training; ``blocked_s``, validation in-process plus the epoch's end: checkpoint save,
+    the report barrier and, with a synchronous upload, the upload). tests/benchmarks/bench_validation.py
+    reads it."""
+
+    def __init__(self, run_dir: str):
+        self.uri = storage.join(run_dir, "tracking", "epoch_timing.jsonl")
+        self.lines: list[str] = []
+
+    def add(self, result: EpochResult, end_s: float) -> None:
+        m = result.metrics
+        record = {"epoch": result.epoch, "train_s": m.get("train/epoch_time_s", 0.0),
+                  "blocked_s": m.get("val/time_s", 0.0) + end_s, "time": time.time()}
+        self.lines.append(json.dumps(record) + "\n")
+        storage.write_text(self.uri, "".join(self.lines))

@@ -1,5 +1,15 @@
-"""COCO evaluation (bbox and segm) on pycocotools (layer L2)."""
+"""COCO evaluation (bbox and segm) on faster-coco-eval or pycocotools (layer L2)."""
 
-from .coco import COCOEvaluator, EvaluationError, detections_to_coco, flatten_metrics, per_class_metrics
+from .coco import (
+    DEFAULT_SCORER,
+    SCORERS,
+    COCOEvaluator,
+    EvaluationError,
+    detections_to_coco,
+    flatten_metrics,
+    per_class_metrics,
+    scorer_version,
+)
 
-__all__ = ["COCOEvaluator", "EvaluationError", "detections_to_coco", "flatten_metrics", "per_class_metrics"]
+__all__ = ["DEFAULT_SCORER", "SCORERS", "COCOEvaluator", "EvaluationError", "detections_to_coco", "flatten_metrics",
+           "per_class_metrics", "scorer_version"]

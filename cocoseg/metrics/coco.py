@@ -1,4 +1,9 @@
-"""COCO evaluation of boxes and masks with pycocotools (spec 11), ``reset / process / evaluate``.
+"""COCO evaluation of boxes and masks (spec 11), ``reset / process / evaluate``.
+
+The scorer is faster-coco-eval (``COCOeval_faster``: C++ evaluate/accumulate, the same
+definitions) by default, or pycocotools' ``COCOeval`` (``scorer="pycocotools"``); both give the
+same AP to 1e-4 on real COCO JSON (tests/test_metrics.py) and faster-coco-eval scores ~4x faster
+(tests/benchmarks/bench_validation.py). :func:`scorer_version` names the one that made a number.
 
     evaluator = COCOEvaluator(coco_gt_dict)              # e.g. storage.read_json(instances_val.json)
     for batch ...:
@@ -32,8 +37,11 @@ from cocoseg.model.postprocess import masks_to_rle
 from cocoseg.structures import Detections
 from cocoseg.utils import UserError
 
-__all__ = ["COCOEvaluator", "EvaluationError", "detections_to_coco", "flatten_metrics", "per_class_metrics"]
+__all__ = ["COCOEvaluator", "DEFAULT_SCORER", "EvaluationError", "SCORERS", "detections_to_coco", "flatten_metrics",
+           "per_class_metrics", "scorer_version"]
 
+SCORERS = ("faster-coco-eval", "pycocotools")
+DEFAULT_SCORER = "faster-coco-eval"
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -72,6 +80,25 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
+def scorer_version(scorer: str = DEFAULT_SCORER) -> str:
+    """``"faster-coco-eval 1.8.0"``: the scorer and its installed version (metrics.json, the gate)."""
+    from importlib.metadata import version
+
+    return f"{scorer} {version(scorer)}"
+
+
+def _scorer(name: str):
+    """(COCO class, COCOeval class) of a scorer."""
+    if name == "pycocotools":
+        return COCO, COCOeval
+    if name == "faster-coco-eval":
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        return FasterCOCO, COCOeval_faster
+    raise ValueError(f"scorer {name!r} is not one of {', '.join(SCORERS)}")
+
+
 def _build_gt(coco_gt: Mapping[str, Any]) -> COCO:
     """A pycocotools COCO from a COCO dict, filling ``iscrowd`` and ``area`` when absent."""
     for key in ("images", "annotations", "categories"):
@@ -95,11 +122,16 @@ class COCOEvaluator:
     ``coco_gt``: the split's COCO dict (images, annotations, categories). ``category_ids``: the
     COCO category id of each model class (default: the ground truth's ids, ascending).
     ``iou_types``: a subset of ("bbox", "segm"); ``segm`` needs ``Detections.masks``.
+    ``scorer``: one of :data:`SCORERS` (``self.scorer`` names it with its version).
     """
 
     def __init__(self, coco_gt: Mapping[str, Any], *, category_ids: Sequence[int] | None = None,
-                 iou_types: Sequence[str] = ("bbox", "segm")) -> None:
+                 iou_types: Sequence[str] = ("bbox", "segm"), scorer: str = DEFAULT_SCORER) -> None:
+        self._coco_cls, self._eval_cls = _scorer(scorer)
+        self.scorer = scorer_version(scorer)
         self.coco = _build_gt(coco_gt)
+        # the scorer's own index of the same (area-filled) ground truth; pycocotools' is self.coco
+        self._gt = self.coco if self._coco_cls is COCO else _quiet(self._coco_cls, self.coco.dataset)
         self.category_ids = list(category_ids) if category_ids is not None else sorted(self.coco.cats)
         unknown = [c for c in self.category_ids if c not in self.coco.cats]
         if unknown:
@@ -146,8 +178,8 @@ class COCOEvaluator:
                     "per_class_pr50": {name: [0.0] * 101 for name in zeros}}
         results = self._results if iou_type == "segm" else [
             {k: v for k, v in r.items() if k != "segmentation"} for r in self._results]
-        coco_dt = _quiet(self.coco.loadRes, results)
-        evaluator = COCOeval(self.coco, coco_dt, iou_type)
+        coco_dt = _quiet(self._gt.loadRes, results)
+        evaluator = self._eval_cls(self._gt, coco_dt, iou_type)
         evaluator.params.imgIds = image_ids
         _quiet(evaluator.evaluate)
         _quiet(evaluator.accumulate)

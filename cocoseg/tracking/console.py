@@ -1,6 +1,7 @@
 """The console a person reads during training: one line per epoch, printed by the driver.
 
-The driver follows the run's metric journal (which rank 0 appends to after every epoch) rather
+The driver follows the run's metric journal (which rank 0 appends to after every epoch, or, with
+asynchronous validation, when the epoch's validation arrives: lines may come out of epoch order) rather
 than the workers' output, so the line has no Ray prefix, appears once however many workers run,
 and needs no Ray log forwarding (which also carries Ray's own chatter)::
 
@@ -31,12 +32,15 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], eta_s: float | None = None) -> str:
+def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], eta_s: float | None = None,
+               validation_error: str = "") -> str:
     """One line for ``epoch`` (0-based; printed 1-based) of ``epochs`` from its metrics dict.
 
     Keys read: ``train/loss`` and ``train/loss_{box,cls,dfl,mask}``, ``lr/*`` (the first group),
     ``train/images_per_s``, ``val/{box,mask}_{ap50_95,ap50}`` (left out on epochs without
-    validation), ``train/epoch_time_s`` + ``val/time_s``. ``eta_s``: seconds left, if known.
+    validation), ``train/epoch_time_s`` + ``val/time_s`` (validation that held training up;
+    asynchronous validation's own time is ``val/task_s``, not counted). ``eta_s``: seconds left,
+    if known. ``validation_error``: the epoch's validation failed, and why.
     """
     width = len(str(epochs))
     parts = [f"epoch {epoch + 1:>{width}}/{epochs}"]
@@ -51,6 +55,8 @@ def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], eta_s: flo
     for kind in ("box", "mask"):
         if f"val/{kind}_ap50_95" in metrics:
             parts.append(f"{kind} AP {metrics[f'val/{kind}_ap50_95']:.3f} AP50 {metrics.get(f'val/{kind}_ap50', 0.0):.3f}")
+    if validation_error:
+        parts.append(f"validation FAILED ({validation_error})")
     seconds = metrics.get("train/epoch_time_s", 0.0) + metrics.get("val/time_s", 0.0)
     if seconds:
         parts.append(f"{seconds:.1f} s")
@@ -94,7 +100,8 @@ class EpochPrinter:
         for r in fresh:
             self._seen.add(r["step"])
             per_epoch = (time.time() - self._started) / (len(self.printed) + 1)
-            line = epoch_line(int(r["step"]), self.epochs, r["metrics"], per_epoch * (self.epochs - r["step"] - 1))
+            line = epoch_line(int(r["step"]), self.epochs, r["metrics"], per_epoch * (self.epochs - r["step"] - 1),
+                              r.get("validation_error", ""))
             self.printed.append(line)
             print(line, file=self.out, flush=True)
 

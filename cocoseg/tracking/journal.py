@@ -213,6 +213,9 @@ def check_server(uri: str, *, probe: str, error: type[Exception], hint: str = ""
         raise error(f"{where} answered {probe} with HTTP {status}")
 
 
+FAILED_KEY = "validation_error"  # a journal record's field: why the epoch's validation failed
+
+
 def journal_uri(run_dir: str) -> str:
     return storage.join(run_dir, "tracking", JOURNAL_NAME)
 
@@ -315,7 +318,12 @@ def _send(client, run_id: str, record: Mapping[str, Any], model_id: str = "") ->
     ts = int(record["timestamp"] * 1000)
     metrics = [Metric(metric_key(k), float(v), ts, int(record["step"]), model_id=model_id or None)
                for k, v in record["metrics"].items()]
-    client.log_batch(run_id, metrics=metrics)  # one request: the step lands whole or not at all
+    tags = []
+    if record.get(FAILED_KEY):  # an epoch whose validation failed: the reason, beside its metrics
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(f"validation_failed.epoch_{int(record['step'])}", str(record[FAILED_KEY])[:5000])]
+    client.log_batch(run_id, metrics=metrics, tags=tags)  # one request: the step lands whole or not at all
 
 
 class RunLogger:
@@ -360,10 +368,15 @@ class RunLogger:
             log.warning("system metrics are off for run %s: %s", self.run_id, exc)
             self._monitor = None
 
-    def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
+    def log_epoch(self, step: int, metrics: Mapping[str, float], validation_error: str = "") -> None:
+        """Journal and send one epoch's record; ``validation_error``: why its validation failed
+        (kept in the record, sent as the MLflow tag ``validation_failed.epoch_<step>``)."""
         record = {"run_id": self.run_id, "tracking_uri": self.tracking_uri, "step": int(step),
                   "timestamp": time.time(), "metrics": {STEP_KEY: float(step), **{k: float(v) for k, v in metrics.items()}}}
-        self.records = [r for r in self.records if r["step"] != record["step"]] + [record]
+        if validation_error:
+            record[FAILED_KEY] = validation_error
+        # in epoch order, however the records arrive (asynchronous validation finishes out of order)
+        self.records = sorted([r for r in self.records if r["step"] != record["step"]] + [record], key=lambda r: r["step"])
         storage.write_text(self.journal, "".join(json.dumps(r) + "\n" for r in self.records))
         self._pending.append(record)
         self.flush()

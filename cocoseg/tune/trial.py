@@ -38,8 +38,9 @@ class EpochReport(TuneReportCallback):
 
 def trial_config(base: JobConfig, params: dict[str, Any], trial_id: str) -> JobConfig:
     """The train job of one trial: ``base`` with the trial's draw, ``tune.epochs`` and its own run."""
+    # blocking validation: ASHA decides on each report's fitness, so it must come with its epoch
     return with_values(base, {**params, "train.epochs": base.tune.epochs or base.train.epochs,
-                              "tracking.run_name": f"{base.tune.name}-{trial_id}"})
+                              "tracking.run_name": f"{base.tune.name}-{trial_id}", "validation.mode": "blocking"})
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str) -> None:
