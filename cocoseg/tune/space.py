@@ -57,7 +57,7 @@ def flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, dict[
             flat.update(flatten_space(node, f"{dotted}."))
         else:  # a leaf that is not one known distribution
             kinds = [k for k in node if k not in DISTRIBUTIONS] if isinstance(node, Mapping) else []
-            what = f"{kinds[0]!r} is not a distribution" if len(node or ()) == 1 and kinds else \
+            what = f"{kinds[0]!r} is not a distribution" if len(kinds) == 1 and len(node) == 1 else \
                 f"{json.dumps(node, default=str)} is not one distribution"
             raise ConfigError(f"tune.space.{dotted}: {what}; write one of {', '.join(_EXAMPLE.values())}")
     return flat
