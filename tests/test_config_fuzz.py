@@ -176,6 +176,8 @@ def _fuzz(job: str, examples: int, edge: dict[str, str], tmp: Path) -> None:
     import ray
 
     started = ray.is_initialized()
+    here = os.getcwd()
+    os.chdir(tmp)  # relative paths drawn land in the test's folder
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -186,7 +188,10 @@ def _fuzz(job: str, examples: int, edge: dict[str, str], tmp: Path) -> None:
         check_outcome(job, argv, rc, stdout, stderr)
         assert ray.is_initialized() == started, f"{argv} started Ray"
 
-    one()
+    try:
+        one()
+    finally:
+        os.chdir(here)
 
 
 JOBS = sorted(JOB_SECTIONS)
