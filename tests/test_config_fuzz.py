@@ -42,7 +42,13 @@ NAMES_A_KEY = re.compile(r"\b(storage|model|train|scaling|data|tracking|tune|eva
 def edge(tmp_path_factory) -> dict[str, str]:
     """A real snapshot of coco8-seg (written by the ingest job's own writer functions, in this
     process: no Ray) and a real checkpoint (n, 80 classes)."""
-    from cocoseg.ingest.snapshot import SnapshotWriter, compute_snapshot_id, plan_shards, sort_records, write_shard
+    from cocoseg.ingest.snapshot import (
+        SnapshotWriter,
+        compute_snapshot_id,
+        plan_shards,
+        sort_records,
+        write_shard,
+    )
     from cocoseg.ingest.source import plan_source
     from cocoseg.model import ModelCard, build_model, save_checkpoint
 
