@@ -184,9 +184,6 @@ def _threads_vs_cpus(cfg: JobConfig) -> str | None:
 
 def _export_backends(cfg: JobConfig) -> str | None:
     e = cfg.export
-    if "engine" in e.formats and find_spec("tensorrt") is None:
-        return ("export.formats includes 'engine' but the 'tensorrt' package is not importable here; set "
-                "export.formats=[onnx], or run on a GPU host with cocoseg[tensorrt]")
     if e.exporter == "dynamo" and e.nms:
         return ("export.nms=true with export.exporter=dynamo: in-graph NMS is written by the torchscript exporter "
                 "only; set export.exporter=torchscript or export.nms=false")
@@ -263,6 +260,13 @@ def _trials(cfg: JobConfig, job: str) -> str | None:
             f"{t.num_trials} trial(s) run at once")
 
 
+def _engine_backend(cfg: JobConfig, job: str) -> str | None:
+    if "engine" not in cfg.export.formats or find_spec("tensorrt") is not None:
+        return None
+    return ("export.formats includes 'engine' but the 'tensorrt' package is not importable here: only ONNX is "
+            "exported; run on a GPU host with cocoseg[tensorrt] for the engine, or set export.formats=[onnx]")
+
+
 def _eval_threads(cfg: JobConfig, job: str) -> str | None:
     e = cfg.evaluate
     if e.use_gpu or e.threads_per_actor <= max(1, math.ceil(e.cpus_per_actor)):
@@ -278,6 +282,7 @@ WARNINGS: tuple[tuple[frozenset[str], Callable[[JobConfig, str], str | None]], .
     (frozenset({"train", "tune"}), _accumulation),
     (frozenset({"tune"}), _trials),
     (frozenset({"evaluate", "infer"}), _eval_threads),
+    (frozenset({"export"}), _engine_backend),
 )
 
 
@@ -337,11 +342,8 @@ def _require_paths(cfg: JobConfig, job: str) -> None:
                     "pass the snapshot URI that `cocoseg ingest` printed (…/snapshots/<id>) or train.snapshot=latest")
         require(cfg.model.weights, "model.weights", "the weights",
                 "pass a cocoseg checkpoint folder or a reference .pt, or model.weights= (none)")
-    if job == "ingest":
-        if not cfg.ingest.source:
-            raise ConfigError("ingest.source: is empty; set ingest.source to the dataset folder, dataset YAML or s3:// URI")
-        require(cfg.ingest.source, "ingest.source", "the source", "set ingest.source to the dataset folder, dataset "
-                "YAML or s3:// URI")
+    if job == "ingest" and not cfg.ingest.source:  # (its listing, on the driver, says when it does not exist)
+        raise ConfigError("ingest.source: is empty; set ingest.source to the dataset folder, dataset YAML or s3:// URI")
 
 
 def prepare(job: str, cfg: JobConfig) -> JobConfig:

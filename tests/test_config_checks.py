@@ -51,15 +51,15 @@ def test_every_named_check_is_exercised_above():
                                         "export-backends", "export-profile-hw"}
 
 
-def test_engine_format_needs_tensorrt_here():
+def test_engine_format_without_tensorrt_here_is_said_before_the_export(caplog):
+    # The export job skips the engine where TensorRT is missing (tests/test_export_cli.py): said first.
     from importlib.util import find_spec
 
-    cfg = load_config(None, ["export.formats=[onnx,engine]"])
-    if find_spec("tensorrt") is not None:
-        assert prepare("export", cfg).export.formats == ("onnx", "engine")
-    else:
-        with pytest.raises(ConfigError, match=r"export.formats includes 'engine' but the 'tensorrt' package"):
-            prepare("export", cfg)
+    cfg = prepare("export", load_config(None, ["export.formats=[onnx,engine]"]))
+    with caplog.at_level(logging.WARNING, logger="cocoseg"):
+        ready("export", cfg)
+    said = [r.getMessage() for r in caplog.records if "export.formats includes 'engine'" in r.getMessage()]
+    assert len(said) == (0 if find_spec("tensorrt") else 1), said
 
 
 @pytest.mark.parametrize("override, message", [
@@ -102,6 +102,7 @@ def test_missing_paths_are_refused_once_on_the_driver(tmp_path, monkeypatch):
     assert message.startswith(f"train.snapshot={tmp_path}/.cocoseg/snapshots/abc: the snapshot does not exist")
     assert _refused("train", "model.weights=nope.pt").startswith(f"model.weights={tmp_path}/nope.pt: the weights")
     assert "ingest.source: is empty" in _refused("ingest")
+    assert prepare("ingest", load_config(None, ["ingest.source=src"])).ingest.source == str(tmp_path / "src")
 
 
 def test_warnings_are_one_line_each_and_check_only_stops_the_job(caplog):
