@@ -33,8 +33,8 @@ from cocoseg import storage
 from cocoseg.config import ConfigError, JobConfig, with_values
 from cocoseg.utils import get_logger
 
-__all__ = ["CHECKS", "JOB_SECTIONS", "RANGES", "WARNINGS", "Check", "CheckOnly", "absolute", "prepare", "ready",
-           "require", "set_check_only"]
+__all__ = ["CHECKS", "JOB_SECTIONS", "RANGES", "WARNINGS", "Check", "CheckOnly", "absolute", "check", "prepare",
+           "ready", "require", "set_check_only"]
 
 log = get_logger(__name__)
 
@@ -346,16 +346,20 @@ def _require_paths(cfg: JobConfig, job: str) -> None:
         raise ConfigError("ingest.source: is empty; set ingest.source to the dataset folder, dataset YAML or s3:// URI")
 
 
+def check(job: str, cfg: JobConfig) -> None:
+    """The values and cross-key rules of ``job`` (no paths): one :class:`ConfigError` line."""
+    _check_values(cfg, JOB_SECTIONS[job])
+    for rule in CHECKS:
+        if job in rule.jobs:
+            message = rule.test(cfg)
+            if message:
+                raise ConfigError(message)
+
+
 def prepare(job: str, cfg: JobConfig) -> JobConfig:
     """``cfg`` with absolute local paths, checked for ``job`` (a key of :data:`JOB_SECTIONS`):
     one :class:`ConfigError` line for the first value, rule or path that fails."""
-    sections = JOB_SECTIONS[job]
-    _check_values(cfg, sections)
-    for check in CHECKS:
-        if job in check.jobs:
-            message = check.test(cfg)
-            if message:
-                raise ConfigError(message)
+    check(job, cfg)
     cfg = _resolve_paths(cfg)
     _require_paths(cfg, job)
     return cfg

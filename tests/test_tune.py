@@ -199,6 +199,7 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tiny_snapsho
     ("{train.epochs: {uniform: [1, 5]}}", "cannot be searched"),
     ("{train.batch_size: {uniform: [4, 16]}}", "can draw 4.0, which the config refuses (train.batch_size: expected an integer"),
     ("{train.optimizer: {choice: [SGD, Lion]}}", "'Lion' is not one of"),
+    ("{train.momentum: {uniform: [0.5, 1.5]}}", "can draw 1.5, which the config refuses (train.momentum: must be in [0, 1)"),
     ("{train.lr0: {uniform: [0.001, 0.01]}}", "train.optimizer=auto ignores train.lr0"),
 ])
 def test_bad_search_space_is_one_line_before_anything_starts(cli, tmp_path, space, message):

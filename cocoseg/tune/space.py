@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cocoseg.config import ConfigError, JobConfig, to_dict, with_values
+from cocoseg.config_checks import check
 
 __all__ = ["DISTRIBUTIONS", "TRIAL_DRIVER_CPUS", "check_concurrency", "flatten_space", "per_trial_cpus", "tune_domains",
            "validate_space"]
@@ -115,7 +116,7 @@ def validate_space(cfg: JobConfig) -> dict[str, dict[str, Any]]:
                               "train.optimizer=SGD or AdamW, or search train.optimizer too")
         for value in values:
             try:
-                with_values(cfg, {key: value})
+                check("train", with_values(cfg, {key: value}))  # what each trial's train job checks first
             except ConfigError as exc:
                 raise ConfigError(f"tune.space.{key}: {{{kind}: {json.dumps(args)}}} can draw {value!r}, which "
                                   f"the config refuses ({exc})") from None
