@@ -107,12 +107,12 @@ def main() -> None:
             doc = json.loads(ref.stdout.strip().splitlines()[-1])
             theirs.append(args.images / doc["seconds"])
             load1 = os.getloadavg()
+            print(f"round {r}: reference {theirs[-1]:.2f} img/s (load {load0[0]:.1f} -> {load1[0]:.1f})", flush=True)
             _cocoseg("evaluate", str(tmp / "w"), snapshot, "--out", str(tmp / f"eval{r}"), "--no-mlflow", cwd=tmp)
             ev = json.loads((tmp / f"eval{r}" / "metrics.json").read_text())
             ours.append(ev["images"] / ev["seconds"])
             load2 = os.getloadavg()
-            print(f"round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}; load {load0[0]:.1f} -> "
-                  f"{load1[0]:.1f}), cocoseg {ours[-1]:.2f} img/s ({ev['images']} images, inference only "
+            print(f"round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}), cocoseg {ours[-1]:.2f} img/s ({ev['images']} images, inference only "
                   f"{ev['images_per_s']:.2f} img/s, mask AP {ev['metrics']['val/mask_ap50_95']:.4f}; load -> "
                   f"{load2[0]:.1f})", flush=True)
         a, b = statistics.median(ours), statistics.median(theirs)
