@@ -232,7 +232,8 @@ _SLOW = pytest.mark.extended  # each case is a CLI start (~5 s of CPU: torch, Ra
 
 @pytest.mark.parametrize("job, extra, ok, message", [
     ("train", [], True, "cocoseg train: config ok"),
-    ("tune", ["tune.grace_period=5"], False, "tune.grace_period=5 is more than the epochs each trial trains"),
+    pytest.param("tune", ["tune.grace_period=5"], False, "tune.grace_period=5 is more than the epochs each trial trains",
+                 marks=_SLOW),  # (test_tune.py::test_issue_case1_... runs the same through the CLI in make test)
     pytest.param("train", ["train.lr0=-1"], False, "train.lr0: must be in (0, 10]", marks=_SLOW),
     pytest.param("evaluate", ["evaluate.threads_per_actor=[1]"], False,
                  "evaluate.threads_per_actor: expected an integer", marks=_SLOW),

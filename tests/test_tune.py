@@ -199,7 +199,6 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tiny_snapsho
     ("{train.epochs: {uniform: [1, 5]}}", "cannot be searched"),
     ("{train.batch_size: {uniform: [4, 16]}}", "can draw 4.0, which the config refuses (train.batch_size: expected an integer"),
     ("{train.optimizer: {choice: [SGD, Lion]}}", "'Lion' is not one of"),
-    ("{train.momentum: {uniform: [0.5, 1.5]}}", "can draw 1.5, which the config refuses (train.momentum: must be in [0, 1)"),
     ("{train.lr0: {uniform: [0.001, 0.01]}}", "train.optimizer=auto ignores train.lr0"),
 ])
 def test_bad_search_space_is_one_line_before_anything_starts(cli, tmp_path, space, message):
@@ -224,6 +223,9 @@ def test_space_forms_and_domains():
     assert domains["train.close_mosaic"].lower == 0 and domains["train.close_mosaic"].upper == 3
     with pytest.raises(ConfigError, match="tune.space is empty"):
         validate_space(load_config(None, []))
+    # each bound passes the train job's own checks (cocoseg.config_checks), not only the key's type
+    with pytest.raises(ConfigError, match=r"can draw 1.5, which the config refuses \(train.weight_decay: must be in \[0, 1\]"):
+        validate_space(load_config(None, ["tune.space={train.weight_decay: {uniform: [0.0, 1.5]}}"]))
 
 
 def test_more_concurrency_than_the_cluster_can_place_is_refused(tiny_snapshot, tmp_path):
