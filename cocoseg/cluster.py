@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from cocoseg.utils import UserError, get_logger, verbose
 
-__all__ = ["RayStartError", "quiet_ray_data", "start_ray", "train_logging_config"]
+__all__ = ["RayStartError", "StallWatch", "quiet_ray_data", "start_ray", "train_logging_config"]
 
 # cocoseg's own log lines (``HH:MM:SS LEVEL cocoseg.x: ...``, cocoseg.utils.get_logger) that a
 # worker's output may carry to the driver when Ray is quiet.
@@ -135,3 +138,45 @@ def start_ray(**kwargs: Any) -> None:
                 log.warning("Ray did not start (%s); retrying once", reason)
                 continue
             raise RayStartError(f"Ray did not start after 2 tries ({reason}); {_what_to_check(kwargs)}") from None
+
+
+class StallWatch:
+    """A job's loop that makes no progress for ``after_s`` seconds says so, and what it waits for.
+
+    ``with StallWatch("evaluate", 120, waiting) as watch: for batch in ...: watch.tick()``: a daemon
+    thread logs ``evaluate: no progress for 120 s; waiting for <waiting()>`` once per ``after_s``
+    without a :meth:`tick` (the job goes on waiting: a slow start is not an error). ``waiting`` is
+    called on that thread and may ask Ray for its free resources; if it fails, the line says so.
+    """
+
+    def __init__(self, job: str, after_s: float, waiting: Callable[[], str]):
+        self.job, self.after_s, self.waiting = job, float(after_s), waiting
+        self.last = time.monotonic()
+        self.warnings = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{job}-stall-watch", daemon=True)
+
+    def tick(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.after_s / 4, 5.0)):
+            idle = time.monotonic() - self.last
+            if idle < self.after_s:
+                continue
+            try:
+                what = self.waiting()
+            except Exception as exc:  # Ray gone or busy: still say that nothing moves
+                what = f"(the cluster did not answer: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+            log.warning("%s: no progress for %.0f s; waiting for %s", self.job, idle, what)
+            self.warnings += 1
+            self.last = time.monotonic()  # the next line after another after_s
+
+    def __enter__(self) -> StallWatch:
+        self.tick()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

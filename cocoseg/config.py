@@ -337,10 +337,11 @@ class EvaluateConfig:
     max_det: int = 300
     predict_conf: float = 0.25  # pipelines.infer: predict mode (one label per box)
     batch_size: int = 16  # rows per actor call
-    actors: int = 0  # 0: one per cluster CPU (or GPU with use_gpu) / cpus_per_actor
+    actors: int = 0  # 0: one per cluster CPU (or GPU with use_gpu) / cpus_per_actor, less 1 CPU for the reads
     cpus_per_actor: float = 1.0
     use_gpu: bool = False
-    threads_per_actor: int = 1  # torch intra-op threads in each actor
+    threads_per_actor: int = 0  # torch intra-op threads in each actor; 0: its CPUs (local Ray: all cores)
+    stall_warn_s: float = 120.0  # no batch for this long: one line saying what the job waits for (again each period)
     chunk_images: int = 256  # pipelines.infer: images per output Parquet file (the unit of resume)
     scorer: str = "faster-coco-eval"  # COCO AP: faster-coco-eval or pycocotools (same AP to 1e-4; docs/evaluation.md)
 
@@ -351,8 +352,8 @@ class EvaluateConfig:
                "conf and predict_conf must be in [0, 1), iou in (0, 1]")
         _check(self.max_det >= 1 and self.batch_size >= 1 and self.actors >= 0, "evaluate.batch_size",
                "batch_size and max_det must be >= 1, actors >= 0")
-        _check(self.cpus_per_actor > 0 and self.threads_per_actor >= 1, "evaluate.cpus_per_actor",
-               "must be > 0 (threads_per_actor >= 1)")
+        _check(self.cpus_per_actor > 0 and self.threads_per_actor >= 0, "evaluate.cpus_per_actor",
+               "must be > 0 (threads_per_actor >= 0)")
         _check_choice("evaluate.scorer", self.scorer, ("faster-coco-eval", "pycocotools"))
 
 

@@ -223,6 +223,9 @@ def test_space_forms_and_domains():
     assert domains["train.close_mosaic"].lower == 0 and domains["train.close_mosaic"].upper == 3
     with pytest.raises(ConfigError, match="tune.space is empty"):
         validate_space(load_config(None, []))
+    # each bound passes the train job's own checks (cocoseg.config_checks), not only the key's type
+    with pytest.raises(ConfigError, match=r"can draw 1.5, which the config refuses \(train.weight_decay: must be in \[0, 1\]"):
+        validate_space(load_config(None, ["tune.space={train.weight_decay: {uniform: [0.0, 1.5]}}"]))
 
 
 def test_more_concurrency_than_the_cluster_can_place_is_refused(tiny_snapshot, tmp_path):
@@ -236,3 +239,128 @@ def test_more_concurrency_than_the_cluster_can_place_is_refused(tiny_snapshot, t
     assert "set tune.max_concurrent_trials=2" in message, message
     assert not (tmp_path / "tune").exists() and not (tmp_path / "runs").exists()
 
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 27: one line before anything starts; failed searches summarised; a search that trained
+# nothing does not block its rerun. The real-CLI runs are `extended`; each has a fast cover here.
+
+
+def test_issue_case1_grace_period_over_epochs_is_one_line_through_the_cli(cli, tmp_path):
+    # The shipped tune.yaml has tune.grace_period=3: 2 epochs per trial was ASHA's assertion.
+    out = cli("tune", "--config", str(REPO / "pipelines/configs/tune.yaml"), f"storage.root={tmp_path}",
+              "tune.epochs=2", "tune.space={train.lr0: {loguniform: [0.001, 0.01]}}", check=False, timeout=300)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "tune.grace_period=3 is more than the epochs each trial trains (tune.epochs=2)" in lines[0]
+    assert "set tune.grace_period=2 or less" in lines[0]
+    assert not (tmp_path / "tune").exists()
+
+
+def test_relative_paths_reach_every_trial_absolute(tmp_path, monkeypatch):
+    # Fast cover of case 2: what run_search hands the trials (the base config) holds absolute paths.
+    from cocoseg.config_checks import prepare
+    from cocoseg.tune.trial import trial_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".cocoseg/snapshots/s1").mkdir(parents=True)
+    cfg = prepare("tune", load_config(None, ["train.snapshot=.cocoseg/snapshots/s1", "storage.root=.cocoseg",
+                                             "tune.epochs=2"]))
+    trial = trial_config(cfg, {"train.lr0": 0.01}, "t1")
+    assert trial.train.snapshot == str(tmp_path / ".cocoseg/snapshots/s1")
+    assert trial.storage.root == str(tmp_path / ".cocoseg") and trial.train.epochs == 2
+
+
+def test_failed_trials_are_summarised_one_line_per_distinct_error(tmp_path):
+    from cocoseg.tune.report import error_line, failure_summary, write_report
+
+    class Wrapped(Exception):  # the shape of Ray's RayTaskError: the original error as .cause
+        def __init__(self, cause):
+            super().__init__("ray::_Inner.train() (pid=4242, ip=10.0.0.1)\n  File x, line 3\n    boom")
+            self.cause = cause
+
+    errors = {"a_00000": Wrapped(ConfigError("snapshot /s has 4 classes but model.num_classes=3; set ...")),
+              "a_00001": Wrapped(ConfigError("snapshot /s has 4 classes but model.num_classes=3; set ...")),
+              "a_00002": RuntimeError("worker died\n  traceback ...")}
+    rows = [{"trial_id": tid, "status": "error", "error": error_line(e), "train.lr0": 0.01} for tid, e in errors.items()]
+    assert rows[0]["error"] == "ConfigError: snapshot /s has 4 classes but model.num_classes=3; set ..."
+    lines = failure_summary(rows)
+    assert lines == ["2 trial(s) failed (a_00000, a_00001): ConfigError: snapshot /s has 4 classes but "
+                     "model.num_classes=3; set ...", "1 trial(s) failed (a_00002): RuntimeError: worker died"]
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = tracking.create_run(tracking_uri=uri, experiment="t-fail", run_name="tune-x", params={}, tags={},
+                                 artifact_location=str(tmp_path / "art"))
+    write_report(rows, {"train.lr0": {"loguniform": [0.001, 0.1]}}, str(tmp_path / "tune"), uri, parent)
+    assert (tmp_path / "tune/failures.txt").read_text().splitlines() == lines
+    assert not (tmp_path / "tune/metric_vs_params.png").exists()  # nothing to draw: no log-scale crash
+
+
+def test_a_search_that_trained_nothing_does_not_block_a_rerun_with_other_settings(tmp_path):
+    from cocoseg.tune.search import open_search
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    base = [f"storage.root={tmp_path}", "tune.name=s", "tune.epochs=2"]
+    first_dir, first = open_search(load_config(None, [*base, "tune.num_trials=3"]), {"train.lr0": {}}, uri)
+    (tmp_path / "tune/s/experiment_state-x.json").write_text("{}")  # Tune's state of the crashed search
+    again_dir, again = open_search(load_config(None, [*base, "tune.num_trials=4"]), {"train.lr0": {}}, uri)
+    assert again_dir == first_dir and again != first  # replaced: a new parent run, the old state gone
+    assert not (tmp_path / "tune/s/experiment_state-x.json").exists()
+
+    journal = tmp_path / "runs/s-t1/tracking" / tracking.JOURNAL_NAME  # a trial of it trained an epoch
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({"step": 0, "timestamp": 1.0, "metrics": {"train/loss": 1.0}}) + "\n")
+    with pytest.raises(ConfigError, match=r"holds a search with other settings \(tune.num_trials differ\)"):
+        open_search(load_config(None, [*base, "tune.num_trials=5"]), {"train.lr0": {}}, uri)
+
+
+def _tune_cli(tmp_path, snapshot, *extra, timeout=900):
+    exe = Path(sys.executable).parent / "cocoseg"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cocoseg"]
+    args = [*TINY, *SEARCH[:2], "tune.epochs=1", "tune.grace_period=1", "tracking.system_metrics=false",
+            "train.preview_images=0", "train.close_mosaic=0", "storage.root=.cocoseg", "tune.name=rel",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db", f"train.snapshot={snapshot}", *extra]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private local Ray
+    return subprocess.run([*cmd, "tune", *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.extended  # covered in make test: test_relative_paths_reach_every_trial_absolute
+@pytest.mark.timeout(900)
+def test_issue_case2_relative_snapshot_works_in_every_trial(tiny_snapshot, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_snapshot, tmp_path / "snap")  # given relative to the working directory
+    out = _tune_cli(tmp_path, "snap", "tune.num_trials=2", "train.optimizer=SGD",
+                    "tune.space={train.lr0: {loguniform: [0.001, 0.01]}}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TrainInputError" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    best = load_config(str(tmp_path / ".cocoseg/tune/rel/best.yaml"))
+    assert best.train.snapshot == str(tmp_path / "snap") and best.storage.root == str(tmp_path / ".cocoseg")
+
+
+@pytest.mark.slow
+@pytest.mark.extended  # covered in make test: the summary, report and rerun tests above
+@pytest.mark.timeout(900)
+def test_issue_cases3_4_all_trials_failing_are_summarised_and_the_rerun_is_not_blocked(tiny_snapshot, tmp_path):
+    # Every draw of model.num_classes disagrees with the 4-class snapshot: each trial fails in its driver.
+    space = "tune.space={model.num_classes: {choice: [3, 5]}}"
+    out = _tune_cli(tmp_path, tiny_snapshot, "tune.num_trials=3", "train.optimizer=SGD", space)
+    assert out.returncode == 2, out.stderr[-3000:]
+    summary = [line for line in out.stdout.splitlines() if line.startswith("tune: ") and "trial(s) failed" in line]
+    assert 1 <= len(summary) <= 2 and all("model.num_classes=" in line for line in summary), out.stdout[-3000:]
+    assert sum(int(line.split()[1]) for line in summary) == 3
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert errors and "all 3 trial(s) of the search failed" in errors[-1], out.stderr[-3000:]
+    assert "log-scaled" not in out.stderr
+    tune_dir = tmp_path / ".cocoseg/tune/rel"
+    assert (tune_dir / "failures.txt").read_text().splitlines() == [line[len("tune: "):] for line in summary]
+    assert not (tune_dir / "metric_vs_params.png").exists()
+    parent = json.loads((tune_dir / "search.json").read_text())["parent_run_id"]
+    run = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(parent)
+    assert run.info.status == "FAILED" and "model.num_classes=" in run.data.tags["tune.failures"]
+
+    # Case 4: the same tune.name with other settings is not refused (no trial trained an epoch).
+    again = _tune_cli(tmp_path, tiny_snapshot, "tune.num_trials=2", "train.optimizer=SGD", space)
+    assert "holds a search with other settings" not in again.stderr, again.stderr[-3000:]
+    assert "all 2 trial(s) of the search failed" in again.stderr

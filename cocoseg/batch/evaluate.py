@@ -10,7 +10,6 @@ writes and does on a rerun).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from typing import Any
@@ -18,9 +17,11 @@ from typing import Any
 import ray
 
 from cocoseg import storage
-from cocoseg.cluster import start_ray
-from cocoseg.config import JobConfig
-from cocoseg.data.schema import list_shards, read_manifest, snapshot_to_coco
+from cocoseg.batch.sizing import EVALUATE_READ_CPUS, Pool, local_ray_kwargs, plan_pool, waiting_for
+from cocoseg.cluster import StallWatch, start_ray
+from cocoseg.config import ConfigError, JobConfig
+from cocoseg.config_checks import absolute, prepare, ready, require
+from cocoseg.data.schema import MANIFEST_NAME, list_shards, read_manifest, snapshot_to_coco
 from cocoseg.data.stage import INPUT_COLUMNS
 from cocoseg.inference import DetectBatch, Protocol, detections_from_row, resolve_weights
 from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
@@ -34,25 +35,28 @@ METRICS_FILE = "metrics.json"
 
 
 def pool_size(cfg: JobConfig) -> int:
-    """Actors: ``evaluate.actors``, else as many as the cluster's CPUs (or GPUs) hold."""
-    e = cfg.evaluate
-    if e.actors:
-        return e.actors
-    total = ray.cluster_resources()
-    if e.use_gpu:
-        return max(1, int(total.get("GPU", 0)))
-    # one logical CPU stays free for the Parquet read tasks (ray-notes.md, CPU pitfall)
-    return max(1, math.floor((total.get("CPU", 1.0) - 1) / e.cpus_per_actor))
+    """Actors: ``evaluate.actors``, else as many as the cluster's CPUs (or GPUs) hold, one CPU
+    kept for the Parquet read tasks (cocoseg.batch.sizing; refuses a pool that cannot run)."""
+    return plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS).actors
+
+
+def stall_watch(cfg: JobConfig, job: str, pool: Pool, read_cpus: float) -> StallWatch:
+    """The job's no-progress line after ``evaluate.stall_warn_s`` seconds (cocoseg.cluster.StallWatch)."""
+    return StallWatch(job, cfg.evaluate.stall_warn_s,
+                      lambda: waiting_for(pool, read_cpus, ray.available_resources(), ray.cluster_resources()))
 
 
 def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int,
-                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None, limit: int = 0):
+                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None, limit: int = 0,
+                pool: Pool | None = None):
     """Ray Data: shards (the first ``limit`` rows when > 0) -> actor pool -> a stream of detection
     batches (pyarrow Tables) to the driver.
 
     ``detector``: the ``map_batches`` class (:class:`DetectBatch`, or the served artifacts' one of
-    ``cocoseg.batch.served`` with its extra ``detector_kwargs``)."""
+    ``cocoseg.batch.served`` with its extra ``detector_kwargs``). ``pool``: as planned
+    (cocoseg.batch.sizing), else planned here against the live cluster."""
     e = cfg.evaluate
+    pool = pool or plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS)
     ctx = ray.data.DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # the classic reader (see cocoseg/data/train_input.py)
     try:
@@ -61,14 +65,12 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
         ctx.use_datasource_v2 = saved
     if limit:
         ds = ds.limit(limit)
-    actors = pool_size(cfg)
-    log.info("evaluate: %d actor(s), %s per actor, batch %d", actors, "1 GPU" if e.use_gpu else f"{e.cpus_per_actor:g} CPU",
-             e.batch_size)
+    log.info("evaluate: %s, batch %d", pool.describe(), e.batch_size)
     ds = ds.repartition(target_num_rows_per_block=e.batch_size).map_batches(
         detector, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
                                          "num_classes": num_classes, "device": "cuda" if e.use_gpu else "cpu",
-                                         "threads": e.threads_per_actor, **(detector_kwargs or {})},
-        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                                         "threads": pool.threads, **(detector_kwargs or {})},
+        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
@@ -80,6 +82,7 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     rows, ``COCOEvaluator.confusion_matrix``) as ``confusion``."""
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
+    pool = plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS)  # before any actor: one line if it cannot run
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
@@ -87,11 +90,13 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=manifest.get("category_ids"),
                               scorer=cfg.evaluate.scorer)
     start, images, detections = time.perf_counter(), 0, 0
-    for table in _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit):
-        rows = table.to_pylist()
-        evaluator.process([r["image_id"] for r in rows], [detections_from_row(r) for r in rows])
-        images += len(rows)
-        detections += sum(len(r["scores"]) for r in rows)
+    with stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS) as watch:
+        for table in _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit, pool=pool):
+            watch.tick()
+            rows = table.to_pylist()
+            evaluator.process([r["image_id"] for r in rows], [detections_from_row(r) for r in rows])
+            images += len(rows)
+            detections += sum(len(r["scores"]) for r in rows)
     inference_s = time.perf_counter() - start
     result = evaluator.evaluate()
     flat = flatten_metrics(result)
@@ -151,15 +156,30 @@ def log_to_mlflow(cfg: JobConfig, doc: dict[str, Any], parent: str = "") -> str:
     return run_id
 
 
+def _check_inputs(weights: str, snapshot: str, split: str) -> None:
+    """Once, on the driver: the weights and the snapshot exist and the snapshot has ``split``."""
+    require(weights, "WEIGHTS", "the weights", "pass a checkpoint folder (local or s3://) or models:/NAME@ALIAS")
+    require(storage.join(snapshot, MANIFEST_NAME), "SNAPSHOT", f"the snapshot's {MANIFEST_NAME}",
+            "pass the snapshot folder that `cocoseg ingest` printed (…/snapshots/<id>)")
+    splits = read_manifest(snapshot).get("splits", {})
+    if split not in splits:
+        raise ConfigError(f"--split={split} (evaluate.split): snapshot {snapshot} has no such split (it has "
+                          f"{', '.join(splits) or 'none'}); set --split to one of them")
+
+
 def evaluate(cfg: JobConfig, weights: str, snapshot: str, *, split: str = "", out: str = "", parent_run: str = "",
         log_mlflow: bool = True) -> dict[str, Any]:
     """Evaluate ``weights`` on ``snapshot``'s ``split``; writes ``out/metrics.json``; returns its document."""
+    cfg = prepare("evaluate", cfg)
     split = split or cfg.evaluate.split
+    weights, snapshot, out = absolute(weights), absolute(snapshot), absolute(out)
     if not out:
         if weights.startswith("models:/"):
             raise UserError("--out is required when WEIGHTS is a models:/ URI")
         out = storage.join(weights, f"eval-{split}")
-    start_ray(log_to_driver=False)  # RAY_ADDRESS (ray.init reads it), else local; no-op when connected
+    _check_inputs(weights, snapshot, split)
+    ready("evaluate", cfg, {"weights": weights, "snapshot": snapshot, "split": split, "out": out})
+    start_ray(**local_ray_kwargs(EVALUATE_READ_CPUS))  # RAY_ADDRESS, else a local Ray; no-op when connected
     doc = measure(cfg, weights, snapshot, split)
     if log_mlflow:
         doc["mlflow_run_id"] = log_to_mlflow(cfg, doc, parent_run)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import ray
 
 from cocoseg import storage
-from cocoseg.batch.evaluate import pool_size
+from cocoseg.batch.evaluate import stall_watch
 from cocoseg.batch.infer_io import (
     MANIFEST,
     Chunk,
@@ -32,8 +32,10 @@ from cocoseg.batch.infer_io import (
     weights_identity,
     write_part,
 )
+from cocoseg.batch.sizing import INFER_READ_CPUS, Pool, local_ray_kwargs, plan_pool
 from cocoseg.cluster import start_ray
 from cocoseg.config import JobConfig
+from cocoseg.config_checks import absolute, prepare, ready, require
 from cocoseg.inference import PredictImages, Protocol, resolve_weights
 from cocoseg.utils import UserError, get_logger
 
@@ -42,18 +44,18 @@ __all__ = ["infer"]
 log = get_logger(__name__)
 
 
-def _predictions(cfg: JobConfig, weights: str, protocol: Protocol, todo: list[Chunk]):
+def _predictions(cfg: JobConfig, weights: str, protocol: Protocol, todo: list[Chunk], pool: Pool):
     """Ray Data: chunk descriptions -> read tasks -> actor pool -> prediction tables to the driver."""
     e = cfg.evaluate
     items = [{"chunk": c.name, "uris": list(c.uris), "label": c.label} for c in todo]
     # One read task per chunk. Its own CPU share keeps Ray Data from fusing it into the actors, so
     # reading (I/O, S3 latency) overlaps the model instead of stalling it.
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        read_chunks, batch_size=1, batch_format="numpy", num_cpus=0.5)
+        read_chunks, batch_size=1, batch_format="numpy", num_cpus=INFER_READ_CPUS)
     ds = ds.map_batches(
         PredictImages, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
-                                              "device": "cuda" if e.use_gpu else "cpu", "threads": e.threads_per_actor},
-        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool_size(cfg)),
+                                              "device": "cuda" if e.use_gpu else "cpu", "threads": pool.threads},
+        batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
@@ -66,8 +68,12 @@ def _infer(cfg, weights, protocol, todo, out, key) -> tuple[dict[str, dict], lis
     expected = {c.name: c.rows for c in todo}
     pending: dict[str, list[pa.Table]] = defaultdict(list)
     entries, failures, start, first = {}, [], time.perf_counter(), None
-    with tqdm(total=sum(expected.values()), unit="img", desc="infer", mininterval=1.0, file=sys.stderr) as bar:
-        for table in _predictions(cfg, weights, protocol, todo):
+    pool = plan_pool(cfg, ray.cluster_resources(), INFER_READ_CPUS)  # before any actor: one line if it cannot run
+    log.info("infer: %s, batch %d", pool.describe(), cfg.evaluate.batch_size)
+    with tqdm(total=sum(expected.values()), unit="img", desc="infer", mininterval=1.0, file=sys.stderr) as bar, \
+            stall_watch(cfg, "infer", pool, INFER_READ_CPUS) as watch:
+        for table in _predictions(cfg, weights, protocol, todo, pool):
+            watch.tick()
             first = first if first is not None else time.perf_counter() - start
             for name in set(table.column("chunk").to_pylist()):
                 pending[name].append(table.filter(pc.equal(table.column("chunk"), name)).drop_columns(["chunk"]))
@@ -94,8 +100,12 @@ def _finished_parts(out: str, key: dict[str, str], chunks: list[Chunk]) -> tuple
 def infer(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "") -> dict[str, Any]:
     """Predict every image of ``source`` into ``out``; returns the manifest (plus ``summary`` and ``noop``)."""
     started = time.perf_counter()
+    cfg = prepare("infer", cfg)
     # One spelling per place, so a rerun from another working directory is still the same job.
     source, out = (u.rstrip("/") if storage.is_s3(u) else os.path.abspath(u) for u in (source, out))
+    weights = absolute(weights)
+    require(weights, "WEIGHTS", "the weights", "pass a checkpoint folder (local or s3://) or models:/NAME@ALIAS")
+    require(source, "SOURCE", "the source", "pass a folder or s3:// prefix of images, or a snapshot folder")
     ident = weights_identity(weights, resolve_weights(weights))
     e = cfg.evaluate
     protocol = Protocol(imgsz=e.imgsz or ident["imgsz"], conf=e.predict_conf, iou=e.iou, max_det=e.max_det,
@@ -114,8 +124,9 @@ def infer(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "
     failures: list[tuple[str, str]] = []
     startup = 0.0
     t0 = time.perf_counter()
+    ready("infer", cfg, {"weights": weights, "source": source, "out": out, "chunks": len(todo)})
     if todo:
-        start_ray(log_to_driver=False)  # RAY_ADDRESS (ray.init reads it), else local
+        start_ray(**local_ray_kwargs(INFER_READ_CPUS))  # RAY_ADDRESS, else a local Ray
         t0 = time.perf_counter()  # images/s of the job, not of a local Ray's start-up
         new, failures, startup = _infer(cfg, weights, protocol, todo, out, key)
         entries.update(new)

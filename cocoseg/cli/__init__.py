@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from cocoseg import __version__
 from cocoseg.config import ConfigError
+from cocoseg.config_checks import CheckOnly, set_check_only
 from cocoseg.storage import StorageError
 from cocoseg.utils import UserError, redact, set_verbose
 
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cocoseg {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's and pycocotools' own output too (or COCOSEG_VERBOSE=1)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the job's config, paths and inputs, then exit before starting anything (0: ok)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for area in _AREAS:
         area.register(sub)
@@ -154,11 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     set_verbose(args.verbose)
+    set_check_only(getattr(args, "check", False))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
+    except CheckOnly as done:
+        print(redact(f"cocoseg {args.command}: {done}"))
+        return 0
     except (ConfigError, UserError, StorageError, FileNotFoundError) as exc:
         print(redact(f"cocoseg {args.command}: error: {exc}"), file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from cocoseg import storage, tracking
 from cocoseg.cluster import quiet_ray_data, train_logging_config
 from cocoseg.config import JobConfig, to_dict
+from cocoseg.config_checks import prepare, ready
 from cocoseg.data.repeat_factor import expected_rows
 from cocoseg.data.schema import list_shards
 from cocoseg.data.train_input import TrainInput
@@ -82,12 +83,14 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
 
     ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter)."""
     started = time.perf_counter()
+    cfg = prepare("train", cfg)  # cross-key rules and absolute paths (cocoseg.config_checks)
     manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     if cfg.tracking.tracking_uri:  # without credentials from here on (they are in MLflow's variables)
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
     if not cfg.tracking.offline_ok:
         tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
+    ready("train", cfg, {"snapshot": manifest["snapshot_uri"]})
     ensure_ray(cfg)
     quiet_ray_data()
     check_cluster(cfg)

@@ -13,6 +13,7 @@ from typing import Any
 
 from cocoseg import bundle, storage
 from cocoseg.config import JobConfig, to_dict, with_values
+from cocoseg.config_checks import absolute, prepare, ready, require
 from cocoseg.export import export_bundle
 from cocoseg.utils import UserError, get_logger, redact
 
@@ -74,6 +75,10 @@ def export_checkpoint(cfg: JobConfig, weights: str, out: str, metrics_file: str 
     """
     from cocoseg.model.weights import WEIGHTS_FILE, load_checkpoint
 
+    cfg = prepare("export", cfg)  # formats vs the backends here, paths (cocoseg.config_checks)
+    weights, out = absolute(weights), absolute(out)
+    require(weights, "WEIGHTS", "the weights", "pass a checkpoint folder (local or s3://)")
+    ready("export", cfg, {"weights": weights, "out": out, "formats": ",".join(cfg.export.formats)})
     model, card = load_checkpoint(weights)
     if not cfg.export.imgsz:
         cfg = with_values(cfg, {"export.imgsz": card.imgsz})  # the card's, recorded as resolved

@@ -13,6 +13,7 @@ from typing import Any
 
 from cocoseg import storage
 from cocoseg.config import JobConfig
+from cocoseg.config_checks import prepare, ready
 from cocoseg.data.class_stats import format_class_table
 from cocoseg.data.schema import MANIFEST_NAME, manifest_summary, read_manifest, snapshot_uri
 from cocoseg.ingest.coco import IngestError
@@ -69,6 +70,7 @@ def ingest(cfg: JobConfig) -> dict[str, Any]:
     ``skipped`` (True when an identical snapshot already existed and nothing was done).
     """
     started = time.perf_counter()
+    cfg = prepare("ingest", cfg)  # absolute paths, the source checked once (cocoseg.config_checks)
     ic = cfg.ingest
     if not ic.source:
         raise IngestError("ingest.source is empty: pass SOURCE (a folder, s3:// prefix or dataset YAML)")
@@ -87,6 +89,7 @@ def ingest(cfg: JobConfig) -> dict[str, Any]:
     records = sort_records(plan)
     log.info("ingest %s -> %s: %d images in %d splits (%s layout)", plan.source, uri, len(records),
              len(plan.splits), plan.layout)
+    ready("ingest", cfg, {"source": ic.source, "images": len(records), "snapshot": uri})
     writer = SnapshotWriter(dest, snapshot_id, plan, ic.shard_bytes, settings, started=started)
     specs = plan_shards(records, ic.shard_bytes)
     if specs:

@@ -114,7 +114,7 @@ def plan_source(source: str, layout: str = "auto", splits: tuple[str, ...] = ())
         raise IngestError(f"{source}: cannot tell the dataset root ('path' is empty)")
     listing = _listing(root)
     if not listing:
-        raise IngestError(f"no files under {root}: check the source path (and AWS_ENDPOINT_URL for s3://)")
+        raise IngestError(f"no files under {root}: check the source path, ingest.source (and AWS_ENDPOINT_URL for s3://)")
     jsons = {m["name"]: rel for rel in listing if (m := _ANN_RE.match(rel))}
     if spec is None and not jsons and layout != "coco":
         yaml_uri = _root_yaml(root, listing)
@@ -135,7 +135,8 @@ def plan_source(source: str, layout: str = "auto", splits: tuple[str, ...] = ())
             raise IngestError(f"{source}: the YOLO layout needs a dataset YAML for the class names; pass the YAML as SOURCE")
         plan = _plan_coco_folder(root, listing, {n: r for n, r in jsons.items() if _wanted(n, splits)})
     if not plan.splits:
-        raise IngestError(f"{source}: none of the requested splits {list(splits)} exist in this source")
+        raise IngestError(f"{source}: none of the requested splits {list(splits)} exist in this source; set "
+                          "ingest.splits to some of its splits (or [] for all)")
     plan.source = source
     return plan
 

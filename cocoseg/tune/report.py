@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,8 @@ from cocoseg import storage, tracking
 from cocoseg.engine.worker import FITNESS_KEY
 from cocoseg.utils import UserError, get_logger
 
-__all__ = ["EPOCHS_DONE", "SCORE", "search_score", "best_row", "mark_trial_run", "trial_rows", "write_report"]
+__all__ = ["EPOCHS_DONE", "SCORE", "error_line", "failure_summary", "search_score", "best_row", "mark_trial_run",
+           "trial_rows", "write_report"]
 
 log = get_logger(__name__)
 
@@ -70,8 +72,36 @@ def trial_rows(results: Any, space_keys: Sequence[str], run_dir_of, epochs: int,
                      **{key: result.config.get(key) for key in space_keys},
                      "mlflow_run_id": record.get("run_id", ""), "run_dir": run_dir,
                      "started_at": started.get(trial_id), "first_step_at": _first_step_at(run_dir),
-                     "error": str(result.error).splitlines()[0][:300] if result.error else ""})
+                     "error": error_line(result.error) if result.error else ""})
     return sorted(rows, key=lambda r: r["trial_id"])
+
+
+# A line of Ray's error text that names the exception: "cocoseg.x.TrainInputError: train.snapshot ..."
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?:\([^)]*\))?: (.+)$")
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of what a trial's error says, without Ray's wrapping (``RayTaskError(...)``,
+    the remote traceback, pids), so the same failure in two trials reads the same."""
+    seen = 0
+    while getattr(error, "cause", None) is not None and seen < 8:  # RayTaskError / TuneError -> the original
+        error, seen = error.cause, seen + 1
+    text = str(error).strip()
+    named = [m for m in (_EXCEPTION_LINE.match(line.strip()) for line in text.splitlines()) if m]
+    if named:
+        name, message = named[-1].groups()
+        return f"{name.rsplit('.', 1)[-1]}: {message}"[:300]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}"[:300]
+
+
+def failure_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per distinct trial error: the error's first line and which trials it stopped."""
+    by_error: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"] == "error":
+            by_error.setdefault(row["error"] or "(no error text)", []).append(str(row["trial_id"]))
+    return [f"{len(ids)} trial(s) failed ({', '.join(ids)}): {error}" for error, ids in by_error.items()]
 
 
 def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -79,8 +109,8 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     longer (ASHA kept it), then to the lower final train loss."""
     ok = [r for r in rows if r["status"] != "error"]
     if not ok:
-        raise UserError("every trial of the search failed; results.json (and each trial's run folder) "
-                        "holds each trial's error")
+        raise UserError(f"all {len(rows)} trial(s) of the search failed ({len(failure_summary(rows))} distinct "
+                        "error(s), one line each above and in failures.txt beside results.json)")
 
     def loss(r: Mapping[str, Any]) -> float:
         value = r["last_train_loss"]
@@ -133,8 +163,9 @@ def _plot(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Mapping[str, An
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=status.replace("_", " "))
         if kind == "choice":
             ax.set_xticks(range(len(args)), [str(a) for a in args])
-        elif kind == "loguniform":
+        elif kind == "loguniform":  # the space's bounds, so the log axis never meets a value <= 0
             ax.set_xscale("log")
+            ax.set_xlim(float(args[0]), float(args[1]))
         ax.set_xlabel(key)
         ax.set_ylabel("val mask AP50-95 (best epoch)")
         ax.grid(alpha=0.3)
@@ -150,10 +181,14 @@ def write_report(rows: Sequence[Mapping[str, Any]], space: Mapping[str, Mapping[
                  tracking_uri: str, parent_run_id: str) -> list[str]:
     """results.csv / results.json / metric_vs_params.png under ``tune_dir``, logged on the parent run."""
     files = {"results.csv": _csv(rows).encode(), "results.json": json.dumps(list(rows), indent=2).encode()}
-    try:
-        files["metric_vs_params.png"] = _plot(rows, space)
-    except ImportError:  # matplotlib is a dependency; a slimmed image without it still gets the table
-        log.warning("matplotlib is not installed: no metric_vs_params.png")
+    failures = failure_summary(rows)
+    if failures:
+        files["failures.txt"] = ("\n".join(failures) + "\n").encode()
+    if any(r["status"] != "error" for r in rows):  # no point to draw when every trial failed
+        try:
+            files["metric_vs_params.png"] = _plot(rows, space)
+        except ImportError:  # matplotlib is a dependency; a slimmed image without it still gets the table
+            log.warning("matplotlib is not installed: no metric_vs_params.png")
     import mlflow
 
     client = mlflow.tracking.MlflowClient(tracking_uri)

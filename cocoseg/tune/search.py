@@ -49,6 +49,11 @@ def open_search(cfg: JobConfig, flat: dict[str, Any], tracking_uri: str) -> tupl
         record = storage.read_json(record_uri)
         old, new = tracking.flatten_params(record["identity"]), tracking.flatten_params(identity)
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed and not _trained_any(cfg):
+            log.warning("tune.name=%s: the search in %s trained no epoch of any trial; it is replaced by this one "
+                        "(%s differ)", cfg.tune.name, tune_dir, ", ".join(changed[:4]))
+            storage.delete(tune_dir, recursive=True)
+            return _new_search(cfg, tune_dir, identity, flat, tracking_uri)
         if changed:
             raise ConfigError(f"tune.name={cfg.tune.name}: {tune_dir} holds a search with other settings "
                               f"({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} differ); rerun with "
@@ -57,6 +62,24 @@ def open_search(cfg: JobConfig, flat: dict[str, Any], tracking_uri: str) -> tupl
 
         MlflowClient(tracking_uri).update_run(record["parent_run_id"], status="RUNNING")  # ended FAILED last time?
         return tune_dir, record["parent_run_id"]
+    return _new_search(cfg, tune_dir, identity, flat, tracking_uri)
+
+
+def _trained_any(cfg: JobConfig) -> bool:
+    """Whether a trial of the search ``tune.name`` journaled an epoch (its run folders,
+    ``<storage.root>/runs/<name>-<trial id>``): such a search is not replaced by another."""
+    runs = storage.join(_root(cfg), "runs")
+    try:
+        entries = storage.list_files(runs, suffix=tracking.JOURNAL_NAME)
+    except FileNotFoundError:
+        return False
+    prefix = storage.join(runs, f"{cfg.tune.name}-")
+    return any(e.uri.startswith(prefix) and tracking.read_journal(e.uri) for e in entries)
+
+
+def _new_search(cfg: JobConfig, tune_dir: str, identity: dict[str, Any], flat: dict[str, Any],
+                tracking_uri: str) -> tuple[str, str]:
+    record_uri = storage.join(tune_dir, SEARCH_RECORD)
     artifacts = storage.join(_root(cfg), "mlartifacts") if tracking_uri.startswith("sqlite:") else ""
     parent = tracking.create_run(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
                                  run_name=f"tune-{cfg.tune.name}", params={"tune": identity["tune"], "space": flat},

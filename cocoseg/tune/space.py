@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cocoseg.config import ConfigError, JobConfig, to_dict, with_values
+from cocoseg.config_checks import check
 
 __all__ = ["DISTRIBUTIONS", "TRIAL_DRIVER_CPUS", "check_concurrency", "flatten_space", "per_trial_cpus", "tune_domains",
            "validate_space"]
@@ -57,7 +58,7 @@ def flatten_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, dict[
             flat.update(flatten_space(node, f"{dotted}."))
         else:  # a leaf that is not one known distribution
             kinds = [k for k in node if k not in DISTRIBUTIONS] if isinstance(node, Mapping) else []
-            what = f"{kinds[0]!r} is not a distribution" if len(node or ()) == 1 and kinds else \
+            what = f"{kinds[0]!r} is not a distribution" if len(kinds) == 1 and len(node) == 1 else \
                 f"{json.dumps(node, default=str)} is not one distribution"
             raise ConfigError(f"tune.space.{dotted}: {what}; write one of {', '.join(_EXAMPLE.values())}")
     return flat
@@ -115,7 +116,7 @@ def validate_space(cfg: JobConfig) -> dict[str, dict[str, Any]]:
                               "train.optimizer=SGD or AdamW, or search train.optimizer too")
         for value in values:
             try:
-                with_values(cfg, {key: value})
+                check("train", with_values(cfg, {key: value}))  # what each trial's train job checks first
             except ConfigError as exc:
                 raise ConfigError(f"tune.space.{key}: {{{kind}: {json.dumps(args)}}} can draw {value!r}, which "
                                   f"the config refuses ({exc})") from None

@@ -18,8 +18,17 @@ from ray import tune
 from cocoseg import storage, tracking
 from cocoseg.cluster import start_ray
 from cocoseg.config import JobConfig, to_dict, with_values
+from cocoseg.config_checks import prepare, ready
 from cocoseg.engine.checks import check_cluster, ray_init_kwargs, resolve_snapshot
-from cocoseg.tune.report import EPOCHS_DONE, SCORE, best_row, mark_trial_run, trial_rows, write_report
+from cocoseg.tune.report import (
+    EPOCHS_DONE,
+    SCORE,
+    best_row,
+    failure_summary,
+    mark_trial_run,
+    trial_rows,
+    write_report,
+)
 from cocoseg.tune.search import open_search, train_best, write_best
 from cocoseg.tune.space import (
     TRIAL_DRIVER_CPUS,
@@ -80,13 +89,28 @@ def _tuner(cfg: JobConfig, flat: dict, base: dict, parent: str, progress: Progre
                                   failure_config=tune.FailureConfig(max_failures=0)))
 
 
+def _report_failures(rows: list[dict[str, Any]], tracking_uri: str, parent: str) -> None:
+    """When no trial succeeded: one line per distinct failure, printed and set on the parent run
+    (tag ``tune.failures``; ``tune/failures.txt`` is logged by write_report)."""
+    if any(r["status"] != "error" for r in rows):
+        return
+    lines = failure_summary(rows)
+    for line in lines:
+        print(f"tune: {line}", flush=True)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).set_tag(parent, "tune.failures", "\n".join(lines)[:4900])
+
+
 def run_search(cfg: JobConfig) -> TuneResult:
     """Search per ``cfg.tune``; returns where the results and the best config are."""
+    cfg = prepare("tune", cfg)  # cross-key rules, absolute paths (each trial runs in its own folder)
     flat = validate_space(cfg)  # bad keys and distributions: one line, before anything starts
-    manifest = resolve_snapshot(cfg)
+    manifest = resolve_snapshot(cfg)  # once, on the driver, not in every trial
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     tracking.preflight(uri)
     cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"], "tracking.tracking_uri": uri})
+    ready("tune", cfg, {"trials": cfg.tune.num_trials, "snapshot": cfg.train.snapshot})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose() else "0")  # else Tune's banner ignores verbose=0
     _start_ray(cfg)
     check_concurrency(cfg, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
@@ -102,6 +126,7 @@ def run_search(cfg: JobConfig) -> TuneResult:
         for row in rows:
             mark_trial_run(row, list(flat), cfg.tune.name, uri)
         write_report(rows, flat, tune_dir, uri, parent)
+        _report_failures(rows, uri, parent)
         best = best_row(rows)
         best_uri, best_cfg = write_best(cfg, best, flat, tune_dir, uri, parent)
         out = TuneResult(parent_run_id=parent, tracking_uri=uri, tune_dir=tune_dir, best_config=best_uri,

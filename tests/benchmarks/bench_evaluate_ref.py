@@ -1,0 +1,124 @@
+"""``cocoseg evaluate`` with its default sizing against the reference's own validator, on the same
+images and weights (issue 27, item 2: target >= 0.95x its images/s).
+
+    PYTHONPATH=$PWD COCOSEG_REF_PYTHON=/work/.venv-ref/bin/python \\
+        python tests/benchmarks/bench_evaluate_ref.py [--images 128] [--rounds 2]
+
+- **images**: the 8 coco8-seg photos (``tests/fixtures/coco8-seg``) re-encoded at different JPEG
+  qualities up to ``--images`` files in ``val`` (same labels: no geometry changes), a YOLO
+  dataset YAML; ingested with ``cocoseg ingest``.
+- **weights**: the reference-format checkpoint ``../shared/reference/yolov8n-seg-random.pt``
+  (``$COCOSEG_SHARED``), imported with ``cocoseg import-weights`` for cocoseg; the reference
+  reads the .pt itself.
+- **cocoseg**: ``cocoseg evaluate W SNAPSHOT --no-mlflow`` with the defaults (a private local Ray;
+  no evaluate.* override), its ``metrics.json`` ``seconds`` (actor start, model load, inference,
+  COCOeval; not Ray's start-up) -> images / seconds.
+- **reference**: ``YOLO(pt).val(data=yaml, imgsz=640, batch=16, device="cpu")`` in its own
+  process and venv (``$COCOSEG_REF_PYTHON``), torch at the host's cores, timed around ``val``.
+
+The two run one after the other, alternating for ``--rounds``; each figure comes with
+``os.getloadavg()`` before and after. Prints the median images/s of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+COCO8 = REPO / "tests" / "fixtures" / "coco8-seg"
+SHARED = Path(os.environ.get("COCOSEG_SHARED", REPO.parent / "shared"))
+
+_REF = """
+import json, os, sys, time
+os.environ["YOLO_OFFLINE"] = "1"
+import torch
+torch.set_num_threads(os.cpu_count() or 1)
+from ultralytics import YOLO
+model = YOLO(sys.argv[1])
+start = time.perf_counter()
+r = model.val(data=sys.argv[2], imgsz=640, batch=16, device="cpu", plots=False, verbose=False, workers=0)
+print(json.dumps({"seconds": time.perf_counter() - start, "box_map": float(r.box.map), "mask_map": float(r.seg.map)}))
+"""
+
+
+def _dataset(root: Path, images: int) -> Path:
+    from PIL import Image
+
+    sources = sorted((COCO8 / "images").glob("*/*.jpg"))
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+    for i in range(images):
+        src = sources[i % len(sources)]
+        label = COCO8 / "labels" / src.parent.name / f"{src.stem}.txt"
+        buf = io.BytesIO()
+        Image.open(src).convert("RGB").save(buf, "JPEG", quality=95 - (i // len(sources)) % 40)
+        name = f"{i:06d}"
+        (root / "images" / "val" / f"{name}.jpg").write_bytes(buf.getvalue())
+        shutil.copy(label, root / "labels" / "val" / f"{name}.txt")
+        if i < len(sources):
+            shutil.copy(src, root / "images" / "train" / f"{name}.jpg")
+            shutil.copy(label, root / "labels" / "train" / f"{name}.txt")
+    names = [line for line in (COCO8 / "coco8-seg.yaml").read_text().splitlines() if line.startswith("  ")]
+    yaml_path = root / "data.yaml"
+    yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n" + "\n".join(names) + "\n")
+    return yaml_path
+
+
+def _cocoseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-m", "cocoseg", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    if out.returncode:
+        raise SystemExit(f"cocoseg {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    ref_python = os.environ.get("COCOSEG_REF_PYTHON", "/work/.venv-ref/bin/python")
+    pt = SHARED / "reference" / "yolov8n-seg-random.pt"
+    with tempfile.TemporaryDirectory(prefix="bench-eval-ref-") as tmp:
+        tmp = Path(tmp)
+        data = _dataset(tmp / "data", args.images)
+        _cocoseg("ingest", str(data), str(tmp / "store"), cwd=tmp)
+        snapshot = str(next((tmp / "store" / "snapshots").iterdir()))
+        _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
+        (tmp / "ref.py").write_text(_REF)
+        ours, theirs = [], []
+        for r in range(args.rounds):
+            load0 = os.getloadavg()
+            ref = subprocess.run([ref_python, str(tmp / "ref.py"), str(pt), str(data)], capture_output=True, text=True,
+                                 cwd=tmp, env={**os.environ, "YOLO_OFFLINE": "1"})
+            if ref.returncode:
+                raise SystemExit(f"reference failed:\n{ref.stderr[-3000:]}")
+            doc = json.loads(ref.stdout.strip().splitlines()[-1])
+            theirs.append(args.images / doc["seconds"])
+            load1 = os.getloadavg()
+            print(f"round {r}: reference {theirs[-1]:.2f} img/s (load {load0[0]:.1f} -> {load1[0]:.1f})", flush=True)
+            _cocoseg("evaluate", str(tmp / "w"), snapshot, "--out", str(tmp / f"eval{r}"), "--no-mlflow", cwd=tmp)
+            ev = json.loads((tmp / f"eval{r}" / "metrics.json").read_text())
+            ours.append(ev["images"] / ev["seconds"])
+            load2 = os.getloadavg()
+            print(f"round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}), cocoseg {ours[-1]:.2f} img/s ({ev['images']} images, inference only "
+                  f"{ev['images_per_s']:.2f} img/s, mask AP {ev['metrics']['val/mask_ap50_95']:.4f}; load -> "
+                  f"{load2[0]:.1f})", flush=True)
+        a, b = statistics.median(ours), statistics.median(theirs)
+        print(f"cocoseg evaluate (defaults, {os.cpu_count()} cores) {a:.2f} img/s vs reference validator {b:.2f} img/s: "
+              f"{a / b:.3f}x (target >= 0.95x); {time.strftime('%Y-%m-%d %H:%M')} load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
