@@ -143,6 +143,9 @@ class TrainConfig:
     val_batch_size: int = 0  # 0: twice batch_size
     checkpoints_to_keep: int = 2  # full Ray checkpoints kept: the best N by val mask AP50-95, plus the latest
     preview_images: int = 8  # val images in the per-epoch preview (ground truth | prediction); 0: none
+    # early stopping: end the run once `patience` epochs pass without a better validated mask AP50-95
+    # (the reference's default, 100); 0: off (engine/stopping.py)
+    patience: int = 100
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -154,6 +157,7 @@ class TrainConfig:
         _check(self.grad_clip > 0, "train.grad_clip", "must be > 0")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1 (validate every N epochs; the last is always validated)")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.patience >= 0, "train.patience", "must be >= 0 (epochs without improvement; 0: off)")
         _check_choice("train.optimizer", self.optimizer, ("auto", "SGD", "AdamW", "Adam"))
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "off"))
 

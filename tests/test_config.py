@@ -113,7 +113,8 @@ def test_the_train_section_is_the_recipe_and_sections_stay_small():
     cfg = load_config(None, ["scaling.num_workers=2", "data.actors=3"])
     assert (cfg.scaling.num_workers, cfg.data.actors) == (2, 3)
     for section in dataclasses.fields(cfg):
-        assert len(dataclasses.fields(getattr(cfg, section.name))) <= 26, section.name
+        # 28: train.patience and train.time_budget_h (issue 24) are named by the issue; issue 26 revisits sections
+        assert len(dataclasses.fields(getattr(cfg, section.name))) <= 28, section.name
 
 
 def test_demo_config_is_a_valid_small_run():

@@ -165,8 +165,11 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         validate: Callable[[nn.Module, int], tuple[dict[str, float], object | None]] | None,
         on_epoch_end: Callable[[EpochResult], None], world_size: int = 1,
         fitness_key: str = "val/mask_ap50_95", val_every: int = 1,
-        on_step: Callable[[LoopState], None] | None = None) -> LoopState:
-    """Run epochs ``state.epoch .. epochs-1``.
+        on_step: Callable[[LoopState], None] | None = None,
+        should_stop: Callable[[LoopState], bool] | None = None) -> LoopState:
+    """Run epochs ``state.epoch .. epochs-1``, or fewer: ``should_stop(state)``, asked before every
+    epoch after the first (a resume included; on every rank: it may be a collective), ends the run
+    early (``train.patience``).
 
     ``train_batches(epoch)`` yields this worker's micro-batches of that epoch (the epoch decides
     the augmentation preset); ``validate(ema_module, epoch)`` returns (metrics, preview) or is
@@ -174,6 +177,8 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
     Best = highest ``fitness_key`` (mask AP50-95).
     """
     while state.epoch < epochs:
+        if should_stop is not None and state.epoch > 0 and should_stop(state):
+            break
         epoch = state.epoch
         metrics = train_epoch(parts, train_batches(epoch), state, on_step)
         metrics["train/images_per_s"] = metrics["train/images_per_s_worker"] * world_size

@@ -78,6 +78,8 @@ from cocoseg.engine.checkpoint import (
     write_snapshot,
 )
 from cocoseg.engine.loop import EpochResult, LoopState, fit, validation_due
+from cocoseg.engine.stopping import STOP_FILE, should_stop_fn
+from cocoseg.engine.validation import FITNESS_KEY as VAL_FITNESS_KEY
 from cocoseg.engine.validation import Validations
 from cocoseg.tracking.ui import CURVES_FILE
 from cocoseg.utils import get_logger, verbose
@@ -204,9 +206,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                              coco_gt=snapshot_to_coco(run.snapshot_uri, "val"),
                                              category_ids=run.category_ids, class_names=run.class_names)
     timing = _Timing(run.run_dir) if rank == 0 else None
+    # rank 0: {epoch: validated fitness}, from earlier attempts' records and this one's results
+    validated = {r["step"]: r["metrics"][VAL_FITNESS_KEY] for r in logger.records
+               if VAL_FITNESS_KEY in r["metrics"]} if logger is not None else {}
 
     def on_epoch_end(result: EpochResult) -> None:
         guard.epoch_done()
+        if rank == 0 and VAL_FITNESS_KEY in result.metrics:  # blocking validation: known now
+            validated[result.epoch] = result.metrics[VAL_FITNESS_KEY]
         started = time.perf_counter()
         checkpoint, upload = None, functools.partial(_upload, run, result, None, None)
         if rank == 0:
@@ -230,7 +237,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batches = _with_progress(train_batches, run.batches_per_epoch, cfg.train.epochs) if rank == 0 else train_batches
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
-            on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every, on_step=guard.on_step)
+            on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every, on_step=guard.on_step,
+            should_stop=_stopper(cfg, run, rank, world, validated, validations))
         if validations is not None:  # a resume with nothing left to train may still have some running
             validations.wait()
     finally:
@@ -239,6 +247,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             validations.close()
         if logger is not None:
             logger.close()
+
+
+def _stopper(cfg: JobConfig, run: build.RunInfo, rank: int, world: int, fitness: dict[int, float],
+             validations: Validations | None):
+    """``fit``'s ``should_stop`` for ``train.patience`` (engine/stopping.py); asynchronous
+    validation: rank 0 decides on the epochs whose results have arrived."""
+    def arrived() -> dict[int, float]:
+        if validations is not None:
+            fitness.update({e: m[VAL_FITNESS_KEY] for e, m in dict(validations.results).items() if VAL_FITNESS_KEY in m})
+        return fitness
+
+    def record(stop, last_epoch: int) -> None:
+        storage.write_json(storage.join(run.run_dir, "tracking", STOP_FILE), {**stop.as_dict(), "last_trained_epoch": last_epoch})
+
+    return should_stop_fn(cfg.train.patience, cfg.train.epochs, rank=rank, arrived=arrived, on_stop=record,
+                          broadcast=ray.train.collective.broadcast_from_rank_zero if world > 1 else None)
 
 
 def _end_async_epoch(cfg: JobConfig, run: build.RunInfo, parts, validations: Validations, result: EpochResult,
