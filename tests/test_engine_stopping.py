@@ -74,3 +74,33 @@ def test_lagging_metrics_decide_when_they_arrive_and_epochs_in_flight_are_counte
 def test_patience_that_cannot_trigger_asks_nothing():
     assert should_stop_fn(0, 10, rank=0, arrived=dict, on_stop=print) is None
     assert should_stop_fn(10, 10, rank=0, arrived=dict, on_stop=print) is None
+
+
+@pytest.mark.extended  # ~1 min on 2 cores; the decision and the loop's exit have the fast tests above
+@pytest.mark.timeout(1200)
+def test_two_workers_stop_together_on_a_plateau_with_best_published(tiny_snapshot, mlflow_server, tmp_path):
+    """The train job on real local Ray, 2 DDP workers, a learning rate of ~0 so the validated
+    fitness plateaus: the run stops at the first epoch where the journal's fitness says patience
+    ran out, both ranks leave together (the job finishes), weights/best is the best epoch's."""
+    from _train_support import TINY
+
+    from cocoseg import storage, tracking
+    from cocoseg.config import load_config
+    from cocoseg.engine.stopping import STOP_FILE
+    from cocoseg.model.weights import load_checkpoint
+    from pipelines import train
+
+    cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "train.lr0=0.000000001",
+                             "scaling.num_workers=2", "train.epochs=4", "train.close_mosaic=0", "train.patience=1",
+                             "train.preview_images=0", f"tracking.tracking_uri={mlflow_server}",
+                             "tracking.experiment=t-patience", "tracking.run_name=patience"])
+    result = train.run(cfg)
+    journal = tracking.read_journal(tracking.journal_uri(result.run_dir))
+    fitness = {r["step"]: r["metrics"]["val/mask_ap50_95"] for r in journal}
+    expected = next(e for e in sorted(fitness) if patience_stop({k: fitness[k] for k in fitness if k <= e}, 1))
+    assert sorted(fitness) == list(range(expected + 1)) and expected < 3
+    stop = storage.read_json(storage.join(result.run_dir, "tracking", STOP_FILE))
+    best = patience_stop(fitness, 1)
+    assert stop == {**best.as_dict(), "last_trained_epoch": expected}
+    _, card = load_checkpoint(result.best_weights, variant="n", num_classes=4)
+    assert card.metrics["epoch"] == best.best_epoch
