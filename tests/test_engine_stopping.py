@@ -76,12 +76,17 @@ def test_patience_that_cannot_trigger_asks_nothing():
     assert should_stop_fn(10, 10, rank=0, arrived=dict, on_stop=print) is None
 
 
-@pytest.mark.extended  # ~1 min on 2 cores; the decision and the loop's exit have the fast tests above
+@pytest.mark.extended  # ~40 s on 2 cores; the decision and the loop's exit have the fast tests above
 @pytest.mark.timeout(1200)
-def test_two_workers_stop_together_on_a_plateau_with_best_published(tiny_snapshot, mlflow_server, tmp_path):
+# async is not run here: on 2 shared cores each validation (a Ray Data pool) takes longer than
+# several TINY epochs, so their results arrive after the run's last epoch; the lagging arrival is
+# tested on the loop above (test_lagging_metrics_decide_when_they_arrive...).
+@pytest.mark.parametrize("mode", ["blocking"])
+def test_two_workers_stop_together_on_a_plateau_with_best_published(tiny_snapshot, mlflow_server, tmp_path, mode):
     """The train job on real local Ray, 2 DDP workers, a learning rate of ~0 so the validated
     fitness plateaus: the run stops at the first epoch where the journal's fitness says patience
-    ran out, both ranks leave together (the job finishes), weights/best is the best epoch's."""
+    ran out (asynchronous: one epoch later at most, the epoch in flight kept and validated), both
+    ranks leave together (the job finishes), weights/best is the best epoch's."""
     from _train_support import TINY
 
     from cocoseg import storage, tracking
@@ -91,16 +96,22 @@ def test_two_workers_stop_together_on_a_plateau_with_best_published(tiny_snapsho
     from pipelines import train
 
     cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "train.lr0=0.000000001",
-                             "scaling.num_workers=2", "train.epochs=4", "train.close_mosaic=0", "train.patience=1",
+                             "scaling.num_workers=2", "train.close_mosaic=0", "train.patience=1",
                              "train.preview_images=0", f"tracking.tracking_uri={mlflow_server}",
-                             "tracking.experiment=t-patience", "tracking.run_name=patience"])
+                             "tracking.experiment=t-patience", f"tracking.run_name=patience-{mode}",
+                             f"validation.mode={mode}", "train.epochs=5"])
     result = train.run(cfg)
     journal = tracking.read_journal(tracking.journal_uri(result.run_dir))
     fitness = {r["step"]: r["metrics"]["val/mask_ap50_95"] for r in journal}
-    expected = next(e for e in sorted(fitness) if patience_stop({k: fitness[k] for k in fitness if k <= e}, 1))
-    assert sorted(fitness) == list(range(expected + 1)) and expected < 3
+    decided = next(e for e in sorted(fitness) if patience_stop({k: fitness[k] for k in fitness if k <= e}, 1))
     stop = storage.read_json(storage.join(result.run_dir, "tracking", STOP_FILE))
-    best = patience_stop(fitness, 1)
-    assert stop == {**best.as_dict(), "last_trained_epoch": expected}
+    last = stop["last_trained_epoch"]
+    # blocking: the decision epoch is the last trained; async: the metrics arrive at a later boundary
+    assert last == decided if mode == "blocking" else decided <= last <= decided + 2
+    assert sorted(fitness) == list(range(last + 1)) and last < 4
+    best = patience_stop({k: v for k, v in fitness.items() if k <= stop["epoch"]}, 1)
+    assert stop == {**best.as_dict(), "last_trained_epoch": last}
     _, card = load_checkpoint(result.best_weights, variant="n", num_classes=4)
-    assert card.metrics["epoch"] == best.best_epoch
+    assert card.metrics["epoch"] == max(fitness, key=lambda e: (fitness[e], -e))  # the best over all validated
+    _, card = load_checkpoint(result.last_weights, variant="n", num_classes=4)
+    assert card.metrics["epoch"] == last
