@@ -319,10 +319,13 @@ def _job_options(args: list[str]) -> tuple[list[str], list[str]]:
 def test_evaluate_and_infer_have_rayjobs_and_the_pipeline_evaluates() -> None:
     jobs = {Path(w).name: shlex.split(e)[2] for w, e in _entrypoints() if "#" not in w}
     assert jobs["rayjob-evaluate.yaml"] == "pipelines.evaluate" and jobs["rayjob-infer.yaml"] == "pipelines.infer"
-    # The pipeline RayJob runs retrain, whose evaluate step scores the new weights before export/register.
+    # The pipeline RayJob runs retrain: export, then register, which evaluates the eager model and the
+    # served artifacts on the new snapshot before the gate (docs/promotion.md).
     assert jobs["rayjob-pipeline.yaml"] == "pipelines.retrain"
     retrain = (REPO / "cocoseg" / "retrain.py").read_text()  # the job's work (pipelines/retrain.py: run = retrain)
-    assert retrain.index("evaluate.evaluate(") < retrain.index("export_checkpoint(cfg") < retrain.index("register(cfg")
+    assert retrain.index("export_checkpoint(cfg") < retrain.index("register(cfg")
+    register = (REPO / "cocoseg" / "registry" / "register.py").read_text()
+    assert "measure_served(" in register
 
 
 def test_entrypoints_are_project_jobs_with_valid_overrides() -> None:
