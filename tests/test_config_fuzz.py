@@ -181,6 +181,8 @@ def check_outcome(job: str, argv: list[str], rc: int, stdout: str, stderr: str) 
 def _fuzz(job: str, examples: int, edge: dict[str, str], tmp: Path) -> None:
     import ray
 
+    from cocoseg import config_checks
+
     started = ray.is_initialized()
     here = os.getcwd()
     os.chdir(tmp)  # relative paths drawn land in the test's folder
@@ -193,6 +195,7 @@ def _fuzz(job: str, examples: int, edge: dict[str, str], tmp: Path) -> None:
         rc, stdout, stderr = run_in_process(argv)
         check_outcome(job, argv, rc, stdout, stderr)
         assert ray.is_initialized() == started, f"{argv} started Ray"
+        assert not config_checks._CHECK_ONLY, f"{argv}: --check stayed on for later in-process calls"
 
     try:
         one()

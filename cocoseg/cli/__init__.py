@@ -172,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cocoseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_check_only(False)  # process-wide: a later in-process call (tests, notebooks) must run for real
 
 
 if __name__ == "__main__":
