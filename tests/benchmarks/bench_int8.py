@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_int8.py [--epochs 12] [--train-images 160] [--val-images 48] [--imgsz 160]
         [--latency-imgsz 640] [--exclude head-final] [--workdir DIR] [--json PATH]
+        [--threads 1 0] [--rounds 6] [--runs 2] [--lat-dir EXPORT_DIR (latency only)]
 
 Trains the n model on the project's easy synthetic shapes (``cocoseg.ingest.synthetic``, 4 classes)
 through the real jobs (ingest -> ``pipelines.train.run`` on a private local Ray, one CPU worker),
@@ -9,10 +10,12 @@ exports it with ``export.formats=[onnx,onnx-int8]`` (``--calibration-images`` tr
 seeded) and evaluates the eager model, the fp32 ONNX and the INT8 ONNX in one pass on the val split
 (``cocoseg.batch.served.measure_served``, pycocotools): the INT8 graph's mask / box AP50-95 drop
 against the fp32 ONNX. Latency: the same weights exported at ``--latency-imgsz`` (the served size),
-each graph under ONNX Runtime on the CPU with 1 intra-op thread (a shared host: threads would
-measure the neighbours), the graph's forward alone on a fixed input at batch 1 and 8, ``--runs``
-timed runs after 2 warm-up runs; the figure is the median of the process CPU time per run
-(wall time printed beside it), and the ratio INT8 / fp32 is taken inside one run. Every
+both graphs under ONNX Runtime on the CPU with each ``--threads`` intra-op thread count (1, and
+0 = ONNX Runtime's default of one per core), the graph's forward alone on a fixed input at
+batch 1 and 8: ``--rounds`` rounds of ``--runs`` forwards per graph after 2 warm-up runs, fp32
+and INT8 alternating (the order flips every round, so load changes on a shared host hit both
+alike); the figure is the median of the process CPU time per forward (wall time printed beside
+it), the ratio INT8 / fp32 taken inside one call, with the load average before and after it. Every
 ``--exclude`` value (node-name substrings or presets ``decode`` / ``head-final``, comma-separated)
 adds one more INT8 variant; the first variant quantizes the whole graph.
 The load average is printed at the start and the end.
@@ -82,24 +85,58 @@ def accuracy(export_dir: Path, snapshot: str, backends: list[str]) -> dict[str, 
             for b, v in doc["backends"].items()}
 
 
-def latency(onnx_file: Path, imgsz: int, batch: int, runs: int) -> dict[str, float]:
-    """Median process CPU ms and wall ms of one forward at ``batch`` (1 intra-op thread)."""
+def latency(files: dict[str, Path], imgsz: int, batch: int, runs: int, rounds: int,
+            threads: int) -> dict[str, dict[str, float]]:
+    """Per graph: median process CPU ms and wall ms of one forward at ``batch``, rounds interleaved.
+
+    ``threads``: ONNX Runtime intra-op threads (0 = its default, one per core). Every graph gets
+    ``runs`` forwards per round, the graphs alternate order each round, so load changes on this
+    shared host hit every graph alike; the ratio is taken inside this one call.
+    """
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(str(onnx_file), sess_options=opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sessions = {k: ort.InferenceSession(str(f), sess_options=opts, providers=["CPUExecutionProvider"])
+                for k, f in files.items()}
     x = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
-    for _ in range(2):
-        session.run(["pred", "proto"], {"images": x})
-    cpu, wall = [], []
-    for _ in range(runs):
-        c0, w0 = time.process_time(), time.perf_counter()
-        session.run(["pred", "proto"], {"images": x})
-        cpu.append((time.process_time() - c0) * 1e3)
-        wall.append((time.perf_counter() - w0) * 1e3)
-    return {"cpu_ms": round(statistics.median(cpu), 2), "wall_ms": round(statistics.median(wall), 2)}
+    for session in sessions.values():
+        for _ in range(2):
+            session.run(["pred", "proto"], {"images": x})
+    cpu: dict[str, list[float]] = {k: [] for k in files}
+    wall: dict[str, list[float]] = {k: [] for k in files}
+    for r in range(rounds):
+        for k in (list(files) if r % 2 == 0 else list(files)[::-1]):
+            for _ in range(runs):
+                c0, w0 = time.process_time(), time.perf_counter()
+                sessions[k].run(["pred", "proto"], {"images": x})
+                cpu[k].append((time.process_time() - c0) * 1e3)
+                wall[k].append((time.perf_counter() - w0) * 1e3)
+    return {k: {"cpu_ms": round(statistics.median(cpu[k]), 2), "wall_ms": round(statistics.median(wall[k]), 2)}
+            for k in files}
+
+
+def latency_table(lat_dir: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """{"batch1@1t": {"fp32": .., "int8": .., "cpu_ratio": .., "load": ..}, ...} for each batch and thread count."""
+    files = {"fp32": lat_dir / "model.onnx", "int8": lat_dir / "model.int8.onnx"}
+    table = {}
+    for threads in args.threads:
+        for batch in (1, 8):
+            before = load()
+            v = latency(files, args.latency_imgsz, batch, args.runs, args.rounds, threads)
+            table[f"batch{batch}@{threads or 'default'}t"] = {
+                **v, "cpu_ratio": v["int8"]["cpu_ms"] / v["fp32"]["cpu_ms"],
+                "wall_ratio": v["int8"]["wall_ms"] / v["fp32"]["wall_ms"], "load": [before, load()],
+                "time": time.strftime("%H:%M UTC", time.gmtime())}
+    return table
+
+
+def _print_latency(table: dict[str, dict], args: argparse.Namespace) -> None:
+    for key, v in table.items():
+        print(f"  {key} @ {args.latency_imgsz}px ({v['time']}, load {v['load'][0]} -> {v['load'][1]}): fp32 "
+              f"{v['fp32']['cpu_ms']} ms CPU ({v['fp32']['wall_ms']} wall), INT8 {v['int8']['cpu_ms']} ms CPU "
+              f"({v['int8']['wall_ms']} wall): ratio {v['cpu_ratio']:.3f} CPU, {v['wall_ratio']:.3f} wall")
 
 
 def main() -> int:
@@ -110,7 +147,11 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--latency-imgsz", type=int, default=640, help="0: accuracy only")
     parser.add_argument("--calibration-images", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=2, help="forwards per graph per round")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved fp32 / INT8 rounds")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+                        help="ONNX Runtime intra-op threads to measure (0: its default)")
+    parser.add_argument("--lat-dir", default="", help="skip training and accuracy: time this export dir's graphs")
     parser.add_argument("--exclude", action="append", default=[], help="an INT8 variant keeping these in float")
     parser.add_argument("--weights", default="", help="skip training: a checkpoint (needs --snapshot)")
     parser.add_argument("--snapshot", default="")
@@ -118,12 +159,17 @@ def main() -> int:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     out = {"args": vars(args), "load_start": load(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    variants: list[list[str]] = []
+    if args.lat_dir:  # latency only, of an existing export (model.onnx + model.int8.onnx)
+        out["latency"] = latency_table(Path(args.lat_dir), args)
+        _print_latency(out["latency"], args)
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         work = Path(args.workdir or tmp)
         t0 = time.perf_counter()
-        weights, snapshot = (args.weights, args.snapshot) if args.weights else train(work / "train", args)
-        out["train_s"] = round(time.perf_counter() - t0, 1)
-        variants = [[]] + [[e] if "," not in e else e.split(",") for e in args.exclude]
+        if not args.lat_dir:
+            weights, snapshot = (args.weights, args.snapshot) if args.weights else train(work / "train", args)
+            out["train_s"] = round(time.perf_counter() - t0, 1)
+            variants = [[]] + [[e] if "," not in e else e.split(",") for e in args.exclude]
         for i, exclude in enumerate(variants):
             name = "int8" + (f" excluding {'+'.join(exclude)}" if exclude else " (whole graph)")
             acc_dir = export(weights, snapshot, work / f"acc{i}", args.imgsz, args, exclude)
@@ -131,23 +177,17 @@ def main() -> int:
             lat = {}
             if args.latency_imgsz:  # 0: accuracy only
                 lat_dir = export(weights, snapshot, work / f"lat{i}", args.latency_imgsz, args, exclude)
-                lat = {f"batch{b}": {fmt: latency(lat_dir / f, args.latency_imgsz, b, args.runs)
-                                     for fmt, f in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
-                       for b in (1, 8)}
+                lat = latency_table(lat_dir, args)
             card = json.loads((acc_dir / "model_card.json").read_text())["export"]["onnx_int8"]
             row = {"variant": name, "accuracy": acc, "latency": lat, "excluded_nodes": card["excluded_nodes"],
                    "mask_drop_vs_fp32_onnx": acc["onnx"]["mask_ap50_95"] - acc["onnx-int8"]["mask_ap50_95"],
                    "box_drop_vs_fp32_onnx": acc["onnx"]["box_ap50_95"] - acc["onnx-int8"]["box_ap50_95"],
-                   "cpu_ratio": {b: v["int8"]["cpu_ms"] / v["fp32"]["cpu_ms"] for b, v in lat.items()},
-                   "wall_ratio": {b: v["int8"]["wall_ms"] / v["fp32"]["wall_ms"] for b, v in lat.items()}}
+                   "cpu_ratio": {b: v["cpu_ratio"] for b, v in lat.items()}}
             out.setdefault("variants", []).append(row)
             print(f"{name}: mask AP50-95 eager {acc['torch']['mask_ap50_95']:.4f}, fp32 ONNX "
                   f"{acc['onnx']['mask_ap50_95']:.4f}, INT8 {acc['onnx-int8']['mask_ap50_95']:.4f} "
                   f"(drop {row['mask_drop_vs_fp32_onnx']:+.4f}; box drop {row['box_drop_vs_fp32_onnx']:+.4f})")
-            for b, v in lat.items():
-                print(f"  {b} @ {args.latency_imgsz}px, 1 thread: fp32 {v['fp32']['cpu_ms']} ms CPU "
-                      f"({v['fp32']['wall_ms']} wall), INT8 {v['int8']['cpu_ms']} ms CPU ({v['int8']['wall_ms']} wall): "
-                      f"ratio {row['cpu_ratio'][b]:.3f} CPU, {row['wall_ratio'][b]:.3f} wall")
+            _print_latency(lat, args)
     out["load_end"] = load()
     print(f"load average (1 min): {out['load_start']} at the start, {out['load_end']} at the end")
     if args.json:
