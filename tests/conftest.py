@@ -68,6 +68,28 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait(5)
 
 
+# `make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`):
+# about half of a serial run's wall time is spent waiting (services starting, subprocess jobs), not
+# computing. Each module runs whole on one worker, so its module fixtures start once; modules that
+# share an expensive session fixture share a group, so it runs once. The slowest groups go first
+# (longest first keeps both workers busy to the end); the rest keep their collection order.
+SHARED_GROUPS = {"test_mlflow_ui": "secret_demo", "test_tracking_secrets": "secret_demo"}
+SLOWEST_FIRST = ["test_chaos", "secret_demo", "test_demo", "test_retrain", "test_tune", "test_learning_auto",
+                 "test_multinode", "test_train_pipeline", "test_tracking_outage", "test_registry_auth",
+                 "test_infer", "test_spot_cluster", "test_node_loss", "test_gpu_check", "test_export_cli"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def group(item: pytest.Item) -> str:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        return SHARED_GROUPS.get(module, module)
+
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on shared, oversubscribed cores two threads spin and lose."""
