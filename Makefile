@@ -50,7 +50,7 @@ infra-render: setup
 # Two xdist workers: each module runs whole on one of them (tests/conftest.py groups and orders them).
 # PYTEST_WORKERS=0 runs serially.
 PYTEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: deps
 	$(VENV)/bin/pytest -m "not extended" $(XDIST) $(PYTEST_ARGS)
