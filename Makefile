@@ -47,11 +47,16 @@ infra-render: setup
 
 # `extended` tests repeat behaviour that other tests cover (docs/reliability.md lists them);
 # CI's 15-minute budget leaves them to `make test-all`.
+# Two xdist workers: each module runs whole on one of them (tests/conftest.py groups and orders them).
+# PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: deps
-	$(VENV)/bin/pytest -m "not extended" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not extended" $(XDIST) $(PYTEST_ARGS)
 
 test-all: deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
 
 # The project venv and the IaC validator venvs install side by side (~25 s less on 2 cores).
 deps:

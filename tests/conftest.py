@@ -68,6 +68,22 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait(5)
 
 
+# `make test` runs the suite on two xdist workers (`-n 2 --dist loadfile --no-loadscope-reorder`):
+# about half of a serial run's wall time is spent waiting (services starting, subprocess jobs), not
+# computing. Each module runs whole on one worker, so its module fixtures start once (a session
+# fixture starts once per worker that needs it: keep tests of one expensive fixture in one module).
+# The slowest modules go first, longest first, so both workers stay busy to the end; the rest keep
+# their collection order. (Not `--dist loadgroup`: xdist 3.8 cannot rename pytest 9's node ids.)
+SLOWEST_FIRST = ["test_chaos", "test_mlflow_ui", "test_demo", "test_retrain", "test_tune", "test_learning_auto",
+                 "test_multinode", "test_train_pipeline", "test_tracking_outage", "test_registry_auth",
+                 "test_infer", "test_spot_cluster", "test_node_loss", "test_gpu_check", "test_export_cli"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on shared, oversubscribed cores two threads spin and lose."""
@@ -217,3 +233,4 @@ def has_executable(name: str) -> bool:
 # Imported last: both modules import helpers from this one.
 from _tracking_support import auth_server_fixture, secret_demo_fixture  # noqa: E402,F401
 from _train_support import tiny_snapshot_fixture  # noqa: E402,F401
+

@@ -1,7 +1,9 @@
 """What a person sees in the MLflow UI for the tiny demo run of ``_tracking_support`` (a real
 training, export and registration against a real basic-auth ``mlflow server``), checked twice:
 through the API (what the UI is fed) and in a real headless Chromium driven by selenium (what
-it renders). Screenshots are saved under the test's temporary folder.
+it renders). Screenshots are saved under the test's temporary folder. The same run is searched
+for the admin password (it was in the tracking URI): every byte of the run folder, the server's
+stores and the job's output. Both read the one ``secret_demo`` run, so they share this module.
 
 Chromium and its driver are Debian's ``chromium`` / ``chromium-driver``; the test installs them
 with apt-get when they are missing and skips, saying why, only where that is impossible.
@@ -14,6 +16,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from _tracking_support import ADMIN
@@ -147,3 +150,32 @@ def test_run_and_model_pages_show_dataset_logged_model_per_class_ap_and_aliases(
     browser.get(f"http://{host}/#/experiments/{exp_id}/runs/{run_id}/artifacts")
     _open(browser, f"http://{host}/#/experiments/{exp_id}/runs/{run_id}/artifacts/plots",
           ["per_class_ap_epoch", "pr_curves.png", "confusion_matrix.png"], tmp_path / "per-class.png")
+
+
+def _files_holding(folder: Path, needle: bytes) -> list[str]:
+    hits = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+            hits.append(str(path))
+    return hits
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_password_is_nowhere(secret_demo, monkeypatch):
+    server = secret_demo["server"]
+    password = server["password"].encode()
+    assert password not in secret_demo["stdout"].encode() and password not in secret_demo["stderr"].encode()
+    # the demo's storage root (source, snapshot, run folder with Ray's checkpoints, exports) and the
+    # server's folder (backend store, auth store, artifacts); its own config file holds it, of course
+    hits = _files_holding(secret_demo["demo_root"], password)
+    hits += [h for h in _files_holding(server["root"], password) if h != str(server["ini"])]
+    assert hits == [], f"the password leaked into {hits}"
+    # ... and the server really required it: the job's runs are there, finished.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server["password"])
+    client = mlflow.MlflowClient(server["uri"])
+    exp = client.get_experiment_by_name("secret-demo")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("variant")]
+    assert runs and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["tracking.tracking_uri"] == "" or "@" not in runs[0].data.params["tracking.tracking_uri"]

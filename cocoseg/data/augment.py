@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from cocoseg.data.decode import decode_into, decode_resized, opencv, resized_sha
 from cocoseg.data.instances import NUM_POINTS, Sample, boxes_from_segments, instances_from_annotations
 from cocoseg.data.letterbox import LetterboxParams, letterbox, letterbox_params
 from cocoseg.data.transforms import (
+    AugmentPreset,
     _letterbox_affine,
     _mosaic_affine,
     augment_hsv,
@@ -50,27 +51,6 @@ cv2 = opencv()  # the training path needs it: import it (and set its threads) wi
 
 __all__ = ["PRESETS", "AugmentPreset", "MosaicBuffer", "augment_chunk", "augment_hsv", "augment_rows", "colour_matrix", "flip_horizontal", "flip_vertical",
            "get_preset", "image_rng", "load_letterboxed", "load_sample", "mosaic4", "preset_for_epoch", "random_affine", "warp_affine"]
-
-
-@dataclass(frozen=True)
-class AugmentPreset:
-    """A named augmentation policy. Probabilities in 0..1; ``degrees``/``shear`` in degrees;
-    ``translate`` a fraction of the output size; ``scale`` the half-width of the zoom range."""
-
-    name: str
-    mosaic: float = 0.0
-    affine: bool = False
-    degrees: float = 0.0
-    translate: float = 0.0
-    scale: float = 0.0
-    shear: float = 0.0
-    hsv_gains: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    fliplr: float = 0.0
-    flipud: float = 0.0
-    scaleup: bool = True  # letterbox may enlarge small images
-    min_wh_px: float = 2.0  # affine keeps an instance only if its box is wider and taller than this,
-    min_area_ratio: float = 0.01  # keeps this fraction of its zoom-corrected area,
-    max_aspect: float = 100.0  # and is not thinner than this
 
 
 _YOLOV8 = AugmentPreset("yolov8", mosaic=1.0, affine=True, translate=0.1, scale=0.5,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,13 +21,31 @@ from cocoseg.data.decode import opencv
 from cocoseg.data.instances import Sample, boxes_from_segments
 from cocoseg.data.letterbox import FILL, LetterboxParams
 
-if TYPE_CHECKING:
-    from cocoseg.data.augment import AugmentPreset
-
 cv2 = opencv()  # the training path needs it: import it (and set its threads) with this module
 
-__all__ = ["augment_hsv", "colour_matrix", "flip_horizontal", "flip_vertical", "mosaic4", "random_affine",
+__all__ = ["AugmentPreset", "augment_hsv", "colour_matrix", "flip_horizontal", "flip_vertical", "mosaic4", "random_affine",
            "warp_affine"]
+
+
+@dataclass(frozen=True)
+class AugmentPreset:
+    """A named augmentation policy. Probabilities in 0..1; ``degrees``/``shear`` in degrees;
+    ``translate`` a fraction of the output size; ``scale`` the half-width of the zoom range."""
+
+    name: str
+    mosaic: float = 0.0
+    affine: bool = False
+    degrees: float = 0.0
+    translate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    hsv_gains: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    fliplr: float = 0.0
+    flipud: float = 0.0
+    scaleup: bool = True  # letterbox may enlarge small images
+    min_wh_px: float = 2.0  # affine keeps an instance only if its box is wider and taller than this,
+    min_area_ratio: float = 0.01  # keeps this fraction of its zoom-corrected area,
+    max_aspect: float = 100.0  # and is not thinner than this
 
 
 def _clip_drop(segments: np.ndarray, cls: np.ndarray, w: float, h: float) -> tuple[np.ndarray, np.ndarray]:
