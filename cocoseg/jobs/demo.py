@@ -55,7 +55,6 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
     from cocoseg.ingest.job import ingest
     from cocoseg.ingest.synthetic import write_synthetic_coco
     from cocoseg.registry.register import register
-    from cocoseg.utils import redact
 
     started = time.monotonic()
     root = str(Path(root).resolve())
@@ -93,10 +92,16 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
     summary["champion"] = f"{reg.name} v{champion_version(trained.tracking_uri, reg.name)}"
     summary["hints"] = next_steps(trained.tracking_uri, reg.name, trained.best_weights, source, root,
                                   ui_port=ui_port, serve_port=serve_port)
-    print(redact("\n".join(["", f"demo finished in {time.monotonic() - started:.0f} s:",
+    _print_summary(summary, time.monotonic() - started)
+    return summary
+
+
+def _print_summary(summary: dict, seconds: float) -> None:
+    from cocoseg.utils import redact
+
+    print(redact("\n".join(["", f"demo finished in {seconds:.0f} s:",
                              *[f"  {k:18s} {v}" for k, v in summary.items() if k != "hints"],
                              "", "next:", *[f"  {k:15s} {v}" for k, v in summary["hints"].items()]])), flush=True)
-    return summary
 
 
 def next_steps(uri: str, name: str, weights: str, source: str, root: str, *, ui_port: int = 5000,

@@ -20,9 +20,9 @@ DESCRIPTION = ("Read a COCO or YOLO source and write DEST/snapshots/<id>/ (Parqu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", default="",
+    parser.add_argument("source", nargs="?", default="", metavar="SOURCE",
                         help="COCO folder, s3:// prefix, or a dataset YAML (default ingest.source)")
-    parser.add_argument("dest", nargs="?", default="",
+    parser.add_argument("dest", nargs="?", default="", metavar="DEST",
                         help="snapshot root (folder or s3://; default ingest.dest, else storage.root)")
     add_common(parser, example="ingest.shard_bytes=1000000")
 
