@@ -214,8 +214,8 @@ def _predict_json(tmp_path: Path, jpeg: bytes, max_det: int) -> dict:
     """``cocoseg predict``'s code path (run_predictor) with the Predictor on the TinySeg export's model."""
     from export_helpers import TinySeg
 
-    from cocoseg.inference.files import run_predictor
     from cocoseg.inference import Predictor
+    from cocoseg.inference.files import run_predictor
 
     path = tmp_path / "rotated.jpg"
     path.write_bytes(jpeg)
