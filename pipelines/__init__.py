@@ -2,7 +2,9 @@
 
 Each job is thin wiring over the library: its docstring holds the exact ``ray job submit`` line
 and what it reads, writes and does on a rerun; ``run`` is the library function that does the
-work; ``main`` parses the command line. The library never imports this package.
+work; ``build_parser`` / ``main`` parse the command line with the job's one declaration
+(``cocoseg/jobs/<job>.py``, which ``cocoseg <job>`` uses too). The library never imports this
+package.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Evaluate job: weights + a snapshot split -> COCO box and mask AP (per class too) -> metrics.json.
 
-    ray job submit --working-dir . -- python -m pipelines.evaluate \\
-        --weights s3://bucket/cocoseg/runs/<run>/weights/best --snapshot s3://bucket/cocoseg/snapshots/<id> \\
-        --out s3://bucket/cocoseg/evals/<run> --parent-run <training run name> \\
-        --config pipelines/configs/evaluate.yaml
+    ray job submit --working-dir . -- python -m pipelines.evaluate --config pipelines/configs/evaluate.yaml \\
+        s3://bucket/cocoseg/runs/<run>/weights/best s3://bucket/cocoseg/snapshots/<id> \\
+        --out s3://bucket/cocoseg/evals/<run> --parent-run <training run name>
 
-(or ``cocoseg evaluate WEIGHTS SNAPSHOT [--split val] [--out DIR]``). WEIGHTS is a checkpoint
+(or ``cocoseg evaluate WEIGHTS SNAPSHOT [--split val] [--out DIR]``: the same arguments,
+declared once in ``cocoseg/jobs/evaluate.py``). WEIGHTS is a checkpoint
 folder (local / ``s3://``) or ``models:/NAME@ALIAS``; SNAPSHOT a snapshot folder (local /
 ``s3://``).
 
@@ -26,33 +26,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cocoseg import jobs
 from cocoseg.batch.evaluate import METRICS_FILE, evaluate, export_metrics
-from cocoseg.config import config_path, load_config
-from cocoseg.utils import UserError
 
-__all__ = ["METRICS_FILE", "export_metrics", "main", "run"]
+__all__ = ["METRICS_FILE", "build_parser", "export_metrics", "main", "run"]
 
 run = evaluate  # the work: cocoseg.batch.evaluate.evaluate(cfg, weights, snapshot, split=, out=, parent_run=, log_mlflow=)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/evaluate.py``, as ``cocoseg evaluate`` has it."""
+    return jobs.build_parser("evaluate", "python -m pipelines.evaluate", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="checkpoint folder (local, s3://) or models:/NAME@ALIAS")
-    parser.add_argument("--snapshot", required=True, help="snapshot folder (local or s3://)")
-    parser.add_argument("--split", default="", help="split to score (default evaluate.split, 'val')")
-    parser.add_argument("--out", default="", help="folder for metrics.json (default <weights>/eval-<split>)")
-    parser.add_argument("--parent-run", default="", help="MLflow run (id or name) to nest the evaluation under")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--config", default=None, help="job config YAML")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. evaluate.batch_size=32")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(config_path(args.config), args.overrides), args.weights, args.snapshot, split=args.split,
-            out=args.out, parent_run=args.parent_run, log_mlflow=not args.no_mlflow)
-    except (UserError, ValueError) as exc:
-        print(f"pipelines.evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Export job: a trained checkpoint -> a verified export directory (ONNX, TensorRT, latency).
 
     ray job submit --working-dir . --entrypoint-num-gpus 1 -- python -m pipelines.export \\
-        --weights s3://bucket/cocoseg/runs/<run>/best --out s3://bucket/cocoseg/exports/<run> \\
-        --config pipelines/configs/export.yaml
+        --config pipelines/configs/export.yaml s3://bucket/cocoseg/runs/<run>/best \\
+        --out s3://bucket/cocoseg/exports/<run>
 
-(or ``cocoseg export WEIGHTS --out DIR [--formats onnx,engine]``; ``python -m pipelines.export``
-locally). ``--entrypoint-num-gpus 1`` places the driver on a GPU node so the TensorRT engine is
+(or ``cocoseg export WEIGHTS --out DIR [--formats onnx,engine]``: the same arguments, declared
+once in ``cocoseg/jobs/export.py``; ``python -m pipelines.export`` locally). ``--entrypoint-num-gpus 1`` places the driver on a GPU node so the TensorRT engine is
 built for that GPU; without ``tensorrt`` or a CUDA device the job says so and exports ONNX only.
 
 Reads: a cocoseg checkpoint folder (``model.safetensors`` + ``model_card.json``, local or
@@ -21,32 +21,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg.config import config_path, load_config
+from cocoseg import jobs
 from cocoseg.export.job import export_checkpoint
-from cocoseg.utils import UserError
 
-__all__ = ["main", "run"]
+__all__ = ["build_parser", "main", "run"]
 
 run = export_checkpoint  # the work: cocoseg.export.job.export_checkpoint(cfg, weights, out, metrics_file, train_run_id, snapshot)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/export.py``, as ``cocoseg export`` has it."""
+    return jobs.build_parser("export", "python -m pipelines.export", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="checkpoint folder (local or s3://)")
-    parser.add_argument("--out", required=True, help="export directory (local or s3://)")
-    parser.add_argument("--metrics", default=None, help="evaluation metrics JSON to carry into the export")
-    parser.add_argument("--train-run-id", default="", help="MLflow run id that trained the weights")
-    parser.add_argument("--snapshot", default="", help="snapshot whose train split calibrates onnx-int8")
-    parser.add_argument("--config", default=None, help="job config YAML")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. export.imgsz=320")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(config_path(args.config), args.overrides), args.weights, args.out, args.metrics, args.train_run_id,
-            args.snapshot)
-    except (UserError, ValueError) as exc:
-        print(f"pipelines.export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

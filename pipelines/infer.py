@@ -1,10 +1,11 @@
 """Batch inference job: weights + a folder, ``s3://`` prefix or snapshot of images -> Parquet predictions.
 
     ray job submit --working-dir . -- python -m pipelines.infer --config pipelines/configs/evaluate.yaml \\
-        --weights models:/cocoseg-yolov8-seg@champion --source s3://bucket/incoming/2026-12-04/ \\
+        models:/cocoseg-yolov8-seg@champion s3://bucket/incoming/2026-12-04/ \\
         --out s3://bucket/predictions/2026-12-04
 
-(or ``cocoseg infer WEIGHTS SOURCE --out DEST``). Reads: every file under SOURCE (a non-image
+(or ``cocoseg infer WEIGHTS SOURCE --out DEST``: the same arguments, declared once in
+``cocoseg/jobs/infer.py``). Reads: every file under SOURCE (a non-image
 file is reported, not skipped) or the rows of a snapshot (``--split``, default all). Ray Data
 tasks read the bytes; an actor pool (sized as the evaluate job's, ``evaluate.*``) decodes them
 with the EXIF orientation applied and runs :class:`cocoseg.inference.PredictImages` (the one
@@ -24,32 +25,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg import storage
+from cocoseg import jobs
 from cocoseg.batch.infer import infer
-from cocoseg.config import ConfigError, config_path, load_config
-from cocoseg.utils import UserError
 
-__all__ = ["main", "run"]
+__all__ = ["build_parser", "main", "run"]
 
 run = infer  # the work: cocoseg.batch.infer.infer(cfg, weights, source, out, split="")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/infer.py``, as ``cocoseg infer`` has it."""
+    return jobs.build_parser("infer", "python -m pipelines.infer", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.infer", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", required=True, help="checkpoint folder (local, s3://) or models:/NAME@ALIAS")
-    parser.add_argument("--source", required=True, help="folder or s3:// prefix of images, or a snapshot folder")
-    parser.add_argument("--out", required=True, help="output folder for the Parquet predictions (local or s3://)")
-    parser.add_argument("--split", default="", help="snapshot split(s) to run on (default: every split)")
-    parser.add_argument("--config", default=None, help="job config YAML (the evaluate section)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. evaluate.chunk_images=512")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(config_path(args.config), args.overrides), args.weights, args.source, args.out,
-            split=args.split)
-    except (ConfigError, UserError, ValueError, FileNotFoundError, storage.StorageError) as exc:
-        print(f"pipelines.infer: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     ray job submit --working-dir . -- python -m pipelines.ingest \\
         --config pipelines/configs/ingest.yaml ingest.source=s3://bucket/coco storage.root=s3://bucket/cocoseg
 
-(or ``cocoseg ingest SOURCE DEST [key=value ...]``; ``python -m pipelines.ingest`` against a
-local Ray). The environment of the Ray workers must carry the AWS variables for ``s3://``.
+(or ``python -m pipelines.ingest SOURCE DEST``, ``cocoseg ingest SOURCE DEST [key=value ...]``:
+the same arguments, declared once in ``cocoseg/jobs/ingest.py``; SOURCE and DEST set
+``ingest.source`` and ``ingest.dest``). The environment of the Ray workers must carry the AWS variables for ``s3://``.
 
 Reads: ``ingest.source``: a COCO folder (``annotations/instances_<split>.json`` + images), a
 YOLO dataset YAML, local or ``s3://``. Writes: ``<ingest.dest or storage.root>/snapshots/<id>/``
@@ -21,30 +22,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg.config import ConfigError, config_path, load_config, to_dict
+from cocoseg import jobs
 from cocoseg.ingest.job import ingest
-from cocoseg.utils import UserError, get_logger
 
-__all__ = ["main", "run"]
-
-log = get_logger("pipelines.ingest")
+__all__ = ["build_parser", "main", "run"]
 
 run = ingest  # the work: cocoseg.ingest.job.ingest(cfg) -> the manifest (+ snapshot_uri, skipped)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/ingest.py``, as ``cocoseg ingest`` has it."""
+    return jobs.build_parser("ingest", "python -m pipelines.ingest", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="job config YAML (sections storage, ingest, ...)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. ingest.source=s3://b/coco")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(config_path(args.config), args.overrides)
-        log.info("config: %s", to_dict(cfg)["ingest"])
-        run(cfg)
-    except (ConfigError, UserError) as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Register job: one export directory -> one MLflow Model Registry version, then the gate.
 
     ray job submit --working-dir . -- python -m pipelines.register \\
-        --export s3://bucket/cocoseg/exports/<run> --name cocoseg-yolov8-seg \\
+        s3://bucket/cocoseg/exports/<run> --name cocoseg-yolov8-seg \\
         tracking.tracking_uri=https://mlflow.example.internal registry.promotion_margin=0.005
 
-(or ``cocoseg register EXPORT_DIR --name NAME [--snapshot URI]``). The gate decides on evidence
+(or ``cocoseg register EXPORT_DIR --name NAME [--snapshot URI]``: the same arguments, declared
+once in ``cocoseg/jobs/register.py``). The gate decides on evidence
 (docs/promotion.md): when a snapshot is at hand (``--snapshot``, else the one the export was
 evaluated or trained on, under ``storage.root``) the eager model, the served ONNX and the INT8 ONNX
 are evaluated in one Ray Data pass on ``evaluate.split`` and registered with those numbers and the
@@ -28,29 +29,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg.config import config_path, load_config
+from cocoseg import jobs
 from cocoseg.registry.register import register
-from cocoseg.utils import UserError
 
-__all__ = ["main", "run"]
+__all__ = ["build_parser", "main", "run"]
 
 run = register  # the work: cocoseg.registry.register.register(cfg, export_dir, name=None, snapshot="")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/register.py``, as ``cocoseg register`` has it."""
+    return jobs.build_parser("register", "python -m pipelines.register", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.register", description=__doc__.splitlines()[0])
-    parser.add_argument("--export", required=True, help="export directory written by pipelines.export")
-    parser.add_argument("--name", default=None, help="registered model name (default registry.model_name)")
-    parser.add_argument("--snapshot", default="", help="snapshot to evaluate on when the export has no evaluation")
-    parser.add_argument("--config", default=None, help="job config YAML")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(config_path(args.config), args.overrides), args.export, args.name, args.snapshot)
-    except (UserError, ValueError) as exc:
-        print(f"pipelines.register: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

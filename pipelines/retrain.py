@@ -28,26 +28,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg.config import ConfigError, config_path, load_config
+from cocoseg import jobs
 from cocoseg.retrain import retrain
-from cocoseg.utils import UserError
 
-__all__ = ["main", "run"]
+__all__ = ["build_parser", "main", "run"]
 
 run = retrain  # the work: cocoseg.retrain.retrain(cfg)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/retrain.py``, as ``cocoseg retrain`` has it."""
+    return jobs.build_parser("retrain", "python -m pipelines.retrain", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.retrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="job config YAML (e.g. pipelines/configs/retrain.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(config_path(args.config), args.overrides))
-    except (ConfigError, UserError) as exc:
-        print(f"retrain: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

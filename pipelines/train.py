@@ -22,30 +22,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg.config import ConfigError, config_path, load_config
+from cocoseg import jobs
 from cocoseg.engine.trainer import TrainResult, train
-from cocoseg.utils import UserError, redact, set_verbose
 
-__all__ = ["TrainResult", "main", "run"]
+__all__ = ["TrainResult", "build_parser", "main", "run"]
 
 run = train  # the work: cocoseg.engine.trainer.train(cfg, parent_run_id="", callbacks=())
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/train.py``, as ``cocoseg train`` has it."""
+    return jobs.build_parser("train", "python -m pipelines.train", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="job config YAML")
-    parser.add_argument("--parent-run-id", default="", help="nest the MLflow run under this run")
-    parser.add_argument("--verbose", action="store_true", help="show Ray's and pycocotools' own output too")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
-    args = parser.parse_args(argv)
-    set_verbose(args.verbose)
-    try:
-        result = run(load_config(config_path(args.config), args.overrides), parent_run_id=args.parent_run_id)
-    except (ConfigError, UserError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
-    print(redact(f"MLflow run {result.mlflow_run_id} at {result.tracking_uri}; best weights {result.best_weights}"))
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -28,30 +28,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cocoseg.config import ConfigError, config_path, load_config
+from cocoseg import jobs
 from cocoseg.tune.tuner import TuneResult, run_search
-from cocoseg.utils import UserError, redact, set_verbose
 
-__all__ = ["TuneResult", "main", "run"]
+__all__ = ["TuneResult", "build_parser", "main", "run"]
 
 run = run_search  # the work: cocoseg.tune.tuner.run_search(cfg)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line: the one declaration in ``cocoseg/jobs/tune.py``, as ``cocoseg tune`` has it."""
+    return jobs.build_parser("tune", "python -m pipelines.tune", __doc__.splitlines()[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tune", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="job config YAML (e.g. pipelines/configs/tune.yaml)")
-    parser.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output too")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.num_trials=8")
-    args = parser.parse_args(argv)
-    set_verbose(args.verbose)
-    try:
-        result = run(load_config(config_path(args.config), args.overrides))
-    except (ConfigError, UserError) as exc:
-        print(f"tune: error: {exc}", file=sys.stderr)
-        return 2
-    print(redact(f"best trial {result.best['trial_id']}: mask AP50-95 {result.best['best_mask_ap50_95']:.4f}; "
-                 f"config {result.best_config}; MLflow parent run {result.parent_run_id} at {result.tracking_uri}"))
-    return 0
+    return jobs.main(build_parser(), argv)
 
 
 if __name__ == "__main__":

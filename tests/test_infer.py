@@ -150,7 +150,7 @@ def test_infer_killed_midway_resumes_without_redoing_files(ray_local, weights, c
 
     sources = _images(tmp_path / "in", coco8_seg, copies=3)
     out = tmp_path / "out"
-    args = ["--weights", weights, "--source", str(tmp_path / "in"), "--out", str(out),
+    args = [weights, str(tmp_path / "in"), "--out", str(out),
             "evaluate.actors=1", "evaluate.batch_size=1", "evaluate.chunk_images=1"]
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address, RAY_TRAIN_ENABLE_PRINT_PATCH="0")
     log = tmp_path / "job.log"
@@ -170,7 +170,7 @@ def test_infer_killed_midway_resumes_without_redoing_files(ray_local, weights, c
     assert not (out / "_manifest.json").exists(), "the job finished before the kill: nothing was resumed"
     assert len(done) < len(sources)
 
-    doc = infer.run(load_config(None, args[6:]), weights, str(tmp_path / "in"), str(out))
+    doc = infer.run(load_config(None, args[4:]), weights, str(tmp_path / "in"), str(out))
     _check(str(out), sources)
     assert doc["this_run"]["files_reused"] == len(done) and doc["this_run"]["images"] == len(sources) - len(done)
     assert {n: (out / n).stat().st_mtime_ns for n in done} == {n: t[0] for n, t in done.items()}
@@ -214,8 +214,8 @@ def _predict_json(tmp_path: Path, jpeg: bytes, max_det: int) -> dict:
     """``cocoseg predict``'s code path (run_predictor) with the Predictor on the TinySeg export's model."""
     from export_helpers import TinySeg
 
-    from cocoseg.cli.predict import run_predictor
     from cocoseg.inference import Predictor
+    from cocoseg.inference.files import run_predictor
 
     path = tmp_path / "rotated.jpg"
     path.write_bytes(jpeg)

@@ -82,7 +82,7 @@ def test_predict_cli_local_and_s3_with_unreadable_images(cli, checkpoint: Path, 
 
 
 def test_predict_images_local_overlay(checkpoint: Path, coco8_seg: Path, tmp_path: Path) -> None:
-    from cocoseg.cli.predict import predict_images
+    from cocoseg.inference.files import predict_images
     from cocoseg.model import load_checkpoint
 
     model, card = load_checkpoint(str(checkpoint))
@@ -107,7 +107,7 @@ def test_predict_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.
 
 def test_an_image_past_pillows_pixel_limit_is_an_unreadable_image(tmp_path, monkeypatch):
     """Pillow's DecompressionBombError is no OSError: it must still become ImageReadError."""
-    from cocoseg.cli.predict import ImageReadError, read_image
+    from cocoseg.inference.files import ImageReadError, read_image
 
     path = tmp_path / "big.png"
     Image.new("RGB", (64, 64)).save(path)

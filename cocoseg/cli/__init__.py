@@ -1,37 +1,35 @@
-"""The ``cocoseg`` console command: a thin layer over the functions the jobs use.
+"""The ``cocoseg`` console command: the jobs' other front door, plus the tools around them.
 
-Each area adds its sub-commands in its own module (``register(subparsers)``); this module only
-assembles them, gives every command's ``--help`` a closing example line (:data:`EXAMPLES`), accepts
-dotted ``key=value`` overrides anywhere after the command (:func:`split_overrides`), and turns input
-errors into one clear line on stderr and exit status 2.
+Every job (``ingest``, ``train``, ``tune``, ``evaluate``, ``infer``, ``export``, ``register``,
+``retrain``, ``demo``) is declared once, in :mod:`cocoseg.jobs`; ``python -m pipelines.<job>`` and
+``cocoseg <job>`` take the same arguments. The tools (``synth``, ``model-info``, ``import-weights``,
+``predict``, ``sync-mlflow``, ``promote``, ``rollback``, ``config show``) are added by their area's
+module here (``register(subparsers)``). This module only assembles them, gives every command's
+``--help`` a closing example line (:data:`EXAMPLES`), accepts dotted ``key=value`` overrides
+anywhere after the command (:func:`split_overrides`), and ends every command under the jobs' one
+error policy (:func:`cocoseg.jobs.errors.run_guarded`: one line on stderr, exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 
-from cocoseg import __version__
-from cocoseg.config import ConfigError
-from cocoseg.config_checks import CheckOnly, set_check_only
-from cocoseg.storage import StorageError
-from cocoseg.utils import UserError, redact, set_verbose
+from cocoseg import __version__, jobs
+from cocoseg.jobs.args import JobParser, parse_job_args
+from cocoseg.jobs.args import split_overrides as _split_job
+from cocoseg.jobs.errors import run_guarded
 
 from . import config as _config
 from . import data as _data
 from . import deploy as _deploy
-from . import evaluate as _evaluate
-from . import infer as _infer
-from . import jobs as _jobs
 from . import model as _model
-from . import train as _train
-from . import tune as _tune
+from . import tracking as _tracking
 
 __all__ = ["EXAMPLES", "build_parser", "main", "parse_args", "split_overrides"]
 
-_AREAS = (_data, _model, _train, _tune, _deploy, _evaluate, _infer, _jobs, _config)
+_TOOLS = (_data, _model, _tracking, _deploy, _config)
 
 # The last line of each command's --help (tests/test_cli_forgiving.py checks every command has one).
 EXAMPLES = {
@@ -53,9 +51,6 @@ EXAMPLES = {
     "demo": "cocoseg demo --root /tmp/cocoseg-demo train.epochs=2",
     "config": "cocoseg config show --config pipelines/configs/train.yaml train.epochs=3 --section train",
 }
-
-# A dotted override: section.key[.sub...]=value (a path or URI never matches: it has no "word.word=" head).
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)+=")
 
 
 class _ExampleLast(argparse.HelpFormatter):
@@ -79,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show Ray's and pycocotools' own output too (or COCOSEG_VERBOSE=1)")
     parser.add_argument("--check", action="store_true",
                         help="check the job's config, paths and inputs, then exit before starting anything (0: ok)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for area in _AREAS:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=JobParser)
+    for name in jobs.JOBS:
+        job = jobs.job(name)
+        jobs.add_arguments(name, sub.add_parser(name, help=job.HELP, description=job.DESCRIPTION))
+    for area in _TOOLS:
         area.register(sub)
     for name, command in sub.choices.items():
         _add_example(command, EXAMPLES[name])
@@ -108,72 +106,27 @@ def _subcommand(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[i
 
 def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """``argv`` without the dotted ``key=value`` overrides found after the command, and those overrides
-    (in order), so that they may come before, between or after options and positionals.
-
-    A token right after an option that takes a value stays that option's value (``--reason a.b=c``);
-    nothing after ``--`` is taken, nor anything from a command without overrides (argparse then
-    reports the token it does not expect).
-    """
+    (in order), so that they may come before, between or after options and positionals
+    (:func:`cocoseg.jobs.args.split_overrides` over the command's own options)."""
     at, command = _subcommand(parser, argv)
-    actions = _all_actions(command) if command is not None else []
-    if not any(a.dest == "overrides" for a in actions):  # e.g. predict: a file may be named a.b=c.jpg
-        return list(argv), []
-    takes_value = {s: a.nargs != 0 for a in actions for s in a.option_strings}
-    rest, found, skip = list(argv[: at + 1]), [], False
-    for i, token in enumerate(argv[at + 1:], start=at + 1):
-        if token == "--":
-            return rest + list(argv[i:]), found
-        if skip:
-            rest.append(token)
-            skip = False
-        elif _OVERRIDE.match(token):
-            found.append(token)
-        else:
-            rest.append(token)
-            skip = token.startswith("-") and "=" not in token and takes_value.get(token, False)
-    return rest, found
-
-
-def _all_actions(command: argparse.ArgumentParser) -> list[argparse.Action]:
-    actions = list(command._actions)
-    for action in actions[:]:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                actions += _all_actions(child)
-    return actions
+    return _split_job(command, argv, start=at + 1)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
     """``parser.parse_args`` with the dotted overrides taken from anywhere after the command
     (:func:`split_overrides`) into ``args.overrides``, after any given in the usual place."""
-    rest, overrides = split_overrides(parser, argv)
-    args = parser.parse_args(rest)
-    if overrides:
-        args.overrides = [*args.overrides, *overrides]
-    return args
+    at, command = _subcommand(parser, argv)
+    return parse_job_args(parser, argv, start=at + 1, command=command) if command is not None else \
+        parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
-    set_verbose(args.verbose)
-    set_check_only(getattr(args, "check", False))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except CheckOnly as done:
-        print(redact(f"cocoseg {args.command}: {done}"))
-        return 0
-    except (ConfigError, UserError, StorageError, FileNotFoundError) as exc:
-        print(redact(f"cocoseg {args.command}: error: {exc}"), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"cocoseg {args.command}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        set_check_only(False)  # process-wide: a later in-process call (tests, notebooks) must run for real
+    return run_guarded(f"cocoseg {args.command}", args, args.func)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""CLI sub-commands: synth, ingest."""
+"""CLI sub-command: synth (a synthetic COCO-Seg dataset; the ingest job is cocoseg.jobs.ingest)."""
 
 from __future__ import annotations
 
@@ -31,15 +31,6 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    from cocoseg.config import config_path, load_config
-    from cocoseg.ingest.job import ingest
-
-    overrides = [f"ingest.source={args.source}", f"ingest.dest={args.dest}", *args.overrides]
-    result = ingest(load_config(config_path(args.config), overrides))
-    return 0 if result else 1
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the `cocoseg` parser."""
     p = sub.add_parser("synth", help="write a deterministic synthetic COCO-Seg dataset (shapes)",
@@ -52,12 +43,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-instances", type=int, default=4, help="instances per image: 1..N")
     p.add_argument("--classes", default="circle,square,triangle,star", help="comma-separated shape classes")
     p.set_defaults(func=_synth)
-
-    p = sub.add_parser("ingest", help="ingest COCO-Seg into a Parquet snapshot (Ray Data)",
-                       description="Read a COCO or YOLO source and write DEST/snapshots/<id>/ "
-                                   "(Parquet shards, _quarantine.parquet, _manifest.json).")
-    p.add_argument("source", help="COCO folder, s3:// prefix, or a dataset YAML")
-    p.add_argument("dest", help="snapshot root (folder or s3://); snapshots go to DEST/snapshots/<id>")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. ingest.shard_bytes=1000000")
-    p.add_argument("--config", default=None, help="job config YAML")
-    p.set_defaults(func=_ingest)

@@ -14,32 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
 
-from cocoseg import storage
-from cocoseg.utils import UserError, get_logger
-
-if TYPE_CHECKING:  # torch, numpy and PIL are imported when the command runs (fast `cocoseg --help`)
-    import numpy as np
-    import torch
-
-    from cocoseg.structures import Detections
-
-
-def __getattr__(name: str):  # the predictor's error class, without importing torch at `--help`
-    if name == "ImageReadError":
-        from cocoseg.inference import ImageReadError as error
-
-        return error
-    raise AttributeError(name)
-
-
-__all__ = ["IMAGE_SUFFIXES", "expand_images", "predict_images", "register", "run_predictor"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-log = get_logger(__name__)
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cocoseg.inference import Predictor  # heavy import only when the command runs
+    from cocoseg.inference import Predictor  # heavy imports only when the command runs
+    from cocoseg.inference.files import expand_images, run_predictor
 
     predictor = Predictor.load(args.weights, imgsz=args.imgsz, device=args.device, conf=args.conf, iou=args.iou,
                                max_det=args.max_det)
@@ -69,91 +46,3 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def expand_images(inputs: Sequence[str]) -> list[str]:
-    """Files as given; folders -> their image files (sorted). A missing path stays in the list so
-    that it is reported as unreadable with the others still processed."""
-    out: list[str] = []
-    for uri in inputs:
-        if storage.exists(uri) and storage.is_dir(uri):
-            found = [e.uri for e in storage.list_files(uri) if e.uri.lower().endswith(IMAGE_SUFFIXES)]
-            if not found:
-                raise UserError(f"{uri}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        else:
-            out.append(uri)
-    return out
-
-
-def read_image(uri: str) -> np.ndarray:
-    """(h, w, 3) uint8 RGB, EXIF orientation applied; ``ImageReadError`` when unreadable."""
-    from cocoseg.inference import read_image as read
-
-    return read(uri)
-
-
-def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: Sequence[str], out_dir: str, *,
-                   imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                   max_det: int = 300) -> dict[str, Any]:
-    """Run ``model`` on each image and write ``<stem>.json``, ``<stem>.png`` and ``summary.json``
-    under ``out_dir``. Returns the summary: ``images`` (written stems, counts) and ``failed``."""
-    from cocoseg.inference import Predictor
-
-    predictor = Predictor(model, class_names=class_names, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det)
-    return run_predictor(predictor, images, out_dir)
-
-
-def run_predictor(predictor: Any, images: Sequence[str], out_dir: str) -> dict[str, Any]:
-    """:func:`predict_images` with a ready :class:`cocoseg.inference.Predictor`."""
-    from cocoseg.inference import ImageReadError, read_image
-
-    summary: dict[str, Any] = {"images": [], "failed": [], "imgsz": predictor.imgsz, "conf": predictor.conf,
-                               "iou": predictor.iou}
-    used: set[str] = set()
-    for uri in images:
-        try:
-            rgb = read_image(uri)
-        except ImageReadError as exc:
-            log.error("%s", exc)
-            summary["failed"].append({"image": uri, "error": str(exc).removeprefix(f"{uri}: ")})
-            continue
-        (det,) = predictor.predict([rgb])
-        stem = _unique_stem(uri, used)
-        record = detections_to_json(uri, rgb.shape[:2], det, predictor.class_names)
-        storage.write_json(storage.join(out_dir, f"{stem}.json"), record)
-        storage.write_bytes(storage.join(out_dir, f"{stem}.png"), draw_overlay(rgb, det, predictor.class_names))
-        summary["images"].append({"image": uri, "stem": stem, "detections": len(det)})
-        log.info("%s: %d detection(s)", uri, len(det))
-    storage.write_json(storage.join(out_dir, "summary.json"), summary)
-    return summary
-
-
-def _unique_stem(uri: str, used: set[str]) -> str:
-    stem = PurePosixPath(uri.replace("\\", "/")).stem or "image"
-    candidate, k = stem, 1
-    while candidate in used:
-        candidate, k = f"{stem}_{k}", k + 1
-    used.add(candidate)
-    return candidate
-
-
-def detections_to_json(uri: str, orig_hw: tuple[int, int], det: Detections,
-                       class_names: Sequence[str]) -> dict:
-    """JSON-able record of one image's detections (boxes xyxy in original pixels, masks as RLE)."""
-    from cocoseg.inference import detections_record
-
-    cols = detections_record(det, class_names)
-    rows = [{"class_id": cls, "class_name": name, "score": score, "box_xyxy": box, "mask_rle": rle}
-            for cls, name, score, box, rle in zip(cols["classes"], cols["class_names"], cols["scores"],
-                                                  cols["boxes_xyxy"], cols["masks_rle"] or [None] * len(det),
-                                                  strict=True)]
-    for row in rows:
-        if row["mask_rle"] is None:
-            del row["mask_rle"]
-    return {"image": uri, "height": int(orig_hw[0]), "width": int(orig_hw[1]), "detections": rows}
-
-
-def draw_overlay(rgb: np.ndarray, det: Detections, class_names: Sequence[str]) -> bytes:
-    """PNG bytes of the image with masks tinted (50 %), boxes outlined and ``name score`` labels."""
-    from cocoseg.viz import draw_detections, to_png
-
-    return to_png(draw_detections(rgb, det, class_names))
