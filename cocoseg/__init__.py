@@ -1,12 +1,24 @@
 """cocoseg: YOLOv8-style instance segmentation on COCO-Seg at cluster scale.
 
-Layers import downward only (``../shared/docs/style.md``; checked by the import-linter contract
-in ``pyproject.toml``):
+Layers import downward only (``docs/architecture.md``; checked by ``lint-imports``, the
+import-linter contracts in ``pyproject.toml``), top first; packages on one line are independent:
 
-- L3 ``engine``, ``export``, ``registry``, ``tracking``
-- L2 ``loss``, ``metrics``
-- L1 ``data``, ``model``
-- L0 ``config``, ``structures``, ``storage``, ``utils``
+- ``cli``
+- ``jobs``
+- ``tune``, ``retrain``
+- ``ingest``, ``engine``, ``export``, ``registry``
+- ``batch``
+- ``tracking``
+- ``inference``
+- ``loss``, ``metrics``, ``viz``
+- ``config_checks``
+- ``data``, ``model``, ``bundle``
+- ``cluster``
+- ``config``, ``structures``, ``storage``, ``utils``
+
+The other contracts: nothing here imports ``pipelines`` (the jobs are thin wiring over this
+library); ``loss`` never imports post-processing; ``ray`` is imported only by the modules that
+meet the cluster (listed in ``pyproject.toml``); no ``torchvision`` and no Ultralytics code.
 """
 
 __version__ = "0.1.0"

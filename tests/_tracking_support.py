@@ -1,5 +1,6 @@
-"""One tiny real demo run against a basic-auth MLflow server, shared by the secrets test and the
-MLflow UI test (one training run for both, to keep the suite short)."""
+"""The one basic-auth MLflow server of the suite (``auth_server``, also the registry-auth test's) and
+one tiny real demo run against it, shared by the secrets test and the MLflow UI test (one server
+and one training run for all three, to keep the suite short)."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def test_run_and_model_pages_show_dataset_logged_model_per_class_ap_and_aliases(
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
     # MLflow 3.17's UI opens in its GenAI mode unless the browser chose otherwise (a toggle kept in
     # localStorage, default GenAI); ?workflowType=machine_learning selects the model-training mode
-    # (README, "Tracking"). The run page lists its dataset inputs, its LoggedModel
+    # (docs/training.md, "MLflow"). The run page lists its dataset inputs, its LoggedModel
     # and the registry version made from it ("Registered models").
     text = _open(browser, f"http://{host}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning",
                  ["cocoseg-train", "yolov8n-seg", MODEL], tmp_path / "run.png")

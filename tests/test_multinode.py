@@ -2,9 +2,11 @@
 submitted with ``ray job submit`` to the head's dashboard: 2 workers forced onto different nodes
 (STRICT_SPREAD). The job succeeds, its logs come back, and the workers ran on 2 node ids.
 
-The cluster is private to the test: token auth off on loopback (``RAY_AUTH_MODE=disabled``, see
-ray-notes), its own temp dir and free ports for everything that listens, so it never meets
-other Ray instances on a shared machine. It is stopped by PID (raylets, then the rest, then the
+The cluster is private to the test: token auth off on loopback (``RAY_AUTH_MODE=disabled``: Ray
+2.60 turns it on for ``ray start --head`` once ``~/.ray/auth_token`` exists, and the joining node
+and ``ray job submit`` then fail without the token; docs/architecture.md, "Ray facts"), its own
+temp dir and free ports for everything that listens, so it never meets other Ray instances on a
+shared machine. It is stopped by PID (raylets, then the rest, then the
 GCS), never with ``ray stop``, which would kill every Ray on the machine.
 """
 

@@ -1,8 +1,8 @@
 """The actor pool of ``evaluate`` and ``infer`` sized against the live cluster, before it starts.
 
 Ray Data runs the pool's actors and its own read tasks on the same CPUs. Actors that take every
-CPU leave the reads none, and the job then waits forever without a word (ray-notes.md, "CPU
-pitfall"). :func:`plan_pool` does the arithmetic first: the actors' CPUs (and GPUs) plus what the
+CPU leave the reads none, and the job then waits forever without a word (docs/architecture.md,
+"Ray facts"). :func:`plan_pool` does the arithmetic first: the actors' CPUs (and GPUs) plus what the
 reads need must fit the cluster, else one line names the keys and the largest setting that fits.
 
 Defaults use the machine: ``evaluate.actors=0`` takes as many actors as the CPUs (less the

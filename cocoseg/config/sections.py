@@ -240,7 +240,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """ONNX / TensorRT export of trained weights (cocoseg.export; README "Export and registry")."""
+    """ONNX / TensorRT export of trained weights (cocoseg.export; docs/export-registry.md)."""
 
     formats: tuple[str, ...] = ("onnx",)  # add "engine" for a TensorRT plan (GPU hosts only)
     exporter: str = "torchscript"  # or "dynamo" (needs onnxscript; no in-graph NMS)

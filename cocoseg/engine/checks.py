@@ -65,9 +65,10 @@ def resolve_snapshot(cfg: JobConfig) -> dict[str, Any]:
 
 
 def _data_cpus(cfg: JobConfig) -> float:
-    # The input actors, plus one CPU for Ray Data's read tasks (ray-notes CPU pitfall: without it,
-    # it hangs), plus, with asynchronous validation, its tasks and their actor pools
-    # (engine/validation.py: each task holds validation.cpus_per_actor, as each actor does).
+    # The input actors, plus one CPU for Ray Data's read tasks (without a free CPU they are never
+    # scheduled and the job hangs: docs/architecture.md, "Ray facts"), plus, with asynchronous
+    # validation, its tasks and their actor pools (engine/validation.py: each task holds
+    # validation.cpus_per_actor, as each actor does).
     v = cfg.validation
     val = v.concurrency * (v.actors + 1) * v.cpus_per_actor if v.mode == "async" else 0.0
     return cfg.data.actors * cfg.data.cpus_per_actor + 1 + val

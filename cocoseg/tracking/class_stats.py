@@ -23,6 +23,7 @@ from cocoseg.data.class_stats import COLUMNS, RARE_INSTANCES
 from cocoseg.utils import get_logger
 
 from . import journal as jr
+from .ui import save_bar_chart
 
 __all__ = ["TABLE_FILE", "CHART_FILE", "class_stats_chart", "log_class_stats"]
 
@@ -59,12 +60,7 @@ def class_stats_chart(rows: Sequence[Mapping[str, Any]], path: Path, split: str 
         ax.set_yscale("symlog", linthresh=10)  # COCO: 262k persons, 200 hair driers
     ax.set_ylabel("instances")
     ax.set_title(f"{split} split: instances per class (COCO size buckets)")
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_bar_chart(fig, ax, path)
 
 
 def _mark_table(client: Any, run_id: str) -> None:

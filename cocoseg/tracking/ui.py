@@ -225,6 +225,14 @@ def _bar_chart(table: Mapping[str, Mapping[str, float]], path: Path, epoch: int)
     ax.set_ylim(0, 1)
     ax.set_ylabel("AP")
     ax.set_title(f"per-class AP, epoch {epoch}")
+    return save_bar_chart(fig, ax, path)
+
+
+def save_bar_chart(fig: Any, ax: Any, path: Path) -> Path:
+    """Finish a bar chart as every chart of the run's ``plots/`` is finished (a small legend, a
+    horizontal grid, an 80 dpi PNG at ``path``) and free the figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
