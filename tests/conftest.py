@@ -43,7 +43,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A server's start-up on a heavily loaded host (two xdist workers starting services at once, other
+# jobs on the machine) can take minutes; waiting costs nothing when it is quick, so no start waits less.
+MIN_START_WAIT_S = 600
+
+
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait until ``url`` answers (below 500), at least :data:`MIN_START_WAIT_S`; fail at once if
+    ``proc`` exits, with the end of its ``log``."""
+    timeout = max(timeout, MIN_START_WAIT_S)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
