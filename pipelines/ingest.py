@@ -29,7 +29,7 @@ __all__ = ["main", "run"]
 
 log = get_logger("pipelines.ingest")
 
-run = ingest  # the work: cocoseg.ingest.job.ingest(cfg) -> the manifest (+ snapshot_uri, skipped)
+run = ingest  # the work: cocoseg.ingest.job.ingest(cfg) -> IngestResult (the Manifest, skipped)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -124,7 +124,7 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(exported or card.imgsz), conf=cfg.evaluate.conf,
                         iou=cfg.evaluate.iou, max_det=cfg.evaluate.max_det)
     gt = snapshot_to_coco(snapshot, split)
-    evaluators = {b: COCOEvaluator(gt, category_ids=manifest.get("category_ids")) for b in backends}
+    evaluators = {b: COCOEvaluator(gt, category_ids=list(manifest.category_ids)) for b in backends}
     results: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
     counts = dict.fromkeys(backends, 0)
     image_ids: list[int] = []
@@ -148,6 +148,6 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
         if b != EAGER and image_ids:
             matches = {t: collect_matches(ev.coco, results[b], t, image_ids, ev.category_ids) for t in ("bbox", "segm")}
         out[b] = {"metrics": _metrics(ev.evaluate()), "detections": counts[b], "matches": matches}
-    return {"backends": out, "snapshot_id": manifest["snapshot_id"], "split": split, "images": len(image_ids),
+    return {"backends": out, "snapshot_id": manifest.snapshot_id, "split": split, "images": len(image_ids),
             "protocol": protocol.to_dict(), "protocol_hash": protocol.hash(), "scorer": SCORER,
             "seconds": round(time.perf_counter() - start, 3)}

@@ -169,7 +169,7 @@ def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterabl
     splits are re-read per epoch.
     """
     manifest = read_manifest(snapshot_uri)
-    rows = int(manifest["splits"]["val"]["images"])
+    rows = manifest.splits["val"].images
     limit = cfg.data.max_val_images
     rows = min(rows, limit) if limit else rows
     size = cfg.train.val_batch_size or 2 * cfg.train.batch_size
