@@ -48,9 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights", help="cocoseg checkpoint folder (local or s3://)")
     p.add_argument("images", nargs="+", help="image files or folders (local or s3://)")
     p.add_argument("--out", required=True, help="output folder (local or s3://)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
-    p.add_argument("--max-det", type=int, default=300, help="detections kept per image (default 300)")
+    # Unset: the PREDICT preset's (cocoseg.inference.PREDICT; not imported here: no torch at --help).
+    p.add_argument("--conf", type=float, default=None, help="score threshold (default: the predict preset's, 0.25)")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the predict preset's, 0.7)")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="detections kept per image (default: the predict preset's, 300)")
     p.add_argument("--imgsz", type=int, default=0, help="network input side (default: the model card's)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=_run)
@@ -59,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from cocoseg.inference import Predictor  # heavy import only when the command runs
 
-    predictor = Predictor.load(args.weights, imgsz=args.imgsz, device=args.device, conf=args.conf, iou=args.iou,
-                               max_det=args.max_det)
+    given = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det}
+    predictor = Predictor.load(args.weights, imgsz=args.imgsz, device=args.device,
+                               **{k: v for k, v in given.items() if v is not None})
     summary = run_predictor(predictor, expand_images(args.images), args.out)
     for failure in summary["failed"]:
         print(f"cocoseg predict: error: {failure['image']}: {failure['error']}", file=sys.stderr)
@@ -92,13 +95,13 @@ def read_image(uri: str) -> np.ndarray:
 
 
 def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: Sequence[str], out_dir: str, *,
-                   imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                   max_det: int = 300) -> dict[str, Any]:
+                   imgsz: int = 640, **nms: Any) -> dict[str, Any]:
     """Run ``model`` on each image and write ``<stem>.json``, ``<stem>.png`` and ``summary.json``
-    under ``out_dir``. Returns the summary: ``images`` (written stems, counts) and ``failed``."""
+    under ``out_dir``. ``nms``: ``conf`` / ``iou`` / ``max_det`` other than the PREDICT preset's.
+    Returns the summary: ``images`` (written stems, counts) and ``failed``."""
     from cocoseg.inference import Predictor
 
-    predictor = Predictor(model, class_names=class_names, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det)
+    predictor = Predictor(model, class_names=class_names, imgsz=imgsz, **nms)
     return run_predictor(predictor, images, out_dir)
 
 

@@ -25,7 +25,9 @@ rotated, because COCO's sizes and polygons refer to the stored pixel grid
 
 :class:`Protocol` names what makes two AP figures comparable (imgsz, conf, iou, max_det,
 multi-label, letterbox rule, evaluation code version); its :meth:`Protocol.hash` is recorded by
-the evaluate job and compared by the promotion gate.
+the evaluate job and compared by the promotion gate. Two presets: :data:`EVALUATE` (conf 0.001,
+multi-label: what AP is measured under) and :data:`PREDICT` (conf 0.25, one label per box: what
+``predict``, ``infer`` and the served model (:data:`SERVE`, at most 100 boxes) show).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from .batch import DETECTION_COLUMNS, DetectBatch, PredictImages, detections_fro
 from .predictor import Predictor, detections_record
 from .protocol import (
     EVAL_CODE_VERSION,
+    EVALUATE,
     LETTERBOX_RULE,
+    PREDICT,
+    SERVE,
     ImageReadError,
     Protocol,
     decode_image,
@@ -45,7 +50,7 @@ from .protocol import (
     resolve_weights,
 )
 
-__all__ = ["DETECTION_COLUMNS", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "Backend", "DetectBatch", "ImageReadError",
+__all__ = ["DETECTION_COLUMNS", "EVALUATE", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "PREDICT", "SERVE", "Backend", "DetectBatch", "ImageReadError",
            "OnnxBackend", "PredictImages", "Predictor", "Protocol", "TorchBackend", "decode_image",
            "detections_from_row", "detections_record", "encode_rle", "masks_to_rle", "prediction_schema",
            "read_image", "resolve_weights"]

@@ -95,8 +95,7 @@ class PredictImages:
         torch.set_num_threads(threads)
         p = Protocol(**protocol)
         self.passthrough = tuple(passthrough)
-        self.predictor = Predictor.load(weights, imgsz=p.imgsz, device=device, conf=p.conf, iou=p.iou,
-                                        max_det=p.max_det, multi_label=p.multi_label)
+        self.predictor = Predictor.load(weights, imgsz=p.imgsz, device=device).with_protocol(p)
 
     def _predict(self, images: dict[int, np.ndarray], errors: list[str | None]) -> dict[int, Detections]:
         """One batched forward; if it fails, image by image so the failure stays with its image."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from cocoseg.structures import Detections, LetterboxParams, letterbox_params
 from cocoseg.utils import UserError
 
 from .backends import Backend, TorchBackend
-from .protocol import Protocol, resolve_weights
+from .protocol import EVALUATE, PREDICT, Protocol, resolve_weights
 
 __all__ = ["Predictor", "detections_record"]
 
@@ -25,13 +26,15 @@ class Predictor:
     ``model``: a cocoseg segmentation model (forward -> ``RawOutputs``; run by a
     :class:`TorchBackend` on ``device`` in ``precision``) or a :class:`Backend` (ONNX Runtime,
     TensorRT: ``device`` and ``precision`` are then the backend's own); ``imgsz``: square input
-    side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (predict
-    defaults; :meth:`for_evaluation` gives the evaluation ones).
+    side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (by default
+    the :data:`~cocoseg.inference.protocol.PREDICT` preset's; :meth:`for_evaluation` gives the
+    :data:`~cocoseg.inference.protocol.EVALUATE` ones).
     """
 
-    def __init__(self, model: torch.nn.Module | Backend, *, class_names: Sequence[str], imgsz: int = 640,
-                 conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
-                 device: str | torch.device | None = None, precision: str = "fp32") -> None:
+    def __init__(self, model: torch.nn.Module | Backend, *, class_names: Sequence[str], imgsz: int = PREDICT.imgsz,
+                 conf: float = PREDICT.conf, iou: float = PREDICT.iou, max_det: int = PREDICT.max_det,
+                 multi_label: bool = PREDICT.multi_label, device: str | torch.device | None = None,
+                 precision: str = "fp32") -> None:
         if imgsz % 32 or imgsz <= 0:
             raise UserError(f"imgsz {imgsz} is not a positive multiple of 32")
         self.backend: Backend = (TorchBackend(model, device=device, precision=precision)
@@ -70,11 +73,14 @@ class Predictor:
             raise TypeError(f"unknown predictor settings {sorted(unknown)}")
         return Predictor(self.backend, class_names=self.class_names, **{**now, **settings})
 
-    def for_evaluation(self, protocol: Protocol | None = None) -> Predictor:
-        """The same backend with the evaluation protocol's NMS settings (conf 0.001, multi-label, ...)."""
-        p = protocol or Protocol(imgsz=self.imgsz)
+    def with_protocol(self, p: Protocol) -> Predictor:
+        """The same backend under protocol ``p`` (its imgsz and NMS settings)."""
         return self.with_settings(imgsz=p.imgsz, conf=p.conf, iou=p.iou, max_det=p.max_det,
                                   multi_label=p.multi_label)
+
+    def for_evaluation(self, protocol: Protocol | None = None) -> Predictor:
+        """The same backend under ``protocol``, by default :data:`EVALUATE` at this imgsz (conf 0.001, multi-label)."""
+        return self.with_protocol(protocol or replace(EVALUATE, imgsz=self.imgsz))
 
     @property
     def protocol(self) -> Protocol:
