@@ -75,7 +75,7 @@ class ServedDetectBatch:
                 "height": pa.array([s[0] for s in sizes], pa.int32()),
                 "width": pa.array([s[1] for s in sizes], pa.int32())}
         for name, predictor in self.predictors.items():
-            dets = predictor.detect(vb.images, predictor.letterboxes_for(sizes), masks="rle")
+            dets = predictor.detect(vb.images, vb.letterboxes, masks="rle")
             cols[f"{name}:boxes_xyxy"] = pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32()))
             cols[f"{name}:scores"] = pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32()))
             cols[f"{name}:classes"] = pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32()))

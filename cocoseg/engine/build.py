@@ -229,10 +229,9 @@ def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]
         evaluator.reset()
         preview, images = None, 0
         for batch in val_batches():
-            letterboxes = predictor.letterboxes_for(batch.orig_hw.tolist())
             pred, proto = predictor.forward(batch.images)
-            evaluator.process(batch.image_ids.tolist(), predictor.postprocess(pred, proto, letterboxes, masks="rle"))
-            images += len(letterboxes)
+            evaluator.process(batch.image_ids.tolist(), predictor.postprocess(pred, proto, batch.letterboxes, masks="rle"))
+            images += len(batch.letterboxes)
             if preview is None and preview_images > 0:  # the same forward, under the predict defaults' NMS
                 shown = Predictor(model, class_names=class_names, imgsz=protocol.imgsz, device=device)
                 n = preview_images

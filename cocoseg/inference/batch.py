@@ -43,8 +43,8 @@ class DetectBatch:
         from cocoseg.data.collate import collate_val
 
         vb = collate_val(self.stage(batch))
-        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
-        dets = self.predictor.detect(vb.images, self.predictor.letterboxes_for(sizes), masks="rle")
+        sizes = [lb.orig_hw for lb in vb.letterboxes]
+        dets = self.predictor.detect(vb.images, vb.letterboxes, masks="rle")
         return pa.table({
             "image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
             "height": pa.array([s[0] for s in sizes], pa.int32()), "width": pa.array([s[1] for s in sizes], pa.int32()),

@@ -11,7 +11,7 @@ import torch
 
 from cocoseg.data.letterbox import letterbox
 from cocoseg.model.postprocess import masks_to_rle, postprocess
-from cocoseg.structures import Detections, LetterboxParams, letterbox_params
+from cocoseg.structures import Detections, LetterboxParams
 from cocoseg.utils import UserError
 
 from .backends import Backend, TorchBackend
@@ -124,10 +124,6 @@ class Predictor:
         prepared = [self.prepare(np.asarray(rgb)) for rgb in images]
         batch = torch.from_numpy(np.stack([p[0] for p in prepared])).permute(0, 3, 1, 2)
         return self.detect(batch, [p[1] for p in prepared], masks=masks)
-
-    def letterboxes_for(self, orig_hw: Sequence[tuple[int, int]]) -> list[LetterboxParams]:
-        """The geometry of images of these sizes letterboxed by :meth:`prepare` (the val preset's rule)."""
-        return [letterbox_params((int(h), int(w)), (self.imgsz, self.imgsz)) for h, w in orig_hw]
 
 
 def detections_record(det: Detections, class_names: Sequence[str], *, digits: int = 2) -> dict[str, Any]:
