@@ -14,7 +14,8 @@ that runs the network (:class:`Backend`: :class:`TorchBackend` for an ``nn.Modul
 :class:`OnnxBackend` for the ONNX export, ``cocoseg.export.tensorrt.TensorRTBackend`` for an
 engine) and returns its decoded outputs ``pred`` / ``proto`` (the export's I/O signature; for
 ONNX and TensorRT :func:`cocoseg.model.decode.decode` is inside the graph) -> the one
-post-processing (torch NMS, masks, RLE). One letterbox type
+post-processing (torch NMS, masks, RLE). Detections leave as one record with one Arrow schema
+(:mod:`.records`: evaluate, infer, predict and the served model). One letterbox type
 (:class:`~cocoseg.structures.LetterboxParams`) travels from the decode to post-processing; NMS,
 masks and the RLE encoder are those of :mod:`cocoseg.model.postprocess`.
 
@@ -35,8 +36,8 @@ from __future__ import annotations
 from cocoseg.model.postprocess import encode_rle, masks_to_rle
 
 from .backends import Backend, OnnxBackend, TorchBackend
-from .batch import DETECTION_COLUMNS, DetectBatch, PredictImages, detections_from_row, prediction_schema
-from .predictor import Predictor, detections_record
+from .batch import DetectBatch, PredictImages, evaluation_schema
+from .predictor import Predictor
 from .protocol import (
     EVAL_CODE_VERSION,
     EVALUATE,
@@ -49,8 +50,18 @@ from .protocol import (
     read_image,
     resolve_weights,
 )
+from .records import (
+    DETECTION_COLUMNS,
+    detection_row,
+    detection_schema,
+    detections_from_row,
+    detections_json,
+    detections_record,
+    prediction_schema,
+)
 
 __all__ = ["DETECTION_COLUMNS", "EVALUATE", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "PREDICT", "SERVE", "Backend", "DetectBatch", "ImageReadError",
            "OnnxBackend", "PredictImages", "Predictor", "Protocol", "TorchBackend", "decode_image",
-           "detections_from_row", "detections_record", "encode_rle", "masks_to_rle", "prediction_schema",
-           "read_image", "resolve_weights"]
+           "detection_row", "detection_schema", "detections_from_row", "detections_json", "detections_record",
+           "evaluation_schema",
+           "encode_rle", "masks_to_rle", "prediction_schema", "read_image", "resolve_weights"]

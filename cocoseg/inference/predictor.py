@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from cocoseg.data.letterbox import letterbox
-from cocoseg.model.postprocess import masks_to_rle, postprocess
+from cocoseg.model.postprocess import postprocess
 from cocoseg.structures import Detections, LetterboxParams
 from cocoseg.utils import UserError
 
 from .backends import Backend, TorchBackend
 from .protocol import EVALUATE, PREDICT, Protocol, resolve_weights
 
-__all__ = ["Predictor", "detections_record"]
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -125,13 +125,3 @@ class Predictor:
         batch = torch.from_numpy(np.stack([p[0] for p in prepared])).permute(0, 3, 1, 2)
         return self.detect(batch, [p[1] for p in prepared], masks=masks)
 
-
-def detections_record(det: Detections, class_names: Sequence[str], *, digits: int = 2) -> dict[str, Any]:
-    """Column form of one image's detections (what predict JSON and infer Parquet rows hold):
-    ``boxes_xyxy`` (original pixels), ``scores``, ``classes``, ``class_names``, ``masks_rle``."""
-    classes = [int(c) for c in det.classes.tolist()]
-    rles = det.masks_rle if det.masks_rle is not None else (masks_to_rle(det.masks) if det.masks is not None else [])
-    return {"boxes_xyxy": [[round(float(v), digits) for v in box] for box in det.boxes_xyxy.tolist()],
-            "scores": [round(float(s), 5) for s in det.scores.tolist()], "classes": classes,
-            "class_names": [class_names[c] if c < len(class_names) else str(c) for c in classes],
-            "masks_rle": list(rles)}

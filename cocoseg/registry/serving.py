@@ -10,8 +10,8 @@ torch (CPU build) in its pip requirements (``registry/versions.py``; docs/infere
 
 Request: one row per image, column ``image`` holding the encoded file (JPEG/PNG) as base64 text
 (or raw bytes when called in-process). Optional params: ``conf`` (0.25), ``iou`` (0.7),
-``max_det`` (100), ``masks`` (true): the :data:`cocoseg.inference.SERVE` preset. Response: one record per image, the columns of
-:func:`cocoseg.inference.detections_record` plus the size::
+``max_det`` (100), ``masks`` (true): the :data:`cocoseg.inference.SERVE` preset. Response: one
+record per image, the detection record (:func:`cocoseg.inference.detections_record`) plus the size::
 
     {"boxes_xyxy": [[x1, y1, x2, y2], ...]   original-image pixels (EXIF orientation applied)
      "scores": [...], "classes": [...] (0..nc-1), "class_names": [...],
