@@ -254,6 +254,7 @@ def test_a_manifest_written_by_earlier_code_reads_and_round_trips(tmp_path):
     """``read_manifest`` gives a frozen, typed Manifest of an older snapshot's JSON (no ``stats``);
     writing it back gives the same document, per-class statistics and unknown keys included."""
     import dataclasses
+    import pickle
 
     from cocoseg.data.class_stats import format_class_table, split_stats
     from cocoseg.data.manifest import ShardEntry, dumps_manifest
@@ -270,6 +271,7 @@ def test_a_manifest_written_by_earlier_code_reads_and_round_trips(tmp_path):
     assert split_stats(m, "train") is None and "ingested by an older cocoseg" in format_class_table(m)
     assert "bad_polygon: {'instances': 2}" in manifest_summary(m) and "took 6.0 s" in manifest_summary(m)
     assert json.loads(dumps_manifest(m)) == json.loads(_OLD_MANIFEST)
+    assert pickle.loads(pickle.dumps(m)) == m == dataclasses.replace(m)  # it may cross to Ray workers
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.snapshot_id = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):

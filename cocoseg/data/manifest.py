@@ -73,6 +73,9 @@ class SplitEntry:
     shards: tuple[ShardEntry, ...]
     stats: Mapping[str, Any] | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:  # mapping proxies do not pickle; Ray and copy pickle
+        return _split, (self.to_json(),)
+
     def to_json(self) -> dict[str, Any]:
         out = {"source_split": self.source_split, "images": self.images, "annotations": self.annotations,
                "shards": [s.to_json() for s in self.shards]}
@@ -146,6 +149,9 @@ class Manifest:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"{where}: malformed ({exc}); re-ingest the source") from None
 
+    def __reduce__(self) -> tuple[Any, ...]:  # mapping proxies do not pickle; Ray and copy pickle
+        return _manifest_from, (self.to_json(), self.snapshot_uri)
+
     def to_json(self) -> dict[str, Any]:
         """The document as stored (``snapshot_uri`` is not): the keys in the order ingest writes them."""
         out: dict[str, Any] = {
@@ -166,6 +172,10 @@ def _split(entry: Mapping[str, Any]) -> SplitEntry:
     return SplitEntry(source_split=str(entry.get("source_split", "")), images=int(entry.get("images", 0)),
                       annotations=int(entry.get("annotations", 0)), shards=shards,
                       stats=_frozen(stats) if stats is not None else None)
+
+
+def _manifest_from(doc: Mapping[str, Any], snapshot_uri: str) -> Manifest:
+    return Manifest.from_json(doc, snapshot_uri)
 
 
 def dumps_manifest(manifest: Manifest) -> str:
