@@ -36,7 +36,7 @@ from __future__ import annotations
 from cocoseg.model.postprocess import encode_rle, masks_to_rle
 
 from .backends import Backend, OnnxBackend, TorchBackend
-from .batch import DetectBatch, PredictImages, evaluation_schema
+from .batch import DetectBatch, PredictImages
 from .predictor import Predictor
 from .protocol import (
     EVAL_CODE_VERSION,
@@ -57,6 +57,7 @@ from .records import (
     detections_from_row,
     detections_json,
     detections_record,
+    evaluation_schema,
     prediction_schema,
 )
 

@@ -13,16 +13,9 @@ from cocoseg.structures import Detections
 
 from .predictor import Predictor
 from .protocol import ImageReadError, Protocol, decode_image
-from .records import detection_row, detection_schema, prediction_schema
+from .records import detection_row, evaluation_schema, prediction_schema
 
-__all__ = ["DetectBatch", "PredictImages", "evaluation_schema"]
-
-
-def evaluation_schema() -> Any:
-    """The rows of :class:`DetectBatch`: ``image_id`` then the detection columns (:mod:`.records`)."""
-    import pyarrow as pa
-
-    return detection_schema([("image_id", pa.int64())])
+__all__ = ["DetectBatch", "PredictImages"]
 
 
 class DetectBatch:

@@ -27,7 +27,7 @@ from cocoseg.model.postprocess import masks_to_rle
 from cocoseg.structures import Detections
 
 __all__ = ["DETECTION_COLUMNS", "detection_row", "detection_schema", "detections_from_row", "detections_json",
-           "detections_record", "prediction_schema"]
+           "detections_record", "evaluation_schema", "prediction_schema"]
 
 DETECTION_COLUMNS = ("width", "height", "boxes_xyxy", "scores", "classes", "class_names", "masks_rle")
 
@@ -67,6 +67,14 @@ def detection_schema(keys: Sequence[tuple[str, Any]] = (), extra: Sequence[tuple
                ("scores", pa.list_(pa.float32())), ("classes", pa.list_(pa.int32())),
                ("class_names", pa.list_(pa.string())), ("masks_rle", pa.list_(pa.string()))]
     return pa.schema([*keys, *columns, *extra])
+
+
+def evaluation_schema() -> Any:
+    """The evaluate job's rows (:class:`~cocoseg.inference.DetectBatch`): ``image_id``, then
+    :data:`DETECTION_COLUMNS`."""
+    import pyarrow as pa
+
+    return detection_schema([("image_id", pa.int64())])
 
 
 def prediction_schema() -> Any:
