@@ -17,6 +17,7 @@ from typing import Any
 
 from cocoseg import storage
 from cocoseg.config import JobConfig, with_values
+from cocoseg.data.manifest import Manifest
 from cocoseg.engine.checks import ensure_ray
 from cocoseg.registry import CHAMPION, alias_version, connect
 from cocoseg.tracking import resolve_tracking_uri
@@ -80,14 +81,14 @@ def _champion_on(cfg: JobConfig, champion: Any, snapshot: str, fresh: dict[str, 
     return {"version": str(champion.version), "by_split": out}
 
 
-def _what_changed(cfg: JobConfig, manifest: dict[str, Any], champion: Any) -> dict[str, Any] | None:
+def _what_changed(cfg: JobConfig, manifest: Manifest, champion: Any) -> dict[str, Any] | None:
     """The new snapshot against the champion's (diff.json): images added / removed / changed,
     instances per class before and after, and the champion's AP on the new and changed images."""
     from cocoseg.data.diff import diff_snapshots
     from cocoseg.data.schema import snapshot_uri
 
     old_id = str((champion.tags or {}).get("data_snapshot", "")) if champion is not None else ""
-    new_uri, new_id = manifest["snapshot_uri"], manifest["snapshot_id"]
+    new_uri, new_id = manifest.snapshot_uri, manifest.snapshot_id
     if not old_id or old_id == new_id:
         return None
     root = new_uri.rstrip("/").rsplit("/snapshots/", 1)[0]
@@ -137,17 +138,18 @@ def retrain(cfg: JobConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
-    manifest = ingest(cfg)
-    snapshot_id = manifest["snapshot_id"]
+    ingested = ingest(cfg)
+    manifest = ingested.manifest
+    snapshot_id = manifest.snapshot_id
     champion = _champion(cfg)
     seen = champion is not None and snapshot_id in (champion.tags or {}).get("data_snapshot", "")
-    if manifest.get("skipped") and seen and not cfg.retrain.force:
+    if ingested.skipped and seen and not cfg.retrain.force:
         msg = (f"source unchanged (snapshot {snapshot_id}) and champion v{champion.version} was trained on it: "
                "nothing to retrain (retrain.force=true trains anyway)")
         print(msg)
         return {"action": "skipped", "snapshot": snapshot_id, "champion": str(champion.version), "reason": msg}
     diff = _what_changed(cfg, manifest, champion)
-    values = {"train.snapshot": manifest["snapshot_uri"]}
+    values = {"train.snapshot": manifest.snapshot_uri}
     if champion is not None and cfg.retrain.warm_start:
         weights = _warm_start(cfg, champion)
         if weights:
@@ -161,9 +163,9 @@ def retrain(cfg: JobConfig) -> dict[str, Any]:
     if diff is not None:
         _log_diff(cfg, trained.mlflow_run_id, diff)
     export_checkpoint(cfg, trained.best_weights, export_dir, train_run_id=trained.mlflow_run_id,
-                      snapshot=manifest["snapshot_uri"])
+                      snapshot=manifest.snapshot_uri)
     # the served artifacts are evaluated on the new snapshot (it may live outside storage.root)
-    reg = register(cfg, export_dir, snapshot=manifest["snapshot_uri"])
+    reg = register(cfg, export_dir, snapshot=manifest.snapshot_uri)
     out = {"action": "trained", "snapshot": snapshot_id, "mlflow_run_id": trained.mlflow_run_id,
            "version": str(reg.version), "decision": reg.decision.decision, "reason": reg.decision.reason,
            "seconds": round(time.perf_counter() - started, 1)}

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
+
 if TYPE_CHECKING:  # annotations only: the class maps must not cost a torch import (ingest, Ray Data)
     import torch
 
@@ -19,7 +21,9 @@ __all__ = [
     "COCO91_TO_COCO80",
     "COCO_CLASS_NAMES",
     "Detections",
+    "LETTERBOX_WIDTH",
     "LetterboxParams",
+    "NO_LETTERBOX",
     "RawOutputs",
     "SegTargets",
     "TrainBatch",
@@ -141,6 +145,9 @@ class LetterboxParams:
     """How an ``orig_hw`` image was placed into an ``out_hw`` canvas.
 
     ``resized_hw`` is the size after scaling by ``gain``; ``pad_left``/``pad_top`` in pixels.
+    Made once, where the image is letterboxed (:func:`letterbox_params`), and carried to the
+    predictor: through a column batch as :meth:`to_array` rows (the ``letterbox`` column of
+    ``cocoseg.data.stage``), back with :meth:`from_array`.
     """
 
     orig_hw: tuple[int, int]
@@ -153,6 +160,24 @@ class LetterboxParams:
     @property
     def pad(self) -> tuple[int, int]:
         return self.pad_left, self.pad_top
+
+    def to_array(self) -> np.ndarray:
+        """(9,) float64 ``[orig_h, orig_w, out_h, out_w, resized_h, resized_w, gain, pad_left, pad_top]``
+        (float64: the gain comes back bit for bit)."""
+        return np.array([*self.orig_hw, *self.out_hw, *self.resized_hw, self.gain, self.pad_left, self.pad_top],
+                        np.float64)
+
+    @classmethod
+    def from_array(cls, row: np.ndarray) -> LetterboxParams:
+        """The inverse of :meth:`to_array`."""
+        oh, ow, h, w, rh, rw, gain, left, top = (float(v) for v in row)
+        return cls(orig_hw=(int(oh), int(ow)), out_hw=(int(h), int(w)), resized_hw=(int(rh), int(rw)), gain=gain,
+                   pad_left=int(left), pad_top=int(top))
+
+
+LETTERBOX_WIDTH = 9  # values per LetterboxParams.to_array row
+NO_LETTERBOX = np.full(LETTERBOX_WIDTH, np.nan)  # the row of an image with no letterbox inverse (mosaic, affine, flip)
+NO_LETTERBOX.flags.writeable = False
 
 
 def letterbox_params(orig_hw: tuple[int, int], out_hw: tuple[int, int], *, scaleup: bool = True) -> LetterboxParams:

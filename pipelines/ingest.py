@@ -27,7 +27,7 @@ from cocoseg.ingest.job import ingest
 
 __all__ = ["build_parser", "main", "run"]
 
-run = ingest  # the work: cocoseg.ingest.job.ingest(cfg) -> the manifest (+ snapshot_uri, skipped)
+run = ingest  # the work: cocoseg.ingest.job.ingest(cfg) -> IngestResult (the Manifest, skipped)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,8 +25,8 @@ def make_snapshot(root: Path, *, images: int = 48, val_fraction: float = 0.25, s
 
     src = root / "src"
     write_synthetic_coco(str(src), images=images, size=size, seed=seed, val_fraction=val_fraction, max_instances=3)
-    manifest = ingest.run(load_config(None, [f"ingest.source={src}", f"storage.root={root}"]))
-    return manifest["snapshot_uri"]
+    manifest = ingest.run(load_config(None, [f"ingest.source={src}", f"storage.root={root}"])).manifest
+    return manifest.snapshot_uri
 
 
 @pytest.fixture(scope="session", name="tiny_snapshot")

@@ -113,6 +113,37 @@ def test_val_collate_maps_boxes_back_to_original_pixels() -> None:
         assert dist.max() <= 1.0, (back, truth)
 
 
+def test_val_batch_carries_the_stages_letterbox_to_the_predictor() -> None:
+    """The geometry the stage letterboxed each image with reaches the ValBatch whole (through the
+    float64 column, bit for bit) and is what the predictor maps detections back with."""
+    from cocoseg.inference import Predictor
+    from cocoseg.model import build_model
+    from cocoseg.model.postprocess import postprocess
+    from cocoseg.structures import LetterboxParams, letterbox_params
+
+    rows = [make_row(i + 1, size, instances=2) for i, size in enumerate([(200, 130), (90, 161), (64, 64)])]
+    batch = AugmentBatch(preset="val", imgsz=64, seed=0, epoch=0)(rows)
+    assert batch["letterbox"].shape == (3, 9) and batch["letterbox"].dtype == np.float64
+    vb = collate_val(batch)
+    assert vb.letterboxes == tuple(letterbox_params((r["height"], r["width"]), (64, 64)) for r in rows)
+    assert all(LetterboxParams.from_array(lb.to_array()) == lb for lb in vb.letterboxes)
+    torch.manual_seed(0)
+    model = build_model("n", 3)
+    with torch.no_grad():  # class 1 pushed up, so it detects things
+        for branch in model.head.cv3:
+            branch[-1].bias[1] = 3.0
+    predictor = Predictor(model, class_names=[], imgsz=64).for_evaluation()
+    pred, proto = predictor.forward(vb.images)
+    mine = predictor.postprocess(pred, proto, vb.letterboxes, masks="none")
+    skewed = [LetterboxParams(lb.orig_hw, lb.out_hw, lb.resized_hw, lb.gain, lb.pad_left + 8, lb.pad_top)
+              for lb in vb.letterboxes]
+    theirs = postprocess(pred, proto, letterboxes=skewed, conf=predictor.conf, masks="none")
+    assert sum(len(d) for d in mine) > 0
+    assert any(not torch.equal(a.boxes_xyxy, b.boxes_xyxy) for a, b in zip(mine, theirs, strict=True))
+    flipped = AugmentBatch(preset="yolov8-close", imgsz=64, seed=0, epoch=0)(make_rows(2, (80, 60)))["letterbox"]
+    assert flipped.shape == (2, 9) and np.isnan(flipped).any()
+
+
 def test_val_collate_refuses_augmented_rows() -> None:
     batch = AugmentBatch(preset="yolov8-close", imgsz=64, seed=0, epoch=0)(make_rows(2, (80, 60)))
     with pytest.raises(ValueError, match="needs rows of the 'val' preset"):
@@ -121,8 +152,8 @@ def test_val_collate_refuses_augmented_rows() -> None:
 
 def test_letterboxed_sample_records_its_params() -> None:
     smp = load_letterboxed(make_row(1, (200, 100)), (128, 128))
-    gain, pad_x, pad_y = smp.letterbox
-    assert gain == pytest.approx(0.64) and pad_x == 0 and pad_y == 32
+    lb = smp.letterbox
+    assert lb.gain == pytest.approx(0.64) and lb.pad_left == 0 and lb.pad_top == 32
 
 
 @pytest.mark.gpu

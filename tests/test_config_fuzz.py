@@ -59,7 +59,7 @@ def edge(tmp_path_factory) -> dict[str, str]:
     writer = SnapshotWriter(str(root), compute_snapshot_id(plan, settings_), plan, 1 << 20, settings_)
     for spec in plan_shards(sort_records(plan), 1 << 20):
         writer.add_shard(write_shard(spec, writer.uri, plan.class_map.id_to_index))
-    snapshot = writer.commit()["snapshot_uri"]
+    snapshot = writer.commit().snapshot_uri
     weights = root / "weights"
     save_checkpoint(str(weights), build_model("n", 80).eval(), ModelCard(variant="n", num_classes=80, imgsz=640,
                                                                    class_names=[str(i) for i in range(80)]))

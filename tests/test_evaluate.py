@@ -19,8 +19,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory, tiny_snapshot: str) -> str
     from cocoseg.data.schema import read_manifest
 
     manifest = read_manifest(tiny_snapshot)
-    return detecting_checkpoint(tmp_path_factory.mktemp("weights") / "w", class_names=manifest["class_names"],
-                                data_snapshot=manifest["snapshot_id"])
+    return detecting_checkpoint(tmp_path_factory.mktemp("weights") / "w", class_names=list(manifest.class_names),
+                                data_snapshot=manifest.snapshot_id)
 
 
 def _validator_metrics(tiny_snapshot: str, weights: str) -> dict[str, float]:
@@ -33,16 +33,16 @@ def _validator_metrics(tiny_snapshot: str, weights: str) -> dict[str, float]:
     manifest = read_manifest(tiny_snapshot)
     validate = build.build_validator(cfg, build.build_val_batches(cfg, tiny_snapshot), device=torch.device("cpu"),
                                      coco_gt=snapshot_to_coco(tiny_snapshot, "val"),
-                                     category_ids=manifest["category_ids"], class_names=manifest["class_names"])
+                                     category_ids=list(manifest.category_ids), class_names=list(manifest.class_names))
     model, _ = load_checkpoint(weights)
     metrics, plots = validate(model, 0)
     assert plots["preview"][:8] == b"\x89PNG\r\n\x1a\n"
     curves = plots["curves"]  # what the worker journals for the best epoch and tracking draws
-    assert set(curves["pr50"]) == {"box", "mask"} and curves["class_names"] == manifest["class_names"]
+    assert set(curves["pr50"]) == {"box", "mask"} and curves["class_names"] == list(manifest.class_names)
     # every true object is in its class's column once, found (some row) or missed (background row)
     gt = snapshot_to_coco(tiny_snapshot, "val")
     objects = [sum(1 for a in gt["annotations"] if a["category_id"] == c and not a.get("iscrowd"))
-               for c in manifest["category_ids"]]
+               for c in manifest.category_ids]
     matrix = curves["confusion"]["matrix"]
     assert len(matrix) == len(objects) + 1
     assert [sum(row[c] for row in matrix) for c in range(len(objects))] == objects
@@ -66,13 +66,13 @@ def test_evaluate_job_matches_the_validator_and_logs_per_class_ap(ray_local, tin
                         tags={})
     doc = job.run(cfg, weights, tiny_snapshot, out=str(tmp_path / "eval"), parent_run="train-run-x")
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert written["images"] == expected["val/images"] == manifest["splits"]["val"]["images"]
-    assert written["snapshot_id"] == manifest["snapshot_id"] and written["split"] == "val"
+    assert written["images"] == expected["val/images"] == manifest.splits["val"].images
+    assert written["snapshot_id"] == manifest.snapshot_id and written["split"] == "val"
     assert len(written["protocol_hash"]) == 16 and written["protocol"]["conf"] == 0.001
     # an untrained model scores near 0; per-class keys and counts must still agree exactly
     for key, value in doc["metrics"].items():
         assert value == pytest.approx(expected[key], abs=1e-4), key
-    for name in manifest["class_names"]:
+    for name in manifest.class_names:
         for kind in ("box_ap50_95", "mask_ap50_95", "box_ap50", "mask_ap50"):
             assert f"val/{kind}/{name}" in written["metrics"] or f"val/{kind}/{name}" not in expected
     assert any(k.startswith("val/mask_ap50_95/") for k in written["metrics"])

@@ -23,8 +23,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory, tiny_snapshot: str) -> str
     from cocoseg.data.schema import read_manifest
 
     manifest = read_manifest(tiny_snapshot)
-    return detecting_checkpoint(tmp_path_factory.mktemp("weights") / "w", class_names=manifest["class_names"],
-                                data_snapshot=manifest["snapshot_id"])
+    return detecting_checkpoint(tmp_path_factory.mktemp("weights") / "w", class_names=list(manifest.class_names),
+                                data_snapshot=manifest.snapshot_id)
 
 
 def _evaluate(weights: str, snapshot: str, out: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -189,8 +189,8 @@ def test_infer_on_a_snapshot(ray_local, weights, tmp_path):
     manifest = read_manifest(snapshot)
     doc = infer.run(load_config(None, SMALL), weights, snapshot, str(tmp_path / "out"), split="val")
     rows = _rows(str(tmp_path / "out"))
-    assert doc["source"]["kind"] == "snapshot" and doc["source"]["snapshot_id"] == manifest["snapshot_id"]
-    assert len(rows) == doc["counts"]["read"] == manifest["splits"]["val"]["images"] and doc["counts"]["failed"] == 0
+    assert doc["source"]["kind"] == "snapshot" and doc["source"]["snapshot_id"] == manifest.snapshot_id
+    assert len(rows) == doc["counts"]["read"] == manifest.splits["val"].images and doc["counts"]["failed"] == 0
     assert all(r["source_uri"].startswith(f"{snapshot}#val/") and (r["width"], r["height"]) == (96, 80) for r in rows)
 
 

@@ -3,6 +3,7 @@ the summary's class table, the train job's rare-class warning and its MLflow tab
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter, defaultdict
@@ -10,6 +11,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from cocoseg.data.class_stats import RARE_INSTANCES, class_rows, format_class_table, rare_classes, split_stats
+from cocoseg.data.manifest import Manifest
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -41,16 +43,16 @@ def _table(client, run_id: str, tmp_path):
     return pd.read_json(client.download_artifacts(run_id, "plots/class_stats.json", str(tmp_path)), orient="split")
 
 
-def check_coco8_stats(manifest: dict, coco8_seg, printed: str) -> None:
+def check_coco8_stats(manifest: Manifest, coco8_seg, printed: str) -> None:
     """The manifest's statistics of an ingest of coco8-seg equal those counted from its JSON, and the
     summary table shows them (called by tests/test_ingest.py's coco8 test, which ingests it anyway)."""
-    names = manifest["class_names"]
+    names = list(manifest.class_names)
     for split in ("train", "val"):
         want = _expected(coco8_seg, split, names)
         assert class_rows(manifest, split) == want["rows"]
         assert split_stats(manifest, split)["empty_images"] == want["empty"]
         total = sum(r["instances"] for r in want["rows"]) + split_stats(manifest, split)["crowd_instances"]
-        assert total == manifest["splits"][split]["annotations"]
+        assert total == manifest.splits[split].annotations
     table = format_class_table(manifest, "train", top=3)
     top = max(class_rows(manifest, "train"), key=lambda r: r["instances"])
     lines = table.splitlines()
@@ -59,15 +61,15 @@ def check_coco8_stats(manifest: dict, coco8_seg, printed: str) -> None:
     assert all(format_class_table(manifest, s) in printed for s in ("train", "val"))  # the ingest summary
 
 
-def _with_rare(manifest: dict) -> dict:
+def _with_rare(manifest: Manifest) -> Manifest:
     """The synthetic snapshot's manifest as if its last class had 3 instances and a 5th class none."""
-    out = json.loads(json.dumps(manifest))
+    out = json.loads(json.dumps(manifest.to_json()))
     out["class_names"] = [*out["class_names"], "unicorn"]
     stats = out["splits"]["train"]["stats"]["classes"]
     for values in stats.values():
         values[-1] = min(values[-1], 3)
         values.append(0)
-    return out
+    return Manifest.from_json(out, manifest.snapshot_uri)
 
 
 def test_rare_class_warning_and_mlflow_table_and_chart(tiny_snapshot, mlflow_server, tmp_path, caplog):
@@ -75,7 +77,7 @@ def test_rare_class_warning_and_mlflow_table_and_chart(tiny_snapshot, mlflow_ser
     from cocoseg.engine.class_balance import report_classes
 
     manifest = _with_rare(read_manifest(tiny_snapshot))
-    nc = len(manifest["class_names"])
+    nc = len(manifest.class_names)
 
     client = mlflow.tracking.MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("t-stats") or client.get_experiment(client.create_experiment("t-stats"))
@@ -91,7 +93,7 @@ def test_rare_class_warning_and_mlflow_table_and_chart(tiny_snapshot, mlflow_ser
     assert any(f"{len(absent)} of {nc} classes have no training instance" in r.getMessage() for r in caplog.records)
     assert logged == ["plots/class_stats.json", "plots/class_stats.png"]
     table = _table(client, run_id, tmp_path)
-    assert list(table["class"]) == manifest["class_names"]
+    assert list(table["class"]) == list(manifest.class_names)
     assert list(table["instances"]) == [r["instances"] for r in class_rows(manifest)]
     paths = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert paths == {"plots/class_stats.json", "plots/class_stats.png"}
@@ -103,6 +105,6 @@ def test_rare_class_warning_and_mlflow_table_and_chart(tiny_snapshot, mlflow_ser
     tags = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
     assert tags == [{"path": "plots/class_stats.json", "type": "table"}]  # what the UI and load_table look for
     # an older snapshot (no statistics): no table, no warning, no error
-    old = {**manifest, "splits": {k: {kk: vv for kk, vv in v.items() if kk != "stats"}
-                                        for k, v in manifest["splits"].items()}}
+    old = dataclasses.replace(manifest, splits={k: dataclasses.replace(v, stats=None)
+                                                for k, v in manifest.splits.items()})
     assert report_classes(old, str(tmp_path / "old"), mlflow_server, run_id) == []

@@ -66,9 +66,9 @@ def test_killed_ingest_leaves_no_snapshot_and_rerun_completes(ray_local, tmp_pat
     # the rerun in-process, on the session's warm Ray (a second cold Ray start costs ~30 s on CI)
     run(load_config(None, [f"ingest.source={src}", f"ingest.dest={dest}", *args[3:]]))
     [manifest] = list_snapshots(str(dest))
-    assert manifest["snapshot_id"] == partial.name
-    assert manifest["counts"]["images_written"] == 300
-    listed = {MANIFEST_NAME, QUARANTINE_NAME} | {s["path"] for sp in manifest["splits"].values() for s in sp["shards"]}
+    assert manifest.snapshot_id == partial.name
+    assert manifest.counts["images_written"] == 300
+    listed = {MANIFEST_NAME, QUARANTINE_NAME} | {s.path for sp in manifest.splits.values() for s in sp.shards}
     on_disk = {str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file()}
     assert on_disk == listed  # nothing left over from the killed run
 

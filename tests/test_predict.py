@@ -115,3 +115,17 @@ def test_an_image_past_pillows_pixel_limit_is_an_unreadable_image(tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 > 2 x 100: a "bomb"
     with pytest.raises(ImageReadError, match="not a decodable image"):
         read_image(str(path))
+
+
+def test_predict_defaults_are_the_predict_preset(capsys) -> None:
+    """``cocoseg predict`` and the Predictor run the PREDICT preset unless told otherwise, and the
+    help's numbers are that preset's (the parser does not import it, to keep ``--help`` torch-free)."""
+    from cocoseg.cli import build_parser
+    from cocoseg.inference import PREDICT, Predictor
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for value in (PREDICT.conf, PREDICT.iou, PREDICT.max_det):
+        assert f"the predict preset's, {value})" in text
+    assert Predictor(torch.nn.Conv2d(3, 3, 1), class_names=[]).protocol == PREDICT

@@ -21,7 +21,7 @@ from cocoseg.registry.register import register
 @pytest.mark.extended  # test_retrain.py covers the same path (served pass with INT8, champion re-evaluation)
 def test_register_evaluates_served_artifacts_and_reevaluates_a_champion(ray_local, tiny_snapshot, mlflow_server,
                                                                          tmp_path):
-    names = read_manifest(tiny_snapshot)["class_names"]
+    names = list(read_manifest(tiny_snapshot).class_names)
     ckpt = detecting_checkpoint(tmp_path / "ckpt", class_names=names, imgsz=64)
     cfg = load_config(None, [*TINY, f"storage.root={tmp_path}", f"tracking.tracking_uri={mlflow_server}",
                              "export.bench=false", "export.formats=[onnx,onnx-int8]", "export.calibration_images=6",
@@ -96,7 +96,7 @@ def test_an_export_whose_onnx_scores_below_its_eager_model_is_refused(ray_local,
     _self_labelled_source(tmp_path / "src", ckpt)
     base = [f"storage.root={tmp_path}", f"tracking.tracking_uri={mlflow_server}", "export.bench=false",
             "evaluate.actors=1", "evaluate.batch_size=16", "registry.bootstrap_resamples=200"]
-    snapshot = ingest.run(load_config(None, [*base, f"ingest.source={tmp_path / 'src'}"]))["snapshot_uri"]
+    snapshot = ingest.run(load_config(None, [*base, f"ingest.source={tmp_path / 'src'}"])).manifest.snapshot_uri
     cfg = load_config(None, base)
     good = tmp_path / "good"
     export_checkpoint(cfg, ckpt, str(good))

@@ -114,7 +114,7 @@ def test_two_workers_train_with_repeat_factor_sampling(tiny_snapshot, mlflow_ser
                              "scaling.num_workers=2", "train.epochs=1", "train.close_mosaic=1", "train.preview_images=0",
                              "data.repeat_factor_threshold=1.0", f"tracking.tracking_uri={mlflow_server}",
                              "tracking.experiment=t-rfs", "tracking.run_name=rfs"])
-    plain = read_manifest(tiny_snapshot)["splits"]["train"]["images"]
+    plain = read_manifest(tiny_snapshot).splits["train"].images
     rows = expected_rows(repeat_factors(cfg, read_manifest(tiny_snapshot)))
     assert rows > plain + 8  # t = 1: every class is below it, so the epoch grows by more than a batch
     result = train.run(cfg)

@@ -38,7 +38,7 @@ def _snapshot(root, source: str, shard_bytes: int) -> str:
     writer = SnapshotWriter(str(root), compute_snapshot_id(plan, settings), plan, shard_bytes, settings)
     for spec in plan_shards(sort_records(plan), shard_bytes):
         writer.add_shard(write_shard(spec, writer.uri, plan.class_map.id_to_index))
-    return writer.commit()["snapshot_uri"]
+    return writer.commit().snapshot_uri
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def one_shard_snapshot(tmp_path_factory: pytest.TempPathFactory, coco_source: st
 
 
 def _split_bytes(snapshot: str) -> tuple[int, int]:
-    shards = read_manifest(snapshot)["splits"]["val"]["shards"]
-    return sum(s["bytes"] for s in shards), max(s["bytes"] for s in shards)
+    shards = read_manifest(snapshot).splits["val"].shards
+    return sum(s.bytes for s in shards), max(s.bytes for s in shards)
 
 
 def test_val_batches_stream_the_split(coco_like_snapshot: str):
@@ -126,15 +126,15 @@ def test_an_epoch_dealt_over_many_actors_reads_the_split_about_once(one_shard_sn
     from cocoseg.data.stage import epoch_chunks
 
     manifest = read_manifest(one_shard_snapshot)
-    uris, shard = list_shards(manifest, "val"), manifest["splits"]["val"]["shards"]
+    uris, shard = list_shards(manifest, "val"), manifest.splits["val"].shards
     def read(runs: int) -> float:
         actors = [ChunkAugmenter(imgsz=64, num_classes=80) for _ in range(8)]
-        chunks = epoch_chunks([s["rows"] for s in shard], seed=0, epoch=0, rank=0, world=1, chunk_rows=16,
+        chunks = epoch_chunks([s.rows for s in shard], seed=0, epoch=0, rank=0, world=1, chunk_rows=16,
                               runs_per_chunk=runs)
         for k, chunk in enumerate(chunks):  # dealt round-robin, as cocoseg.data.train_input does
             for index, first, end in chunk:
                 actors[k % len(actors)].rows(uris[index], first, end)
-        return sum(a.bytes_read for a in actors) / sum(s["bytes"] for s in shard)
+        return sum(a.bytes_read for a in actors) / sum(s.bytes for s in shard)
 
     # whole-shard reads were 8x; contiguous chunks read about once; the default four runs of 4
     # rows per chunk (mixed every epoch) read a group of ~4 images about twice

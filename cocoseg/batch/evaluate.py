@@ -87,7 +87,7 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
                         max_det=cfg.evaluate.max_det)
-    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=manifest.get("category_ids"),
+    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=list(manifest.category_ids),
                               scorer=cfg.evaluate.scorer)
     start, images, detections = time.perf_counter(), 0, 0
     with stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS) as watch:
@@ -104,7 +104,7 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     metrics = {f"val/{kind}_{names[stat]}": flat[f"{kind}/{stat}"] for kind in ("box", "mask") for stat in names}
     metrics.update(per_class_metrics(result, prefix="val/"))
     seconds = time.perf_counter() - start
-    doc = {"metrics": metrics, "coco": result, "snapshot_id": manifest["snapshot_id"], "split": split,
+    doc = {"metrics": metrics, "coco": result, "snapshot_id": manifest.snapshot_id, "split": split,
            "images": images, "detections": detections, "protocol": protocol.to_dict(),
            "protocol_hash": protocol.hash(), "weights": weights, "card_snapshot": card.data_snapshot,
            "scorer": evaluator.scorer, "seconds": round(seconds, 3),
@@ -161,7 +161,7 @@ def _check_inputs(weights: str, snapshot: str, split: str) -> None:
     require(weights, "WEIGHTS", "the weights", "pass a checkpoint folder (local or s3://) or models:/NAME@ALIAS")
     require(storage.join(snapshot, MANIFEST_NAME), "SNAPSHOT", f"the snapshot's {MANIFEST_NAME}",
             "pass the snapshot folder that `cocoseg ingest` printed (…/snapshots/<id>)")
-    splits = read_manifest(snapshot).get("splits", {})
+    splits = read_manifest(snapshot).splits
     if split not in splits:
         raise ConfigError(f"--split={split} (evaluate.split): snapshot {snapshot} has no such split (it has "
                           f"{', '.join(splits) or 'none'}); set --split to one of them")

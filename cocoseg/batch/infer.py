@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,7 +37,7 @@ from cocoseg.batch.sizing import INFER_READ_CPUS, Pool, local_ray_kwargs, plan_p
 from cocoseg.cluster import start_ray
 from cocoseg.config import JobConfig
 from cocoseg.config_checks import absolute, prepare, ready, require
-from cocoseg.inference import PredictImages, Protocol, resolve_weights
+from cocoseg.inference import PREDICT, PredictImages, Protocol, resolve_weights
 from cocoseg.utils import UserError, get_logger
 
 __all__ = ["infer"]
@@ -108,8 +109,7 @@ def infer(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "
     require(source, "SOURCE", "the source", "pass a folder or s3:// prefix of images, or a snapshot folder")
     ident = weights_identity(weights, resolve_weights(weights))
     e = cfg.evaluate
-    protocol = Protocol(imgsz=e.imgsz or ident["imgsz"], conf=e.predict_conf, iou=e.iou, max_det=e.max_det,
-                        multi_label=False)
+    protocol = replace(PREDICT, imgsz=e.imgsz or ident["imgsz"], conf=e.predict_conf, iou=e.iou, max_det=e.max_det)
     key = {"source": source, "weights_sha256": ident["sha256"], "protocol_hash": protocol.hash()}
     described, chunks = plan_chunks(source, out, e.chunk_images, split)
     previous = previous_manifest(out, key, {c.name for c in chunks})

@@ -62,16 +62,16 @@ def plan_chunks(source: str, dest: str, chunk_images: int, split: str = "") -> t
     drop), except what lies under DEST; a snapshot gives one chunk per shard of ``split`` (all splits by default)."""
     if _is_snapshot(source):
         manifest = read_manifest(source)
-        splits = [split] if split else list(manifest["splits"])
+        splits = [split] if split else list(manifest.splits)
         chunks = []
         for name in splits:
-            if name not in manifest["splits"]:
-                raise UserError(f"{source}: the snapshot has no split {name!r} (it has {', '.join(manifest['splits'])})")
-            for shard in manifest["splits"][name]["shards"]:
-                uri = storage.join(manifest["snapshot_uri"], *shard["path"].split("/"))
-                chunks.append(Chunk(_name([manifest["snapshot_id"], shard["path"]]), (uri,), int(shard["rows"]),
-                                    label=f"{manifest['snapshot_uri']}#{name}"))
-        return {"uri": source, "kind": "snapshot", "snapshot_id": manifest["snapshot_id"], "splits": splits}, chunks
+            if name not in manifest.splits:
+                raise UserError(f"{source}: the snapshot has no split {name!r} (it has {', '.join(manifest.splits)})")
+            for shard in manifest.splits[name].shards:
+                uri = storage.join(manifest.snapshot_uri, *shard.path.split("/"))
+                chunks.append(Chunk(_name([manifest.snapshot_id, shard.path]), (uri,), shard.rows,
+                                    label=f"{manifest.snapshot_uri}#{name}"))
+        return {"uri": source, "kind": "snapshot", "snapshot_id": manifest.snapshot_id, "splits": splits}, chunks
     skip = dest.rstrip("/") if storage.is_s3(dest) else os.path.abspath(dest)
     uris = [e.uri for e in storage.list_files(source) if not (e.uri + "/").startswith(skip + "/")
             and not (storage.is_s3(e.uri) and e.uri.endswith("/"))]

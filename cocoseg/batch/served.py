@@ -19,7 +19,14 @@ import torch
 from cocoseg import bundle, storage
 from cocoseg.config import JobConfig
 from cocoseg.data.schema import list_shards, read_manifest, snapshot_to_coco
-from cocoseg.inference import OnnxBackend, Predictor, Protocol, detections_from_row
+from cocoseg.inference import (
+    OnnxBackend,
+    Predictor,
+    Protocol,
+    detection_row,
+    detection_schema,
+    detections_from_row,
+)
 from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.metrics.bootstrap import Matches, collect_matches
 from cocoseg.metrics.coco import detections_to_coco
@@ -31,7 +38,6 @@ __all__ = ["ARTIFACT_FILES", "EAGER", "SCORER", "ServedDetectBatch", "measure_se
 EAGER = "torch"
 ARTIFACT_FILES = {"onnx": bundle.ONNX, "onnx-int8": bundle.ONNX_INT8}
 SCORER = "pycocotools"  # the COCOeval that scores every backend here and whose matches the gate resamples
-_PER_IMAGE = ("boxes_xyxy", "scores", "classes", "masks_rle")
 
 
 def _predictor(export_dir: str, backend: str, device: str, threads: int, imgsz: int) -> Predictor:
@@ -43,8 +49,9 @@ def _predictor(export_dir: str, backend: str, device: str, threads: int, imgsz: 
 
 
 class ServedDetectBatch:
-    """``map_batches`` callable: snapshot rows -> one row per image with every backend's detections
-    as ``<backend>:<column>`` (the columns of :class:`cocoseg.inference.DetectBatch`)."""
+    """``map_batches`` callable: snapshot rows -> one row per image and backend: ``image_id``,
+    ``backend``, then that backend's detection record (the columns of
+    :class:`cocoseg.inference.DetectBatch`, :mod:`cocoseg.inference.records`)."""
 
     def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
                  threads: int = 1, backends: Sequence[str] = (EAGER, "onnx"),
@@ -68,29 +75,21 @@ class ServedDetectBatch:
 
             batch = batch.filter(pc.is_in(batch["image_id"], value_set=pa.array(self.only, pa.int64())))
             if batch.num_rows == 0:
-                return _schema(list(self.predictors)).empty_table()
+                return _schema().empty_table()
         vb = collate_val(self.stage(batch))
-        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
-        cols = {"image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
-                "height": pa.array([s[0] for s in sizes], pa.int32()),
-                "width": pa.array([s[1] for s in sizes], pa.int32())}
+        ids = vb.image_ids.tolist()
+        rows = []
         for name, predictor in self.predictors.items():
-            dets = predictor.detect(vb.images, predictor.letterboxes_for(sizes), masks="rle")
-            cols[f"{name}:boxes_xyxy"] = pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32()))
-            cols[f"{name}:scores"] = pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32()))
-            cols[f"{name}:classes"] = pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32()))
-            cols[f"{name}:masks_rle"] = pa.array([[r["counts"] for r in d.masks_rle] for d in dets], pa.list_(pa.string()))
-        return pa.table(cols)
+            dets = predictor.detect(vb.images, vb.letterboxes, masks="rle")
+            rows += [{"image_id": i, "backend": name, **detection_row(d, predictor.class_names, lb.orig_hw)}
+                     for i, d, lb in zip(ids, dets, vb.letterboxes, strict=True)]
+        return pa.Table.from_pylist(rows, schema=_schema())
 
 
-def _schema(backends: Sequence[str]) -> Any:
+def _schema() -> Any:
     import pyarrow as pa
 
-    fields = [("image_id", pa.int64()), ("height", pa.int32()), ("width", pa.int32())]
-    for b in backends:
-        fields += [(f"{b}:boxes_xyxy", pa.list_(pa.float32())), (f"{b}:scores", pa.list_(pa.float32())),
-                   (f"{b}:classes", pa.list_(pa.int32())), (f"{b}:masks_rle", pa.list_(pa.string()))]
-    return pa.schema(fields)
+    return detection_schema([("image_id", pa.int64()), ("backend", pa.string())])
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -124,7 +123,7 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(exported or card.imgsz), conf=cfg.evaluate.conf,
                         iou=cfg.evaluate.iou, max_det=cfg.evaluate.max_det)
     gt = snapshot_to_coco(snapshot, split)
-    evaluators = {b: COCOEvaluator(gt, category_ids=manifest.get("category_ids")) for b in backends}
+    evaluators = {b: COCOEvaluator(gt, category_ids=list(manifest.category_ids)) for b in backends}
     results: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
     counts = dict.fromkeys(backends, 0)
     image_ids: list[int] = []
@@ -132,11 +131,10 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
                                   detector=ServedDetectBatch, detector_kwargs={"backends": list(backends), "only_ids": only_ids})
     for table in stream:
         rows = table.to_pylist()
-        ids = [int(r["image_id"]) for r in rows]
-        image_ids += ids
+        image_ids += [int(r["image_id"]) for r in rows if r["backend"] == backends[0]]
         for b in backends:
-            dets = [detections_from_row({"height": r["height"], "width": r["width"],
-                                         **{c: r[f"{b}:{c}"] for c in _PER_IMAGE}}) for r in rows]
+            mine = [r for r in rows if r["backend"] == b]
+            ids, dets = [int(r["image_id"]) for r in mine], [detections_from_row(r) for r in mine]
             evaluators[b].process(ids, dets)
             counts[b] += sum(len(d) for d in dets)
             for i, d in zip(ids, dets, strict=True):
@@ -148,6 +146,6 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
         if b != EAGER and image_ids:
             matches = {t: collect_matches(ev.coco, results[b], t, image_ids, ev.category_ids) for t in ("bbox", "segm")}
         out[b] = {"metrics": _metrics(ev.evaluate()), "detections": counts[b], "matches": matches}
-    return {"backends": out, "snapshot_id": manifest["snapshot_id"], "split": split, "images": len(image_ids),
+    return {"backends": out, "snapshot_id": manifest.snapshot_id, "split": split, "images": len(image_ids),
             "protocol": protocol.to_dict(), "protocol_hash": protocol.hash(), "scorer": SCORER,
             "seconds": round(time.perf_counter() - start, 3)}

@@ -132,7 +132,7 @@ def _load_unpadded(row: Mapping[str, Any], out_hw: tuple[int, int], *, scaleup: 
                                                scale_xy=(rw / w0, rh / h0))
     segments += np.float32([params.pad_left, params.pad_top])
     smp = Sample(resized, cls, segments, image_id=int(row.get("image_id", -1)), orig_hw=(h0, w0),
-                 letterbox=(params.gain, float(params.pad_left), float(params.pad_top)))
+                 letterbox=params)
     return smp, params
 
 

@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 
 from cocoseg import storage
 
+from .manifest import Manifest
+
 __all__ = ["COLUMNS", "RARE_INSTANCES", "SMALL_AREA", "MEDIUM_AREA", "class_rows", "format_class_table",
            "merge_stats", "rare_classes", "read_image_classes", "split_stats", "tally"]
 
@@ -74,21 +76,22 @@ def merge_stats(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> dict[str, 
             "classes": {k: [x + y for x, y in zip(a["classes"][k], b["classes"][k], strict=True)] for k in COLUMNS}}
 
 
-def split_stats(manifest: Mapping[str, Any], split: str = "train") -> dict[str, Any] | None:
+def split_stats(manifest: Manifest, split: str = "train") -> Mapping[str, Any] | None:
     """``splits.<split>.stats`` of a manifest, or None (no such split, or an older snapshot)."""
-    return (manifest.get("splits", {}).get(split) or {}).get("stats")
+    entry = manifest.splits.get(split)
+    return entry.stats if entry is not None else None
 
 
-def class_rows(manifest: Mapping[str, Any], split: str = "train") -> list[dict[str, Any]]:
+def class_rows(manifest: Manifest, split: str = "train") -> list[dict[str, Any]]:
     """One row per class: ``{"class", "images", "instances", "small", "medium", "large"}`` (class order)."""
     stats = split_stats(manifest, split)
     if stats is None:
         return []
-    names = list(manifest["class_names"])
+    names = list(manifest.class_names)
     return [{"class": name, **{k: int(stats["classes"][k][i]) for k in COLUMNS}} for i, name in enumerate(names)]
 
 
-def format_class_table(manifest: Mapping[str, Any], split: str = "train", top: int = 8) -> str:
+def format_class_table(manifest: Manifest, split: str = "train", top: int = 8) -> str:
     """A compact text table of ``split``'s classes by instance count: all of them up to ``2 x top``
     classes, else the ``top`` most and ``top`` least frequent with a line for the ones left out."""
     rows = sorted(class_rows(manifest, split), key=lambda r: (-r["instances"], r["class"]))
@@ -110,7 +113,7 @@ def format_class_table(manifest: Mapping[str, Any], split: str = "train", top: i
     return "\n".join(lines)
 
 
-def rare_classes(manifest: Mapping[str, Any], split: str = "train",
+def rare_classes(manifest: Manifest, split: str = "train",
                  min_instances: int = RARE_INSTANCES) -> list[tuple[str, int]]:
     """``[(class, instances)]`` of the classes with fewer than ``min_instances`` in ``split``, rarest first."""
     rows = [(r["class"], r["instances"]) for r in class_rows(manifest, split) if r["instances"] < min_instances]

@@ -4,7 +4,7 @@ The input is what :class:`cocoseg.data.stage.AugmentBatch` produces (and what Ra
 ``iter_batches(batch_format="numpy")`` hands back): ``image`` (B, S, S, 3) uint8 (HWC rows), ``masks``
 (B, S/r, S/r) integer overlap maps (r = ``train.mask_ratio``; uint8 up to 255 instances), ``labels`` per image either float32 bytes or an (n, 5) array of
 ``[class, cx, cy, w, h]`` (box normalised), ``image_id`` (B,), and for validation ``orig_hw``
-(B, 2) and ``letterbox`` (B, 3) = ``[gain, pad_x, pad_y]``.
+(B, 2) and ``letterbox`` (B, 9) float64 :class:`~cocoseg.structures.LetterboxParams` rows.
 
 Images and masks are wrapped without a copy when they are already contiguous. This runs on the
 train worker (the only per-batch work it does besides the step itself).
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cocoseg.data.letterbox import to_original_boxes
-from cocoseg.structures import SegTargets, TrainBatch
+from cocoseg.structures import LETTERBOX_WIDTH, LetterboxParams, SegTargets, TrainBatch
 
 __all__ = ["ValBatch", "collate_train", "collate_val", "labels_array"]
 
@@ -78,33 +78,32 @@ class ValBatch:
     - ``images`` (B, 3, S, S) uint8, ``targets`` as in training (for a validation loss);
     - ``image_ids`` (B,) int64 COCO image ids;
     - ``orig_hw`` (B, 2) int64 original (height, width) in pixels;
-    - ``gains`` (B,) float32 and ``pads`` (B, 2) float32 ``(pad_x, pad_y)``: an original point
-      ``p`` sits at ``p * gain + pad`` in the letterboxed image.
+    - ``letterboxes``: per image, the :class:`~cocoseg.structures.LetterboxParams` the stage
+      letterboxed it with (an original point ``p`` sits at ``p * gain + pad``); the predictor maps
+      its detections back with these, recomputing nothing.
     """
 
     images: torch.Tensor
     targets: SegTargets
     image_ids: torch.Tensor
     orig_hw: torch.Tensor
-    gains: torch.Tensor
-    pads: torch.Tensor
+    letterboxes: tuple[LetterboxParams, ...]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ValBatch:
         return ValBatch(self.images.to(device, non_blocking=non_blocking),
                         self.targets.to(device, non_blocking=non_blocking), self.image_ids.to(device),
-                        self.orig_hw.to(device), self.gains.to(device), self.pads.to(device))
+                        self.orig_hw.to(device), self.letterboxes)
 
     def boxes_to_original(self, index: int, boxes_xyxy: np.ndarray | torch.Tensor) -> np.ndarray:
         """(n, 4) xyxy in letterboxed pixels of image ``index`` -> original pixels, clipped."""
         boxes = boxes_xyxy.detach().cpu().numpy() if isinstance(boxes_xyxy, torch.Tensor) else boxes_xyxy
-        h, w = (int(v) for v in self.orig_hw[index])
-        pad = tuple(float(v) for v in self.pads[index])
-        return to_original_boxes(boxes, float(self.gains[index]), pad, (h, w))
+        lb = self.letterboxes[index]
+        return to_original_boxes(boxes, lb.gain, lb.pad, lb.orig_hw)
 
 
 def collate_val(batch: Mapping[str, Any]) -> ValBatch:
     """Column batch of the ``"val"`` preset -> ValBatch. Refuses rows without letterbox parameters."""
-    letterbox = np.asarray(batch["letterbox"], np.float32).reshape(-1, 3)
+    letterbox = np.asarray(batch["letterbox"], np.float64).reshape(-1, LETTERBOX_WIDTH)
     if np.isnan(letterbox).any():
         raise ValueError("collate_val needs rows of the 'val' preset: some rows went through mosaic, "
                          "affine or flip and have no letterbox parameters")
@@ -112,5 +111,4 @@ def collate_val(batch: Mapping[str, Any]) -> ValBatch:
     return ValBatch(images=train.images, targets=train.targets,
                     image_ids=_tensor(np.asarray(batch["image_id"], np.int64)),
                     orig_hw=_tensor(np.asarray(batch["orig_hw"], np.int64).reshape(-1, 2)),
-                    gains=torch.from_numpy(np.ascontiguousarray(letterbox[:, 0])),
-                    pads=torch.from_numpy(np.ascontiguousarray(letterbox[:, 1:3])))
+                    letterboxes=tuple(LetterboxParams.from_array(row) for row in letterbox))

@@ -35,7 +35,7 @@ def image_digests(snapshot: str) -> tuple[dict[str, tuple[int, str]], dict[str, 
     manifest = read_manifest(snapshot)
     images: dict[str, tuple[int, str]] = {}
     instances: dict[str, Counter] = {}
-    for split in manifest.get("splits", {}):
+    for split in manifest.splits:
         counts = instances.setdefault(split, Counter())
         for table in iter_split_batches(snapshot, split, columns=_COLUMNS, batch_rows=256):
             for row in table.to_pylist():
@@ -56,7 +56,8 @@ def diff_snapshots(old: str, new: str, *, examples: int = 10) -> dict[str, Any]:
     ``instances_by_split``, ``new_or_changed`` ({split: image ids in ``new``}) and a few example names."""
     before, inst_before = image_digests(old)
     after, inst_after = image_digests(new)
-    names = list(read_manifest(new).get("class_names") or read_manifest(old).get("class_names") or [])
+    new_manifest, old_manifest = read_manifest(new), read_manifest(old)
+    names = list(new_manifest.class_names or old_manifest.class_names)
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(after) & set(before) if after[k][1] != before[k][1])
@@ -67,7 +68,7 @@ def diff_snapshots(old: str, new: str, *, examples: int = 10) -> dict[str, Any]:
     fresh: dict[str, list[int]] = {}
     for key in (*added, *changed):
         fresh.setdefault(key.split("/", 1)[0], []).append(after[key][0])
-    return {"old_snapshot": read_manifest(old)["snapshot_id"], "new_snapshot": read_manifest(new)["snapshot_id"],
+    return {"old_snapshot": old_manifest.snapshot_id, "new_snapshot": new_manifest.snapshot_id,
             "added": len(added), "removed": len(removed), "changed": len(changed),
             "unchanged": len(after) - len(added) - len(changed), "by_split": by_split,
             "instances_before": _per_class(inst_before, names), "instances_after": _per_class(inst_after, names),

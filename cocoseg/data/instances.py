@@ -17,9 +17,10 @@ Output row format (:func:`format_sample`), the contract with :mod:`cocoseg.data.
 - ``masks``: (S_h/r, S_w/r) overlap map (spec 8.6; r = ``train.mask_ratio``, 4 by default): value
   k >= 1 is the k-th row of ``labels``; uint8 up to 255 instances;
 - ``labels``: (n, 5) float32 rows ``[class, cx, cy, w, h]`` with the box normalised to 0..1;
-- ``image_id``: int64; ``orig_hw``: (2,) int32; ``letterbox``: (3,) float32 ``[gain, pad_x, pad_y]``
-  mapping original pixels to this image (``[nan, nan, nan]`` after mosaic/affine, where no such
-  mapping exists).
+- ``image_id``: int64; ``orig_hw``: (2,) int32; ``letterbox``: (9,) float64, the
+  :class:`~cocoseg.structures.LetterboxParams` that maps original pixels to this image
+  (:meth:`~cocoseg.structures.LetterboxParams.to_array`; all NaN after mosaic/affine/flip, where
+  no such mapping exists).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from cocoseg.structures import NO_LETTERBOX, LetterboxParams
 from cocoseg.utils import UserError
 
 __all__ = ["MASK_RATIO", "NUM_POINTS", "AnnotationError", "Sample", "boxes_from_segments", "fill_polygon", "format_sample",
@@ -51,8 +53,8 @@ class Sample:
     - ``cls``: (n,) int64 class 0..nc-1;
     - ``segments``: (n, K, 2) float32 polygon points, continuous pixel xy;
     - ``image_id``: COCO image id; ``orig_hw``: the size the row was decoded at;
-    - ``letterbox``: ``(gain, pad_x, pad_y)`` from original pixels to ``image``, or None when the
-      image went through mosaic or a random affine.
+    - ``letterbox``: how the original was placed into ``image`` (made where it was letterboxed),
+      or None when the image went through mosaic, a random affine or a flip.
     """
 
     image: np.ndarray
@@ -60,7 +62,7 @@ class Sample:
     segments: np.ndarray
     image_id: int = -1
     orig_hw: tuple[int, int] = (0, 0)
-    letterbox: tuple[float, float, float] | None = field(default=None)
+    letterbox: LetterboxParams | None = field(default=None)
 
     @property
     def num_instances(self) -> int:
@@ -282,12 +284,12 @@ def format_sample(sample: Sample, ratio: int = MASK_RATIO) -> dict[str, np.ndarr
     labels[:, 2] = (boxes[:, 1] + boxes[:, 3]) / (2 * h)
     labels[:, 3] = (boxes[:, 2] - boxes[:, 0]) / w
     labels[:, 4] = (boxes[:, 3] - boxes[:, 1]) / h
-    lb = sample.letterbox if sample.letterbox is not None else (np.nan, np.nan, np.nan)
+    lb = sample.letterbox.to_array() if sample.letterbox is not None else NO_LETTERBOX
     return {
         "image": np.ascontiguousarray(sample.image),
         "masks": masks,
         "labels": labels,
         "image_id": np.int64(sample.image_id),
         "orig_hw": np.asarray(sample.orig_hw, np.int32),
-        "letterbox": np.asarray(lb, np.float32),
+        "letterbox": lb,
     }

@@ -19,15 +19,15 @@ Row layout (one image per row; coordinates in pixels of the original image, COCO
   empty otherwise).
 
 Readers call :func:`read_manifest` (which refuses unknown schema versions and missing
-manifests), :func:`list_shards`, and :func:`snapshot_to_coco` for evaluation.
+manifests; it returns a typed :class:`~cocoseg.data.manifest.Manifest`), :func:`list_shards`, and
+:func:`snapshot_to_coco` for evaluation.
 
-Layer L1: imports only L0 modules of cocoseg.
+Layer L1: imports only L0 modules of cocoseg and :mod:`.manifest`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 from cocoseg import storage
 from cocoseg.utils import UserError
 
+from .manifest import Manifest, ManifestError, dumps_manifest
+
 __all__ = [
     "ANNOTATION_TYPE",
     "MANIFEST_NAME",
@@ -45,7 +47,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "SNAPSHOT_SCHEMA",
     "SUPPORTED_SCHEMA_VERSIONS",
+    "Manifest",
     "SnapshotError",
+    "dumps_manifest",
     "iter_split_batches",
     "latest_snapshot",
     "list_shards",
@@ -110,43 +114,43 @@ def snapshot_uri(root: str, snapshot_id: str) -> str:
     return storage.join(root, SNAPSHOTS_DIR, snapshot_id)
 
 
-def read_manifest(snapshot: str) -> dict[str, Any]:
+def read_manifest(snapshot: str) -> Manifest:
     """Read and check ``<snapshot>/_manifest.json``.
 
-    Returns the manifest dict with one extra key, ``snapshot_uri`` (where it was read from),
-    which :func:`list_shards` uses to resolve shard paths. Raises :class:`SnapshotError` when the
-    manifest is absent (the snapshot is incomplete or the URI is wrong) or its
-    ``schema_version`` is not one of :data:`SUPPORTED_SCHEMA_VERSIONS`.
+    Returns the :class:`~cocoseg.data.manifest.Manifest` with ``snapshot_uri`` set to where it was
+    read from (which :func:`list_shards` uses to resolve shard paths). Raises
+    :class:`SnapshotError` when the manifest is absent (the snapshot is incomplete or the URI is
+    wrong), malformed, or its ``schema_version`` is not one of :data:`SUPPORTED_SCHEMA_VERSIONS`.
     """
     uri = storage.join(snapshot, MANIFEST_NAME)
     try:
-        manifest = storage.read_json(uri)
+        doc = storage.read_json(uri)
     except FileNotFoundError:
         raise SnapshotError(
             f"{snapshot} has no {MANIFEST_NAME}: it is not a snapshot, or an ingest into it did not finish "
             f"(rerun `cocoseg ingest` to complete it)") from None
     except ValueError as exc:
         raise SnapshotError(str(exc)) from None
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise SnapshotError(
             f"{uri}: schema_version {version!r} is not supported by this cocoseg "
             f"(it reads {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); re-ingest the source or upgrade cocoseg")
-    manifest["snapshot_uri"] = str(snapshot).rstrip("/")
-    return manifest
+    try:
+        return Manifest.from_json(doc, str(snapshot), where=uri)
+    except ManifestError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
-def list_shards(manifest: dict[str, Any], split: str) -> list[str]:
+def list_shards(manifest: Manifest, split: str) -> list[str]:
     """Absolute URIs of the Parquet shards of ``split`` (in shard order)."""
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise SnapshotError(f"snapshot {manifest.get('snapshot_id')} has no split {split!r} "
-                            f"(it has {', '.join(sorted(splits)) or 'none'})")
-    base = manifest["snapshot_uri"]
-    return [storage.join(base, *shard["path"].split("/")) for shard in splits[split]["shards"]]
+    if split not in manifest.splits:
+        raise SnapshotError(f"snapshot {manifest.snapshot_id} has no split {split!r} "
+                            f"(it has {', '.join(sorted(manifest.splits)) or 'none'})")
+    return [storage.join(manifest.snapshot_uri, *shard.path.split("/")) for shard in manifest.splits[split].shards]
 
 
-def list_snapshots(root: str) -> list[dict[str, Any]]:
+def list_snapshots(root: str) -> list[Manifest]:
     """Every *complete* snapshot under ``<root>/snapshots`` (those with a manifest), oldest first.
 
     Folders without a manifest (an interrupted ingest) are invisible here by design.
@@ -158,7 +162,7 @@ def list_snapshots(root: str) -> list[dict[str, Any]]:
             out.append(read_manifest(parent))
         except SnapshotError:
             continue
-    return sorted(out, key=lambda m: (m.get("created_at", ""), m.get("snapshot_id", "")))
+    return sorted(out, key=lambda m: (m.created_at, m.snapshot_id))
 
 
 def latest_snapshot(root: str) -> str:
@@ -166,7 +170,7 @@ def latest_snapshot(root: str) -> str:
     found = list_snapshots(root)
     if not found:
         raise SnapshotError(f"no complete snapshot under {storage.join(root, SNAPSHOTS_DIR)}; run `cocoseg ingest` first")
-    return found[-1]["snapshot_uri"]
+    return found[-1].snapshot_uri
 
 
 def read_split_table(snapshot: str, split: str, columns: list[str] | None = None) -> pa.Table:
@@ -248,36 +252,32 @@ def snapshot_to_coco(snapshot: str, split: str) -> dict[str, Any]:
     """The ``split`` of a snapshot as a COCO instances dict (pycocotools ``COCO`` accepts it).
 
     Polygons stay polygons (every part), crowd regions become compressed RLE dicts; category ids
-    are the source's (``manifest["category_ids"]``). Image bytes are not read.
+    are the source's (``Manifest.category_ids``). Image bytes are not read.
     """
     manifest = read_manifest(snapshot)
     table = read_split_table(snapshot, split,
                              columns=["image_id", "file_name", "width", "height", "annotations"])
-    return rows_to_coco(table.to_pylist(), list(manifest["class_names"]), list(manifest["category_ids"]))
+    return rows_to_coco(table.to_pylist(), list(manifest.class_names), list(manifest.category_ids))
 
 
-def manifest_summary(manifest: dict[str, Any]) -> str:
+def manifest_summary(manifest: Manifest) -> str:
     """A one-screen, human-readable summary of a manifest."""
-    lines = [f"snapshot {manifest['snapshot_id']}  (schema v{manifest['schema_version']})",
-             f"  uri:     {manifest.get('snapshot_uri', '')}",
-             f"  source:  {manifest['source']}  [{manifest.get('layout', '?')}]  fingerprint {manifest['source_fingerprint'][:16]}",
-             f"  classes: {len(manifest['class_names'])} ({', '.join(manifest['class_names'][:6])}"
-             f"{', ...' if len(manifest['class_names']) > 6 else ''})"]
-    for name, split in manifest["splits"].items():
-        size_mb = sum(s["bytes"] for s in split["shards"]) / 1e6
-        lines.append(f"  {name:<6} {split['images']:>8} images {split['annotations']:>9} instances "
-                     f"{len(split['shards']):>4} shards {size_mb:>9.1f} MB")
-    counts = manifest.get("counts", {})
+    m = manifest
+    names = m.class_names
+    lines = [f"snapshot {m.snapshot_id}  (schema v{m.schema_version})",
+             f"  uri:     {m.snapshot_uri}",
+             f"  source:  {m.source}  [{m.layout}]  fingerprint {m.source_fingerprint[:16]}",
+             f"  classes: {len(names)} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"]
+    for name, split in m.splits.items():
+        size_mb = sum(s.bytes for s in split.shards) / 1e6
+        lines.append(f"  {name:<6} {split.images:>8} images {split.annotations:>9} instances "
+                     f"{len(split.shards):>4} shards {size_mb:>9.1f} MB")
+    counts = m.counts
     if counts:
         lines.append(f"  read {counts['images_read']} images / {counts['instances_read']} instances; "
                      f"quarantined {counts['images_quarantined']} images / {counts['instances_quarantined']} instances")
-    for reason, n in sorted(manifest.get("quarantined", {}).items()):
-        lines.append(f"    quarantined {reason}: {n}")
-    if "duration_s" in manifest:
-        lines.append(f"  took {manifest['duration_s']:.1f} s")
+    for reason, n in sorted(m.quarantined.items()):
+        lines.append(f"    quarantined {reason}: {dict(n)}")
+    if m.duration_s is not None:
+        lines.append(f"  took {m.duration_s:.1f} s")
     return "\n".join(lines)
-
-
-def dumps_manifest(manifest: dict[str, Any]) -> str:
-    """Canonical JSON text of a manifest (the ``snapshot_uri`` convenience key is not stored)."""
-    return json.dumps({k: v for k, v in manifest.items() if k != "snapshot_uri"}, indent=2) + "\n"

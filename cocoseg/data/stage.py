@@ -9,7 +9,7 @@ Output columns (one row per image; see :mod:`cocoseg.data.instances` for their m
 ``image`` (B, S, S, 3) uint8 (HWC), ``masks`` (B, S/4, S/4) int32, ``labels`` (B,) of bytes (each the
 raw little-endian float32 buffer of an (n, 5) array: a binary column keeps ragged instance lists
 cheap and type-stable in Arrow), ``image_id`` (B,) int64, ``orig_hw`` (B, 2) int32,
-``letterbox`` (B, 3) float32.
+``letterbox`` (B, 9) float64 (:meth:`cocoseg.structures.LetterboxParams.to_array` rows).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cocoseg import storage
 from cocoseg.data.augment import augment_chunk, get_preset
 from cocoseg.data.instances import MASK_RATIO, NUM_POINTS, format_sample
 from cocoseg.data.repeat_factor import with_repeats
+from cocoseg.structures import LETTERBOX_WIDTH
 
 __all__ = ["INPUT_COLUMNS", "AugmentBatch", "ChunkAugmenter", "epoch_chunks", "rows_from_batch", "stack_rows"]
 
@@ -54,7 +55,7 @@ def stack_rows(rows: Sequence[Mapping[str, np.ndarray]], imgsz: int, mask_ratio:
         s, m = imgsz, imgsz // mask_ratio
         return {"image": np.zeros((0, s, s, 3), np.uint8), "masks": np.zeros((0, m, m), np.uint8),
                 "labels": np.zeros(0, object), "image_id": np.zeros(0, np.int64),
-                "orig_hw": np.zeros((0, 2), np.int32), "letterbox": np.zeros((0, 3), np.float32)}
+                "orig_hw": np.zeros((0, 2), np.int32), "letterbox": np.zeros((0, LETTERBOX_WIDTH), np.float64)}
     labels = np.empty(b, dtype=object)
     labels[:] = [np.ascontiguousarray(r["labels"], np.float32).tobytes() for r in rows]
     return {

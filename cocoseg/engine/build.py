@@ -169,7 +169,7 @@ def build_val_batches(cfg: JobConfig, snapshot_uri: str) -> Callable[[], Iterabl
     splits are re-read per epoch.
     """
     manifest = read_manifest(snapshot_uri)
-    rows = int(manifest["splits"]["val"]["images"])
+    rows = manifest.splits["val"].images
     limit = cfg.data.max_val_images
     rows = min(rows, limit) if limit else rows
     size = cfg.train.val_batch_size or 2 * cfg.train.batch_size
@@ -229,10 +229,9 @@ def build_validator(cfg: JobConfig, val_batches: Callable[[], Iterable[ValBatch]
         evaluator.reset()
         preview, images = None, 0
         for batch in val_batches():
-            letterboxes = predictor.letterboxes_for(batch.orig_hw.tolist())
             pred, proto = predictor.forward(batch.images)
-            evaluator.process(batch.image_ids.tolist(), predictor.postprocess(pred, proto, letterboxes, masks="rle"))
-            images += len(letterboxes)
+            evaluator.process(batch.image_ids.tolist(), predictor.postprocess(pred, proto, batch.letterboxes, masks="rle"))
+            images += len(batch.letterboxes)
             if preview is None and preview_images > 0:  # the same forward, under the predict defaults' NMS
                 shown = Predictor(model, class_names=class_names, imgsz=protocol.imgsz, device=device)
                 n = preview_images

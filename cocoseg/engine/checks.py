@@ -14,7 +14,7 @@ import ray
 
 from cocoseg import storage
 from cocoseg.config import JobConfig
-from cocoseg.data.schema import SnapshotError, latest_snapshot, read_manifest
+from cocoseg.data.schema import Manifest, SnapshotError, latest_snapshot, read_manifest
 from cocoseg.engine.capacity import feed_plan, gpu_kind
 from cocoseg.utils import UserError, get_logger
 
@@ -34,7 +34,7 @@ class TrainInputError(UserError):
     """Training cannot start with this input or on this cluster."""
 
 
-def resolve_snapshot(cfg: JobConfig) -> dict[str, Any]:
+def resolve_snapshot(cfg: JobConfig) -> Manifest:
     """The manifest of ``train.snapshot`` ("latest" or empty: newest under ``storage.root``).
 
     Refuses a missing snapshot or manifest, an unknown schema version, and an empty train or
@@ -50,17 +50,17 @@ def resolve_snapshot(cfg: JobConfig) -> dict[str, Any]:
         manifest = read_manifest(uri)
     except SnapshotError as exc:
         raise TrainInputError(f"train.snapshot: {exc}") from None
-    splits = manifest.get("splits", {})
+    splits = manifest.splits
     for split in ("train", "val"):
         if split not in splits:
             raise TrainInputError(f"snapshot {uri} has no {split!r} split (it has {', '.join(splits) or 'none'}); "
                                   f"ingest a source with a {split} split")
-        if int(splits[split].get("images", 0)) == 0:
+        if splits[split].images == 0:
             raise TrainInputError(f"snapshot {uri}: the {split!r} split is empty (0 images); "
                                   "check the source and the quarantine (_quarantine.parquet)")
-    if len(manifest["class_names"]) != cfg.model.num_classes:
-        raise TrainInputError(f"snapshot {uri} has {len(manifest['class_names'])} classes but model.num_classes="
-                              f"{cfg.model.num_classes}; set model.num_classes={len(manifest['class_names'])}")
+    if manifest.num_classes != cfg.model.num_classes:
+        raise TrainInputError(f"snapshot {uri} has {manifest.num_classes} classes but model.num_classes="
+                              f"{cfg.model.num_classes}; set model.num_classes={manifest.num_classes}")
     return manifest
 
 

@@ -26,7 +26,7 @@ from cocoseg.cluster import quiet_ray_data, train_logging_config
 from cocoseg.config import JobConfig, to_dict
 from cocoseg.config_checks import prepare, ready
 from cocoseg.data.repeat_factor import expected_rows
-from cocoseg.data.schema import list_shards
+from cocoseg.data.schema import Manifest, list_shards
 from cocoseg.data.train_input import TrainInput
 from cocoseg.engine import class_balance
 from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
@@ -67,10 +67,10 @@ class TrainResult:
         return asdict(self)
 
 
-def _train_input(cfg: JobConfig, manifest: dict[str, Any], repeats: Any = None) -> TrainInput:
+def _train_input(cfg: JobConfig, manifest: Manifest, repeats: Any = None) -> TrainInput:
     """Start the run's input actors (decode + augment, kept for all epochs; see cocoseg.data.train_input)."""
     t, m = cfg.train, cfg.model
-    rows = [int(s["rows"]) for s in manifest["splits"]["train"]["shards"]]
+    rows = [s.rows for s in manifest.splits["train"].shards]
     return TrainInput.start(list(zip(list_shards(manifest, "train"), rows, strict=True)), augment=t.augment,
                             epochs=t.epochs, close_mosaic=t.close_mosaic, imgsz=m.imgsz, num_classes=m.num_classes,
                             seed=t.seed, actors=cfg.data.actors, cpus_per_actor=cfg.data.cpus_per_actor,
@@ -90,7 +90,7 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
     if not cfg.tracking.offline_ok:
         tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
-    ready("train", cfg, {"snapshot": manifest["snapshot_uri"]})
+    ready("train", cfg, {"snapshot": manifest.snapshot_uri})
     ensure_ray(cfg)
     quiet_ray_data()
     check_cluster(cfg)
@@ -102,7 +102,7 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     run_dir = storage.join(runs_root, run_name)
     storage.write_json(storage.join(run_dir, "config.json"), redact(to_dict(cfg)))
     _drop_torn_ray_snapshot(run_dir)
-    n_train = min(manifest["splits"]["train"]["images"], cfg.data.max_train_images or 1 << 62)
+    n_train = min(manifest.splits["train"].images, cfg.data.max_train_images or 1 << 62)
     repeats = class_balance.repeat_factors(cfg, manifest)  # None unless data.repeat_factor_threshold > 0
     if repeats is not None:  # the schedule counts the epoch's rows with their (average) copies
         n_train = round(expected_rows(repeats, cfg.data.max_train_images))
@@ -113,8 +113,8 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     class_balance.report_classes(manifest, run_dir, tracking_uri, mlflow_run_id)
     run_info = RunInfo(run_dir=run_dir, mlflow_run_id=mlflow_run_id,
                        batches_per_epoch=batches_per_epoch(n_train, s.num_workers, t.batch_size), recipe=recipe,
-                       snapshot_id=manifest["snapshot_id"], snapshot_uri=manifest["snapshot_uri"],
-                       class_names=tuple(manifest["class_names"]), category_ids=tuple(manifest["category_ids"]))
+                       snapshot_id=manifest.snapshot_id, snapshot_uri=manifest.snapshot_uri,
+                       class_names=manifest.class_names, category_ids=manifest.category_ids)
     inputs = _train_input(cfg, manifest, repeats)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -188,12 +188,12 @@ def _drop_torn_ray_snapshot(run_dir: str) -> None:
         storage.delete(uri)
 
 
-def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: dict[str, Any], parent: str,
+def _mlflow_run(cfg: JobConfig, uri: str, run_name: str, run_dir: str, manifest: Manifest, parent: str,
                 recipe: OptimizerChoice | None = None) -> str:
     """Reuse the MLflow run of an earlier attempt of this run (a resume), else create it ("" when
     MLflow is down and ``tracking.offline_ok``: it is created when the run ends or is synced)."""
     ctx = ray.get_runtime_context()
-    tags = {"snapshot_id": manifest["snapshot_id"], "git_commit": git_commit(), "variant": cfg.model.variant,
+    tags = {"snapshot_id": manifest.snapshot_id, "git_commit": git_commit(), "variant": cfg.model.variant,
             "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or ctx.get_job_id(), "run_dir": run_dir}
     artifacts = ""
     if uri.startswith("sqlite:"):  # embedded store: artifacts beside it, not in the current directory

@@ -11,12 +11,11 @@ import torch
 
 from cocoseg.structures import Detections
 
-from .predictor import Predictor, detections_record
+from .predictor import Predictor
 from .protocol import ImageReadError, Protocol, decode_image
+from .records import detection_row, evaluation_schema, prediction_schema
 
-__all__ = ["DETECTION_COLUMNS", "DetectBatch", "PredictImages", "detections_from_row", "prediction_schema"]
-
-DETECTION_COLUMNS = ("image_id", "height", "width", "boxes_xyxy", "scores", "classes", "masks_rle")
+__all__ = ["DetectBatch", "PredictImages"]
 
 
 class DetectBatch:
@@ -24,8 +23,9 @@ class DetectBatch:
 
     Letterboxes the rows exactly as training validation does (the ``val`` preset of
     :class:`cocoseg.data.stage.AugmentBatch`, EXIF not applied), runs the predictor under
-    ``protocol`` and returns a pyarrow Table with :data:`DETECTION_COLUMNS`: boxes flattened
-    (n * 4 floats, original pixels), masks as COCO RLE ``counts`` strings. No pixels leave the actor.
+    ``protocol`` and returns a pyarrow Table of :func:`evaluation_schema` (one detection record per
+    image: boxes in original pixels as computed, masks as COCO RLE ``counts`` strings). No pixels
+    leave the actor.
     """
 
     def __init__(self, *, weights: str, protocol: dict[str, Any], num_classes: int, device: str = "cpu",
@@ -43,39 +43,11 @@ class DetectBatch:
         from cocoseg.data.collate import collate_val
 
         vb = collate_val(self.stage(batch))
-        sizes = [(int(h), int(w)) for h, w in vb.orig_hw.tolist()]
-        dets = self.predictor.detect(vb.images, self.predictor.letterboxes_for(sizes), masks="rle")
-        return pa.table({
-            "image_id": pa.array(vb.image_ids.tolist(), pa.int64()),
-            "height": pa.array([s[0] for s in sizes], pa.int32()), "width": pa.array([s[1] for s in sizes], pa.int32()),
-            "boxes_xyxy": pa.array([d.boxes_xyxy.flatten().tolist() for d in dets], pa.list_(pa.float32())),
-            "scores": pa.array([d.scores.tolist() for d in dets], pa.list_(pa.float32())),
-            "classes": pa.array([d.classes.tolist() for d in dets], pa.list_(pa.int32())),
-            "masks_rle": pa.array([[r["counts"] for r in d.masks_rle] for d in dets], pa.list_(pa.string())),
-        })
-
-
-def detections_from_row(row: dict[str, Any]) -> Detections:
-    """One row of :class:`DetectBatch` output -> :class:`Detections` (masks as RLE)."""
-    size = [int(row["height"]), int(row["width"])]
-    boxes = torch.tensor(np.asarray(row["boxes_xyxy"], np.float32).reshape(-1, 4))
-    return Detections(boxes, torch.tensor(np.asarray(row["scores"], np.float32)),
-                      torch.tensor(np.asarray(row["classes"], np.int64)),
-                      masks_rle=[{"size": size, "counts": c} for c in row["masks_rle"]])
-
-
-def prediction_schema() -> Any:
-    """The pyarrow schema of one batch-inference row (``pipelines.infer``): ``source_uri``,
-    ``width`` / ``height`` (upright image, pixels), ``boxes_xyxy`` (n x 4, original pixels),
-    ``scores``, ``classes``, ``class_names``, ``masks_rle`` (COCO compressed RLE ``counts`` strings,
-    size ``[height, width]``) and ``error`` (null when the image was predicted; then the
-    other columns except ``source_uri`` are null)."""
-    import pyarrow as pa
-
-    return pa.schema([("source_uri", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-                      ("boxes_xyxy", pa.list_(pa.list_(pa.float32(), 4))), ("scores", pa.list_(pa.float32())),
-                      ("classes", pa.list_(pa.int32())), ("class_names", pa.list_(pa.string())),
-                      ("masks_rle", pa.list_(pa.string())), ("error", pa.string())])
+        dets = self.predictor.detect(vb.images, vb.letterboxes, masks="rle")
+        names = self.predictor.class_names
+        rows = [{"image_id": i, **detection_row(d, names, lb.orig_hw)}
+                for i, d, lb in zip(vb.image_ids.tolist(), dets, vb.letterboxes, strict=True)]
+        return pa.Table.from_pylist(rows, schema=evaluation_schema())
 
 
 class PredictImages:
@@ -95,8 +67,7 @@ class PredictImages:
         torch.set_num_threads(threads)
         p = Protocol(**protocol)
         self.passthrough = tuple(passthrough)
-        self.predictor = Predictor.load(weights, imgsz=p.imgsz, device=device, conf=p.conf, iou=p.iou,
-                                        max_det=p.max_det, multi_label=p.multi_label)
+        self.predictor = Predictor.load(weights, imgsz=p.imgsz, device=device).with_protocol(p)
 
     def _predict(self, images: dict[int, np.ndarray], errors: list[str | None]) -> dict[int, Detections]:
         """One batched forward; if it fails, image by image so the failure stays with its image."""
@@ -130,9 +101,7 @@ class PredictImages:
         for i, uri in enumerate(uris):
             row: dict[str, Any] = {"source_uri": uri, "error": errors[i]}
             if i in dets and errors[i] is None:
-                h, w = images[i].shape[:2]
-                row.update(width=w, height=h, **detections_record(dets[i], self.predictor.class_names))
-                row["masks_rle"] = [r["counts"] for r in row["masks_rle"]]
+                row.update(detection_row(dets[i], self.predictor.class_names, images[i].shape[:2], digits=2))
             rows.append(row)
         table = pa.Table.from_pylist(rows, schema=prediction_schema())
         for name in self.passthrough:

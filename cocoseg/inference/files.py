@@ -45,13 +45,13 @@ def expand_images(inputs: Sequence[str]) -> list[str]:
 
 
 def predict_images(model: torch.nn.Module, class_names: Sequence[str], images: Sequence[str], out_dir: str, *,
-                   imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                   max_det: int = 300) -> dict[str, Any]:
+                   imgsz: int = 640, **nms: Any) -> dict[str, Any]:
     """Run ``model`` on each image and write ``<stem>.json``, ``<stem>.png`` and ``summary.json``
-    under ``out_dir``. Returns the summary: ``images`` (written stems, counts) and ``failed``."""
+    under ``out_dir``. ``nms``: ``conf`` / ``iou`` / ``max_det`` other than the PREDICT preset's.
+    Returns the summary: ``images`` (written stems, counts) and ``failed``."""
     from .predictor import Predictor
 
-    predictor = Predictor(model, class_names=class_names, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det)
+    predictor = Predictor(model, class_names=class_names, imgsz=imgsz, **nms)
     return run_predictor(predictor, images, out_dir)
 
 
@@ -89,18 +89,11 @@ def _unique_stem(uri: str, used: set[str]) -> str:
 
 def detections_to_json(uri: str, orig_hw: tuple[int, int], det: Detections,
                        class_names: Sequence[str]) -> dict:
-    """JSON-able record of one image's detections (boxes xyxy in original pixels, masks as RLE)."""
-    from .predictor import detections_record
+    """JSON-able record of one image's detections (boxes xyxy in original pixels, masks as RLE):
+    the one detection record (:mod:`cocoseg.inference.records`), one entry per detection."""
+    from cocoseg.inference import detections_json, detections_record
 
-    cols = detections_record(det, class_names)
-    rows = [{"class_id": cls, "class_name": name, "score": score, "box_xyxy": box, "mask_rle": rle}
-            for cls, name, score, box, rle in zip(cols["classes"], cols["class_names"], cols["scores"],
-                                                  cols["boxes_xyxy"], cols["masks_rle"] or [None] * len(det),
-                                                  strict=True)]
-    for row in rows:
-        if row["mask_rle"] is None:
-            del row["mask_rle"]
-    return {"image": uri, "height": int(orig_hw[0]), "width": int(orig_hw[1]), "detections": rows}
+    return detections_json(uri, detections_record(det, class_names), orig_hw)
 
 
 def draw_overlay(rgb: np.ndarray, det: Detections, class_names: Sequence[str]) -> bytes:

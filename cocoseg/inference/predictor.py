@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from cocoseg.data.letterbox import letterbox
-from cocoseg.model.postprocess import masks_to_rle, postprocess
-from cocoseg.structures import Detections, LetterboxParams, letterbox_params
+from cocoseg.model.postprocess import postprocess
+from cocoseg.structures import Detections, LetterboxParams
 from cocoseg.utils import UserError
 
 from .backends import Backend, TorchBackend
-from .protocol import Protocol, resolve_weights
+from .protocol import EVALUATE, PREDICT, Protocol, resolve_weights
 
-__all__ = ["Predictor", "detections_record"]
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -25,13 +26,15 @@ class Predictor:
     ``model``: a cocoseg segmentation model (forward -> ``RawOutputs``; run by a
     :class:`TorchBackend` on ``device`` in ``precision``) or a :class:`Backend` (ONNX Runtime,
     TensorRT: ``device`` and ``precision`` are then the backend's own); ``imgsz``: square input
-    side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (predict
-    defaults; :meth:`for_evaluation` gives the evaluation ones).
+    side (multiple of 32); ``conf`` / ``iou`` / ``max_det`` / ``multi_label``: NMS (by default
+    the :data:`~cocoseg.inference.protocol.PREDICT` preset's; :meth:`for_evaluation` gives the
+    :data:`~cocoseg.inference.protocol.EVALUATE` ones).
     """
 
-    def __init__(self, model: torch.nn.Module | Backend, *, class_names: Sequence[str], imgsz: int = 640,
-                 conf: float = 0.25, iou: float = 0.7, max_det: int = 300, multi_label: bool = False,
-                 device: str | torch.device | None = None, precision: str = "fp32") -> None:
+    def __init__(self, model: torch.nn.Module | Backend, *, class_names: Sequence[str], imgsz: int = PREDICT.imgsz,
+                 conf: float = PREDICT.conf, iou: float = PREDICT.iou, max_det: int = PREDICT.max_det,
+                 multi_label: bool = PREDICT.multi_label, device: str | torch.device | None = None,
+                 precision: str = "fp32") -> None:
         if imgsz % 32 or imgsz <= 0:
             raise UserError(f"imgsz {imgsz} is not a positive multiple of 32")
         self.backend: Backend = (TorchBackend(model, device=device, precision=precision)
@@ -70,11 +73,14 @@ class Predictor:
             raise TypeError(f"unknown predictor settings {sorted(unknown)}")
         return Predictor(self.backend, class_names=self.class_names, **{**now, **settings})
 
-    def for_evaluation(self, protocol: Protocol | None = None) -> Predictor:
-        """The same backend with the evaluation protocol's NMS settings (conf 0.001, multi-label, ...)."""
-        p = protocol or Protocol(imgsz=self.imgsz)
+    def with_protocol(self, p: Protocol) -> Predictor:
+        """The same backend under protocol ``p`` (its imgsz and NMS settings)."""
         return self.with_settings(imgsz=p.imgsz, conf=p.conf, iou=p.iou, max_det=p.max_det,
                                   multi_label=p.multi_label)
+
+    def for_evaluation(self, protocol: Protocol | None = None) -> Predictor:
+        """The same backend under ``protocol``, by default :data:`EVALUATE` at this imgsz (conf 0.001, multi-label)."""
+        return self.with_protocol(protocol or replace(EVALUATE, imgsz=self.imgsz))
 
     @property
     def protocol(self) -> Protocol:
@@ -119,17 +125,3 @@ class Predictor:
         batch = torch.from_numpy(np.stack([p[0] for p in prepared])).permute(0, 3, 1, 2)
         return self.detect(batch, [p[1] for p in prepared], masks=masks)
 
-    def letterboxes_for(self, orig_hw: Sequence[tuple[int, int]]) -> list[LetterboxParams]:
-        """The geometry of images of these sizes letterboxed by :meth:`prepare` (the val preset's rule)."""
-        return [letterbox_params((int(h), int(w)), (self.imgsz, self.imgsz)) for h, w in orig_hw]
-
-
-def detections_record(det: Detections, class_names: Sequence[str], *, digits: int = 2) -> dict[str, Any]:
-    """Column form of one image's detections (what predict JSON and infer Parquet rows hold):
-    ``boxes_xyxy`` (original pixels), ``scores``, ``classes``, ``class_names``, ``masks_rle``."""
-    classes = [int(c) for c in det.classes.tolist()]
-    rles = det.masks_rle if det.masks_rle is not None else (masks_to_rle(det.masks) if det.masks is not None else [])
-    return {"boxes_xyxy": [[round(float(v), digits) for v in box] for box in det.boxes_xyxy.tolist()],
-            "scores": [round(float(s), 5) for s in det.scores.tolist()], "classes": classes,
-            "class_names": [class_names[c] if c < len(class_names) else str(c) for c in classes],
-            "masks_rle": list(rles)}

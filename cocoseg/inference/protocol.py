@@ -1,12 +1,13 @@
-"""What makes two AP figures comparable (:class:`Protocol`), and image files in: decode with
-EXIF orientation, read from local or ``s3://``, weights from a folder or the registry."""
+"""What makes two AP figures comparable (:class:`Protocol`) and its two presets, :data:`EVALUATE`
+and :data:`PREDICT`; and image files in: decode with EXIF orientation, read from local or
+``s3://``, weights from a folder or the registry."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,8 @@ import numpy as np
 from cocoseg import __version__, storage
 from cocoseg.utils import UserError
 
-__all__ = ["EVAL_CODE_VERSION", "LETTERBOX_RULE", "ImageReadError", "Protocol", "decode_image", "read_image",
-           "resolve_weights"]
+__all__ = ["EVALUATE", "EVAL_CODE_VERSION", "LETTERBOX_RULE", "PREDICT", "SERVE", "ImageReadError", "Protocol",
+           "decode_image", "read_image", "resolve_weights"]
 
 LETTERBOX_RULE = "square imgsz; gain min(S/h, S/w), upscaling; bilinear; pad 114 split round(d/2 -/+ 0.1)"
 # Bump when post-processing or scoring changes numbers: AP measured under another value is not comparable.
@@ -45,6 +46,17 @@ class Protocol:
         """16 hex digits of SHA-256 over the canonical JSON of :meth:`to_dict`."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The evaluation protocol (spec 11): every detection a COCO AP can use (conf 0.001, up to 300 per
+# image, each box scored for every class above conf). Evaluate, training's validation and the gate.
+EVALUATE = Protocol()
+# Predict mode: the detections a user is shown (conf 0.25, one label per box). `cocoseg predict`,
+# `cocoseg infer` (evaluate.predict_conf), the validation preview and the Predictor's defaults.
+PREDICT = Protocol(conf=0.25, multi_label=False)
+# The served model's defaults: predict mode with at most 100 boxes per image in a response
+# (each request may pass conf / iou / max_det; registry/serving.py).
+SERVE = replace(PREDICT, max_det=100)
 
 
 def decode_image(data: bytes, *, name: str = "image") -> np.ndarray:

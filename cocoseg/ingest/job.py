@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from cocoseg import storage
 from cocoseg.config import JobConfig
 from cocoseg.config_checks import prepare, ready
 from cocoseg.data.class_stats import format_class_table
-from cocoseg.data.schema import MANIFEST_NAME, manifest_summary, read_manifest, snapshot_uri
+from cocoseg.data.schema import MANIFEST_NAME, Manifest, manifest_summary, read_manifest, snapshot_uri
 from cocoseg.ingest.coco import IngestError
 from cocoseg.ingest.snapshot import (
     SnapshotWriter,
@@ -27,7 +28,7 @@ from cocoseg.ingest.snapshot import (
 from cocoseg.ingest.source import plan_source
 from cocoseg.utils import get_logger
 
-__all__ = ["ingest"]
+__all__ = ["IngestResult", "ingest"]
 
 log = get_logger(__name__)
 
@@ -63,12 +64,17 @@ def _shard_task(row: dict[str, Any], **kwargs: Any) -> dict[str, str]:
     return {"meta": json.dumps(write_shard(json.loads(row["spec"]), **kwargs))}
 
 
-def ingest(cfg: JobConfig) -> dict[str, Any]:
-    """Ingest ``cfg.ingest.source`` and return the manifest dict.
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest did: the snapshot's ``manifest`` (its ``snapshot_uri`` says where it lives) and
+    ``skipped``, True when an identical snapshot already existed and nothing was written."""
 
-    The returned dict is the manifest as written plus ``snapshot_uri`` (where it lives) and
-    ``skipped`` (True when an identical snapshot already existed and nothing was done).
-    """
+    manifest: Manifest
+    skipped: bool
+
+
+def ingest(cfg: JobConfig) -> IngestResult:
+    """Ingest ``cfg.ingest.source``; returns the committed (or already present) snapshot's manifest."""
     started = time.perf_counter()
     cfg = prepare("ingest", cfg)  # absolute paths, the source checked once (cocoseg.config_checks)
     ic = cfg.ingest
@@ -85,7 +91,7 @@ def ingest(cfg: JobConfig) -> dict[str, Any]:
         log.info("snapshot %s already exists for this source (fingerprint %s): nothing to do",
                  snapshot_id, plan.fingerprint[:16])
         print(f"unchanged source: snapshot {snapshot_id} already exists at {uri}; nothing to do")
-        return {**manifest, "skipped": True}
+        return IngestResult(manifest, skipped=True)
     records = sort_records(plan)
     log.info("ingest %s -> %s: %d images in %d splits (%s layout)", plan.source, uri, len(records),
              len(plan.splits), plan.layout)
@@ -96,6 +102,6 @@ def ingest(cfg: JobConfig) -> dict[str, Any]:
         _write_shards(specs, writer, cfg, plan.class_map.id_to_index)
     manifest = writer.commit()
     print(manifest_summary(manifest))
-    for split in manifest["splits"]:  # per-class counts: what the classes' APs will rest on
+    for split in manifest.splits:  # per-class counts: what the classes' APs will rest on
         print(format_class_table(manifest, split))
-    return {**manifest, "skipped": False}
+    return IngestResult(manifest, skipped=False)

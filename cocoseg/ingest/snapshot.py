@@ -36,6 +36,7 @@ from cocoseg.data.schema import (
     QUARANTINE_SCHEMA,
     SCHEMA_VERSION,
     SNAPSHOT_SCHEMA,
+    Manifest,
     dumps_manifest,
     snapshot_uri,
 )
@@ -227,7 +228,7 @@ class SnapshotWriter:
                      self.snapshot_id, self.seen, self.total, rate, rejected)
             self._last_log = now
 
-    def commit(self) -> dict[str, Any]:
+    def commit(self) -> Manifest:
         """Flush the last shards, write ``_quarantine.parquet``, check the counts, write the manifest."""
         self._record_shards()
         self._progress(force=True)
@@ -235,9 +236,8 @@ class SnapshotWriter:
         fs, path = storage.filesystem(storage.join(self.uri, QUARANTINE_NAME))
         with fs.open_output_stream(path) as out:
             pq.write_table(quarantine, out)
-        manifest = self._manifest()
+        manifest = Manifest.from_json(self._manifest(), self.uri)
         storage.write_text(storage.join(self.uri, MANIFEST_NAME), dumps_manifest(manifest))
-        manifest["snapshot_uri"] = self.uri
         return manifest
 
     def _manifest(self) -> dict[str, Any]:

@@ -68,8 +68,8 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
         print(f"[1/5] synthetic source already at {source}", flush=True)
     ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
-    manifest = ingest(cfg)
-    cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})
+    manifest = ingest(cfg).manifest
+    cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri})
     print(f"[3/5] train yolov8{cfg.model.variant}-seg for {cfg.train.epochs} epochs at {cfg.model.imgsz} px "
           f"(Ray Train, {cfg.scaling.num_workers} worker)", flush=True)
     trained = train(cfg)
@@ -79,7 +79,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
     print(f"[5/5] register in the MLflow Model Registry as {cfg.registry.model_name!r}", flush=True)
     reg = register(cfg, export_dir)
     summary = {
-        "snapshot": manifest["snapshot_uri"],
+        "snapshot": manifest.snapshot_uri,
         "mlflow_run_id": trained.mlflow_run_id,
         "tracking_uri": trained.tracking_uri,
         "best_weights": trained.best_weights,

@@ -10,8 +10,8 @@ torch (CPU build) in its pip requirements (``registry/versions.py``; docs/infere
 
 Request: one row per image, column ``image`` holding the encoded file (JPEG/PNG) as base64 text
 (or raw bytes when called in-process). Optional params: ``conf`` (0.25), ``iou`` (0.7),
-``max_det`` (100), ``masks`` (true). Response: one record per image, the columns of
-:func:`cocoseg.inference.detections_record` plus the size::
+``max_det`` (100), ``masks`` (true): the :data:`cocoseg.inference.SERVE` preset. Response: one
+record per image, the detection record (:func:`cocoseg.inference.detections_record`) plus the size::
 
     {"boxes_xyxy": [[x1, y1, x2, y2], ...]   original-image pixels (EXIF orientation applied)
      "scores": [...], "classes": [...] (0..nc-1), "class_names": [...],
@@ -27,11 +27,12 @@ import base64
 import binascii
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 import mlflow
 
-from cocoseg.inference import OnnxBackend, Predictor, decode_image, detections_record
+from cocoseg.inference import SERVE, OnnxBackend, Predictor, decode_image, detections_record
 
 __all__ = ["SegmentationModel", "encoded_image"]
 
@@ -68,14 +69,15 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             raise RuntimeError(f"model.onnx has SHA-256 {digest}, the registered version expects "
                                f"{info['onnx_sha256']}: refusing to serve an altered graph")
         names = info.get("class_names") or [str(i) for i in range(int(info["num_classes"]))]
-        self.predictor = Predictor(OnnxBackend(data), class_names=names, imgsz=int(info["imgsz"]),
-                                   conf=0.25, iou=0.7, max_det=100)
+        imgsz = int(info["imgsz"])
+        self.predictor = Predictor(OnnxBackend(data), class_names=names, imgsz=imgsz).with_protocol(
+            replace(SERVE, imgsz=imgsz))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         params = params or {}
-        predictor = self.predictor.with_settings(conf=float(params.get("conf", 0.25)),
-                                                 iou=float(params.get("iou", 0.7)),
-                                                 max_det=int(params.get("max_det", 100)))
+        predictor = self.predictor.with_settings(conf=float(params.get("conf", SERVE.conf)),
+                                                 iou=float(params.get("iou", SERVE.iou)),
+                                                 max_det=int(params.get("max_det", SERVE.max_det)))
         masks = "rle_counts" if bool(params.get("masks", True)) else "none"  # the one RLE encoder, uncompressed
         column = model_input["image"] if hasattr(model_input, "__getitem__") and not isinstance(
             model_input, (str, bytes, list)) else model_input

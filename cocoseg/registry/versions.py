@@ -141,9 +141,12 @@ def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from cocoseg.inference import SERVE
+
     return ModelSignature(inputs=Schema([ColSpec("string", "image")]),
-                          params=ParamSchema([ParamSpec("conf", "double", 0.25), ParamSpec("iou", "double", 0.7),
-                                              ParamSpec("max_det", "long", 100), ParamSpec("masks", "boolean", True)]))
+                          params=ParamSchema([ParamSpec("conf", "double", SERVE.conf), ParamSpec("iou", "double", SERVE.iou),
+                                              ParamSpec("max_det", "long", SERVE.max_det),
+                                              ParamSpec("masks", "boolean", True)]))
 
 
 def _check_metric(b: bundle.ExportBundle, metric: str) -> float:

@@ -25,10 +25,13 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocoseg import storage
 from cocoseg.utils import get_logger
+
+if TYPE_CHECKING:
+    from cocoseg.data.manifest import Manifest
 
 __all__ = ["CURVES_FILE", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "MODEL_ID_TAG", "PER_CLASS_KINDS",
            "create_trained_model", "curve_artifacts", "dataset_inputs", "finish_trained_model", "log_dataset_inputs", "metric_key", "per_class_artifacts",
@@ -51,19 +54,19 @@ def set_experiment_kind(client: Any, experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
-def dataset_inputs(manifest: Mapping[str, Any], splits: Sequence[str] = ("train", "val")) -> list[dict[str, Any]]:
+def dataset_inputs(manifest: Manifest, splits: Sequence[str] = ("train", "val")) -> list[dict[str, Any]]:
     """Dataset-input descriptors (JSON-able, kept in the run record) of a snapshot's splits."""
-    uri = manifest["snapshot_uri"]
+    uri = manifest.snapshot_uri
     out = []
     for split in splits:
-        info = manifest["splits"][split]
-        profile = {"images": info.get("images"), "instances": info.get("annotations"), "shards": info.get("shards"),
-                   "schema_version": manifest.get("schema_version"), "classes": len(manifest.get("class_names", []))}
-        out.append({"name": f"cocoseg-{split}", "digest": manifest["snapshot_id"][:36],
+        info = manifest.splits[split]
+        profile = {"images": info.images, "instances": info.annotations, "shards": [s.to_json() for s in info.shards],
+                   "schema_version": manifest.schema_version, "classes": manifest.num_classes}
+        out.append({"name": f"cocoseg-{split}", "digest": manifest.snapshot_id[:36],
                     "source_type": "s3" if storage.is_s3(uri) else "local",
                     "source": json.dumps({"uri": storage.join(uri, split)}),
-                    "schema": json.dumps({"cocoseg_schema_version": manifest.get("schema_version"),
-                                          "class_names": list(manifest.get("class_names", []))}),
+                    "schema": json.dumps({"cocoseg_schema_version": manifest.schema_version,
+                                          "class_names": list(manifest.class_names)}),
                     "profile": json.dumps(profile), "context": split})
     return out
 

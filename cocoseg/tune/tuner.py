@@ -109,7 +109,7 @@ def run_search(cfg: JobConfig) -> TuneResult:
     manifest = resolve_snapshot(cfg)  # once, on the driver, not in every trial
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     tracking.preflight(uri)
-    cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"], "tracking.tracking_uri": uri})
+    cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri, "tracking.tracking_uri": uri})
     ready("tune", cfg, {"trials": cfg.tune.num_trials, "snapshot": cfg.train.snapshot})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose() else "0")  # else Tune's banner ignores verbose=0
     _start_ray(cfg)

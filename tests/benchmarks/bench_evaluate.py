@@ -82,7 +82,7 @@ def _snapshot(root: Path, images: int) -> str:
 
     src = root / "src"
     write_synthetic_coco(str(src), images=images, size=(640, 480), seed=0, val_fraction=0.5, max_instances=3)
-    return ingest.run(load_config(None, [f"ingest.source={src}", f"storage.root={root}"]))["snapshot_uri"]
+    return ingest.run(load_config(None, [f"ingest.source={src}", f"storage.root={root}"])).manifest.snapshot_uri
 
 
 def single_process_loop(weights: str, snapshot: str, split: str, imgsz: int, batch_size: int) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def single_process_loop(weights: str, snapshot: str, split: str, imgsz: int, bat
     manifest = read_manifest(snapshot)
     card = read_card(weights)
     protocol = Protocol(imgsz=imgsz)
-    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=manifest.get("category_ids"))
+    evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=list(manifest.category_ids))
     start, images = time.perf_counter(), 0
     detect = DetectBatch(weights=weights, protocol=protocol.to_dict(), num_classes=card.num_classes, threads=1)
     for shard in list_shards(manifest, split):

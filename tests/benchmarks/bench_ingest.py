@@ -28,6 +28,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from cocoseg.config import IngestConfig, load_config  # noqa: E402
+from cocoseg.data.manifest import Manifest  # noqa: E402
 from cocoseg.ingest.synthetic import write_synthetic_coco  # noqa: E402
 
 
@@ -43,15 +44,15 @@ def baseline(src: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def ingest(src: Path, dest: Path, decode_check: str) -> tuple[float, dict]:
+def ingest(src: Path, dest: Path, decode_check: str) -> tuple[float, Manifest]:
     from pipelines.ingest import run
 
     shutil.rmtree(dest, ignore_errors=True)  # a fresh destination: never the no-op of a rerun
     cfg = load_config(None, [f"ingest.source={src}", f"ingest.dest={dest}", f"ingest.decode_check={decode_check}"])
     start = time.perf_counter()
-    manifest = run(cfg)
-    assert not manifest["skipped"]
-    return time.perf_counter() - start, manifest
+    result = run(cfg)
+    assert not result.skipped
+    return time.perf_counter() - start, result.manifest
 
 
 def main() -> int:
@@ -80,7 +81,7 @@ def main() -> int:
         cold_s, manifest = ingest(src, work / "dest1", args.decode_check)
         warm_s, _ = ingest(src, work / "dest2", args.decode_check)
         base_s = min(base_s, baseline(src, work))  # the best of two: page cache warm for both sides
-        n = manifest["counts"]["images_read"]
+        n = manifest.counts["images_read"]
         base_rate, cold_rate, warm_rate = n / base_s, n / cold_s, n / warm_s
         print(f"\n{n} images, {mb:.0f} MB of JPEG, decode_check={args.decode_check}, "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other jobs share them)")

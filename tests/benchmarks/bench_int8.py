@@ -57,9 +57,9 @@ def train(work: Path, args: argparse.Namespace) -> tuple[str, str]:
                              "scaling.num_workers=1", "scaling.use_gpu=false", "tracking.run_name=bench-int8"])
     os.environ.setdefault("RAY_worker_niceness", "0")
     ensure_ray(cfg)
-    manifest = ingest.run(cfg)
-    result = train_job.run(with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]}))
-    return result.best_weights, manifest["snapshot_uri"]
+    manifest = ingest.run(cfg).manifest
+    result = train_job.run(with_values(cfg, {"train.snapshot": manifest.snapshot_uri}))
+    return result.best_weights, manifest.snapshot_uri
 
 
 def export(weights: str, snapshot: str, out: Path, imgsz: int, args: argparse.Namespace, exclude: list[str]) -> Path:

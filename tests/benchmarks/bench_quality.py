@@ -134,9 +134,9 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
     ensure_ray(cfg)
     try:
         t0 = time.perf_counter()
-        manifest = ingest.run(cfg)
+        manifest = ingest.run(cfg).manifest
         ingest_s = time.perf_counter() - t0
-        cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})
+        cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri})
         start = load()
         t0 = time.perf_counter()
         result = train.run(cfg)
@@ -144,7 +144,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
         end = load()
     finally:
         ray.shutdown()
-    scored = score(result.best_weights, manifest["snapshot_uri"], root / f"eval-s{seed}")
+    scored = score(result.best_weights, manifest.snapshot_uri, root / f"eval-s{seed}")
     curve = [r["metrics"] for r in tracking.read_journal(tracking.journal_uri(result.run_dir))]
     params = _mlflow_params(result.tracking_uri, result.mlflow_run_id)
     best = max(curve, key=lambda m: m.get("val/mask_ap50_95", -1.0))
@@ -155,7 +155,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
             "val_s": sum(m.get("val/time_s", 0.0) for m in curve),
             "best": {k: v[0] for k, v in pick.items()}, "last": {k: v[1] for k, v in pick.items()},
             "best_epoch": curve.index(best), "epochs": len(curve), "evaluate_best": scored,
-            "snapshot_uri": manifest["snapshot_uri"],
+            "snapshot_uri": manifest.snapshot_uri,
             "recipe": {k[len("recipe."):]: v for k, v in params.items() if k.startswith("recipe.")},
             "curve_mask_ap50_95": [round(m.get("val/mask_ap50_95", float("nan")), 4) for m in curve]}
 

@@ -94,11 +94,11 @@ def main() -> int:
                        f"train.close_mosaic={args.epochs}", f"train.seed={args.seed}", "train.preview_images=0",
                        "tracking.system_metrics=false"])
     ensure_ray(cfg)
-    manifest = ingest.run(cfg)
-    cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})
+    manifest = ingest.run(cfg).manifest
+    cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri})
     stats = split_stats(manifest, "train")["classes"]["images"]
-    n = manifest["splits"]["train"]["images"]
-    factors = dict(zip(manifest["class_names"], class_repeat_factors(stats, n, args.threshold).tolist(), strict=True))
+    n = manifest.splits["train"].images
+    factors = dict(zip(manifest.class_names, class_repeat_factors(stats, n, args.threshold).tolist(), strict=True))
     print(f"train split: {kept}; class repeat factors at t={args.threshold}: "
           + ", ".join(f"{k} {v:.2f}" for k, v in factors.items()), flush=True)
     runs = [train_once(cfg, "plain", 0.0), train_once(cfg, "rfs", args.threshold)]

@@ -175,11 +175,11 @@ def run_size(n_train: int, args: argparse.Namespace) -> dict[str, Any]:
     try:
         common = [f"storage.root={root}", f"ingest.source={source}"]
         cfg = load_config(None, common)
-        manifest, stats = _stage(monitor, "ingest", n_train + n_val, lambda: ingest.run(cfg))
+        manifest, stats = _stage(monitor, "ingest", n_train + n_val, lambda: ingest.run(cfg).manifest)
         out["stages"].append(stats)
-        out["snapshot_mb"] = sum(s["bytes"] for sp in manifest["splits"].values() for s in sp["shards"]) / 1e6
+        out["snapshot_mb"] = sum(s.bytes for sp in manifest.splits.values() for s in sp.shards) / 1e6
         tcfg = load_config(str(REPO / "pipelines/configs/demo.yaml"), [
-            *common, f"train.snapshot={manifest['snapshot_uri']}", "model.num_classes=80", f"model.imgsz={args.imgsz}",
+            *common, f"train.snapshot={manifest.snapshot_uri}", "model.num_classes=80", f"model.imgsz={args.imgsz}",
             f"model.variant={args.variant}", "train.epochs=1", "train.close_mosaic=0", f"train.batch_size={args.batch}",
             f"train.nominal_batch={args.batch}", f"data.actors={args.data_actors}", "tracking.run_name=scale",
             f"export.imgsz={args.imgsz}", "tracking.system_metrics=false"])
@@ -187,7 +187,7 @@ def run_size(n_train: int, args: argparse.Namespace) -> dict[str, Any]:
         out["stages"].append(stats)
         ecfg = load_config(str(REPO / "pipelines/configs/evaluate.yaml"), [*common, "evaluate.batch_size=16"])
         doc, stats = _stage(monitor, "evaluate", n_val, lambda: evaluate.run(
-            ecfg, trained.best_weights, manifest["snapshot_uri"], split="val", out=str(root / "evals"),
+            ecfg, trained.best_weights, manifest.snapshot_uri, split="val", out=str(root / "evals"),
             log_mlflow=False))
         stats["detections"] = doc["detections"]
         out["stages"].append(stats)

@@ -40,7 +40,7 @@ with torch.no_grad():
 vb = build.build_val_batches(cfg, snap)
 list(vb())
 v = build.build_validator(cfg, vb, device=torch.device("cpu"), coco_gt=snapshot_to_coco(snap, "val"),
-                          category_ids=man["category_ids"], class_names=man["class_names"])
+                          category_ids=list(man.category_ids), class_names=list(man.class_names))
 t = time.perf_counter(); m, _ = v(model, 0); s = time.perf_counter() - t
 print(json.dumps({"val_s": s, "mask_ap50_95": m["val/mask_ap50_95"], "box_ap50_95": m["val/box_ap50_95"]}))
 '''
