@@ -87,7 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                        help="another cocoseg arm with these overrides, e.g. 2x1=evaluate.actors=2 (repeatable)")
     args = parser.parse_args()
+    arms = {"defaults": []}
+    for spec in args.also:
+        name, _, overrides = spec.partition("=")
+        arms[name] = [o for o in overrides.split(",") if o]
     ref_python = os.environ.get("COCOSEG_REF_PYTHON", "/work/.venv-ref/bin/python")
     pt = SHARED / "reference" / "yolov8n-seg-random.pt"
     with tempfile.TemporaryDirectory(prefix="bench-eval-ref-") as tmp:
@@ -97,7 +103,8 @@ def main() -> None:
         snapshot = str(next((tmp / "store" / "snapshots").iterdir()))
         _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
         (tmp / "ref.py").write_text(_REF)
-        ours, theirs = [], []
+        ours: dict[str, list[float]] = {name: [] for name in arms}
+        theirs: list[float] = []
         for r in range(args.rounds):
             load0 = os.getloadavg()
             ref = subprocess.run([ref_python, str(tmp / "ref.py"), str(pt), str(data)], capture_output=True, text=True,
@@ -106,19 +113,28 @@ def main() -> None:
                 raise SystemExit(f"reference failed:\n{ref.stderr[-3000:]}")
             doc = json.loads(ref.stdout.strip().splitlines()[-1])
             theirs.append(args.images / doc["seconds"])
-            load1 = os.getloadavg()
-            print(f"round {r}: reference {theirs[-1]:.2f} img/s (load {load0[0]:.1f} -> {load1[0]:.1f})", flush=True)
-            _cocoseg("evaluate", str(tmp / "w"), snapshot, "--out", str(tmp / f"eval{r}"), "--no-mlflow", cwd=tmp)
-            ev = json.loads((tmp / f"eval{r}" / "metrics.json").read_text())
-            ours.append(ev["images"] / ev["seconds"])
-            load2 = os.getloadavg()
-            print(f"round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}), cocoseg {ours[-1]:.2f} img/s ({ev['images']} images, inference only "
-                  f"{ev['images_per_s']:.2f} img/s, mask AP {ev['metrics']['val/mask_ap50_95']:.4f}; load -> "
-                  f"{load2[0]:.1f})", flush=True)
-        a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"cocoseg evaluate (defaults, {os.cpu_count()} cores) {a:.2f} img/s vs reference validator {b:.2f} img/s: "
-              f"{a / b:.3f}x (target >= 0.95x); {time.strftime('%Y-%m-%d %H:%M')} load {os.getloadavg()}")
-
+            print(f"{time.strftime('%H:%M')} round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}; "
+                  f"load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+            for name, overrides in arms.items():
+                load0 = os.getloadavg()
+                out = tmp / f"eval-{name}-{r}"
+                run = _cocoseg("evaluate", str(tmp / "w"), snapshot, *overrides, "--out", str(out), "--no-mlflow", cwd=tmp)
+                pool = next((line.split("evaluate: ", 1)[1] for line in run.stderr.splitlines()
+                             if "evaluate: " in line and "actor(s)" in line), "?")
+                ev = json.loads((out / "metrics.json").read_text())
+                ours[name].append(ev["images"] / ev["seconds"])
+                print(f"{time.strftime('%H:%M')} round {r}: cocoseg {name} ({pool}) {ours[name][-1]:.2f} img/s = "
+                      f"{ours[name][-1] / theirs[-1]:.2f}x ({ev['images']} images, {ev['detections']} detections, "
+                      f"mask AP {ev['metrics']['val/mask_ap50_95']:.4f}; load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})",
+                      flush=True)
+        b = statistics.median(theirs)
+        for name, rates in ours.items():
+            a = statistics.median(rates)
+            ratios = [x / y for x, y in zip(rates, theirs, strict=True)]
+            print(f"cocoseg evaluate ({name}, {os.cpu_count()} cores) {a:.2f} img/s vs reference validator {b:.2f} "
+                  f"img/s: {a / b:.3f}x of the medians, median of the per-round ratios "
+                  f"{statistics.median(ratios):.3f}x (target >= 0.95x); {time.strftime('%Y-%m-%d %H:%M')} load "
+                  f"{os.getloadavg()}")
 
 if __name__ == "__main__":
     main()
