@@ -87,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dir", default="", help="work folder to keep (and reuse on a rerun); default: a temporary one")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                         help="another cocoseg arm with these overrides, e.g. 2x1=evaluate.actors=2 (repeatable)")
     args = parser.parse_args()
@@ -97,11 +98,14 @@ def main() -> None:
     ref_python = os.environ.get("COCOSEG_REF_PYTHON", "/work/.venv-ref/bin/python")
     pt = SHARED / "reference" / "yolov8n-seg-random.pt"
     with tempfile.TemporaryDirectory(prefix="bench-eval-ref-") as tmp:
-        tmp = Path(tmp)
-        data = _dataset(tmp / "data", args.images)
-        _cocoseg("ingest", str(data), str(tmp / "store"), cwd=tmp)
+        tmp = Path(args.dir or tmp)
+        data = tmp / "data" / "data.yaml"
+        if not (tmp / "w").exists():  # --dir of an earlier run: its images, snapshot and weights as they are
+            data = _dataset(tmp / "data", args.images)
+            _cocoseg("ingest", str(data), str(tmp / "store"), cwd=tmp)
+            _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
         snapshot = str(next((tmp / "store" / "snapshots").iterdir()))
-        _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
+        args.images = len(list((tmp / "data" / "images" / "val").glob("*.jpg")))
         (tmp / "ref.py").write_text(_REF)
         ours: dict[str, list[float]] = {name: [] for name in arms}
         theirs: list[float] = []
