@@ -51,6 +51,25 @@ print(json.dumps({"seconds": time.perf_counter() - start, "box_map": float(r.box
 """
 
 
+_RAY_ADDRESS = ""  # --shared-ray: this process's local Ray, which every cocoseg job joins
+
+
+def _start_shared_ray() -> str:
+    """A local Ray shaped as ``cocoseg evaluate`` shapes its private one (the host's cores + 1 logical
+    CPU for the reads, so the default pool is planned the same), started once for every job here:
+    on a host so loaded that a private Ray's start-up times out, the jobs still run. It stops
+    with this process."""
+    from cocoseg.batch.sizing import EVALUATE_READ_CPUS, local_ray_kwargs
+    from cocoseg.cluster import start_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    kwargs = local_ray_kwargs(EVALUATE_READ_CPUS)
+    start_ray(**kwargs)
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _dataset(root: Path, images: int) -> Path:
     from PIL import Image
 
@@ -77,6 +96,8 @@ def _dataset(root: Path, images: int) -> Path:
 
 def _cocoseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if _RAY_ADDRESS:
+        env["RAY_ADDRESS"] = _RAY_ADDRESS
     out = subprocess.run([sys.executable, "-m", "cocoseg", *args], capture_output=True, text=True, cwd=cwd, env=env)
     if out.returncode:
         raise SystemExit(f"cocoseg {' '.join(args)} failed:\n{out.stderr[-3000:]}")
@@ -90,7 +111,12 @@ def main() -> None:
     parser.add_argument("--dir", default="", help="work folder to keep (and reuse on a rerun); default: a temporary one")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                         help="another cocoseg arm with these overrides, e.g. 2x1=evaluate.actors=2 (repeatable)")
+    parser.add_argument("--shared-ray", action="store_true",
+                        help="one local Ray for all jobs (same CPUs as their private one) instead of one per job")
     args = parser.parse_args()
+    if args.shared_ray:
+        global _RAY_ADDRESS
+        _RAY_ADDRESS = _start_shared_ray()
     arms = {"defaults": []}
     for spec in args.also:
         name, _, overrides = spec.partition("=")
