@@ -341,7 +341,7 @@ class EvaluateConfig:
     max_det: int = 300
     predict_conf: float = 0.25  # pipelines.infer: predict mode (one label per box)
     batch_size: int = 16  # rows per actor call
-    actors: int = 0  # 0: one per GPU (use_gpu), else one per 2 CPUs left beside the reads (cocoseg/batch/sizing.py)
+    actors: int = 0  # 0: one per cluster CPU (or GPU with use_gpu) / cpus_per_actor, less 1 CPU for the reads
     cpus_per_actor: float = 1.0
     use_gpu: bool = False
     threads_per_actor: int = 0  # torch intra-op threads in each actor; 0: its CPUs (local Ray: all cores)

@@ -166,19 +166,6 @@ def test_default_pool_uses_every_core_of_a_local_machine(monkeypatch):
     assert "num_cpus" not in local_ray_kwargs(1.0)  # a cluster is taken as it is
 
 
-def test_default_cpu_pool_is_actors_of_two_cpus_with_the_rest_for_the_reads():
-    from cocoseg.batch.sizing import EVALUATE_READ_CPUS, INFER_READ_CPUS
-
-    # A 2-core local Ray (3 logical CPUs): one actor of 2 threads, not two of one (one start-up).
-    for read in (EVALUATE_READ_CPUS, INFER_READ_CPUS):
-        pool = _plan([], {"CPU": 3.0}, read)
-        assert (pool.actors, pool.cpus, pool.threads) == (1, 2.0, 2), (read, pool)
-    assert _plan([], {"CPU": 17.0}).describe() == "8 actor(s) x 2 CPU, 2 thread(s) each"
-    assert (_plan([], {"CPU": 4.0}).actors, _plan([], {"CPU": 4.0}).threads) == (1, 3)  # 3 CPUs: no 1-CPU actor left over
-    assert _plan(["evaluate.actors=2"], {"CPU": 3.0}).cpus == 1.0  # a set count keeps cpus_per_actor as it is
-    assert _plan(["evaluate.cpus_per_actor=3"], {"CPU": 9.0}).actors == 2  # cpus_per_actor is the floor
-
-
 def test_stall_watch_says_what_the_job_waits_for(caplog):
     from cocoseg.cluster import StallWatch
 

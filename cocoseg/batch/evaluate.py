@@ -35,8 +35,8 @@ METRICS_FILE = "metrics.json"
 
 
 def pool_size(cfg: JobConfig) -> int:
-    """Actors: ``evaluate.actors``, else one per GPU, or on CPUs one per 2 of the CPUs left beside
-    the Parquet read tasks (cocoseg.batch.sizing; refuses a pool that cannot run)."""
+    """Actors: ``evaluate.actors``, else as many as the cluster's CPUs (or GPUs) hold, one CPU
+    kept for the Parquet read tasks (cocoseg.batch.sizing; refuses a pool that cannot run)."""
     return plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS).actors
 
 
@@ -71,7 +71,7 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
                                          "num_classes": num_classes, "device": "cuda" if e.use_gpu else "cpu",
                                          "threads": pool.threads, **(detector_kwargs or {})},
         batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool.actors),
-        num_cpus=pool.cpus, num_gpus=1 if e.use_gpu else 0)
+        num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

@@ -56,7 +56,7 @@ def _predictions(cfg: JobConfig, weights: str, protocol: Protocol, todo: list[Ch
         PredictImages, fn_constructor_kwargs={"weights": weights, "protocol": protocol.to_dict(),
                                               "device": "cuda" if e.use_gpu else "cpu", "threads": pool.threads},
         batch_size=e.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool.actors),
-        num_cpus=pool.cpus, num_gpus=1 if e.use_gpu else 0)
+        num_cpus=e.cpus_per_actor, num_gpus=1 if e.use_gpu else 0)
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

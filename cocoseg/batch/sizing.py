@@ -5,15 +5,12 @@ CPU leave the reads none, and the job then waits forever without a word (ray-not
 pitfall"). :func:`plan_pool` does the arithmetic first: the actors' CPUs (and GPUs) plus what the
 reads need must fit the cluster, else one line names the keys and the largest setting that fits.
 
-Defaults use the machine: ``evaluate.actors=0`` on CPUs shares the CPUs left beside the reads
-out among actors of at least :data:`AUTO_ACTOR_CPUS` (and at least ``evaluate.cpus_per_actor``)
-CPUs each, and ``evaluate.threads_per_actor=0`` gives each actor its CPUs' worth of torch threads.
-A private local Ray (no ``RAY_ADDRESS``) is started by :func:`local_ray_kwargs` with one logical
-CPU more than the host's cores, for the reads (as ``pipelines.train`` does): on a 2-core host that
-is 1 actor x 2 threads, every core busy with the model. One actor of 2 threads rather than two of
-one: each actor is a process that imports torch and loads the model before its first image, and
-on a small host those start-ups take the cores the other actor's images need (docs/inference.md
-has the rates, side by side with the reference's validator).
+Defaults use the machine: ``evaluate.actors=0`` takes as many actors as the CPUs (less the
+reads' share) hold, ``evaluate.threads_per_actor=0`` gives each actor its CPUs' worth of torch
+threads. A private local Ray (no ``RAY_ADDRESS``) is started by :func:`local_ray_kwargs` with one
+logical CPU more than the host's cores, for the reads (as ``pipelines.train`` does): on a 2-core
+host that is 2 actors x 1 thread, every core busy with the model (docs/inference.md has the
+measured rates).
 """
 
 from __future__ import annotations
@@ -26,14 +23,12 @@ from typing import Any
 
 from cocoseg.config import ConfigError, JobConfig
 
-__all__ = ["AUTO_ACTOR_CPUS", "EVALUATE_READ_CPUS", "INFER_READ_CPUS", "Pool", "local_ray_kwargs", "plan_pool", "waiting_for"]
+__all__ = ["EVALUATE_READ_CPUS", "INFER_READ_CPUS", "Pool", "local_ray_kwargs", "plan_pool", "waiting_for"]
 
 # What one running read task holds: evaluate's Parquet reads and repartition are Ray Data tasks of
 # 1 CPU (its default); infer's image reads ask for 0.5 (cocoseg/batch/infer.py).
 EVALUATE_READ_CPUS = 1.0
 INFER_READ_CPUS = 0.5
-# The least CPUs of an actor that ``evaluate.actors=0`` sizes on CPUs (see the module's docstring).
-AUTO_ACTOR_CPUS = 2.0
 
 
 @dataclass(frozen=True)
@@ -74,13 +69,9 @@ def plan_pool(cfg: JobConfig, resources: Mapping[str, float], read_cpus: float) 
         if actors > total_gpu:
             raise ConfigError(f"evaluate.actors={actors} with evaluate.use_gpu=true needs {actors} GPUs, the cluster "
                               f"has {total_gpu}; set evaluate.actors={total_gpu} (or 0: one per GPU)")
-        cpus = e.cpus_per_actor
-    elif e.actors:
-        actors, cpus = e.actors, e.cpus_per_actor
-    else:  # actors of AUTO_ACTOR_CPUS or more, the room shared out in whole CPUs (a remainder: reads, driver)
-        actors = max(1, math.floor(room / max(e.cpus_per_actor, AUTO_ACTOR_CPUS) + 1e-9))
-        cpus = max(e.cpus_per_actor, float(math.floor(room / actors + 1e-9)))
-    need = actors * cpus + read_cpus
+    else:
+        actors = e.actors or max(1, math.floor(room / e.cpus_per_actor + 1e-9))
+    need = actors * e.cpus_per_actor + read_cpus
     if need > total_cpu + 1e-9:
         fit_actors = math.floor(room / e.cpus_per_actor + 1e-9)
         fit_cpus = math.floor(room / actors * 100) / 100 if room > 0 else 0.0
@@ -92,8 +83,8 @@ def plan_pool(cfg: JobConfig, resources: Mapping[str, float], read_cpus: float) 
             f"evaluate.actors={actors} x evaluate.cpus_per_actor={e.cpus_per_actor:g} CPU + {read_cpus:g} CPU for Ray "
             f"Data's read tasks = {need:g} CPUs, the cluster has {total_cpu:g}: the reads would never run and the job "
             f"would wait forever; set {fix}")
-    threads = e.threads_per_actor or max(1, math.ceil(cpus - 1e-6))
-    return Pool(actors=actors, cpus=cpus, gpus=1 if e.use_gpu else 0, threads=threads)
+    threads = e.threads_per_actor or max(1, math.ceil(e.cpus_per_actor))
+    return Pool(actors=actors, cpus=e.cpus_per_actor, gpus=1 if e.use_gpu else 0, threads=threads)
 
 
 def waiting_for(pool: Pool, read_cpus: float, available: Mapping[str, float], total: Mapping[str, float]) -> str:

@@ -18,8 +18,8 @@ images and weights (issue 27, item 2: target >= 0.95x its images/s).
 
 The two run one after the other, alternating for ``--rounds``; each figure comes with
 ``os.getloadavg()`` before and after. Prints the median images/s of each and their ratio.
-``--also NAME=KEY=VALUE,...`` adds a cocoseg arm with overrides (e.g. ``2x1=evaluate.actors=2``,
-the default before issue 27); ``--shared-ray`` runs every job on one local Ray of the same CPUs
+``--also NAME=KEY=VALUE,...`` adds a cocoseg arm with overrides (e.g.
+``1x2=evaluate.actors=1,evaluate.cpus_per_actor=2``: one actor of 2 threads); ``--shared-ray`` runs every job on one local Ray of the same CPUs
 (a private Ray's start-up can time out on a host at load 60+); ``--dir`` keeps the work folder
 and reuses it. Note: this checkpoint detects nothing on these photos (constant class logits
 below conf 0.001), so the pair measures decode, letterbox, the forward and the job's start-up.
