@@ -57,11 +57,18 @@ class Predictor:
         return self.backend.model
 
     @classmethod
-    def load(cls, weights: str, *, imgsz: int = 0, device: str = "cpu", **kwargs: Any) -> Predictor:
-        """From a checkpoint folder (local / ``s3://``) or ``models:/NAME@ALIAS``; ``imgsz`` 0 = the card's."""
+    def load(cls, weights: str, *, imgsz: int = 0, device: str = "cpu", fuse: bool = True, **kwargs: Any) -> Predictor:
+        """From a checkpoint folder (local / ``s3://``) or ``models:/NAME@ALIAS``; ``imgsz`` 0 = the card's.
+
+        ``fuse``: fold every BatchNorm into its convolution first, as the reference's validator
+        does: about 10 % less CPU time per forward (docs/inference.md), outputs equal up to float
+        rounding. Every job that loads weights to predict (evaluate, infer, predict, the served
+        eager backend) goes through here, so they all run the same fused network."""
         from cocoseg.model.weights import load_checkpoint
 
         model, card = load_checkpoint(resolve_weights(weights), device=device)
+        if fuse:
+            model.fuse()
         return cls(model, class_names=card.class_names, imgsz=imgsz or int(card.imgsz), device=device, **kwargs)
 
     def with_settings(self, **settings: Any) -> Predictor:

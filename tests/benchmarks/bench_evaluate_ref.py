@@ -18,6 +18,11 @@ images and weights (issue 27, item 2: target >= 0.95x its images/s).
 
 The two run one after the other, alternating for ``--rounds``; each figure comes with
 ``os.getloadavg()`` before and after. Prints the median images/s of each and their ratio.
+``--also NAME=KEY=VALUE,...`` adds a cocoseg arm with overrides (e.g.
+``1x2=evaluate.actors=1,evaluate.cpus_per_actor=2``: one actor of 2 threads); ``--shared-ray`` runs every job on one local Ray of the same CPUs
+(a private Ray's start-up can time out on a host at load 60+); ``--dir`` keeps the work folder
+and reuses it. Note: this checkpoint detects nothing on these photos (constant class logits
+below conf 0.001), so the pair measures decode, letterbox, the forward and the job's start-up.
 """
 
 from __future__ import annotations
@@ -51,6 +56,25 @@ print(json.dumps({"seconds": time.perf_counter() - start, "box_map": float(r.box
 """
 
 
+_RAY_ADDRESS = ""  # --shared-ray: this process's local Ray, which every cocoseg job joins
+
+
+def _start_shared_ray() -> str:
+    """A local Ray shaped as ``cocoseg evaluate`` shapes its private one (the host's cores + 1 logical
+    CPU for the reads, so the default pool is planned the same), started once for every job here:
+    on a host so loaded that a private Ray's start-up times out, the jobs still run. It stops
+    with this process."""
+    from cocoseg.batch.sizing import EVALUATE_READ_CPUS, local_ray_kwargs
+    from cocoseg.cluster import start_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    kwargs = local_ray_kwargs(EVALUATE_READ_CPUS)
+    start_ray(**kwargs)
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _dataset(root: Path, images: int) -> Path:
     from PIL import Image
 
@@ -77,6 +101,8 @@ def _dataset(root: Path, images: int) -> Path:
 
 def _cocoseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if _RAY_ADDRESS:
+        env["RAY_ADDRESS"] = _RAY_ADDRESS
     out = subprocess.run([sys.executable, "-m", "cocoseg", *args], capture_output=True, text=True, cwd=cwd, env=env)
     if out.returncode:
         raise SystemExit(f"cocoseg {' '.join(args)} failed:\n{out.stderr[-3000:]}")
@@ -87,17 +113,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dir", default="", help="work folder to keep (and reuse on a rerun); default: a temporary one")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                        help="another cocoseg arm with these overrides, e.g. 2x1=evaluate.actors=2 (repeatable)")
+    parser.add_argument("--shared-ray", action="store_true",
+                        help="one local Ray for all jobs (same CPUs as their private one) instead of one per job")
     args = parser.parse_args()
+    if args.shared_ray:
+        global _RAY_ADDRESS
+        _RAY_ADDRESS = _start_shared_ray()
+    arms = {"defaults": []}
+    for spec in args.also:
+        name, _, overrides = spec.partition("=")
+        arms[name] = [o for o in overrides.split(",") if o]
     ref_python = os.environ.get("COCOSEG_REF_PYTHON", "/work/.venv-ref/bin/python")
     pt = SHARED / "reference" / "yolov8n-seg-random.pt"
     with tempfile.TemporaryDirectory(prefix="bench-eval-ref-") as tmp:
-        tmp = Path(tmp)
-        data = _dataset(tmp / "data", args.images)
-        _cocoseg("ingest", str(data), str(tmp / "store"), cwd=tmp)
+        tmp = Path(args.dir or tmp)
+        data = tmp / "data" / "data.yaml"
+        if not (tmp / "w").exists():  # --dir of an earlier run: its images, snapshot and weights as they are
+            data = _dataset(tmp / "data", args.images)
+            _cocoseg("ingest", str(data), str(tmp / "store"), cwd=tmp)
+            _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
         snapshot = str(next((tmp / "store" / "snapshots").iterdir()))
-        _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
+        args.images = len(list((tmp / "data" / "images" / "val").glob("*.jpg")))
         (tmp / "ref.py").write_text(_REF)
-        ours, theirs = [], []
+        ours: dict[str, list[float]] = {name: [] for name in arms}
+        theirs: list[float] = []
         for r in range(args.rounds):
             load0 = os.getloadavg()
             ref = subprocess.run([ref_python, str(tmp / "ref.py"), str(pt), str(data)], capture_output=True, text=True,
@@ -106,19 +148,28 @@ def main() -> None:
                 raise SystemExit(f"reference failed:\n{ref.stderr[-3000:]}")
             doc = json.loads(ref.stdout.strip().splitlines()[-1])
             theirs.append(args.images / doc["seconds"])
-            load1 = os.getloadavg()
-            print(f"round {r}: reference {theirs[-1]:.2f} img/s (load {load0[0]:.1f} -> {load1[0]:.1f})", flush=True)
-            _cocoseg("evaluate", str(tmp / "w"), snapshot, "--out", str(tmp / f"eval{r}"), "--no-mlflow", cwd=tmp)
-            ev = json.loads((tmp / f"eval{r}" / "metrics.json").read_text())
-            ours.append(ev["images"] / ev["seconds"])
-            load2 = os.getloadavg()
-            print(f"round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}), cocoseg {ours[-1]:.2f} img/s ({ev['images']} images, inference only "
-                  f"{ev['images_per_s']:.2f} img/s, mask AP {ev['metrics']['val/mask_ap50_95']:.4f}; load -> "
-                  f"{load2[0]:.1f})", flush=True)
-        a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"cocoseg evaluate (defaults, {os.cpu_count()} cores) {a:.2f} img/s vs reference validator {b:.2f} img/s: "
-              f"{a / b:.3f}x (target >= 0.95x); {time.strftime('%Y-%m-%d %H:%M')} load {os.getloadavg()}")
-
+            print(f"{time.strftime('%H:%M')} round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}; "
+                  f"load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+            for name, overrides in arms.items():
+                load0 = os.getloadavg()
+                out = tmp / f"eval-{name}-{r}"
+                run = _cocoseg("evaluate", str(tmp / "w"), snapshot, *overrides, "--out", str(out), "--no-mlflow", cwd=tmp)
+                pool = next((line.split("evaluate: ", 1)[1] for line in run.stderr.splitlines()
+                             if "evaluate: " in line and "actor(s)" in line), "?")
+                ev = json.loads((out / "metrics.json").read_text())
+                ours[name].append(ev["images"] / ev["seconds"])
+                print(f"{time.strftime('%H:%M')} round {r}: cocoseg {name} ({pool}) {ours[name][-1]:.2f} img/s = "
+                      f"{ours[name][-1] / theirs[-1]:.2f}x ({ev['images']} images, {ev['detections']} detections, "
+                      f"mask AP {ev['metrics']['val/mask_ap50_95']:.4f}; load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})",
+                      flush=True)
+        b = statistics.median(theirs)
+        for name, rates in ours.items():
+            a = statistics.median(rates)
+            ratios = [x / y for x, y in zip(rates, theirs, strict=True)]
+            print(f"cocoseg evaluate ({name}, {os.cpu_count()} cores) {a:.2f} img/s vs reference validator {b:.2f} "
+                  f"img/s: {a / b:.3f}x of the medians, median of the per-round ratios "
+                  f"{statistics.median(ratios):.3f}x (target >= 0.95x); {time.strftime('%Y-%m-%d %H:%M')} load "
+                  f"{os.getloadavg()}")
 
 if __name__ == "__main__":
     main()
