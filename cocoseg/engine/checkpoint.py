@@ -112,13 +112,13 @@ def snapshot_training(*, model: nn.Module, ema: ModelEMA, optimizer: torch.optim
                       scaler: torch.amp.GradScaler | None, epoch: int, ni: int, best_fitness: float,
                       config: dict[str, Any], card: model_weights.ModelCard, mlflow_run_id: str | None = None,
                       last_step_ni: int = -1, is_best: bool = False,
-                      mid_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+                      mid_epoch: dict[str, Any] | None = None, time_spent_s: float = 0.0) -> dict[str, Any]:
     """Everything a checkpoint holds, copied into CPU memory now (a few tens of MB, milliseconds),
     so :func:`write_snapshot` can serialise it later in another thread (Ray's upload thread) while
     training changes the live objects. ``is_best`` (the epoch set a new best fitness) goes into
     the marker, so a resume can repair weights/best. ``mid_epoch``: a just-in-time checkpoint
     inside epoch ``epoch + 1`` (``engine/spot.py``: the plan position and every rank's RNG states);
-    its marker says so."""
+    its marker says so. ``time_spent_s``: wall seconds of ``train.time_budget_h`` spent (engine/budget.py)."""
     state = _cpu_copy({
         "model": unwrap(model).state_dict(),
         "ema": ema.state_dict(),
@@ -127,7 +127,7 @@ def snapshot_training(*, model: nn.Module, ema: ModelEMA, optimizer: torch.optim
     })
     state.update({"epoch": int(epoch), "ni": int(ni), "last_step_ni": int(last_step_ni),
                   "best_fitness": float(best_fitness), "rng": _cpu_copy(capture_rng()),
-                  "mlflow_run_id": mlflow_run_id or ""})
+                  "mlflow_run_id": mlflow_run_id or "", "time_spent_s": float(time_spent_s)})
     if mid_epoch:
         state["mid_epoch"] = _cpu_copy(mid_epoch)
     weights = copy.deepcopy(ema.module).to("cpu")

@@ -78,6 +78,7 @@ class LoopState:
     best_fitness: float = -1.0
     epoch_rows: int = 0  # rows of epoch ``epoch`` this worker has trained (> 0: resumed inside it)
     epoch_world: int = 0  # the world size ``epoch_rows`` was counted on, when it differs from this one's
+    time_spent_s: float = 0.0  # wall seconds counted against train.time_budget_h up to here (rank 0; engine/budget.py)
 
 
 @dataclass
@@ -166,10 +167,12 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         on_epoch_end: Callable[[EpochResult], None], world_size: int = 1,
         fitness_key: str = "val/mask_ap50_95", val_every: int = 1,
         on_step: Callable[[LoopState], None] | None = None,
-        should_stop: Callable[[LoopState], bool] | None = None) -> LoopState:
+        should_stop: Callable[[LoopState], bool] | None = None,
+        replan: Callable[[LoopState], int] | None = None) -> LoopState:
     """Run epochs ``state.epoch .. epochs-1``, or fewer: ``should_stop(state)``, asked before every
     epoch after the first (a resume included; on every rank: it may be a collective), ends the run
-    early (``train.patience``).
+    early (``train.patience``); ``replan(state)``, asked before every epoch (the first included),
+    sets ``epochs`` anew (``train.time_budget_h``: the epochs that fit, engine/budget.py).
 
     ``train_batches(epoch)`` yields this worker's micro-batches of that epoch (the epoch decides
     the augmentation preset); ``validate(ema_module, epoch)`` returns (metrics, preview) or is
@@ -177,6 +180,10 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
     Best = highest ``fitness_key`` (mask AP50-95).
     """
     while state.epoch < epochs:
+        if replan is not None:
+            epochs = replan(state)
+            if state.epoch >= epochs:
+                break
         if should_stop is not None and state.epoch > 0 and should_stop(state):
             break
         epoch = state.epoch

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -78,10 +78,13 @@ def _train_input(cfg: JobConfig, manifest: dict[str, Any], repeats: Any = None) 
                             mask_ratio=t.mask_ratio, chunk_runs=cfg.data.chunk_runs, repeats=repeats)
 
 
-def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:
+def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = (),
+          clock: Callable[[], float] | None = None) -> TrainResult:
     """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics.
 
-    ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter)."""
+    ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter).
+    ``clock``: the seconds clock of ``train.time_budget_h`` on rank 0 (picklable; default
+    ``time.monotonic``; engine/budget.py says when it is read)."""
     started = time.perf_counter()
     cfg = prepare("train", cfg)  # cross-key rules and absolute paths (cocoseg.config_checks)
     manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
@@ -118,7 +121,7 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
     inputs = _train_input(cfg, manifest, repeats)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "make_logger": functools.partial(
+        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "clock": clock, "make_logger": functools.partial(
             tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
             system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
             credentials=tracking.auth_env(), epochs=t.epochs,

@@ -63,6 +63,7 @@ from cocoseg.config import JobConfig, to_dict
 from cocoseg.data.schema import snapshot_to_coco
 from cocoseg.engine import build, spot
 from cocoseg.engine.allocator import retain_freed_memory
+from cocoseg.engine.budget import BUDGET_FILE, TimeBudget, end_reserve_s, replan_fn, replan_schedule
 from cocoseg.engine.checkpoint import (
     CHECKPOINT_PREFIX,
     CheckpointError,
@@ -131,7 +132,7 @@ def _resume(parts, state: LoopState, run_dir: str, rank: int, world: int) -> tup
             _repair_weights(run_dir, str(folder), check_complete(folder))
     restore_training(saved, model=parts.model, ema=parts.ema, optimizer=parts.optimizer, scaler=parts.scaler)
     resumed = LoopState(epoch=saved["epoch"] + 1, ni=saved["ni"], last_step_ni=saved["last_step_ni"],
-                        best_fitness=saved["best_fitness"])
+                        best_fitness=saved["best_fitness"], time_spent_s=float(saved.get("time_spent_s", 0.0)))
     spot.resume_inside_epoch(saved, resumed, rank, world)  # a just-in-time checkpoint: mid-epoch
     return resumed, str(saved.get("mlflow_run_id", ""))
 
@@ -210,16 +211,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     validated = {r["step"]: r["metrics"][VAL_FITNESS_KEY] for r in logger.records
                if VAL_FITNESS_KEY in r["metrics"]} if logger is not None else {}
 
+    planned = [cfg.train.epochs]  # the run's epochs as planned now (train.time_budget_h: engine/budget.py)
+    budget = _budget(cfg, run, rank, state, loop_config.get("clock"))
+    resumed_inside = state.epoch_rows > 0
+
     def on_epoch_end(result: EpochResult) -> None:
+        nonlocal resumed_inside
         guard.epoch_done()
         if rank == 0 and VAL_FITNESS_KEY in result.metrics:  # blocking validation: known now
             validated[result.epoch] = result.metrics[VAL_FITNESS_KEY]
+        if budget is not None:  # before the checkpoint: it carries the time spent
+            result.state.time_spent_s = budget.epoch_ended(
+                result.epoch, preset=stream.presets.get(result.epoch, ""), timed=not resumed_inside,
+                validation_s=result.metrics["val/time_s"] if VAL_FITNESS_KEY in result.metrics else None)
+            resumed_inside = False
         started = time.perf_counter()
         checkpoint, upload = None, functools.partial(_upload, run, result, None, None)
         if rank == 0:
             checkpoint, snap = _save(cfg, run, parts, result)
             if validations is not None:
-                upload, checkpoint = _end_async_epoch(cfg, run, parts, validations, result, checkpoint, snap)
+                upload, checkpoint = _end_async_epoch(cfg, run, parts, validations, result, checkpoint, snap,
+                                                      planned[0])
             else:
                 logger.log_epoch(result.epoch, result.metrics)  # before the commit (see the module doc)
                 upload = functools.partial(_upload, run, result, None, snap)
@@ -238,9 +250,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     try:
         fit(parts, epochs=cfg.train.epochs, state=state, train_batches=batches, validate=validate,
             on_epoch_end=on_epoch_end, world_size=world, val_every=cfg.train.val_every, on_step=guard.on_step,
-            should_stop=_stopper(cfg, run, rank, world, validated, validations))
+            should_stop=_stopper(cfg, run, rank, world, validated, validations),
+            replan=_replanner(cfg, run, budget, parts, stream, validations, planned, world))
         if validations is not None:  # a resume with nothing left to train may still have some running
             validations.wait()
+        if budget is not None:
+            budget.finish()
+            storage.write_json(_budget_uri(run), budget.journal())
     finally:
         guard.stop()
         if validations is not None:
@@ -265,15 +281,58 @@ def _stopper(cfg: JobConfig, run: build.RunInfo, rank: int, world: int, fitness:
                           broadcast=ray.train.collective.broadcast_from_rank_zero if world > 1 else None)
 
 
+def _budget_uri(run: build.RunInfo) -> str:
+    return storage.join(run.run_dir, "tracking", BUDGET_FILE)
+
+
+def _budget(cfg: JobConfig, run: build.RunInfo, rank: int, state: LoopState, clock) -> TimeBudget | None:
+    """Rank 0's clock of ``train.time_budget_h`` (None when off or on other ranks), counting on
+    from the run's journal or the resumed checkpoint, whichever spent more (engine/budget.py)."""
+    if rank != 0 or not cfg.train.time_budget_h:
+        return None
+    try:
+        journal = storage.read_json(_budget_uri(run))
+    except (FileNotFoundError, ValueError):
+        journal = None
+    return TimeBudget.resumed(cfg.train.time_budget_h, cfg.train.epochs, journal, state.time_spent_s,
+                              clock=clock or time.monotonic)
+
+
+def _replanner(cfg: JobConfig, run: build.RunInfo, budget: TimeBudget | None, parts, stream,
+               validations: Validations | None, planned: list[int], world: int):
+    """``fit``'s ``replan`` for ``train.time_budget_h`` (None when off): rank 0 plans, every rank
+    re-derives its LR schedule and its input's close-mosaic window from the number."""
+    if not cfg.train.time_budget_h:
+        return None
+    base = parts.schedule
+
+    def apply(epochs: int) -> None:
+        parts.schedule = replan_schedule(base, epochs)
+        stream.replan(epochs)
+        planned[0] = epochs
+
+    def reserve() -> float:
+        if validations is None:  # blocking: the in-process validations measured
+            return end_reserve_s(budget.validation_s)
+        seconds = [m["val/task_s"] for m in dict(validations.results).values() if "val/task_s" in m]
+        return end_reserve_s(seconds, backlog=validations.pending(),
+                             concurrency=cfg.validation.concurrency)
+
+    return replan_fn(budget, apply=apply, reserve_s=reserve,
+                     write=lambda doc: storage.write_json(_budget_uri(run), doc),
+                     broadcast=ray.train.collective.broadcast_from_rank_zero if world > 1 else None)
+
+
 def _end_async_epoch(cfg: JobConfig, run: build.RunInfo, parts, validations: Validations, result: EpochResult,
-                     checkpoint: ray.train.Checkpoint, snap: dict) -> tuple[functools.partial, ray.train.Checkpoint]:
+                     checkpoint: ray.train.Checkpoint, snap: dict,
+                     epochs: int) -> tuple[functools.partial, ray.train.Checkpoint]:
     """Rank 0, asynchronous validation: -> the epoch's upload function (it stages the epoch for
     validation before the commit) and the checkpoint to report. The last epoch is staged here and waited for, and its
     checkpoint written again with the validated metrics: the run ends validated, its report
     (``Result.metrics``) and ``weights/last`` carry them."""
-    due = validation_due(result.epoch, cfg.train.epochs, cfg.train.val_every)
+    due = validation_due(result.epoch, epochs, cfg.train.val_every)
     validations.expect(result.epoch)
-    if result.epoch + 1 < cfg.train.epochs:
+    if result.epoch + 1 < epochs:
         return functools.partial(_upload, run, result, (validations, due), snap), checkpoint
     write_snapshot(checkpoint.path, snap)
     validations.stage(result.epoch, result.metrics, checkpoint.path if due else None)
@@ -314,7 +373,7 @@ def _save(cfg: JobConfig, run: build.RunInfo, parts, result: EpochResult) -> tup
                              scaler=parts.scaler, epoch=result.epoch, ni=result.state.ni,
                              best_fitness=result.state.best_fitness, config=to_dict(cfg), card=card,
                              mlflow_run_id=run.mlflow_run_id, last_step_ni=result.state.last_step_ni,
-                             is_best=result.is_best)
+                             is_best=result.is_best, time_spent_s=result.state.time_spent_s)
     return ray.train.Checkpoint.from_directory(str(tmp)), snap
 
 
@@ -333,7 +392,7 @@ def _save_mid_epoch(cfg: JobConfig, run: build.RunInfo, parts, rank: int, world:
                                      optimizer=parts.optimizer, scaler=parts.scaler, epoch=done, ni=state.ni,
                                      best_fitness=state.best_fitness, config=to_dict(cfg), card=card,
                                      mlflow_run_id=run.mlflow_run_id, last_step_ni=state.last_step_ni,
-                                     mid_epoch=mid_epoch)
+                                     mid_epoch=mid_epoch, time_spent_s=state.time_spent_s)
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))
         ray.train.report({"epoch": state.epoch - 1, spot.MID_EPOCH_KEY: state.ni, FITNESS_KEY: -1.0},
                          checkpoint=checkpoint,
