@@ -136,7 +136,7 @@ def retrain(cfg: JobConfig) -> dict[str, Any]:
     from cocoseg.registry.register import register
 
     started = time.perf_counter()
-    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)  # sized for training; ingest alone would size a local Ray for itself
     manifest = ingest(cfg)
     snapshot_id = manifest["snapshot_id"]
     champion = _champion(cfg)

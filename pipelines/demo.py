@@ -47,7 +47,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
         print(f"[1/5] synthetic source already at {source}", flush=True)
     cfg = with_values(load_config(config_path(DEMO_CONFIG)), {"storage.root": root, "ingest.source": source})
     cfg = with_overrides(cfg, overrides)
-    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)  # sized for training; ingest alone would size a local Ray for itself
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest.run(cfg)
     cfg = with_values(cfg, {"train.snapshot": manifest["snapshot_uri"]})

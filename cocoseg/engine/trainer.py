@@ -32,6 +32,7 @@ from cocoseg.engine import class_balance
 from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
 from cocoseg.engine.checks import (
     check_cluster,
+    check_feed,
     ensure_ray,
     lost_capacity,
     resolve_snapshot,
@@ -118,16 +119,18 @@ def _checked(cfg: JobConfig) -> tuple[JobConfig, dict[str, Any], str]:
     """The config edge, the snapshot, the tracking server and the cluster, checked before any
     worker starts (most before Ray starts): -> (resolved config, manifest, tracking URI)."""
     cfg = prepare("train", cfg)  # cross-key rules and absolute paths (cocoseg.config_checks)
-    manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
+    manifest = resolve_snapshot(cfg.train, cfg.storage, cfg.model)  # refuses bad input before Ray even starts
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     if cfg.tracking.tracking_uri:  # without credentials from here on (they are in MLflow's variables)
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
     if not cfg.tracking.offline_ok:
         tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
     ready("train", cfg, {"snapshot": manifest["snapshot_uri"]})
-    ensure_ray(cfg)
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)
     quiet_ray_data()
-    check_cluster(cfg)
+    gpu = check_cluster(cfg.scaling, cfg.data, cfg.validation)
+    if warning := check_feed(cfg.train, cfg.model, cfg.scaling, cfg.data, gpu):  # a shortfall under 2x
+        log.warning("%s", warning)
     return cfg, manifest, tracking_uri
 
 
@@ -145,7 +148,7 @@ def _torch_trainer(cfg: JobConfig, run_info: RunInfo, inputs: TrainInput, tracki
         # the collective timeout just above the hang watchdog's (engine/watchdog.py), not 30 minutes
         torch_config=TorchConfig(timeout_s=int(collective_timeout_s(s.hang_timeout_s))),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling_workers(cfg), use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
+            num_workers=scaling_workers(s), use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=run_dir.rstrip("/").rsplit("/", 1)[-1], storage_path=runs_root, logging_config=train_logging_config(),
@@ -168,7 +171,7 @@ def _fit(cfg: JobConfig, trainer: TorchTrainer, inputs: TrainInput, run_dir: str
             return trainer.fit()
     except Exception:
         tracking.end_run(run_dir, "FAILED")  # journaled; never hides the training error
-        lost = lost_capacity(cfg)
+        lost = lost_capacity(cfg.scaling)
         if lost is not None:
             raise lost from None
         raise
