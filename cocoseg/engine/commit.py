@@ -85,7 +85,7 @@ def resume_state(parts, state: LoopState, run_dir: str, rank: int, world: int) -
         if rank == 0 and not saved.get("mid_epoch"):  # weights/* hold epoch ends only
             _repair_weights(run_dir, str(folder), check_complete(folder))
     restore_training(saved, model=parts.model, ema=parts.ema, optimizer=parts.optimizer, scaler=parts.scaler)
-    resumed = LoopState(epoch=saved["epoch"] + 1, ni=saved["ni"], last_step_ni=saved["last_step_ni"],
+    resumed = LoopState(epoch=saved["epoch"] + 1, micro_step=saved["ni"], last_step_at=saved["last_step_ni"],
                         best_fitness=saved["best_fitness"], time_spent_s=float(saved.get("time_spent_s", 0.0)))
     spot.resume_inside_epoch(saved, resumed, rank, world)  # a just-in-time checkpoint: mid-epoch
     return resumed, str(saved.get("mlflow_run_id", ""))
@@ -114,9 +114,9 @@ def save_epoch(cfg: JobConfig, run: build.RunInfo, parts, result: EpochResult) -
     card = build.model_card(cfg, snapshot_id=run.snapshot_id, class_names=run.class_names,
                             metrics=result.metrics, epoch=result.epoch)
     snap = snapshot_training(model=parts.model, ema=parts.ema, optimizer=parts.optimizer,
-                             scaler=parts.scaler, epoch=result.epoch, ni=result.state.ni,
+                             scaler=parts.scaler, epoch=result.epoch, micro_step=result.state.micro_step,
                              best_fitness=result.state.best_fitness, config=to_dict(cfg), card=card,
-                             mlflow_run_id=run.mlflow_run_id, last_step_ni=result.state.last_step_ni,
+                             mlflow_run_id=run.mlflow_run_id, last_step_at=result.state.last_step_at,
                              is_best=result.is_best, time_spent_s=result.state.time_spent_s)
     return ray.train.Checkpoint.from_directory(str(tmp)), snap
 
@@ -125,7 +125,7 @@ def save_mid_epoch(cfg: JobConfig, run: build.RunInfo, parts, rank: int, world: 
                     mid_epoch: dict[str, Any]) -> None:
     """All ranks: a just-in-time checkpoint inside epoch ``state.epoch`` (``engine/spot.py`` builds
     ``mid_epoch``: the plan position, every rank's RNG states), through the epoch-end writer and
-    upload (marker last); ``checkpoint_epoch-<e>-ni-<ni>``. Not published to weights/*, not logged."""
+    upload (marker last); ``checkpoint_epoch-<e>-ni-<micro_step>``. Not published to weights/*, not logged."""
     with tempfile.TemporaryDirectory(prefix="cocoseg-ckpt-") as tmp:
         checkpoint = None
         if rank == 0:
@@ -133,14 +133,14 @@ def save_mid_epoch(cfg: JobConfig, run: build.RunInfo, parts, rank: int, world: 
             card = build.model_card(cfg, snapshot_id=run.snapshot_id, class_names=run.class_names, metrics={},
                                     epoch=max(done, 0))
             folder = save_checkpoint(Path(tmp) / "checkpoint", model=parts.model, ema=parts.ema,
-                                     optimizer=parts.optimizer, scaler=parts.scaler, epoch=done, ni=state.ni,
+                                     optimizer=parts.optimizer, scaler=parts.scaler, epoch=done, micro_step=state.micro_step,
                                      best_fitness=state.best_fitness, config=to_dict(cfg), card=card,
-                                     mlflow_run_id=run.mlflow_run_id, last_step_ni=state.last_step_ni,
+                                     mlflow_run_id=run.mlflow_run_id, last_step_at=state.last_step_at,
                                      mid_epoch=mid_epoch, time_spent_s=state.time_spent_s)
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report({"epoch": state.epoch - 1, spot.MID_EPOCH_KEY: state.ni, FITNESS_KEY: -1.0},
+        ray.train.report({"epoch": state.epoch - 1, spot.MID_EPOCH_KEY: state.micro_step, FITNESS_KEY: -1.0},
                          checkpoint=checkpoint,
-                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{state.epoch:04d}-ni-{state.ni:09d}",
+                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}epoch-{state.epoch:04d}-ni-{state.micro_step:09d}",
                          checkpoint_upload_fn=functools.partial(commit, run.run_dir))
 
 

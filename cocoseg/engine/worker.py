@@ -26,7 +26,7 @@ resume takes, the epoch's save, commit and publish), around the plain-PyTorch lo
 Spot GPUs and stuck ranks (``engine/spot.py``, docs/reliability.md): after every micro-batch a
 heartbeat for the hang watchdog and, every ``scaling.preemption_poll_steps`` optimiser steps, Ray
 Train's preemption notice; on one, :func:`save_mid_epoch` writes a just-in-time checkpoint
-(``checkpoint_epoch-<epoch>-ni-<ni>``) and a resume continues inside that epoch.
+(``checkpoint_epoch-<epoch>-ni-<micro_step>``) and a resume continues inside that epoch.
 
 Rank 0 logs metrics through the logger the driver injected (``cocoseg.tracking.RunLogger``)
 *before* the checkpoint commits (blocking validation; asynchronous: the epoch is staged before
