@@ -279,12 +279,15 @@ def _budget(cfg: JobConfig, run: build.RunInfo, state: LoopState, clock) -> Time
     journal or the resumed checkpoint, whichever spent more (engine/budget.py)."""
     if not cfg.train.time_budget_h:
         return None
+    clock = clock or time.monotonic
     try:
-        journal = storage.read_json(_budget_uri(run))
-    except (FileNotFoundError, ValueError):
-        journal = None
-    return TimeBudget.resumed(cfg.train.time_budget_h, cfg.train.epochs, journal, state.time_spent_s,
-                              clock=clock or time.monotonic)
+        return TimeBudget.resumed(cfg.train.time_budget_h, cfg.train.epochs, storage.read_json(_budget_uri(run)),
+                                  state.time_spent_s, clock=clock)
+    except FileNotFoundError:  # a fresh run
+        pass
+    except (ValueError, TypeError, KeyError) as exc:  # torn or foreign: the checkpoint's count goes on
+        log.warning("%s is unreadable (%s): the time budget counts on from the checkpoint", _budget_uri(run), exc)
+    return TimeBudget.resumed(cfg.train.time_budget_h, cfg.train.epochs, None, state.time_spent_s, clock=clock)
 
 
 def _replanner(attempt: _Attempt):
