@@ -62,7 +62,7 @@ def test_budget_times_epochs_and_a_resume_counts_on_from_the_larger_record():
     assert budget.plan(0, 0.0).epochs == 20  # nothing timed
     assert budget.epoch_ended(0, preset="yolov8", validation_s=2.0) == 10.0
     plan = budget.plan(1, end_reserve_s(budget.validation_s))
-    assert plan == Plan(before_epoch=1, epochs=9, spent_s=10.0, epoch_s=10.0, reserve_s=2.0)
+    assert plan == Plan(before_epoch=1, epochs=9, spent_s=10.0, epoch_s=10.0, reserve_s=2.0, budget_s=100.0)
     budget.epoch_ended(1, timed=False)  # an epoch resumed from its middle is spent, not timed
     assert (budget.spent_s, budget.timed_epochs, budget.epoch_s) == (20.0, 1, 10.0)
     journal = budget.journal()
@@ -130,7 +130,7 @@ def test_job_stops_within_its_budget_replans_and_a_resume_counts_on(tiny_snapsho
         doc = storage.read_json(storage.join(result.run_dir, "tracking", BUDGET_FILE))
         journal = {r["step"]: r["metrics"] for r in tracking.read_journal(tracking.journal_uri(result.run_dir))}
         for plan in doc["plans"]:  # every decision is the arithmetic of what it recorded
-            assert plan["epochs"] == planned_epochs(budget_s=budget_s, spent_s=plan["spent_s"], done=plan["before_epoch"],
+            assert plan["epochs"] == planned_epochs(budget_s=plan["budget_s"], spent_s=plan["spent_s"], done=plan["before_epoch"],
                                                     epoch_s=plan["epoch_s"], reserve_s=plan["reserve_s"], max_epochs=6)
         return result, doc, journal
 

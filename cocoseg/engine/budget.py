@@ -76,13 +76,15 @@ def replan_schedule(schedule: Schedule, epochs: int) -> Schedule:
 @dataclass(frozen=True)
 class Plan:
     """One decision, taken before epoch ``before_epoch`` (0-based): ``epochs`` in all, from
-    ``spent_s`` of the budget, a mean epoch of ``epoch_s`` and ``reserve_s`` kept for the end."""
+    ``spent_s`` of ``budget_s`` (the budget then: a resume may raise it), a mean epoch of
+    ``epoch_s`` and ``reserve_s`` kept for the end."""
 
     before_epoch: int
     epochs: int
     spent_s: float
     epoch_s: float
     reserve_s: float
+    budget_s: float = 0.0
 
 
 @dataclass
@@ -149,7 +151,8 @@ class TimeBudget:
         """The plan before epoch ``done`` (``done`` epochs trained), from the times so far."""
         epochs = planned_epochs(budget_s=self.budget_s, spent_s=self.spent_s, done=done, epoch_s=self.epoch_s,
                                 reserve_s=reserve_s, max_epochs=self.max_epochs)
-        plan = Plan(before_epoch=done, epochs=epochs, spent_s=self.spent_s, epoch_s=self.epoch_s, reserve_s=reserve_s)
+        plan = Plan(before_epoch=done, epochs=epochs, spent_s=self.spent_s, epoch_s=self.epoch_s, reserve_s=reserve_s,
+                    budget_s=self.budget_s)
         self.plans.append(plan)
         return plan
 
