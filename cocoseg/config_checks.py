@@ -88,6 +88,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.val_batch_size": (_between(0, 4096), "must be in [0, 4096] (0: twice train.batch_size)"),
     "train.preview_images": (_between(0, 64), "must be in [0, 64]"),
     "train.seed": _SEED,
+    "train.time_budget_h": (lambda v: v is None or 0 <= v <= 8760, "must be in [0, 8760] hours (0 or null: off)"),
     "scaling.num_workers": (lambda v: v <= 4096, "must be at most 4096"),
     "scaling.threads_per_worker": (_between(0, 1024), "must be in [0, 1024] (0: cpus_per_worker rounded up)"),
     "data.actors": (lambda v: v <= 4096, "must be at most 4096"),
@@ -201,8 +202,17 @@ def _export_hw(cfg: JobConfig) -> str | None:
             f"profile could not hold it; set export.max_hw={e.imgsz} or more")
 
 
+def _budget_tune(cfg: JobConfig) -> str | None:
+    if not cfg.train.time_budget_h:
+        return None
+    return (f"train.time_budget_h={cfg.train.time_budget_h:g} with the tune job: each trial would re-plan its own "
+            f"epochs from its speed, so ASHA would compare trials of different schedules; set train.time_budget_h=0 "
+            f"(a trial's length is tune.epochs)")
+
+
 CHECKS: tuple[Check, ...] = (
     Check("asha-grace-period", frozenset({"tune"}), ("tune.grace_period", "tune.epochs", "train.epochs"), _asha_grace),
+    Check("time-budget-vs-tune", frozenset({"tune"}), ("train.time_budget_h", "tune.epochs"), _budget_tune),
     Check("augment-preset", frozenset({"train", "tune"}), ("train.augment",), _augment),
     Check("workers-vs-images", frozenset({"train", "tune"}), ("data.max_train_images", "scaling.num_workers"),
           _workers_images),

@@ -137,7 +137,7 @@ def retrain(cfg: JobConfig) -> dict[str, Any]:
     from cocoseg.registry.register import register
 
     started = time.perf_counter()
-    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)  # sized for training; ingest alone would size a local Ray for itself
     ingested = ingest(cfg)
     manifest = ingested.manifest
     snapshot_id = manifest.snapshot_id

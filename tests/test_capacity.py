@@ -9,10 +9,21 @@ from pathlib import Path
 import pytest
 
 from cocoseg.config import load_config
-from cocoseg.engine import capacity
-from cocoseg.engine.checks import TrainInputError, check_feed
+from cocoseg.engine import capacity, checks
+from cocoseg.engine.checks import TrainInputError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def check_feed(cfg, gpu: str = "A100") -> str:
+    """The job's call: the sections the check reads (engine/checks.py)."""
+    return checks.check_feed(cfg.train, cfg.model, cfg.scaling, cfg.data, gpu)
+
+
+def test_checks_take_sections_and_name_them_when_given_the_whole_config():
+    with pytest.raises(TypeError) as err:
+        checks.check_feed(_cfg())
+    assert "\n" not in str(err.value) and "check_feed(cfg.train, cfg.model, cfg.scaling, cfg.data)" in str(err.value)
 
 
 def _cfg(*overrides: str):

@@ -36,7 +36,7 @@ def _checkpoint(folder, seed: int, epoch: int):
     card = ModelCard(variant="n", num_classes=2, class_names=["a", "b"], imgsz=64)
     ema = ModelEMA(net)
     return ckpt.save_checkpoint(folder, model=net, ema=ema, optimizer=build_optimizer(net), scaler=None,
-                                epoch=epoch, ni=epoch * 10, best_fitness=0.0, config={}, card=card), ema
+                                epoch=epoch, micro_step=epoch * 10, best_fitness=0.0, config={}, card=card), ema
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ def _refused(job: str, *overrides: str) -> str:
      "set tune.grace_period=2 or less"),
     ("tune", ["train.epochs=4", "tune.grace_period=5"], ["tune.grace_period=5", "train.epochs=4"],
      "set tune.grace_period=4 or less"),
+    ("tune", ["train.time_budget_h=2"], ["train.time_budget_h=2", "tune.epochs"], "set train.time_budget_h=0"),
     ("train", ["train.augment=mosaic9"], ["train.augment='mosaic9'"], "yolov8"),
     ("train", ["data.max_train_images=1", "scaling.num_workers=2"], ["data.max_train_images=1", "scaling.num_workers=2"],
      "set data.max_train_images=2 or more"),
@@ -47,7 +48,7 @@ def test_each_cross_key_check_names_its_keys_and_the_fix(job, overrides, keys, f
 
 def test_every_named_check_is_exercised_above():
     # A new check gets a case in the table above (its name is what docs/reliability.md lists).
-    assert {c.name for c in CHECKS} == {"asha-grace-period", "augment-preset", "workers-vs-images", "threads-vs-cpus",
+    assert {c.name for c in CHECKS} == {"asha-grace-period", "time-budget-vs-tune", "augment-preset", "workers-vs-images", "threads-vs-cpus",
                                         "export-backends", "export-profile-hw"}
 
 

@@ -93,7 +93,7 @@ def test_warmup_ramps_lr_bias_lr_momentum_and_accumulation():
     assert after.accumulate == 4
     # pure function of the step: same answer twice, falls monotonically after warmup
     assert s.at(151) == after
-    lrs = [s.at(ni).lrs[1] for ni in range(151, 500, 50)]
+    lrs = [s.at(micro_step).lrs[1] for micro_step in range(151, 500, 50)]
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
@@ -164,7 +164,7 @@ def _train_a_bit(net, opt, ema, steps=2):
 
 
 def _save(folder, net, opt, ema, **kw):
-    args = dict(epoch=0, ni=3, best_fitness=0.0, config={}, card=card())
+    args = dict(epoch=0, micro_step=3, best_fitness=0.0, config={}, card=card())
     args.update(kw)
     return ckpt.save_checkpoint(folder, model=net, ema=ema, optimizer=opt, scaler=None, **args)
 
@@ -176,8 +176,8 @@ def test_checkpoint_round_trip_resumes_bit_exactly(tmp_path):
     _train_a_bit(net, opt, ema)
     random.seed(3)
     np.random.seed(3)
-    folder = _save(tmp_path / "c", net, opt, ema, epoch=2, ni=30, best_fitness=0.25,
-                   config={"train": {"epochs": 4}}, mlflow_run_id="abc", last_step_ni=28)
+    folder = _save(tmp_path / "c", net, opt, ema, epoch=2, micro_step=30, best_fitness=0.25,
+                   config={"train": {"epochs": 4}}, mlflow_run_id="abc", last_step_at=28)
     expected_draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     _train_a_bit(net, opt, ema, steps=1)
     reference = [p.detach().clone() for p in net.parameters()]

@@ -68,7 +68,7 @@ def test_optimizer_steps_every_accumulate_micro_batches_and_ema_follows():
                 validate=lambda m, e: ({"val/mask_ap50_95": 0.1 * (2 - e)}, b"png"), on_epoch_end=seen.append)
     # ni 0..11; a step when ni - last_step >= 4, starting from last_step = -1: ni 3, 7, 11
     assert len(steps) == 3 and parts.ema.updates == 3
-    assert state.ni == 12 and state.last_step_ni == 11 and state.epoch == 2
+    assert state.micro_step == 12 and state.last_step_at == 11 and state.epoch == 2
     assert [r.epoch for r in seen] == [0, 1]
     assert [r.is_best for r in seen] == [True, False] and state.best_fitness == pytest.approx(0.2)
     assert seen[0].preview == b"png"
@@ -84,7 +84,7 @@ def test_validate_sees_the_ema_weights_and_resume_continues_the_epoch_count():
     model = TinyHead()
     parts = parts_for(model, nominal=2)
     received = []
-    fit(parts, epochs=2, state=LoopState(epoch=1, ni=6, last_step_ni=5), train_batches=lambda e: batches(3),
+    fit(parts, epochs=2, state=LoopState(epoch=1, micro_step=6, last_step_at=5), train_batches=lambda e: batches(3),
         validate=lambda m, e: (received.append((m, e)) or {}, None), on_epoch_end=lambda r: None)
     assert [e for _, e in received] == [1]
     assert received[0][0] is parts.ema.module
@@ -175,5 +175,5 @@ def test_gpu_step_in_bf16_channels_last_and_fp16_with_scaler():
         state = LoopState()
         fit(parts, epochs=1, state=state, train_batches=lambda e, b=batch: [b, b], validate=None,
             on_epoch_end=lambda r: None)
-        assert state.ni == 2 and parts.ema.updates == 2
+        assert state.micro_step == 2 and parts.ema.updates == 2
         assert all(torch.isfinite(p).all() for p in model.parameters())

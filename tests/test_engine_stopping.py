@@ -65,7 +65,7 @@ def test_lagging_metrics_decide_when_they_arrive_and_epochs_in_flight_are_counte
                 should_stop=stop)
     assert trained == [0, 1, 2, 3] and state.epoch == 4
     assert stops == [(Stop(epoch=2, best_epoch=0, fitness=0.5, patience=2), 3)]
-    again = fit(parts_for(TinyHead(), nominal=2, epochs=5), epochs=5, state=LoopState(epoch=4, ni=4, last_step_ni=3),
+    again = fit(parts_for(TinyHead(), nominal=2, epochs=5), epochs=5, state=LoopState(epoch=4, micro_step=4, last_step_at=3),
                 train_batches=lambda e: batches(1), validate=None, on_epoch_end=lambda r: trained.append(r.epoch),
                 should_stop=stop)
     assert again.epoch == 4 and trained == [0, 1, 2, 3]

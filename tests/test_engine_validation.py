@@ -38,7 +38,7 @@ def saved(tmp_path_factory) -> Path:
     card = ModelCard(variant="n", num_classes=2, class_names=["a", "b"], imgsz=64)
     for epoch in range(6):
         ckpt.save_checkpoint(root / f"e{epoch}", model=net, ema=ModelEMA(net), optimizer=opt, scaler=None, epoch=epoch,
-                             ni=epoch, best_fitness=-1.0, config={}, card=card)
+                             micro_step=epoch, best_fitness=-1.0, config={}, card=card)
     return root
 
 

@@ -141,15 +141,15 @@ def test_min_workers_config_and_the_one_line_diagnosis(ray_local):
     from cocoseg.config import ConfigError, load_config
     from cocoseg.engine.checks import lost_capacity, scaling_workers
 
-    assert scaling_workers(load_config(None, ["scaling.num_workers=2"])) == 2
-    assert scaling_workers(load_config(None, ["scaling.num_workers=2", "scaling.min_workers=2"])) == 2
-    assert scaling_workers(load_config(None, ["scaling.num_workers=4", "scaling.min_workers=1"])) == (1, 4)
+    assert scaling_workers(load_config(None, ["scaling.num_workers=2"]).scaling) == 2
+    assert scaling_workers(load_config(None, ["scaling.num_workers=2", "scaling.min_workers=2"]).scaling) == 2
+    assert scaling_workers(load_config(None, ["scaling.num_workers=4", "scaling.min_workers=1"]).scaling) == (1, 4)
     with pytest.raises(ConfigError, match="scaling.min_workers"):
         load_config(None, ["scaling.num_workers=2", "scaling.min_workers=3"])
     cpus = int(sum(n["Resources"].get("CPU", 0) for n in ray_local.nodes() if n["Alive"]))
-    assert lost_capacity(load_config(None, [f"scaling.num_workers={cpus}", "scaling.cpus_per_worker=1"])) is None
-    err = lost_capacity(load_config(None, [f"scaling.num_workers={cpus + 2}", "scaling.cpus_per_worker=1"]))
+    assert lost_capacity(load_config(None, [f"scaling.num_workers={cpus}", "scaling.cpus_per_worker=1"]).scaling) is None
+    err = lost_capacity(load_config(None, [f"scaling.num_workers={cpus + 2}", "scaling.cpus_per_worker=1"]).scaling)
     assert err is not None and "\n" not in str(err)
     assert "can no longer place the worker group" in str(err) and f"scaling.min_workers={cpus}" in str(err)
     assert lost_capacity(load_config(None, [f"scaling.num_workers={cpus + 2}", f"scaling.min_workers={cpus}",
-                                            "scaling.cpus_per_worker=1"])) is None
+                                            "scaling.cpus_per_worker=1"]).scaling) is None

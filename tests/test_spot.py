@@ -106,19 +106,19 @@ def test_poll_every_k_optimiser_steps_checkpoint_each_poll_after_a_notice(tmp_pa
     saved: list[int] = []
 
     def poll():
-        polls.append(state.ni)
+        polls.append(state.micro_step)
         return type("Info", (), {"deadline_ms": 1234, "preempted_ranks": [1], "preempted_node_ids": ["n1"]})() \
             if len(polls) >= notice_at_poll else None
 
-    poller = PreemptionPoller(every=2, poll=poll, save=lambda s: saved.append(s.ni),
+    poller = PreemptionPoller(every=2, poll=poll, save=lambda s: saved.append(s.micro_step),
                               note=lambda kind, f: record_attempt(run_dir, kind, f))
     record_attempt(run_dir, "start", {"ni": 0})
     state = LoopState()
     accumulate = 3
     for _ in range(42):  # micro-batches; an optimiser step every `accumulate`
-        state.ni += 1
-        if state.ni % accumulate == 0:
-            state.last_step_ni = state.ni - 1
+        state.micro_step += 1
+        if state.micro_step % accumulate == 0:
+            state.last_step_at = state.micro_step - 1
         state.epoch_rows += 4
         poller(state)
     # optimiser steps end at ni 3, 6, 9, ...; polled at the 1st and then every 2nd one: ni 3, 9, 15, ...
@@ -156,20 +156,20 @@ def test_mid_epoch_checkpoint_orders_between_epoch_ends_and_carries_its_position
         rngs.append(ckpt.capture_rng())
     common = dict(model=model, ema=ema, optimizer=opt, scaler=None, best_fitness=0.1, config=to_dict(cfg), card=card)
     run = tmp_path / "run"
-    ckpt.save_checkpoint(run / "checkpoint_epoch-0000", epoch=0, ni=10, **common)
+    ckpt.save_checkpoint(run / "checkpoint_epoch-0000", epoch=0, micro_step=10, **common)
     mid = {"position": PlanPosition(1, 2, 24).to_dict(), "rng_ranks": rngs}
-    ckpt.save_checkpoint(run / "checkpoint_epoch-0001-ni-000000013", epoch=0, ni=13, mid_epoch=mid, **common)
+    ckpt.save_checkpoint(run / "checkpoint_epoch-0001-ni-000000013", epoch=0, micro_step=13, mid_epoch=mid, **common)
     assert ckpt.latest_complete(str(run)) == (str(run / "checkpoint_epoch-0001-ni-000000013"), 0)
     saved = ckpt.load_train_state(run / "checkpoint_epoch-0001-ni-000000013")
-    state = LoopState(epoch=saved["epoch"] + 1, ni=saved["ni"])
+    state = LoopState(epoch=saved["epoch"] + 1, micro_step=saved["ni"])
     torch.manual_seed(0)
     resume_inside_epoch(saved, state, rank=1, world=2)
     assert (state.epoch, state.epoch_rows, state.epoch_world) == (1, 24, 0)
     assert torch.equal(torch.get_rng_state(), rngs[1]["torch"])  # this rank's own RNG, not rank 0's
-    other = LoopState(epoch=1, ni=13)
+    other = LoopState(epoch=1, micro_step=13)
     resume_inside_epoch(saved, other, rank=0, world=3)
     assert (other.epoch_rows, other.epoch_world) == (24, 2)
-    ckpt.save_checkpoint(run / "checkpoint_epoch-0001", epoch=1, ni=20, **common)
+    ckpt.save_checkpoint(run / "checkpoint_epoch-0001", epoch=1, micro_step=20, **common)
     assert ckpt.latest_complete(str(run)) == (str(run / "checkpoint_epoch-0001"), 1)
     assert ckpt.check_complete(run / "checkpoint_epoch-0001-ni-000000013")["mid_epoch"] is True
 

@@ -123,6 +123,9 @@ class TrainConfig:
     # early stopping: end the run once `patience` epochs pass without a better validated mask AP50-95
     # (the reference's default, 100); 0: off (engine/stopping.py)
     patience: int = 100
+    # wall-clock budget in hours: the epochs that fit are re-planned every epoch (at most `epochs`);
+    # 0 or null: off (engine/budget.py, docs/reliability.md)
+    time_budget_h: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

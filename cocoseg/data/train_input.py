@@ -126,6 +126,8 @@ class EpochStream:
         self._next_epoch = -1  # the epoch the in-flight queue starts with (-1: unknown, replan)
         self._sent = 0
         self._skip = 0  # rows to drop from the next chunk's output (a resume inside an epoch)
+        self.epochs = spec.epochs  # the run's epochs as planned now (train.time_budget_h: see replan)
+        self.presets: dict[int, str] = {}  # {epoch: the preset its chunks were sent with}
 
     def _chunks(self, epoch: int, rank: int, world: int) -> list[list[tuple[int, int, int]]]:
         s = self.spec
@@ -135,7 +137,9 @@ class EpochStream:
 
     def _tasks(self, first: int, position: PlanPosition | None = None) -> Iterator[tuple[int, list[tuple[str, int, int]]]]:
         s = self.spec
-        for epoch in range(first, s.epochs):
+        epoch = first - 1
+        while epoch + 1 < self.epochs:  # read each time: a replan may move the end
+            epoch += 1
             chunks = self._chunks(epoch, self.rank, self.world)
             if position is not None and position.epoch == epoch:  # the rest of an interrupted epoch
                 chunks, self._skip = resume_chunks(lambda r, w, e=epoch: self._chunks(e, r, w), position,
@@ -152,8 +156,21 @@ class EpochStream:
                 return
             epoch, runs = task
             actor = s.actors[(self._sent + self.rank * share) % len(s.actors)]
-            self._inflight.append((epoch, actor.chunk.remote(runs, self.spec.preset(epoch), s.seed, epoch)))
+            self.presets[epoch] = self.preset(epoch)
+            self._inflight.append((epoch, actor.chunk.remote(runs, self.presets[epoch], s.seed, epoch)))
             self._sent += 1
+
+    def preset(self, epoch: int) -> str:
+        return preset_for_epoch(self.spec.augment, epoch, self.epochs, self.spec.close_mosaic)
+
+    def replan(self, epochs: int) -> None:
+        """The run now trains ``epochs`` in all (``train.time_budget_h``, between epochs). When that
+        changes, the chunks already sent ahead (their preset may be the old close-mosaic window's)
+        are dropped and the next :meth:`epoch` plans again."""
+        if epochs != self.epochs:
+            self.epochs = epochs
+            self._inflight.clear()
+            self._next_epoch = -1
 
     def epoch(self, epoch: int, *, batch_size: int,
               position: PlanPosition | None = None) -> Iterator[dict[str, np.ndarray]]:

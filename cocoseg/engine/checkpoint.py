@@ -3,7 +3,8 @@
 A checkpoint is a folder:
 
 - ``train_state.pt``: model and EMA state dicts, optimiser, AMP scaler, epoch (the last
-  *completed* epoch, 0-based), global micro-batch ``ni``, best fitness, RNG states (Python,
+  *completed* epoch, 0-based), the global micro-batch ``micro_step`` (stored as ``ni``, the
+  reference's name, so older checkpoints still load), best fitness, RNG states (Python,
   NumPy, torch CPU and CUDA) and the MLflow run id. Saved with ``torch.save`` but holding only
   tensors and plain containers, so it loads with ``weights_only=True`` (no code runs on load).
 - ``model.safetensors`` + ``model_card.json``: the EMA weights as a plain cocoseg model
@@ -109,25 +110,25 @@ def _cpu_copy(obj: Any) -> Any:
 
 
 def snapshot_training(*, model: nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer,
-                      scaler: torch.amp.GradScaler | None, epoch: int, ni: int, best_fitness: float,
+                      scaler: torch.amp.GradScaler | None, epoch: int, micro_step: int, best_fitness: float,
                       config: dict[str, Any], card: model_weights.ModelCard, mlflow_run_id: str | None = None,
-                      last_step_ni: int = -1, is_best: bool = False,
-                      mid_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+                      last_step_at: int = -1, is_best: bool = False,
+                      mid_epoch: dict[str, Any] | None = None, time_spent_s: float = 0.0) -> dict[str, Any]:
     """Everything a checkpoint holds, copied into CPU memory now (a few tens of MB, milliseconds),
     so :func:`write_snapshot` can serialise it later in another thread (Ray's upload thread) while
     training changes the live objects. ``is_best`` (the epoch set a new best fitness) goes into
     the marker, so a resume can repair weights/best. ``mid_epoch``: a just-in-time checkpoint
     inside epoch ``epoch + 1`` (``engine/spot.py``: the plan position and every rank's RNG states);
-    its marker says so."""
+    its marker says so. ``time_spent_s``: wall seconds of ``train.time_budget_h`` spent (engine/budget.py)."""
     state = _cpu_copy({
         "model": unwrap(model).state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
     })
-    state.update({"epoch": int(epoch), "ni": int(ni), "last_step_ni": int(last_step_ni),
+    state.update({"epoch": int(epoch), "ni": int(micro_step), "last_step_ni": int(last_step_at),
                   "best_fitness": float(best_fitness), "rng": _cpu_copy(capture_rng()),
-                  "mlflow_run_id": mlflow_run_id or ""})
+                  "mlflow_run_id": mlflow_run_id or "", "time_spent_s": float(time_spent_s)})
     if mid_epoch:
         state["mid_epoch"] = _cpu_copy(mid_epoch)
     weights = copy.deepcopy(ema.module).to("cpu")
@@ -235,17 +236,17 @@ def checkpoint_dirs(run_dir: str) -> list[str]:
 
 
 def latest_complete(run_dir: str) -> tuple[str, int] | None:
-    """(URI, epoch) of the run's newest complete checkpoint: the highest (epoch, step ``ni``), so a
+    """(URI, epoch) of the run's newest complete checkpoint: the highest (epoch, ``micro_step``), so a
     mid-epoch one (its epoch is the last *completed* one) comes after that epoch's end; or None."""
     best: tuple[str, int, int] | None = None
     for uri in checkpoint_dirs(run_dir):
         try:
             marker = check_complete(uri)
-            epoch, ni = int(marker["epoch"]), int(marker.get("ni", -1))
+            epoch, micro_step = int(marker["epoch"]), int(marker.get("ni", -1))
         except (CheckpointError, KeyError, ValueError, TypeError):
             continue
-        if best is None or (epoch, ni) > (best[1], best[2]):
-            best = (uri, epoch, ni)
+        if best is None or (epoch, micro_step) > (best[1], best[2]):
+            best = (uri, epoch, micro_step)
     return None if best is None else (best[0], best[1])
 
 

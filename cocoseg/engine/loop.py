@@ -1,7 +1,7 @@
 """The per-worker training loop in plain PyTorch (no Ray here; ``worker.py`` adapts it).
 
 One epoch reads top to bottom: for each micro-batch, set LR/momentum from the schedule (a pure
-function of the global micro-batch index ``ni``), forward under autocast, loss, backward (without
+function of the global micro-batch index ``micro_step``), forward under autocast, loss, backward (without
 the DDP all-reduce on micro-batches that do not end an accumulation window), and every
 ``accumulate`` micro-batches unscale, clip to 10, step, and update the EMA. After the epoch the
 caller's ``validate`` runs on the EMA weights and ``on_epoch_end`` observes the result
@@ -73,11 +73,12 @@ class LoopState:
     """Where training stands; saved in checkpoints. ``epoch`` is the next epoch to run."""
 
     epoch: int = 0
-    ni: int = 0  # global micro-batch index
-    last_step_ni: int = -1  # ni of the last optimiser step
+    micro_step: int = 0  # global micro-batch index: micro-batches trained since the run began ("ni" on disk)
+    last_step_at: int = -1  # the micro_step of the last optimiser step ("last_step_ni" on disk)
     best_fitness: float = -1.0
     epoch_rows: int = 0  # rows of epoch ``epoch`` this worker has trained (> 0: resumed inside it)
     epoch_world: int = 0  # the world size ``epoch_rows`` was counted on, when it differs from this one's
+    time_spent_s: float = 0.0  # wall seconds counted against train.time_budget_h up to here (rank 0; engine/budget.py)
 
 
 @dataclass
@@ -101,11 +102,11 @@ def _checked_total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def train_step(parts: TrainParts, batch: TrainBatch, state: LoopState) -> dict[str, float]:
     """One micro-batch: schedule, forward, loss, backward, and the optimiser step when due."""
-    settings = parts.schedule.at(state.ni)
+    settings = parts.schedule.at(state.micro_step)
     apply_settings(parts.optimizer, settings)
     batch = batch.to(parts.device, non_blocking=True)
     images = batch.images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-    step_due = state.ni - state.last_step_ni >= settings.accumulate
+    step_due = state.micro_step - state.last_step_at >= settings.accumulate
     # Skip the gradient all-reduce on micro-batches that only accumulate (DDP only).
     sync = contextlib.nullcontext() if step_due or not hasattr(parts.model, "no_sync") else parts.model.no_sync()
     with sync:
@@ -121,8 +122,8 @@ def train_step(parts: TrainParts, batch: TrainBatch, state: LoopState) -> dict[s
         params = [p for p in parts.model.parameters() if p.requires_grad]
         out["grad_norm"] = clip_and_step(parts.optimizer, params, parts.scaler, parts.grad_clip)
         parts.ema.update(parts.model)
-        state.last_step_ni = state.ni
-    state.ni += 1
+        state.last_step_at = state.micro_step
+    state.micro_step += 1
     return out
 
 
@@ -166,10 +167,12 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
         on_epoch_end: Callable[[EpochResult], None], world_size: int = 1,
         fitness_key: str = "val/mask_ap50_95", val_every: int = 1,
         on_step: Callable[[LoopState], None] | None = None,
-        should_stop: Callable[[LoopState], bool] | None = None) -> LoopState:
+        should_stop: Callable[[LoopState], bool] | None = None,
+        replan: Callable[[LoopState], int] | None = None) -> LoopState:
     """Run epochs ``state.epoch .. epochs-1``, or fewer: ``should_stop(state)``, asked before every
     epoch after the first (a resume included; on every rank: it may be a collective), ends the run
-    early (``train.patience``).
+    early (``train.patience``); ``replan(state)``, asked before every epoch (the first included),
+    sets ``epochs`` anew (``train.time_budget_h``: the epochs that fit, engine/budget.py).
 
     ``train_batches(epoch)`` yields this worker's micro-batches of that epoch (the epoch decides
     the augmentation preset); ``validate(ema_module, epoch)`` returns (metrics, preview) or is
@@ -177,6 +180,10 @@ def fit(parts: TrainParts, *, epochs: int, state: LoopState,
     Best = highest ``fitness_key`` (mask AP50-95).
     """
     while state.epoch < epochs:
+        if replan is not None:
+            epochs = replan(state)
+            if state.epoch >= epochs:
+                break
         if should_stop is not None and state.epoch > 0 and should_stop(state):
             break
         epoch = state.epoch

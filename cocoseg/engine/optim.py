@@ -1,8 +1,8 @@
 """Optimiser, parameter groups and the LR / momentum / accumulation schedule (spec 9.2-9.3).
 
-Everything the schedule decides is a pure function of the global step ``ni`` (micro-batches
+Everything the schedule decides is a pure function of the global ``micro_step`` (micro-batches
 seen since the start of training) and the number of micro-batches per epoch: resuming from a
-checkpoint only needs ``ni``, and the tests can tabulate the schedule without a model.
+checkpoint only needs ``micro_step``, and the tests can tabulate the schedule without a model.
 
 "Batch" below is the *global* micro-batch: the per-worker batch times the world size, because
 DDP averages gradients over workers, so one step of N workers with b images each sees N*b
@@ -164,7 +164,7 @@ class StepSettings:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The YOLOv8 schedule as a pure function of the global micro-batch index ``ni``.
+    """The YOLOv8 schedule as a pure function of the global micro-batch index ``micro_step``.
 
     ``batches_per_epoch`` is the number of micro-batches one worker sees per epoch (all workers
     see the same number: Ray's split is ``equal=True``).
@@ -190,18 +190,18 @@ class Schedule:
             return 0
         return max(round(self.warmup_epochs * self.batches_per_epoch), self.min_warmup_steps)
 
-    def at(self, ni: int) -> StepSettings:
-        """Settings for global micro-batch ``ni`` (0-based)."""
-        epoch = ni // max(self.batches_per_epoch, 1)
+    def at(self, micro_step: int) -> StepSettings:
+        """Settings for global micro-batch ``micro_step`` (0-based)."""
+        epoch = micro_step // max(self.batches_per_epoch, 1)
         base = self.lr0 * lr_factor(epoch, self.epochs, self.lrf, self.cos_lr)
         accumulate = accumulate_steps(self.nominal_batch, self.global_batch)
         nw = self.warmup_steps
-        if ni > nw or nw == 0:
+        if micro_step > nw or nw == 0:
             return StepSettings((base, base, base), self.momentum, accumulate)
-        bias_lr = _interp(ni, nw, self.warmup_bias_lr, base)
-        lr = _interp(ni, nw, 0.0, base)
-        momentum = _interp(ni, nw, self.warmup_momentum, self.momentum)
-        warm_acc = max(1, round(_interp(ni, nw, 1.0, self.nominal_batch / self.global_batch)))
+        bias_lr = _interp(micro_step, nw, self.warmup_bias_lr, base)
+        lr = _interp(micro_step, nw, 0.0, base)
+        momentum = _interp(micro_step, nw, self.warmup_momentum, self.momentum)
+        warm_acc = max(1, round(_interp(micro_step, nw, 1.0, self.nominal_batch / self.global_batch)))
         return StepSettings((bias_lr, lr, lr), momentum, warm_acc)
 
 

@@ -54,15 +54,15 @@ class PreemptionPoller:
         self.steps = 0  # optimiser steps this attempt has taken
         self.polls = 0
         self.notice: Any = None
-        self.saved_ni = -1
+        self.saved_micro_step = -1
 
     def __call__(self, state: LoopState) -> bool:
         """After a micro-batch; True when it wrote a checkpoint."""
-        if self.every <= 0 or state.last_step_ni != state.ni - 1:  # not right after an optimiser step
+        if self.every <= 0 or state.last_step_at != state.micro_step - 1:  # not right after an optimiser step
             return False
         self.steps += 1
         if self.notice is not None:
-            self.note("progress", {"ni": state.ni, "epoch": state.epoch, "epoch_rows": state.epoch_rows})
+            self.note("progress", {"ni": state.micro_step, "epoch": state.epoch, "epoch_rows": state.epoch_rows})
         if (self.steps - 1) % self.every:  # the 1st step of an attempt, then every `every`-th
             return False
         self.polls += 1
@@ -71,11 +71,11 @@ class PreemptionPoller:
             return False
         if self.notice is None:
             self.notice = info
-            self.note("preemption", {"ni": state.ni, "epoch": state.epoch, **notice_fields(info),
+            self.note("preemption", {"ni": state.micro_step, "epoch": state.epoch, **notice_fields(info),
                                      "seen_at": self.clock()})
         self.save(state)
-        self.saved_ni = state.ni
-        self.note("jit_checkpoint", {"ni": state.ni, "epoch": state.epoch, "epoch_rows": state.epoch_rows})
+        self.saved_micro_step = state.micro_step
+        self.note("jit_checkpoint", {"ni": state.micro_step, "epoch": state.epoch, "epoch_rows": state.epoch_rows})
         return True
 
 
@@ -83,7 +83,7 @@ def steps_lost(records: Sequence[Mapping[str, Any]]) -> list[int]:
     """Optimiser steps each preempted attempt trained that the next attempt did not keep.
 
     ``records``: the attempt journal in order (``start`` records carry the ``ni`` an attempt
-    resumed at). For each attempt that saw a notice: its ``progress`` records (one per optimiser
+    resumed at: its ``micro_step``). For each attempt that saw a notice: its ``progress`` records (one per optimiser
     step after the notice) with ``ni`` above the next attempt's start ``ni``.
     """
     out: list[int] = []

@@ -46,7 +46,7 @@ __all__ = ["MID_EPOCH_KEY", "TRACE_ENV", "Guard", "resume_inside_epoch"]
 
 log = get_logger(__name__)
 
-MID_EPOCH_KEY = "mid_epoch_ni"  # in the metrics of a just-in-time checkpoint's report (its ni)
+MID_EPOCH_KEY = "mid_epoch_ni"  # in the metrics of a just-in-time checkpoint's report (its micro_step)
 TRACE_ENV = "COCOSEG_TRACE_IMAGES"
 
 
@@ -62,7 +62,7 @@ def resume_inside_epoch(saved: dict[str, Any], state: LoopState, rank: int, worl
     if position.world == world and rank < len(rngs):
         restore_rng(rngs[rank])
     log.info("rank %d resumes inside epoch %d after %d trained rows of its part (micro-step %d)",
-             rank, position.epoch, position.rows_done, state.ni)
+             rank, position.epoch, position.rows_done, state.micro_step)
 
 
 def _gather_rng(world: int) -> list[dict[str, Any]]:
@@ -100,7 +100,7 @@ class Guard:
         s = cfg.scaling
         if rank == 0:
             record_attempt(run.run_dir, "start", {"attempt": attempt, "world": world, "epoch": state.epoch,
-                                                  "ni": state.ni, "epoch_rows": state.epoch_rows, "node": node})
+                                                  "ni": state.micro_step, "epoch_rows": state.epoch_rows, "node": node})
         watchdog = None
         if s.hang_timeout_s >= 0:
             watchdog = HangWatchdog(rank=rank, world=world, run_dir=run.run_dir, attempt=attempt,
@@ -140,9 +140,9 @@ class Guard:
     def on_step(self, state: LoopState) -> None:
         """After every micro-batch: beat, trace, poll."""
         if self.watchdog is not None:
-            self.watchdog.beat(state.ni)
+            self.watchdog.beat(state.micro_step)
         if self._trace is not None and self._ids is not None:
-            self._trace.write(json.dumps({"epoch": state.epoch, "ni": state.ni - 1,
+            self._trace.write(json.dumps({"epoch": state.epoch, "ni": state.micro_step - 1,
                                           "ids": [int(i) for i in self._ids]}) + "\n")
             self._trace.flush()
         if self.poller is not None:
@@ -163,7 +163,7 @@ class Guard:
             self.save(state, {"position": position.to_dict(), "rng_ranks": _gather_rng(self.world)})
         if self.rank == 0:
             log.warning("preemption notice: just-in-time checkpoint at micro-step %d (epoch %d, %d rows of this "
-                        "rank's part trained); training goes on until the node goes", state.ni, state.epoch,
+                        "rank's part trained); training goes on until the node goes", state.micro_step, state.epoch,
                         state.epoch_rows)
 
     def epoch_done(self) -> None:

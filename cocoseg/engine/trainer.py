@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from cocoseg.engine import class_balance
 from cocoseg.engine.build import RunInfo, batches_per_epoch, resolve_recipe
 from cocoseg.engine.checks import (
     check_cluster,
+    check_feed,
     ensure_ray,
     lost_capacity,
     resolve_snapshot,
@@ -78,22 +79,15 @@ def _train_input(cfg: JobConfig, manifest: Manifest, repeats: Any = None) -> Tra
                             mask_ratio=t.mask_ratio, chunk_runs=cfg.data.chunk_runs, repeats=repeats)
 
 
-def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = ()) -> TrainResult:
+def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.train.UserCallback] = (),
+          clock: Callable[[], float] | None = None) -> TrainResult:
     """Train per ``cfg``; returns the MLflow run id, where the weights are, and the final metrics.
 
-    ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter)."""
+    ``callbacks``: extra Ray Train ``UserCallback``s (``pipelines.tune`` passes its Tune reporter).
+    ``clock``: the seconds clock of ``train.time_budget_h`` on rank 0 (picklable; default
+    ``time.monotonic``; engine/budget.py says when it is read)."""
     started = time.perf_counter()
-    cfg = prepare("train", cfg)  # cross-key rules and absolute paths (cocoseg.config_checks)
-    manifest = resolve_snapshot(cfg)  # refuses bad input before Ray even starts
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
-    if cfg.tracking.tracking_uri:  # without credentials from here on (they are in MLflow's variables)
-        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
-    if not cfg.tracking.offline_ok:
-        tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
-    ready("train", cfg, {"snapshot": manifest.snapshot_uri})
-    ensure_ray(cfg)
-    quiet_ray_data()
-    check_cluster(cfg)
+    cfg, manifest, tracking_uri = _checked(cfg)
     t, s = cfg.train, cfg.scaling
     run_name = cfg.tracking.run_name or f"{cfg.model.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs_root = storage.join(cfg.storage.root, "runs")
@@ -116,20 +110,49 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
                        snapshot_id=manifest.snapshot_id, snapshot_uri=manifest.snapshot_uri,
                        class_names=manifest.class_names, category_ids=manifest.category_ids)
     inputs = _train_input(cfg, manifest, repeats)
-    trainer = TorchTrainer(
+    trainer = _torch_trainer(cfg, run_info, inputs, tracking_uri, runs_root, callbacks=callbacks, clock=clock)
+    result = _fit(cfg, trainer, inputs, run_dir)
+    return _finish(result, run_name, run_dir, mlflow_run_id, tracking_uri, started)
+
+
+def _checked(cfg: JobConfig) -> tuple[JobConfig, Manifest, str]:
+    """The config edge, the snapshot, the tracking server and the cluster, checked before any
+    worker starts (most before Ray starts): -> (resolved config, manifest, tracking URI)."""
+    cfg = prepare("train", cfg)  # cross-key rules and absolute paths (cocoseg.config_checks)
+    manifest = resolve_snapshot(cfg.train, cfg.storage, cfg.model)  # refuses bad input before Ray even starts
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
+    if cfg.tracking.tracking_uri:  # without credentials from here on (they are in MLflow's variables)
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=tracking_uri))
+    if not cfg.tracking.offline_ok:
+        tracking.preflight(tracking_uri)  # a dead server: one line within seconds, before Ray starts
+    ready("train", cfg, {"snapshot": manifest.snapshot_uri})
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)
+    quiet_ray_data()
+    gpu = check_cluster(cfg.scaling, cfg.data, cfg.validation)
+    if warning := check_feed(cfg.train, cfg.model, cfg.scaling, cfg.data, gpu):  # a shortfall under 2x
+        log.warning("%s", warning)
+    return cfg, manifest, tracking_uri
+
+
+def _torch_trainer(cfg: JobConfig, run_info: RunInfo, inputs: TrainInput, tracking_uri: str, runs_root: str, *,
+                   callbacks: Sequence[ray.train.UserCallback], clock: Callable[[], float] | None) -> TorchTrainer:
+    """The ``TorchTrainer`` of the run: the worker loop and what it is handed (``loop_config``)."""
+    t, s, run_dir = cfg.train, cfg.scaling, run_info.run_dir
+    make_logger = functools.partial(
+        tracking.RunLogger, tracking_uri=tracking_uri, run_id=run_info.mlflow_run_id, journal=tracking.journal_uri(run_dir),
+        system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
+        credentials=tracking.auth_env(), epochs=t.epochs, model_id=tracking.read_run_record(run_dir).get("model_id", ""))
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "make_logger": functools.partial(
-            tracking.RunLogger, tracking_uri=tracking_uri, run_id=mlflow_run_id, journal=tracking.journal_uri(run_dir),
-            system_metrics=cfg.tracking.system_metrics, system_metrics_interval=cfg.tracking.system_metrics_interval_s,
-            credentials=tracking.auth_env(), epochs=t.epochs,
-            model_id=tracking.read_run_record(run_dir).get("model_id", ""))},
+        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "clock": clock, "make_logger": make_logger},
         # the collective timeout just above the hang watchdog's (engine/watchdog.py), not 30 minutes
         torch_config=TorchConfig(timeout_s=int(collective_timeout_s(s.hang_timeout_s))),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling_workers(cfg), use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
+            num_workers=scaling_workers(s), use_gpu=s.use_gpu, placement_strategy=s.placement_strategy,
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=runs_root, logging_config=train_logging_config(), callbacks=list(callbacks) or None,
+            name=run_dir.rstrip("/").rsplit("/", 1)[-1], storage_path=runs_root, logging_config=train_logging_config(),
+            callbacks=list(callbacks) or None,
             # A group that cannot start (a node lost, a fixed group too big for what is left) is a
             # controller failure, unlimited by default: 2 (60 s start timeouts each) then stop.
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures,
@@ -137,18 +160,28 @@ def train(cfg: JobConfig, *, parent_run_id: str = "", callbacks: Sequence[ray.tr
                                                    max_preemption_failures=s.max_preemption_failures),
             checkpoint_config=_checkpoint_config(cfg)),
     )
+
+
+def _fit(cfg: JobConfig, trainer: TorchTrainer, inputs: TrainInput, run_dir: str) -> ray.train.Result:
+    """Run the workers to the end (the driver's console prints each epoch from the journal); a
+    failure is journaled, and named in one line when the cluster lost the capacity to go on."""
     journal = tracking.journal_uri(run_dir)
     try:
-        with tracking.EpochPrinter(lambda: tracking.read_journal(journal), t.epochs):
-            result = trainer.fit()
+        with tracking.EpochPrinter(lambda: tracking.read_journal(journal), cfg.train.epochs):
+            return trainer.fit()
     except Exception:
         tracking.end_run(run_dir, "FAILED")  # journaled; never hides the training error
-        lost = lost_capacity(cfg)
+        lost = lost_capacity(cfg.scaling)
         if lost is not None:
             raise lost from None
         raise
     finally:
         inputs.stop()
+
+
+def _finish(result: ray.train.Result, run_name: str, run_dir: str, mlflow_run_id: str, tracking_uri: str,
+            started: float) -> TrainResult:
+    """The run's end journaled (and in MLflow), the result, one console line."""
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     completion = tracking.end_run(run_dir, "FINISHED")
     mlflow_run_id = completion.run_id if completion else mlflow_run_id

@@ -195,6 +195,11 @@ class Validations:
                 self._queue_record(epoch, staged["metrics"])
         return resumed
 
+    def pending(self) -> int:
+        """Epochs whose record is not logged yet (validating, queued, or waiting to be staged)."""
+        with self._cond:
+            return len(self._expected)
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until every expected epoch is logged (the run's end); re-raises a collector error."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -66,7 +66,7 @@ def run(root: str, overrides: Sequence[str] = (), images: int = 120, *, ui_port:
         write_synthetic_coco(source, images=images, size=(160, 128), seed=0)
     else:
         print(f"[1/5] synthetic source already at {source}", flush=True)
-    ensure_ray(cfg)  # sized for training; ingest alone would size a local Ray for itself
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)  # sized for training; ingest alone would size a local Ray for itself
     print("[2/5] ingest (Ray Data) -> Parquet snapshot", flush=True)
     manifest = ingest(cfg).manifest
     cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri})

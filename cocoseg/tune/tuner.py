@@ -19,7 +19,7 @@ from cocoseg import storage, tracking
 from cocoseg.cluster import start_ray
 from cocoseg.config import JobConfig, to_dict, with_values
 from cocoseg.config_checks import prepare, ready
-from cocoseg.engine.checks import check_cluster, ray_init_kwargs, resolve_snapshot
+from cocoseg.engine.checks import check_cluster, check_feed, ray_init_kwargs, resolve_snapshot
 from cocoseg.tune.report import (
     EPOCHS_DONE,
     SCORE,
@@ -59,7 +59,7 @@ class TuneResult:
 def _start_ray(cfg: JobConfig) -> None:
     """A private local Ray gets logical CPUs for the concurrent trials (as pipelines.train does for
     one run); a cluster in RAY_ADDRESS is taken as it is and checked."""
-    kwargs = ray_init_kwargs(cfg)
+    kwargs = ray_init_kwargs(cfg.scaling, cfg.data, cfg.validation)
     if "num_cpus" in kwargs:
         need = cfg.tune.max_concurrent_trials * per_trial_cpus(cfg) + 1
         kwargs["num_cpus"] = max(kwargs["num_cpus"], math.ceil(need))
@@ -106,7 +106,7 @@ def run_search(cfg: JobConfig) -> TuneResult:
     """Search per ``cfg.tune``; returns where the results and the best config are."""
     cfg = prepare("tune", cfg)  # cross-key rules, absolute paths (each trial runs in its own folder)
     flat = validate_space(cfg)  # bad keys and distributions: one line, before anything starts
-    manifest = resolve_snapshot(cfg)  # once, on the driver, not in every trial
+    manifest = resolve_snapshot(cfg.train, cfg.storage, cfg.model)  # once, on the driver, not in every trial
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     tracking.preflight(uri)
     cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri, "tracking.tracking_uri": uri})
@@ -114,7 +114,9 @@ def run_search(cfg: JobConfig) -> TuneResult:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose() else "0")  # else Tune's banner ignores verbose=0
     _start_ray(cfg)
     check_concurrency(cfg, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
-    check_cluster(cfg)
+    if warning := check_feed(cfg.train, cfg.model, cfg.scaling, cfg.data,
+                             check_cluster(cfg.scaling, cfg.data, cfg.validation)):
+        log.warning("%s", warning)
     tune_dir, parent = open_search(cfg, flat, uri)
     epochs = cfg.tune.epochs or cfg.train.epochs
     progress = Progress(epochs)

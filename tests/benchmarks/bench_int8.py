@@ -56,7 +56,7 @@ def train(work: Path, args: argparse.Namespace) -> tuple[str, str]:
                              f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", "train.batch_size=16",
                              "scaling.num_workers=1", "scaling.use_gpu=false", "tracking.run_name=bench-int8"])
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ensure_ray(cfg)
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)
     manifest = ingest.run(cfg).manifest
     result = train_job.run(with_values(cfg, {"train.snapshot": manifest.snapshot_uri}))
     return result.best_weights, manifest.snapshot_uri

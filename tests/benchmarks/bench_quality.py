@@ -131,7 +131,7 @@ def run_cocoseg(src: Path, root: Path, args: argparse.Namespace, seed: int) -> d
     # Ray starts its workers at nice 15; the reference runs at 0. On a machine shared with other
     # work that alone would starve cocoseg's side, so its local Ray runs its workers at 0 too.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ensure_ray(cfg)
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)
     try:
         t0 = time.perf_counter()
         manifest = ingest.run(cfg).manifest

@@ -93,7 +93,7 @@ def main() -> int:
                       [f"storage.root={root}", f"ingest.source={root / 'src'}", f"train.epochs={args.epochs}",
                        f"train.close_mosaic={args.epochs}", f"train.seed={args.seed}", "train.preview_images=0",
                        "tracking.system_metrics=false"])
-    ensure_ray(cfg)
+    ensure_ray(cfg.scaling, cfg.data, cfg.validation)
     manifest = ingest.run(cfg).manifest
     cfg = with_values(cfg, {"train.snapshot": manifest.snapshot_uri})
     stats = split_stats(manifest, "train")["classes"]["images"]
