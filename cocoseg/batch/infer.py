@@ -98,6 +98,15 @@ def _finished_parts(out: str, key: dict[str, str], chunks: list[Chunk]) -> tuple
     return existing, {c.name: read_part_meta(existing[c.name], key) for c in chunks if c.name in existing}
 
 
+def _drop_stale_parts(existing: dict[str, str], planned: set[str], key: dict[str, Any]) -> None:
+    """Delete the part files of an earlier listing of the same source and weights that this plan
+    no longer has (each is checked to be this job's, by ``key``, before it goes)."""
+    for name, uri in existing.items():
+        if name.startswith("part-") and name.endswith(".parquet") and name not in planned:
+            read_part_meta(uri, key)
+            storage.delete(uri)
+
+
 def infer(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "") -> dict[str, Any]:
     """Predict every image of ``source`` into ``out``; returns the manifest (plus ``summary`` and ``noop``)."""
     started = time.perf_counter()
@@ -131,11 +140,7 @@ def infer(cfg: JobConfig, weights: str, source: str, out: str, *, split: str = "
         new, failures, startup = _infer(cfg, weights, protocol, todo, out, key)
         entries.update(new)
     seconds = time.perf_counter() - t0
-    planned = {c.name for c in chunks}
-    for name, uri in existing.items():  # parts of an earlier listing of the same source and weights
-        if name.startswith("part-") and name.endswith(".parquet") and name not in planned:
-            read_part_meta(uri, key)
-            storage.delete(uri)
+    _drop_stale_parts(existing, {c.name for c in chunks}, key)
     files = {c.name: entries[c.name] for c in chunks}
     read_now = sum(c.rows for c in todo)
     counts = {k: sum(f[v] for f in files.values()) for k, v in

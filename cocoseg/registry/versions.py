@@ -227,15 +227,24 @@ def _aliases(client: Any, name: str) -> dict[str, str]:
     return {alias: str(v.version) for alias, v in found.items() if v is not None}
 
 
+def _new_version(client: Any, name: str, info: Any, tags: dict[str, str], register_run_id: str) -> str:
+    """Create the registry version; returns its number. Its files are the serving package just logged
+    (``info``: MLflow requires ``model_id`` to be the LoggedModel holding the source); its source run
+    is the training run when this server has it (the run's page lists the version, the version page
+    links back), else the register run; the trained weights' LoggedModel is named in a tag."""
+    train_run, trained_model = _trained_model(client, tags.get("train_run_id", ""))
+    mv = client.create_model_version(name, source=info.model_uri, run_id=train_run or register_run_id,
+                                     tags={**tags, **({"trained_model_id": trained_model} if trained_model else {})},
+                                     model_id=info.model_id)
+    return str(mv.version)
+
+
 def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
                     metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True,
                     policy: Any = None, champion_evidence: ChampionEvidence | None = None) -> Registration:
-    """Register ``export_dir`` as a new version of ``name`` and run the gate on it.
-
-    ``policy`` (:class:`~.evidence.GatePolicy`, default from the margin) turns on the evidence gate
-    when the export carries per-image matches (``matches.npz``); ``champion_evidence`` gives the
-    champion's matches on the same images (``register`` re-evaluates a champion measured elsewhere).
-    """
+    """Register ``export_dir`` as a new version of ``name`` and run the gate on it. ``policy`` (default
+    from ``margin``) turns the evidence gate on when the export carries per-image matches (``matches.npz``);
+    ``champion_evidence``: the champion's matches on the same images (``register`` re-evaluates one)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -247,13 +256,11 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
     _check_metric(b, metric)
     matches = load_matches(b.path(bundle.MATCHES)) if b.has(bundle.MATCHES) else None
     policy = policy or GatePolicy(margin=margin)
-    client = connect(tracking_uri)
-    tags = version_tags(b, metric)
+    client, tags = connect(tracking_uri), version_tags(b, metric)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     version = model_id = None
-    created = False
-    aliases: dict[str, str] = {}
+    created, aliases = False, {}
     try:
         mlflow.set_experiment(experiment)
         # MLflow writes "View run ... at: URL" to stdout; keep stdout for the command's result.
@@ -266,15 +273,7 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
             created = _ensure_registered_model(client, name)
             aliases = {} if created else _aliases(client, name)
-            # The version's files are the serving package just logged (MLflow requires model_id
-            # to be the LoggedModel holding the source); its source run is the training run when
-            # this server has it, so the training run's page lists the version and the version page
-            # links back to the run; the trained weights' LoggedModel is named in a tag.
-            train_run, trained_model = _trained_model(client, tags.get("train_run_id", ""))
-            mv = client.create_model_version(name, source=info.model_uri, run_id=train_run or run.info.run_id,
-                                             tags={**tags, **({"trained_model_id": trained_model} if trained_model else {})},
-                                             model_id=model_id)
-            version = str(mv.version)
+            version = _new_version(client, name, info, tags, run.info.run_id)
             decision = run_gate(client, name, version, metric=metric, margin=margin, same_snapshot=same_snapshot,
                                 policy=policy, matches=matches, champion_evidence=champion_evidence)
             mlflow.set_tags({k: v for k, v in decision.tags().items() if v})  # the gate's numbers on the register run too
@@ -282,8 +281,8 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
         _undo(client, name, version, created, model_id, aliases)
         if isinstance(exc, RegistryError):
             raise
-        message = exc.message if isinstance(exc, MlflowException) else str(exc)
-        raise RegistryError(f"registering {b.root} as {name!r} failed, nothing was kept: {message}") from None
+        raise RegistryError(f"registering {b.root} as {name!r} failed, nothing was kept: "
+                            f"{getattr(exc, 'message', None) or exc}") from None
     except BaseException:
         _undo(client, name, version, created, model_id, aliases)
         raise

@@ -11,22 +11,13 @@ secrets kept out, and what the MLflow UI shows (datasets, LoggedModel, per-class
 
 from .console import EpochPrinter, epoch_line
 from .journal import (
-    AUTH_ENV,
     JOURNAL_NAME,
     RunLogger,
-    TrackingUnavailable,
-    adopt_credentials,
-    auth_env,
-    check_server,
     create_run,
-    fast_fail,
     finish_run,
     flatten_params,
     journal_uri,
-    preflight,
     read_journal,
-    resolve_tracking_uri,
-    split_credentials,
     sync_journal,
 )
 from .lifecycle import (
@@ -38,6 +29,17 @@ from .lifecycle import (
     plot_curves,
     read_run_record,
     run_record_uri,
+)
+from .server import (
+    AUTH_ENV,
+    TrackingUnavailable,
+    adopt_credentials,
+    auth_env,
+    check_server,
+    fast_fail,
+    preflight,
+    resolve_tracking_uri,
+    split_credentials,
 )
 from .ui import dataset_inputs, per_class_artifacts, per_class_table
 

@@ -55,7 +55,7 @@ def open_run(run_dir: str, *, tracking_uri: str, experiment: str, run_name: str,
 
     The run record is written first. When the server does not answer: with ``offline_ok``
     returns "" (training goes on, :func:`complete_run` creates the run later), else raises
-    :class:`~cocoseg.tracking.journal.TrackingUnavailable` (one line, the URI and the fix).
+    :class:`~cocoseg.tracking.server.TrackingUnavailable` (one line, the URI and the fix).
     """
     record = read_run_record(run_dir)
     if not record.get("run_id"):  # new, or never created in MLflow: this call's description wins
