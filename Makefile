@@ -47,9 +47,10 @@ infra-render: setup
 
 # `extended` tests repeat behaviour that other tests cover (docs/reliability.md lists them);
 # CI's 15-minute budget leaves them to `make test-all`.
-# Two xdist workers: each module runs whole on one of them (tests/conftest.py groups and orders them).
-# PYTEST_WORKERS=0 runs serially.
-PYTEST_WORKERS ?= 2
+# PYTEST_WORKERS=2 runs the suite on two xdist workers, each module whole on one of them (tests/conftest.py
+# orders them, slowest first). Serial by default: on 2 cores the suite is CPU-bound and two workers were
+# no faster (docs/reliability.md, "Test time").
+PYTEST_WORKERS ?= 0
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: deps
