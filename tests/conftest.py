@@ -76,12 +76,11 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait(5)
 
 
-# `make test` runs the suite on two xdist workers (`-n 2 --dist loadfile --no-loadscope-reorder`):
-# about half of a serial run's wall time is spent waiting (services starting, subprocess jobs), not
-# computing. Each module runs whole on one worker, so its module fixtures start once (a session
-# fixture starts once per worker that needs it: keep tests of one expensive fixture in one module).
-# The slowest modules go first, longest first, so both workers stay busy to the end; the rest keep
-# their collection order. (Not `--dist loadgroup`: xdist 3.8 cannot rename pytest 9's node ids.)
+# The slowest modules run first, longest first: with `make test PYTEST_WORKERS=2` (xdist, `--dist
+# loadfile --no-loadscope-reorder`, each module whole on one worker, so its module fixtures start
+# once) that keeps both workers busy to the end; serially it only moves them to the front. A
+# session fixture starts once per worker that needs it: keep tests of one expensive fixture in one
+# module. (Not `--dist loadgroup`: xdist 3.8 cannot rename pytest 9's node ids.)
 SLOWEST_FIRST = ["test_chaos", "test_mlflow_ui", "test_demo", "test_retrain", "test_tune", "test_learning_auto",
                  "test_multinode", "test_train_pipeline", "test_tracking_outage", "test_registry_auth",
                  "test_infer", "test_spot_cluster", "test_node_loss", "test_gpu_check", "test_export_cli"]
