@@ -24,6 +24,7 @@ from cocoseg import storage
 from cocoseg.utils import get_logger, redact
 
 from . import journal as jr
+from . import server as srv
 from . import ui
 
 __all__ = ["RUN_RECORD", "Completion", "complete_run", "end_run", "log_run_artifacts", "open_run",
@@ -68,16 +69,16 @@ def open_run(run_dir: str, *, tracking_uri: str, experiment: str, run_name: str,
         _write_record(run_dir, record)
     if record["run_id"]:
         return record["run_id"]
-    jr.fast_fail()
+    srv.fast_fail()
     try:
-        jr.preflight(tracking_uri)
+        srv.preflight(tracking_uri)
         return _create(run_dir, record)
     except Exception as exc:
         if not offline_ok:
-            if isinstance(exc, jr.TrackingUnavailable):
+            if isinstance(exc, srv.TrackingUnavailable):
                 raise
-            raise jr.TrackingUnavailable(f"MLflow at {redact(tracking_uri)} could not create the run "
-                                         f"({type(exc).__name__}: {redact(str(exc))[:300]}); {jr.OFFLINE_HINT}") from None
+            raise srv.TrackingUnavailable(f"MLflow at {redact(tracking_uri)} could not create the run "
+                                         f"({type(exc).__name__}: {redact(str(exc))[:300]}); {srv.OFFLINE_HINT}") from None
         log.warning("MLflow at %s is not reachable; training on the journal (tracking.offline_ok=true), "
                     "then: cocoseg sync-mlflow %s", redact(tracking_uri), run_dir)
         return ""
@@ -111,7 +112,7 @@ def end_run(run_dir: str, status: str) -> Completion | None:
     try:
         return complete_run(run_dir)
     except Exception as exc:
-        reason = "not reachable" if isinstance(exc, jr.TrackingUnavailable) else \
+        reason = "not reachable" if isinstance(exc, srv.TrackingUnavailable) else \
             redact((str(exc).splitlines() or [type(exc).__name__])[0])[:200]
         log.warning("MLflow at %s did not take the end of the run (%s); everything is journaled in %s; "
                     "when the server answers run: cocoseg sync-mlflow %s", redact(record["tracking_uri"]),
@@ -142,8 +143,8 @@ def complete_run(run_dir: str, tracking_uri: str = "") -> Completion:
     if tracking_uri:
         record["tracking_uri"] = tracking_uri
     uri = record["tracking_uri"]
-    jr.fast_fail()
-    jr.preflight(uri, hint=f"then run cocoseg sync-mlflow {run_dir} again")
+    srv.fast_fail()
+    srv.preflight(uri, hint=f"then run cocoseg sync-mlflow {run_dir} again")
     run_id = record["run_id"] or _create(run_dir, record)
     client = jr._client(uri)
     if not record.get("model_id"):  # the run was created before the LoggedModel (a crash between)
