@@ -25,12 +25,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cocoseg.utils import UserError, get_logger, verbose
 
-__all__ = ["RayStartError", "StallWatch", "quiet_ray_data", "start_ray", "train_logging_config"]
+__all__ = ["RayStartError", "StallWatch", "quiet_ray_data", "release_placement_groups", "start_ray",
+           "train_logging_config"]
 
 # cocoseg's own log lines (``HH:MM:SS LEVEL cocoseg.x: ...``, cocoseg.utils.get_logger) that a
 # worker's output may carry to the driver when Ray is quiet.
@@ -138,6 +139,34 @@ def start_ray(**kwargs: Any) -> None:
                 log.warning("Ray did not start (%s); retrying once", reason)
                 continue
             raise RayStartError(f"Ray did not start after 2 tries ({reason}); {_what_to_check(kwargs)}") from None
+
+
+def release_placement_groups(group_ids: Iterable[str]) -> float:
+    """Remove the placement groups ``group_ids`` (hex ids) that still hold resources; -> CPUs freed.
+
+    Ray Train removes its workers' group when its controller ends gracefully; a controller killed
+    with its owner (a Tune trial that ASHA stopped) leaves it to Train's ``PlacementGroupCleaner``,
+    which asks the dashboard's state API and, on a Ray without a dashboard (every private local Ray
+    here), never learns the controller died: the group keeps its CPUs until the driver exits, and
+    later trials and validations wait for them forever.
+    """
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    freed = 0.0
+    for hex_id in dict.fromkeys(group_ids):
+        group = PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
+        entry = placement_group_table(group)
+        if entry.get("state") not in ("CREATED", "PENDING", "RESCHEDULING"):
+            continue
+        try:
+            remove_placement_group(group)
+        except ray.exceptions.RayError as exc:  # removed meanwhile, or the GCS is busy: the next sweep retries
+            log.debug("placement group %s not removed: %s", hex_id, exc)
+            continue
+        freed += sum(float(b.get("CPU", 0.0)) for b in entry.get("bundles", {}).values())
+    return freed
 
 
 class StallWatch:

@@ -46,6 +46,8 @@ def _attempts(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snapshot, mlflow_server, tmp_path):
+    import ray
+
     from pipelines import tune
 
     def search():
@@ -58,6 +60,10 @@ def test_asha_search_tracks_every_trial_and_writes_a_valid_best_config(tiny_snap
                            f"lr0 {r['train.lr0']:.4g} {r['train.optimizer']}" for r in rows))
     assert len(rows) == 4 and all(r["status"] != "error" for r in rows), rows
     assert any(r["status"] == "stopped_early" and r["epochs_done"] < 3 for r in rows), "ASHA stopped no trial"
+    # no trial leaves CPUs reserved: a stopped trial's train workers' placement group is freed too
+    table = ray.util.placement_group_table()
+    groups = {a["placement_group"] for p in (tmp_path / "runs").iterdir() for a in _attempts(p)}
+    assert groups and {table[g]["state"] for g in groups} == {"REMOVED"}, {g: table[g]["state"] for g in groups}
 
     client = mlflow.tracking.MlflowClient(mlflow_server)
     nested = _nested(client, "t-tune", result.parent_run_id)

@@ -87,9 +87,10 @@ log = get_logger(__name__)
 
 
 def _record_attempt(run_dir: str, start_epoch: int, rank: int, world: int, device: torch.device) -> None:
+    group = ray.util.get_current_placement_group()  # Train's group: released by whoever ends the run
     info = {"rank": rank, "world_size": world, "start_epoch": start_epoch, "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
-            "device": str(device), "time": time.time()}
+            "device": str(device), "time": time.time(), "placement_group": group.id.hex() if group else None}
     # pid + nanoseconds: a restarted group that starts at the same epoch adds records, never replaces
     name = f"attempt-{start_epoch:04d}-rank{rank}-{os.getpid()}-{time.time_ns()}.json"
     storage.write_json(storage.join(run_dir, "workers", name), info)

@@ -11,19 +11,25 @@ nested under the search's parent run, its checkpoints and resume are the train j
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cocoseg import storage, tracking
+from cocoseg.cluster import release_placement_groups
 from cocoseg.config import JobConfig, from_dict, with_values
 from cocoseg.engine.spot import MID_EPOCH_KEY
 from cocoseg.engine.trainer import train
 from cocoseg.engine.worker import FITNESS_KEY
 from cocoseg.tune.report import EPOCHS_DONE, SCORE, search_score
+from cocoseg.utils import get_logger
 
-__all__ = ["EpochReport", "Progress", "run_trial", "trial_config", "trial_dirname"]
+log = get_logger(__name__)
+
+__all__ = ["EpochReport", "Progress", "release_trial", "run_trial", "trial_config", "trial_dirname",
+           "trial_run_dir"]
 
 
 class EpochReport(TuneReportCallback):
@@ -63,14 +69,43 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-class Progress(tune.Callback):
-    """One console line per trial event; the start times feed the overhead figure in results."""
+def trial_run_dir(cfg: JobConfig, trial_id: str) -> str:
+    """Where the train run of trial ``trial_id`` keeps its checkpoints and records (trial_config's run name)."""
+    return storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{trial_id}")
 
-    def __init__(self, epochs: int):
-        self.epochs, self.started = epochs, {}
+
+def release_trial(run_dir: str) -> float:
+    """Free the Ray Train placement groups a trial's train run left behind; -> CPUs freed.
+
+    A trial that ASHA stops is killed with its Train controller, whose workers' group then stays
+    reserved on a Ray without a dashboard (see :func:`cocoseg.cluster.release_placement_groups`);
+    each attempt's workers record their group under the run's ``workers/``."""
+    groups = []
+    for entry in storage.list_files(storage.join(run_dir, "workers")):
+        if group := storage.read_json(entry.uri).get("placement_group"):
+            groups.append(group)
+    return release_placement_groups(groups)
+
+
+class Progress(tune.Callback):
+    """One console line per trial event; the start times feed the overhead figure in results; an
+    ended trial's leftover placement groups are freed for the trials after it."""
+
+    def __init__(self, epochs: int, run_dir: Callable[[str], str]):
+        self.epochs, self.started, self.run_dir = epochs, {}, run_dir
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def _release(self, trial) -> None:
+        if freed := release_trial(self.run_dir(trial.trial_id)):
+            log.debug("trial %s ended: freed %g CPUs its train workers' placement group still held", trial.trial_id, freed)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         nan = float("nan")

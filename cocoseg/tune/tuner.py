@@ -7,6 +7,7 @@ writes and does on a rerun).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ from cocoseg.tune.space import (
     tune_domains,
     validate_space,
 )
-from cocoseg.tune.trial import Progress, run_trial, trial_dirname
+from cocoseg.tune.trial import Progress, release_trial, run_trial, trial_dirname, trial_run_dir
 from cocoseg.utils import get_logger, verbose
 
 __all__ = ["TuneResult", "run_search"]
@@ -119,12 +120,14 @@ def run_search(cfg: JobConfig) -> TuneResult:
         log.warning("%s", warning)
     tune_dir, parent = open_search(cfg, flat, uri)
     epochs = cfg.tune.epochs or cfg.train.epochs
-    progress = Progress(epochs)
+    run_dir = functools.partial(trial_run_dir, cfg)
+    progress = Progress(epochs, run_dir)
     base = to_dict(replace(cfg, tracking=replace(cfg.tracking, run_name="", parent_run_id="")))
     try:
         results = _tuner(cfg, flat, base, parent, progress).fit()
-        rows = trial_rows(results, list(flat), lambda tid: storage.join(cfg.storage.root, "runs", f"{cfg.tune.name}-{tid}"),
-                          epochs, progress.started)
+        rows = trial_rows(results, list(flat), run_dir, epochs, progress.started)
+        for row in rows:  # a last sweep: what a trial left while its end was being reported
+            release_trial(run_dir(row["trial_id"]))
         for row in rows:
             mark_trial_run(row, list(flat), cfg.tune.name, uri)
         write_report(rows, flat, tune_dir, uri, parent)
