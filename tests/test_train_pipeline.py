@@ -23,14 +23,22 @@ def _cfg(tmp_path, snapshot, *extra):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # minutes of compute on 2 shared cores; generous for loaded CI hosts
 def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tmp_path):
+    """Also the wall-clock budget (engine/budget.py) through the job: train.epochs 3, epochs of
+    1000 s on the injected clock (tests/_budget_clock.py) and 2600 s: after epoch 0 the run plans
+    2 epochs, so epoch 1 is the last (validated, waited for) and closes mosaic."""
+    import _budget_clock
+    from ray import cloudpickle
+
     from pipelines import train
 
+    cloudpickle.register_pickle_by_value(_budget_clock)  # the workers do not have tests/ on their path
     client = mlflow.tracking.MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("t-pipe") or client.get_experiment(client.create_experiment("t-pipe"))
     parent = client.create_run(exp.experiment_id, run_name="pipeline").info.run_id
-    cfg = _cfg(tmp_path, tiny_snapshot, *ASYNC_VAL, "scaling.num_workers=2", "train.epochs=2", "train.close_mosaic=1",
-               f"tracking.tracking_uri={mlflow_server}", "tracking.experiment=t-pipe", "tracking.run_name=pipe")
-    result = train.run(cfg, parent_run_id=parent)
+    cfg = _cfg(tmp_path, tiny_snapshot, *ASYNC_VAL, "scaling.num_workers=2", "train.epochs=3", "train.close_mosaic=1",
+               f"train.time_budget_h={2600 / 3600}", f"tracking.tracking_uri={mlflow_server}",
+               "tracking.experiment=t-pipe", "tracking.run_name=pipe")
+    result = train.run(cfg, parent_run_id=parent, clock=_budget_clock.StepClock(1000.0))
 
     # MLflow: one nested run, params = resolved config, tags, each epoch's metrics exactly once.
     run = client.get_run(result.mlflow_run_id)
@@ -58,6 +66,21 @@ def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tm
     assert [r["step"] for r in journal] == [0, 1]
     workers = [json.loads(storage.read_text(e.uri)) for e in storage.list_files(storage.join(result.run_dir, "workers"))]
     assert sorted(w["rank"] for w in workers) == [0, 1] and {w["world_size"] for w in workers} == {2}
+    _check_budget(cfg, result, journal)
+
+
+def _check_budget(cfg, result, journal) -> None:
+    """The budget's journal: planned 3 (nothing timed), then 2; mosaic closed in epoch 1 (the last
+    of 2; under the 3-epoch plan it was epoch 2); epoch 1's LR at the 2-epoch schedule's end."""
+    from cocoseg.engine.budget import BUDGET_FILE
+    from cocoseg.engine.build import resolve_recipe
+    from cocoseg.engine.optim import lr_factor
+
+    doc = storage.read_json(storage.join(result.run_dir, "tracking", BUDGET_FILE))
+    assert [(p["before_epoch"], p["epochs"]) for p in doc["plans"]] == [(0, 3), (1, 2)]
+    assert doc["presets"] == {"0": "yolov8", "1": "yolov8-close"} and doc["spent_s"] == 3000.0
+    lr0 = resolve_recipe(cfg, world_size=2, train_images=36).lr0
+    assert journal[1]["metrics"]["lr/weight"] == pytest.approx(lr0 * lr_factor(1, 2, cfg.train.lrf, cfg.train.cos_lr))
 
 
 @pytest.mark.parametrize("override, message", [
