@@ -21,6 +21,7 @@ from conftest import BIN, REPO, free_port, stop, wait_http
 
 from cocoseg import storage, tracking
 from cocoseg.config import load_config
+from cocoseg.data.manifest import Manifest
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -167,11 +168,11 @@ def test_down_at_the_end_is_journaled_and_sync_completes_it(tiny_snapshot, serve
     _assert_complete(server.uri, record["run_id"], epochs=2)
 
 
-def _fake_manifest(tmp_path) -> dict:
-    return {"snapshot_id": "0123456789abcdef", "snapshot_uri": str(tmp_path / "snapshots" / "0123456789abcdef"),
-            "schema_version": 1, "class_names": ["circle", "square"],
-            "splits": {"train": {"images": 30, "annotations": 70, "shards": 1},
-                       "val": {"images": 10, "annotations": 20, "shards": 1}}}
+def _fake_manifest(tmp_path) -> Manifest:
+    return Manifest.from_json({"snapshot_id": "0123456789abcdef", "schema_version": 1, "class_names": ["circle", "square"],
+                               "category_ids": [1, 2],
+                               "splits": {"train": {"images": 30, "annotations": 70}, "val": {"images": 10, "annotations": 20}}},
+                              str(tmp_path / "snapshots" / "0123456789abcdef"))
 
 
 def test_run_record_carries_a_run_through_an_outage_without_ray(server, tmp_path):
