@@ -12,9 +12,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# --no-compile: no .pyc for every file of torch, ray, mlflow, checkov at install (41 s of a 108 s
-# install on 2 cores, 2026-12-06); Python compiles what a run imports, once, on first import.
-INSTALL := install -q --no-compile
 STAMP  := $(VENV)/.installed
 # The CPU build of torch lies on local disk; install it before the project so no resolver
 # pulls a multi-GB CUDA build.
@@ -28,9 +25,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) $(INSTALL) --upgrade pip
-	$(PIP) $(INSTALL) "$(TORCH_SPEC)"
-	$(PIP) $(INSTALL) -e ".[dev]"
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
 # Offline IaC validators live in their own venvs: checkov vendors a fork of python-hcl2 that
@@ -39,9 +36,9 @@ infra-tools: .venv-iac/.infra-tools
 
 .venv-iac/.infra-tools: infra/requirements-iac.txt infra/requirements-hcl.txt
 	test -x .venv-iac/bin/python || $(PYTHON) -m venv .venv-iac
-	.venv-iac/bin/pip $(INSTALL) -r infra/requirements-iac.txt
+	.venv-iac/bin/pip install -q -r infra/requirements-iac.txt
 	test -x .venv-hcl/bin/python || $(PYTHON) -m venv .venv-hcl
-	.venv-hcl/bin/pip $(INSTALL) -r infra/requirements-hcl.txt
+	.venv-hcl/bin/pip install -q -r infra/requirements-hcl.txt
 	touch $@
 
 # The committed manifests are the renderer's output; tests/test_infra_k8s.py fails while stale.
