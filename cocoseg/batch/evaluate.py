@@ -10,6 +10,8 @@ writes and does on a rerun).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 import time
 from typing import Any
@@ -21,7 +23,13 @@ from cocoseg.batch.sizing import EVALUATE_READ_CPUS, Pool, local_ray_kwargs, pla
 from cocoseg.cluster import StallWatch, start_ray
 from cocoseg.config import ConfigError, JobConfig
 from cocoseg.config_checks import absolute, prepare, ready, require
-from cocoseg.data.schema import MANIFEST_NAME, list_shards, read_manifest, snapshot_to_coco
+from cocoseg.data.schema import (
+    MANIFEST_NAME,
+    iter_split_batches,
+    list_shards,
+    read_manifest,
+    snapshot_to_coco,
+)
 from cocoseg.data.stage import INPUT_COLUMNS
 from cocoseg.inference import DetectBatch, Protocol, detections_from_row, resolve_weights
 from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
@@ -75,14 +83,26 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
+def _detections_here(cfg: JobConfig, weights: str, snapshot: str, split: str, protocol: Protocol, num_classes: int,
+                     limit: int = 0):
+    """:func:`_detections`' stream computed in this process, on the CPUs it holds: the same
+    :class:`DetectBatch` over the split read one row group at a time, no actor, no read task."""
+    e = cfg.evaluate
+    detector = DetectBatch(weights=weights, protocol=protocol.to_dict(), num_classes=num_classes, device="cpu",
+                           threads=e.threads_per_actor or max(1, math.ceil(e.cpus_per_actor)))
+    for batch in iter_split_batches(snapshot, split, list(INPUT_COLUMNS), batch_rows=e.batch_size, limit=limit):
+        yield detector(batch)
+
+
 def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: int = 0,
-            confusion: bool = False) -> dict[str, Any]:
+            confusion: bool = False, in_process: bool = False) -> dict[str, Any]:
     """Run the evaluation; returns the ``metrics.json`` document (nothing written). ``limit``: the
     split's first N images only (0: all); ``confusion``: add the box confusion matrix (a list of
-    rows, ``COCOEvaluator.confusion_matrix``) as ``confusion``."""
+    rows, ``COCOEvaluator.confusion_matrix``) as ``confusion``; ``in_process``: detect here, on
+    CPUs, instead of in a Ray Data actor pool (a validation task's one actor's worth of work)."""
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
-    pool = plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS)  # before any actor: one line if it cannot run
+    pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS)  # before any actor
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
@@ -90,9 +110,12 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=list(manifest.category_ids),
                               scorer=cfg.evaluate.scorer)
     start, images, detections = time.perf_counter(), 0, 0
-    with stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS) as watch:
-        for table in _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit, pool=pool):
-            watch.tick()
+    stream = (_detections_here(cfg, weights, snapshot, split, protocol, card.num_classes, limit=limit) if pool is None
+              else _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit, pool=pool))
+    with contextlib.nullcontext() if pool is None else stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS) as watch:
+        for table in stream:
+            if watch is not None:
+                watch.tick()
             rows = table.to_pylist()
             evaluator.process([r["image_id"] for r in rows], [detections_from_row(r) for r in rows])
             images += len(rows)

@@ -149,10 +149,17 @@ class ValidationConfig:
     # async: each due epoch is validated by a Ray task of its own while training goes on
     # (engine/validation.py); blocking: rank 0 validates in-process between epochs (every rank waits)
     mode: str = "async"
-    actors: int = 1  # async: DetectBatch actors of each validation's Ray Data pool
-    cpus_per_actor: float = 1.0  # ... CPUs each (and of the validation task, which scores)
+    # async: 1 (on CPUs): the validation task detects and scores in its own process, on its CPUs;
+    # more, or use_gpu: DetectBatch actors of a Ray Data pool per validation, the task scores
+    actors: int = 1
+    cpus_per_actor: float = 1.0  # ... CPUs each (and of the validation task)
     use_gpu: bool = False  # ... one GPU per actor (spare GPUs beside the train workers)
     concurrency: int = 1  # async validations running at once (more wait in a queue)
+
+    @property
+    def in_task(self) -> bool:
+        """One CPU actor's work: the task does it itself (no actor process to start, no read tasks)."""
+        return self.actors == 1 and not self.use_gpu
 
     def __post_init__(self) -> None:
         _check_choice("validation.mode", self.mode, ("async", "blocking"))

@@ -99,13 +99,17 @@ def resolve_snapshot(train: TrainConfig, storage_cfg: StorageConfig, model: Mode
     return manifest
 
 
+def _val_slots(v: ValidationConfig) -> int:
+    return 1 if v.in_task else v.actors + 1
+
+
 def _data_cpus(data: DataStageConfig, validation: ValidationConfig) -> float:
     # The input actors, plus one CPU for Ray Data's read tasks (without a free CPU they are never
     # scheduled and the job hangs: docs/architecture.md, "Ray facts"), plus, with asynchronous
     # validation, its tasks and their actor pools (engine/validation.py: each task holds
-    # validation.cpus_per_actor, as each actor does).
+    # validation.cpus_per_actor, as each actor does; a task that detects itself has no pool).
     v = validation
-    val = v.concurrency * (v.actors + 1) * v.cpus_per_actor if v.mode == "async" else 0.0
+    val = v.concurrency * _val_slots(v) * v.cpus_per_actor if v.mode == "async" else 0.0
     return data.actors * data.cpus_per_actor + 1 + val
 
 
@@ -213,7 +217,7 @@ def check_cluster(scaling: ScalingConfig, data: DataStageConfig, validation: Val
         raise TrainInputError(
             f"{s.num_workers} workers x {s.cpus_per_worker:g} CPU + Ray Data ({data.actors} actors x "
             f"{data.cpus_per_actor:g} CPU + 1 for reads"
-            + (f" + validation {v.concurrency} x ({v.actors} actors + its task) x "
+            + (f" + validation {v.concurrency} x ({'its task' if v.in_task else f'{v.actors} actors + its task'}) x "
                f"{v.cpus_per_actor:g} CPU" if v.mode == "async" else "")
             + f") exceed the cluster's {total_cpu:g} CPUs, and the data stage would wait forever; lower "
             "scaling.cpus_per_worker, data.actors, data.cpus_per_actor or validation.cpus_per_actor")

@@ -8,9 +8,10 @@ Rank 0 of the train worker group drives it (``worker.py``) through :class:`Valid
    are committed under ``<run>/validation/epoch-<e>/`` (marker last). Every committed epoch is
    then either logged or staged, whatever moment a kill lands at.
 2. **the task** (:func:`validate_staged`, ``ray.remote``): the evaluate job's path on the staged
-   weights (:func:`cocoseg.batch.evaluate.measure`: a Ray Data pool of ``validation.actors``
-   ``DetectBatch`` actors, ``validation.cpus_per_actor`` each, the one ``Predictor``, the
-   evaluation protocol, faster-coco-eval), plus the preview and PR curves. Ray retries it once
+   weights (:func:`cocoseg.batch.evaluate.measure`: the ``DetectBatch`` of the evaluate job, in the
+   task itself for ``validation.actors=1`` on CPUs, else a Ray Data pool of ``validation.actors``
+   actors, ``validation.cpus_per_actor`` each; the one ``Predictor``, the evaluation protocol,
+   faster-coco-eval), plus the preview and PR curves. Ray retries it once
    (an error, its worker or an actor killed, its node lost).
 3. **collect** (a thread of rank 0, in arrival order): best selection on the validated fitness
    (``weights/best``, its card carrying the val metrics), plots, then the epoch's record (train +
@@ -85,7 +86,8 @@ def validate_staged(cfg: JobConfig, snapshot_uri: str, weights: str, epoch: int,
     quiet_ray_data()
     start = time.perf_counter()
     vcfg = validation_config(cfg)
-    doc = measure(vcfg, weights, snapshot_uri, "val", limit=cfg.data.max_val_images, confusion=True)
+    doc = measure(vcfg, weights, snapshot_uri, "val", limit=cfg.data.max_val_images, confusion=True,
+                  in_process=cfg.validation.in_task)
     coco = doc["coco"]
     curves = {"epoch": epoch, "class_names": list(class_names),
               "pr50": {kind: coco[t]["per_class_pr50"] for t, kind in (("bbox", "box"), ("segm", "mask"))},
