@@ -167,6 +167,17 @@ def test_default_pool_uses_every_core_of_a_local_machine(monkeypatch):
     assert "num_cpus" not in local_ray_kwargs(1.0)  # a cluster is taken as it is
 
 
+def test_automatic_pool_starts_no_more_actors_than_batches():
+    from cocoseg.batch.sizing import plan_pool
+
+    cfg = load_config(None, ["evaluate.batch_size=16"])
+    assert plan_pool(cfg, {"CPU": 9.0}, 1.0).actors == 8  # rows unknown: every CPU
+    assert [plan_pool(cfg, {"CPU": 9.0}, 1.0, rows=n).actors for n in (1, 16, 17, 48, 5000)] == [1, 1, 2, 3, 8]
+    assert plan_pool(load_config(None, ["evaluate.actors=4"]), {"CPU": 9.0}, 1.0, rows=5).actors == 4  # as set
+    gpu = load_config(None, ["evaluate.use_gpu=true", "evaluate.batch_size=8"])
+    assert plan_pool(gpu, {"CPU": 16.0, "GPU": 4.0}, 1.0, rows=10).actors == 2
+
+
 def test_stall_watch_says_what_the_job_waits_for(caplog):
     from cocoseg.cluster import StallWatch
 

@@ -56,15 +56,15 @@ def stall_watch(cfg: JobConfig, job: str, pool: Pool, read_cpus: float) -> Stall
 
 def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int,
                 detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None, limit: int = 0,
-                pool: Pool | None = None):
+                pool: Pool | None = None, rows: int = 0):
     """Ray Data: shards (the first ``limit`` rows when > 0) -> actor pool -> a stream of detection
     batches (pyarrow Tables) to the driver.
 
     ``detector``: the ``map_batches`` class (:class:`DetectBatch`, or the served artifacts' one of
     ``cocoseg.batch.served`` with its extra ``detector_kwargs``). ``pool``: as planned
-    (cocoseg.batch.sizing), else planned here against the live cluster."""
+    (cocoseg.batch.sizing), else planned here against the live cluster for ``rows`` rows."""
     e = cfg.evaluate
-    pool = pool or plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS)
+    pool = pool or plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows=limit or rows)
     ctx = ray.data.DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # the classic reader (see cocoseg/data/train_input.py)
     try:
@@ -102,7 +102,8 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     CPUs, instead of in a Ray Data actor pool (a validation task's one actor's worth of work)."""
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
-    pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS)  # before any actor
+    rows = limit or manifest.splits[split].images
+    pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows)  # before any actor
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,

@@ -128,7 +128,8 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     counts = dict.fromkeys(backends, 0)
     image_ids: list[int] = []
     stream = evaluate._detections(cfg, export_dir, list_shards(manifest, split), protocol, card.num_classes,
-                                  detector=ServedDetectBatch, detector_kwargs={"backends": list(backends), "only_ids": only_ids})
+                                  detector=ServedDetectBatch, detector_kwargs={"backends": list(backends), "only_ids": only_ids},
+                                  rows=manifest.splits[split].images)
     for table in stream:
         rows = table.to_pylist()
         image_ids += [int(r["image_id"]) for r in rows if r["backend"] == backends[0]]

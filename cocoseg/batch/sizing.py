@@ -55,9 +55,11 @@ def local_ray_kwargs(read_cpus: float) -> dict[str, Any]:
             "log_to_driver": False}
 
 
-def plan_pool(cfg: JobConfig, resources: Mapping[str, float], read_cpus: float) -> Pool:
+def plan_pool(cfg: JobConfig, resources: Mapping[str, float], read_cpus: float, rows: int = 0) -> Pool:
     """The pool for ``cfg.evaluate`` on a cluster with ``resources`` (``ray.cluster_resources()``);
-    :class:`ConfigError` (one line, the largest setting that fits) when it cannot run."""
+    :class:`ConfigError` (one line, the largest setting that fits) when it cannot run. ``rows``
+    (when known, > 0): an automatic pool (``evaluate.actors=0``) gets no more actors than the
+    ``rows`` make batches: each actor is a process that loads the model before its first batch."""
     e = cfg.evaluate
     total_cpu, total_gpu = float(resources.get("CPU", 0.0)), int(resources.get("GPU", 0.0))
     room = total_cpu - read_cpus  # what the actors may take and still leave the reads theirs
@@ -83,6 +85,8 @@ def plan_pool(cfg: JobConfig, resources: Mapping[str, float], read_cpus: float) 
             f"evaluate.actors={actors} x evaluate.cpus_per_actor={e.cpus_per_actor:g} CPU + {read_cpus:g} CPU for Ray "
             f"Data's read tasks = {need:g} CPUs, the cluster has {total_cpu:g}: the reads would never run and the job "
             f"would wait forever; set {fix}")
+    if rows > 0 and not e.actors:
+        actors = max(1, min(actors, math.ceil(rows / e.batch_size)))
     threads = e.threads_per_actor or max(1, math.ceil(e.cpus_per_actor))
     return Pool(actors=actors, cpus=e.cpus_per_actor, gpus=1 if e.use_gpu else 0, threads=threads)
 
