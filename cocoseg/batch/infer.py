@@ -69,7 +69,7 @@ def _infer(cfg, weights, protocol, todo, out, key) -> tuple[dict[str, dict], lis
     expected = {c.name: c.rows for c in todo}
     pending: dict[str, list[pa.Table]] = defaultdict(list)
     entries, failures, start, first = {}, [], time.perf_counter(), None
-    pool = plan_pool(cfg, ray.cluster_resources(), INFER_READ_CPUS)  # before any actor: one line if it cannot run
+    pool = plan_pool(cfg, ray.cluster_resources(), INFER_READ_CPUS, rows=sum(expected.values()))  # before any actor
     log.info("infer: %s, batch %d", pool.describe(), cfg.evaluate.batch_size)
     with tqdm(total=sum(expected.values()), unit="img", desc="infer", mininterval=1.0, file=sys.stderr) as bar, \
             stall_watch(cfg, "infer", pool, INFER_READ_CPUS) as watch:
