@@ -104,7 +104,13 @@ class Progress(tune.Callback):
         self._release(trial)
 
     def _release(self, trial) -> None:
-        if freed := release_trial(self.run_dir(trial.trial_id)):
+        try:
+            freed = release_trial(self.run_dir(trial.trial_id))
+        except Exception as exc:  # a callback's error would stop the search; the last sweep retries
+            log.warning("trial %s ended; its train workers' placement group was not checked (%s)", trial.trial_id,
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            return
+        if freed:
             log.debug("trial %s ended: freed %g CPUs its train workers' placement group still held", trial.trial_id, freed)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
