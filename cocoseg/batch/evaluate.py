@@ -102,8 +102,8 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     CPUs, instead of in a Ray Data actor pool (a validation task's one actor's worth of work)."""
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
-    rows = limit or manifest.splits[split].images
-    pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows)  # before any actor
+    planned = limit or manifest.splits[split].images
+    pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, planned)  # before any actor
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
