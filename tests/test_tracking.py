@@ -214,3 +214,44 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+
+def test_a_lost_dataset_insert_race_is_retried_and_other_errors_are_not(monkeypatch):
+    """Tune starts trials of one snapshot at the same moment: each run logs the same dataset
+    (name, digest), and the server's store lets one of two racing inserts in; the other request
+    fails with the store's unique-constraint error (CI stop 30 lost a trial to it, message below).
+    That error is retried and the run gets its inputs; any other error is raised at once. The
+    client here stands in for the server's answers (the race itself cannot be forced from outside)."""
+    from mlflow.exceptions import MlflowException
+
+    from cocoseg.tracking import ui
+
+    monkeypatch.setattr(ui.time, "sleep", lambda s: None)
+    lost = ("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+            "datasets.name, datasets.digest")
+
+    class Server:
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), []
+
+        def log_inputs(self, run_id, datasets):
+            self.calls.append((run_id, [d.dataset.digest for d in datasets]))
+            answer = self.answers.pop(0)
+            if answer is not None:
+                raise MlflowException(answer)
+
+    inputs = [{"name": "cocoseg-train", "digest": "d" * 36, "source_type": "local", "source": "{}",
+               "schema": "{}", "profile": "{}", "context": "train"}]
+    server = Server([lost, None])
+    ui.log_dataset_inputs(server, "run1", inputs)
+    assert server.calls == [("run1", ["d" * 36])] * 2
+    server = Server([lost, lost, lost])
+    with pytest.raises(MlflowException, match="UNIQUE constraint"):  # a store that keeps refusing: not hidden
+        ui.log_dataset_inputs(server, "run1", inputs)
+    assert len(server.calls) == 3
+    server = Server(["PERMISSION_DENIED: no"])
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
+        ui.log_dataset_inputs(server, "run1", inputs)
+    assert len(server.calls) == 1
+    ui.log_dataset_inputs(Server([]), "run1", [])  # nothing to log: no call

@@ -23,6 +23,7 @@ import csv
 import json
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,8 +78,19 @@ def log_dataset_inputs(client: Any, run_id: str, inputs: Iterable[Mapping[str, A
     items = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
                                   source=d["source"], schema=d["schema"], profile=d["profile"]),
                           tags=[InputTag("mlflow.data.context", d["context"])]) for d in inputs]
-    if items:
-        client.log_inputs(run_id, datasets=items)
+    if not items:
+        return
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=items)
+            return
+        except Exception as exc:  # mlflow's RestException; a lost race is retried, anything else raised
+            # Two runs of one snapshot starting together (Tune trials) both insert the dataset: the
+            # server's store refuses the second insert; a retry finds the dataset and links it.
+            text = str(exc).lower()
+            if attempt == 2 or not ("unique constraint" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def create_trained_model(client: Any, run_id: str, record: Mapping[str, Any]) -> str:
