@@ -151,12 +151,11 @@ def release_placement_groups(group_ids: Iterable[str]) -> float:
     later trials and validations wait for them forever.
     """
     import ray
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     freed = 0.0
     for hex_id in dict.fromkeys(group_ids):
-        group = PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
+        group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(hex_id)))
         entry = placement_group_table(group)
         if entry.get("state") not in ("CREATED", "PENDING", "RESCHEDULING"):
             continue

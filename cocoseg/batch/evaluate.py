@@ -111,9 +111,12 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     evaluator = COCOEvaluator(snapshot_to_coco(snapshot, split), category_ids=list(manifest.category_ids),
                               scorer=cfg.evaluate.scorer)
     start, images, detections = time.perf_counter(), 0, 0
-    stream = (_detections_here(cfg, weights, snapshot, split, protocol, card.num_classes, limit=limit) if pool is None
-              else _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit, pool=pool))
-    with contextlib.nullcontext() if pool is None else stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS) as watch:
+    if pool is None:  # nothing to wait for but this process: no stall watch
+        stream, watch = _detections_here(cfg, weights, snapshot, split, protocol, card.num_classes, limit=limit), None
+    else:
+        stream = _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit, pool=pool)
+        watch = stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS)
+    with watch or contextlib.nullcontext():
         for table in stream:
             if watch is not None:
                 watch.tick()
