@@ -16,6 +16,16 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch lies on local disk; install it before the project so no resolver
 # pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# The installer is uv, in the project venv, pointed at the package sources pip is configured with
+# (`pip config list`: find-links, index URLs, constraints), so it picks the wheels pip would (here:
+# torch's CPU build on local disk), like pip across every index. pip took ~2 min of CI's 15 (the
+# project and the IaC venvs side by side); uv takes ~15 s (docs/reliability.md, "Test time").
+UV_VERSION ?= 0.13.9
+UV := $(VENV)/bin/uv
+UV_SOURCES = $(shell $(PYTHON) -m pip config list 2>/dev/null \
+  | sed -nE "s/^[^.]*\.(find-links|extra-index-url|index-url|constraint)='(.*)'$$/\1 \2/p" \
+  | while read -r key values; do for v in $$values; do echo "--$$key $$v"; done; done | sort -u)
+UV_PIP = $(UV) pip install -q --index-strategy unsafe-best-match $(UV_SOURCES)
 PYTEST_ARGS ?=
 DEMO_ROOT ?= .cocoseg
 
@@ -23,22 +33,24 @@ DEMO_ROOT ?= .cocoseg
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml | $(UV)
+	$(UV_PIP) --python $(PY) "$(TORCH_SPEC)"
+	$(UV_PIP) --python $(PY) -e ".[dev]"
 	touch $(STAMP)
 
 # Offline IaC validators live in their own venvs: checkov vendors a fork of python-hcl2 that
 # overwrites the real one when both share an environment (see infra/README.md).
 infra-tools: .venv-iac/.infra-tools
 
-.venv-iac/.infra-tools: infra/requirements-iac.txt infra/requirements-hcl.txt
+.venv-iac/.infra-tools: infra/requirements-iac.txt infra/requirements-hcl.txt | $(UV)
 	test -x .venv-iac/bin/python || $(PYTHON) -m venv .venv-iac
-	.venv-iac/bin/pip install -q -r infra/requirements-iac.txt
+	$(UV_PIP) --python .venv-iac/bin/python -r infra/requirements-iac.txt
 	test -x .venv-hcl/bin/python || $(PYTHON) -m venv .venv-hcl
-	.venv-hcl/bin/pip install -q -r infra/requirements-hcl.txt
+	$(UV_PIP) --python .venv-hcl/bin/python -r infra/requirements-hcl.txt
 	touch $@
 
 # The committed manifests are the renderer's output; tests/test_infra_k8s.py fails while stale.
@@ -47,10 +59,10 @@ infra-render: setup
 
 # `extended` tests repeat behaviour that other tests cover (docs/reliability.md lists them);
 # CI's 15-minute budget leaves them to `make test-all`.
-# PYTEST_WORKERS=2 runs the suite on two xdist workers, each module whole on one of them (tests/conftest.py
-# orders them, slowest first). Serial by default: on 2 cores the suite is CPU-bound and two workers were
-# no faster (docs/reliability.md, "Test time").
-PYTEST_WORKERS ?= 0
+# The suite runs on two xdist workers, each module whole on one of them (tests/conftest.py orders them,
+# slowest first): a lone test leaves a core idle while it waits on a process start or a server, and two
+# fill it (docs/reliability.md, "Test time": 1151 s against ~1375 s serially). PYTEST_WORKERS=0: serial.
+PYTEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: deps

@@ -107,10 +107,33 @@ def _what_to_check(kwargs: dict[str, Any]) -> str:
             "of yours on this host (`ray status`; stop only your own); then rerun")
 
 
+# What a private local Ray (``address="local"``: one node, this host, gone with this driver) does
+# without: Ray Train's preemption watcher (an actor per training run polling for a drain of its
+# nodes; the only node here is the driver's own). Set in the environment the Ray processes inherit,
+# for their start only: this process's environment, and what it starts later, stay as they were.
+# A value the user set wins.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+class _inherited_env:
+    """Put ``values`` (those not already set) into ``os.environ`` for a ``with`` block."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = {k: v for k, v in values.items() if k not in os.environ}
+
+    def __enter__(self) -> None:
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc: object) -> None:
+        for key in self.values:
+            os.environ.pop(key, None)
+
+
 def start_ray(**kwargs: Any) -> None:
     """``ray.init(**kwargs)`` with the quiet settings, unless this process is already connected.
 
-    A start-up that fails is retried once (after ``ray.shutdown()``); a second failure raises
+    A private local Ray (``address="local"``) starts with :data:`LOCAL_RAY_ENV`. A start-up that
+    fails is retried once (after ``ray.shutdown()``); a second failure raises
     :class:`RayStartError` with one line: the reason and what to check.
     """
     import ray
@@ -124,7 +147,8 @@ def start_ray(**kwargs: Any) -> None:
     kwargs = {"logging_level": logging.INFO if loud else logging.ERROR, "log_to_driver": True, **kwargs}
     for attempt in (1, 2):
         try:
-            ray.init(**kwargs)
+            with _inherited_env(LOCAL_RAY_ENV if kwargs.get("address") == "local" else {}):
+                ray.init(**kwargs)
             if not loud:
                 _filter_worker_output()
                 _quiet_driver_loggers()

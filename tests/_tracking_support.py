@@ -43,7 +43,7 @@ def auth_server_fixture(tmp_path_factory):
         stop(proc)
 
 
-DEMO_OVERRIDES = ["train.epochs=1", "train.close_mosaic=1", "model.imgsz=64", "export.imgsz=64",
+DEMO_OVERRIDES = ["train.epochs=1", "model.imgsz=64", "export.imgsz=64",
                   "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
                   "scaling.threads_per_worker=1", "tracking.system_metrics=false", "tracking.experiment=secret-demo"]
 

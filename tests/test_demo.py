@@ -20,7 +20,7 @@ from conftest import REPO, free_port, wait_http
 mlflow = pytest.importorskip("mlflow")
 
 MAX_LINES = 60  # the bound for a clean run, progress bars excluded
-OVERRIDES = ["train.epochs=2", "train.close_mosaic=2", "model.imgsz=64", "export.imgsz=64",
+OVERRIDES = ["train.epochs=2", "model.imgsz=64", "export.imgsz=64",
              "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
              "scaling.threads_per_worker=1", "tracking.system_metrics=false"]
 
@@ -83,7 +83,7 @@ def test_demo_is_short_ends_with_a_champion_and_its_hints_work(tmp_path):
     print(f"demo printed {len(lines)} lines (bound {MAX_LINES}):\n" + "\n".join(lines))
     assert len(lines) <= MAX_LINES, "\n".join(lines)
     for noise in ("Reporting training result", "Execution plan", "Traceback", "tqdm is not installed",
-                  "Average Precision", "DONE (t="):
+                  "Average Precision", "DONE (t=", "config_checks"):  # the demo's own config draws no warning
         assert noise not in out, noise
     assert sum(line.startswith("epoch ") for line in lines) == 2  # one concise line per epoch
 

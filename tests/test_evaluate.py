@@ -96,3 +96,41 @@ def test_in_process_detection_scores_as_the_actor_pool(ray_local, tiny_snapshot:
         assert here["images"] == pooled["images"] == (limit or 12) and here["detections"] == pooled["detections"] > 0
         assert here["confusion"] == pooled["confusion"]
         assert here["metrics"] == pytest.approx(pooled["metrics"], abs=1e-9)
+
+
+def test_one_batch_of_served_artifacts_is_detected_in_process_with_the_pools_numbers(ray_local, tiny_snapshot: str,
+                                                                                     weights: str, tmp_path: Path,
+                                                                                     caplog) -> None:
+    """The gate's served pass on a split of one batch (``evaluate.actors=0``, the default) starts no
+    actor (``runs_here``): the same metrics and the same per-image matches as a one-actor pool."""
+    import logging
+
+    import numpy as np
+
+    from cocoseg.batch.evaluate import runs_here
+    from cocoseg.batch.served import measure_served
+    from cocoseg.config import load_config
+    from cocoseg.export.job import export_checkpoint
+
+    base = ["model.num_classes=4", "model.imgsz=64", "export.imgsz=64", "export.bench=false", "evaluate.batch_size=16"]
+    auto, pooled_cfg = load_config(None, base), load_config(None, [*base, "evaluate.actors=1"])
+    assert runs_here(auto, 12) and not runs_here(auto, 17) and not runs_here(pooled_cfg, 12)
+    assert not runs_here(load_config(None, [*base, "evaluate.use_gpu=true"]), 12)
+    export = tmp_path / "export"
+    export_checkpoint(auto, weights, str(export), snapshot=tiny_snapshot)
+
+    with caplog.at_level(logging.INFO, logger="cocoseg"):
+        here = measure_served(auto, str(export), tiny_snapshot, "val")
+        pooled = measure_served(pooled_cfg, str(export), tiny_snapshot, "val")  # evaluate.actors=1: its pool
+    said = [r.getMessage() for r in caplog.records if "detected in this process" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("evaluate: 12 image(s), one batch"), said
+    assert here["images"] == pooled["images"] == 12
+    for backend in ("torch", "onnx"):
+        mine, theirs = here["backends"][backend], pooled["backends"][backend]
+        assert mine["detections"] == theirs["detections"] > 0
+        assert mine["metrics"] == pytest.approx(theirs["metrics"], abs=1e-9)
+    for task in ("bbox", "segm"):
+        mine, theirs = here["backends"]["onnx"]["matches"][task], pooled["backends"]["onnx"]["matches"][task]
+        assert np.array_equal(mine.image_ids, theirs.image_ids) and np.array_equal(mine.gt, theirs.gt)
+        assert all(np.array_equal(a, b) for m, t in zip(mine.dets, theirs.dets, strict=True)
+                   for a, b in zip(m, t, strict=True))

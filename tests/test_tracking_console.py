@@ -130,3 +130,43 @@ def test_ray_start_is_retried_once_then_reported_in_one_line(monkeypatch):
     monkeypatch.setattr(ray, "init", flaky_init)
     _ray.start_ray(address="local")
     assert len(calls) == 2 and calls[1]["log_to_driver"] is True
+
+
+def test_a_private_local_ray_starts_without_the_preemption_watcher_and_leaves_the_environment(tmp_path):
+    """A real private local Ray (a subprocess of its own): its workers see LOCAL_RAY_ENV (no Ray
+    Train preemption watcher on a one-node Ray that dies with its driver), the driver's own
+    environment does not keep it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, os, ray\n"
+        "from cocoseg.cluster import LOCAL_RAY_ENV, start_ray\n"
+        "start_ray(address='local', num_cpus=1, include_dashboard=False)\n"
+        "key = next(iter(LOCAL_RAY_ENV))\n"
+        "worker = ray.get(ray.remote(num_cpus=0)(lambda: os.environ.get(key)).remote())\n"
+        "print(json.dumps({'worker': worker, 'driver': os.environ.get(key)}))\n"
+        "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run() == {"worker": "0", "driver": None}
+
+
+def test_a_value_the_user_set_wins_over_the_local_ray_environment(monkeypatch):
+    import os
+
+    from cocoseg.cluster import _inherited_env
+
+    monkeypatch.setenv("A_SET", "user")
+    monkeypatch.delenv("B_UNSET", raising=False)
+    with _inherited_env({"A_SET": "0", "B_UNSET": "0"}):
+        assert (os.environ["A_SET"], os.environ["B_UNSET"]) == ("user", "0")
+    assert os.environ["A_SET"] == "user" and "B_UNSET" not in os.environ

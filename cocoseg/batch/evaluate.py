@@ -36,7 +36,7 @@ from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.model.weights import read_card
 from cocoseg.utils import UserError, get_logger
 
-__all__ = ["METRICS_FILE", "export_metrics", "pool_size", "evaluate"]
+__all__ = ["METRICS_FILE", "export_metrics", "pool_size", "evaluate", "runs_here"]
 
 log = get_logger(__name__)
 METRICS_FILE = "metrics.json"
@@ -54,17 +54,14 @@ def stall_watch(cfg: JobConfig, job: str, pool: Pool, read_cpus: float) -> Stall
                       lambda: waiting_for(pool, read_cpus, ray.available_resources(), ray.cluster_resources()))
 
 
-def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int,
-                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None, limit: int = 0,
-                pool: Pool | None = None, rows: int = 0):
-    """Ray Data: shards (the first ``limit`` rows when > 0) -> actor pool -> a stream of detection
-    batches (pyarrow Tables) to the driver.
+def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Protocol, num_classes: int, pool: Pool,
+                detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None, limit: int = 0):
+    """Ray Data: shards (the first ``limit`` rows when > 0) -> actor ``pool`` (as planned by
+    cocoseg.batch.sizing) -> a stream of detection batches (pyarrow Tables) to the driver.
 
     ``detector``: the ``map_batches`` class (:class:`DetectBatch`, or the served artifacts' one of
-    ``cocoseg.batch.served`` with its extra ``detector_kwargs``). ``pool``: as planned
-    (cocoseg.batch.sizing), else planned here against the live cluster for ``rows`` rows."""
+    ``cocoseg.batch.served`` with its extra ``detector_kwargs``)."""
     e = cfg.evaluate
-    pool = pool or plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows=limit or rows)
     ctx = ray.data.DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # the classic reader (see cocoseg/data/train_input.py)
     try:
@@ -83,15 +80,26 @@ def _detections(cfg: JobConfig, weights: str, shards: list[str], protocol: Proto
     return ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _detections_here(cfg: JobConfig, weights: str, snapshot: str, split: str, protocol: Protocol, num_classes: int,
-                     limit: int = 0):
-    """:func:`_detections`' stream computed in this process, on the CPUs it holds: the same
-    :class:`DetectBatch` over the split read one row group at a time, no actor, no read task."""
+def runs_here(cfg: JobConfig, rows: int) -> bool:
+    """Whether an evaluation of ``rows`` images detects in this process rather than in an actor
+    pool: on CPUs, with the automatic pool (``evaluate.actors=0``), when the rows make one batch
+    (``evaluate.batch_size``). Its one actor would cost more to start (a Python process, the
+    imports, the model load) than its one batch costs to detect; the numbers are the same."""
     e = cfg.evaluate
-    detector = DetectBatch(weights=weights, protocol=protocol.to_dict(), num_classes=num_classes, device="cpu",
-                           threads=e.threads_per_actor or max(1, math.ceil(e.cpus_per_actor)))
+    return e.actors == 0 and not e.use_gpu and 0 < rows <= e.batch_size
+
+
+def _detections_here(cfg: JobConfig, weights: str, snapshot: str, split: str, protocol: Protocol, num_classes: int,
+                     limit: int = 0, detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None,
+                     threads: int = 0):
+    """:func:`_detections`' stream computed in this process, on the CPUs it holds: the same
+    ``detector`` over the split read one row group at a time, no actor, no read task."""
+    e = cfg.evaluate
+    threads = threads or e.threads_per_actor or max(1, math.ceil(e.cpus_per_actor))
+    run = detector(weights=weights, protocol=protocol.to_dict(), num_classes=num_classes, device="cpu", threads=threads,
+                   **(detector_kwargs or {}))
     for batch in iter_split_batches(snapshot, split, list(INPUT_COLUMNS), batch_rows=e.batch_size, limit=limit):
-        yield detector(batch)
+        yield run(batch)
 
 
 def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: int = 0,
@@ -99,11 +107,16 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     """Run the evaluation; returns the ``metrics.json`` document (nothing written). ``limit``: the
     split's first N images only (0: all); ``confusion``: add the box confusion matrix (a list of
     rows, ``COCOEvaluator.confusion_matrix``) as ``confusion``; ``in_process``: detect here, on
-    CPUs, instead of in a Ray Data actor pool (a validation task's one actor's worth of work)."""
+    CPUs, instead of in a Ray Data actor pool (a validation task's one actor's worth of work); an
+    evaluation of one batch does so anyway (:func:`runs_here`)."""
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
     planned = limit or manifest.splits[split].images
     pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, planned)  # before any actor
+    threads = 0
+    if pool is not None and runs_here(cfg, planned):  # one batch: detected here, with the one actor's threads
+        pool, threads = None, pool.threads
+        log.info("evaluate: %d image(s), one batch: detected in this process (%d thread(s))", planned, threads)
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,
@@ -112,9 +125,10 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
                               scorer=cfg.evaluate.scorer)
     start, images, detections = time.perf_counter(), 0, 0
     if pool is None:  # nothing to wait for but this process: no stall watch
-        stream, watch = _detections_here(cfg, weights, snapshot, split, protocol, card.num_classes, limit=limit), None
+        stream = _detections_here(cfg, weights, snapshot, split, protocol, card.num_classes, limit=limit, threads=threads)
+        watch = None
     else:
-        stream = _detections(cfg, weights, shards, protocol, card.num_classes, limit=limit, pool=pool)
+        stream = _detections(cfg, weights, shards, protocol, card.num_classes, pool, limit=limit)
         watch = stall_watch(cfg, "evaluate", pool, EVALUATE_READ_CPUS)
     with watch or contextlib.nullcontext():
         for table in stream:

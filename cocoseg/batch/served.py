@@ -1,5 +1,6 @@
 """Evaluate an export the way it is served: the eager model and each served artifact (the ONNX
-under ONNX Runtime, the INT8 ONNX) on the same rows in one Ray Data pass, under one protocol.
+under ONNX Runtime, the INT8 ONNX) on the same rows in one Ray Data pass (one batch: in this
+process, ``cocoseg.batch.evaluate.runs_here``), under one protocol.
 
 Each actor letterboxes a batch once and runs every backend on it, so the numbers differ only by
 the backend. Per backend: the evaluate job's metrics (pycocotools COCOeval) and, for the served
@@ -14,9 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import ray
 import torch
 
 from cocoseg import bundle, storage
+from cocoseg.batch.sizing import EVALUATE_READ_CPUS, plan_pool
 from cocoseg.config import JobConfig
 from cocoseg.data.schema import list_shards, read_manifest, snapshot_to_coco
 from cocoseg.inference import (
@@ -31,12 +34,13 @@ from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.metrics.bootstrap import Matches, collect_matches
 from cocoseg.metrics.coco import detections_to_coco
 from cocoseg.model.weights import read_card
-from cocoseg.utils import UserError
+from cocoseg.utils import UserError, get_logger
 
 __all__ = ["ARTIFACT_FILES", "EAGER", "SCORER", "ServedDetectBatch", "measure_served"]
 
 EAGER = "torch"
 ARTIFACT_FILES = {"onnx": bundle.ONNX, "onnx-int8": bundle.ONNX_INT8}
+log = get_logger(__name__)
 SCORER = "pycocotools"  # the COCOeval that scores every backend here and whose matches the gate resamples
 
 
@@ -127,9 +131,15 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     results: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
     counts = dict.fromkeys(backends, 0)
     image_ids: list[int] = []
-    stream = evaluate._detections(cfg, export_dir, list_shards(manifest, split), protocol, card.num_classes,
-                                  detector=ServedDetectBatch, detector_kwargs={"backends": list(backends), "only_ids": only_ids},
-                                  rows=manifest.splits[split].images)
+    rows, served = manifest.splits[split].images, {"backends": list(backends), "only_ids": only_ids}
+    pool = plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows=rows)
+    if evaluate.runs_here(cfg, rows):  # one batch: detected here, no actor to start
+        log.info("evaluate: %d image(s), one batch: detected in this process (%d thread(s))", rows, pool.threads)
+        stream = evaluate._detections_here(cfg, export_dir, snapshot, split, protocol, card.num_classes,
+                                           detector=ServedDetectBatch, detector_kwargs=served, threads=pool.threads)
+    else:
+        stream = evaluate._detections(cfg, export_dir, list_shards(manifest, split), protocol, card.num_classes, pool,
+                                      detector=ServedDetectBatch, detector_kwargs=served)
     for table in stream:
         rows = table.to_pylist()
         image_ids += [int(r["image_id"]) for r in rows if r["backend"] == backends[0]]
