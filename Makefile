@@ -25,7 +25,7 @@ UV := $(VENV)/bin/uv
 UV_SOURCES = $(shell $(PYTHON) -m pip config list 2>/dev/null \
   | sed -nE "s/^[^.]*\.(find-links|extra-index-url|index-url|constraint)='(.*)'$$/\1 \2/p" \
   | while read -r key values; do for v in $$values; do echo "--$$key $$v"; done; done | sort -u)
-UV_PIP = $(UV) pip install -q --index-strategy unsafe-best-match $(UV_SOURCES)
+UV_PIP = $(UV) pip install -q --compile-bytecode --index-strategy unsafe-best-match $(UV_SOURCES)
 PYTEST_ARGS ?=
 DEMO_ROOT ?= .cocoseg
 

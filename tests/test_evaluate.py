@@ -119,8 +119,11 @@ def test_one_batch_of_served_artifacts_is_detected_in_process_with_the_pools_num
     export = tmp_path / "export"
     export_checkpoint(auto, weights, str(export), snapshot=tiny_snapshot)
 
+    torch.set_num_threads(2)  # the detector sets its own (1): this process's count comes back after
     with caplog.at_level(logging.INFO, logger="cocoseg"):
         here = measure_served(auto, str(export), tiny_snapshot, "val")
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
         pooled = measure_served(pooled_cfg, str(export), tiny_snapshot, "val")  # evaluate.actors=1: its pool
     said = [r.getMessage() for r in caplog.records if "detected in this process" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("evaluate: 12 image(s), one batch"), said

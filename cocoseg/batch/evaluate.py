@@ -93,13 +93,20 @@ def _detections_here(cfg: JobConfig, weights: str, snapshot: str, split: str, pr
                      limit: int = 0, detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None,
                      threads: int = 0):
     """:func:`_detections`' stream computed in this process, on the CPUs it holds: the same
-    ``detector`` over the split read one row group at a time, no actor, no read task."""
+    ``detector`` over the split read one row group at a time, no actor, no read task. The
+    process's torch thread count (the detector sets its own) is restored at the end."""
+    import torch
+
     e = cfg.evaluate
     threads = threads or e.threads_per_actor or max(1, math.ceil(e.cpus_per_actor))
-    run = detector(weights=weights, protocol=protocol.to_dict(), num_classes=num_classes, device="cpu", threads=threads,
-                   **(detector_kwargs or {}))
-    for batch in iter_split_batches(snapshot, split, list(INPUT_COLUMNS), batch_rows=e.batch_size, limit=limit):
-        yield run(batch)
+    before = torch.get_num_threads()
+    try:
+        run = detector(weights=weights, protocol=protocol.to_dict(), num_classes=num_classes, device="cpu",
+                       threads=threads, **(detector_kwargs or {}))
+        for batch in iter_split_batches(snapshot, split, list(INPUT_COLUMNS), batch_rows=e.batch_size, limit=limit):
+            yield run(batch)
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: int = 0,
