@@ -76,7 +76,7 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait(5)
 
 
-# The slowest modules run first, longest first: with `make test PYTEST_WORKERS=2` (xdist, `--dist
+# The slowest modules run first, longest first: with `make test` (two xdist workers, `--dist
 # loadfile --no-loadscope-reorder`, each module whole on one worker, so its module fixtures start
 # once) that keeps both workers busy to the end; serially it only moves them to the front. A
 # session fixture starts once per worker that needs it: keep tests of one expensive fixture in one
