@@ -19,7 +19,8 @@ TORCH_SPEC ?= torch==2.13.0
 # The installer is uv, in the project venv, pointed at the package sources pip is configured with
 # (`pip config list`: find-links, index URLs, constraints), so it picks the wheels pip would (here:
 # torch's CPU build on local disk), like pip across every index. pip took ~2 min of CI's 15 (the
-# project and the IaC venvs side by side); uv takes ~15 s (docs/reliability.md, "Test time").
+# project and the IaC venvs side by side); uv ~75 s, most of it compiling the bytecode that a host
+# with PYTHONDONTWRITEBYTECODE=1 would otherwise compile in every process (docs/reliability.md).
 UV_VERSION ?= 0.13.9
 UV := $(VENV)/bin/uv
 UV_SOURCES = $(shell $(PYTHON) -m pip config list 2>/dev/null \

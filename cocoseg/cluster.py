@@ -21,11 +21,12 @@ Quiet by default (``--verbose`` or ``COCOSEG_VERBOSE=1`` turns each of these bac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cocoseg.utils import UserError, get_logger, verbose
@@ -115,17 +116,15 @@ def _what_to_check(kwargs: dict[str, Any]) -> str:
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-class _inherited_env:
-    """Put ``values`` (those not already set) into ``os.environ`` for a ``with`` block."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = {k: v for k, v in values.items() if k not in os.environ}
-
-    def __enter__(self) -> None:
-        os.environ.update(self.values)
-
-    def __exit__(self, *exc: object) -> None:
-        for key in self.values:
+@contextlib.contextmanager
+def _inherited_env(values: dict[str, str]) -> Iterator[None]:
+    """``values`` (those not already set) in ``os.environ`` for a ``with`` block."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
             os.environ.pop(key, None)
 
 
