@@ -26,7 +26,7 @@ def auth_server_fixture(tmp_path_factory):
                    f"admin_username = {ADMIN}\nadmin_password = {password}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                    # MLflow's cache of good logins (off by default): without it every request pays a
-                   # scrypt check (~0.15 CPU-s), ~90 CPU-s for the demo run and its UI pages
+                   # scrypt check (~0.15 CPU-s), ~170 of them for the demo run and its UI pages
                    "auth_cache_ttl_seconds = 600\n")
     port = free_port()
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
