@@ -104,15 +104,27 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def _open(driver, url: str, wanted: list[str], shot, timeout: float = 120) -> str:
-    """Load ``url`` and wait until every string of ``wanted`` is in the page's text; screenshot."""
+def _open(driver, url: str, wanted: list[str], shot, timeout: float = 120, expand: str = "") -> str:
+    """Load ``url`` and wait until every string of ``wanted`` is in the page's text; screenshot.
+    ``expand``: a folder of the artifact tree to click open, as a person would, while ``wanted`` is
+    missing (the UI can leave a deep link's folder closed when its listing arrives after the route)."""
+    from selenium.common.exceptions import WebDriverException
+
     driver.get(url)
     deadline = time.time() + timeout
-    text = ""
+    text, clicked = "", 0.0
     while time.time() < deadline:
         text = driver.find_element("tag name", "body").text
         if all(w in text for w in wanted):
             break
+        if expand and time.time() - clicked > 10:  # a click on an open folder closes it: the next reopens it
+            nodes = driver.find_elements("xpath", f"//*[normalize-space(text())='{expand}']")
+            try:
+                if nodes:
+                    nodes[0].click()
+                    clicked = time.time()
+            except WebDriverException:  # re-rendered under the click: the next round tries again
+                pass
         time.sleep(1)
     driver.save_screenshot(str(shot))
     missing = [w for w in wanted if w not in text]
@@ -149,7 +161,7 @@ def test_run_and_model_pages_show_dataset_logged_model_per_class_ap_and_aliases(
     assert per_class, f"no per-class AP metrics on the run; screenshots in {tmp_path}"
     browser.get(f"http://{host}/#/experiments/{exp_id}/runs/{run_id}/artifacts")
     _open(browser, f"http://{host}/#/experiments/{exp_id}/runs/{run_id}/artifacts/plots",
-          ["per_class_ap_epoch", "pr_curves.png", "confusion_matrix.png"], tmp_path / "per-class.png")
+          ["per_class_ap_epoch", "pr_curves.png", "confusion_matrix.png"], tmp_path / "per-class.png", expand="plots")
 
 
 def _files_holding(folder: Path, needle: bytes) -> list[str]:
