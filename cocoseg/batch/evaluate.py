@@ -36,7 +36,7 @@ from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.model.weights import read_card
 from cocoseg.utils import UserError, get_logger
 
-__all__ = ["METRICS_FILE", "export_metrics", "pool_size", "evaluate", "runs_here"]
+__all__ = ["METRICS_FILE", "export_metrics", "evaluate", "plan_detection", "pool_size", "runs_here"]
 
 log = get_logger(__name__)
 METRICS_FILE = "metrics.json"
@@ -89,6 +89,17 @@ def runs_here(cfg: JobConfig, rows: int) -> bool:
     return e.actors == 0 and not e.use_gpu and 0 < rows <= e.batch_size
 
 
+def plan_detection(cfg: JobConfig, rows: int) -> tuple[Pool | None, int]:
+    """``(pool, 0)``: the actor pool for ``rows`` rows (planned before any actor starts); or
+    ``(None, threads)`` when they are detected in this process (:func:`runs_here`), with the
+    threads its one actor would have had."""
+    pool = plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows=rows)
+    if not runs_here(cfg, rows):
+        return pool, 0
+    log.info("evaluate: %d image(s), one batch: detected in this process (%d thread(s))", rows, pool.threads)
+    return None, pool.threads
+
+
 def _detections_here(cfg: JobConfig, weights: str, snapshot: str, split: str, protocol: Protocol, num_classes: int,
                      limit: int = 0, detector: type = DetectBatch, detector_kwargs: dict[str, Any] | None = None,
                      threads: int = 0):
@@ -119,11 +130,7 @@ def measure(cfg: JobConfig, weights: str, snapshot: str, split: str, *, limit: i
     manifest = read_manifest(snapshot)
     shards = list_shards(manifest, split)
     planned = limit or manifest.splits[split].images
-    pool = None if in_process else plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, planned)  # before any actor
-    threads = 0
-    if pool is not None and runs_here(cfg, planned):  # one batch: detected here, with the one actor's threads
-        pool, threads = None, pool.threads
-        log.info("evaluate: %d image(s), one batch: detected in this process (%d thread(s))", planned, threads)
+    pool, threads = (None, 0) if in_process else plan_detection(cfg, planned)
     local = resolve_weights(weights) if weights.startswith("models:/") else weights
     card = read_card(local)
     protocol = Protocol(imgsz=cfg.evaluate.imgsz or int(card.imgsz), conf=cfg.evaluate.conf, iou=cfg.evaluate.iou,

@@ -15,11 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import ray
 import torch
 
 from cocoseg import bundle, storage
-from cocoseg.batch.sizing import EVALUATE_READ_CPUS, plan_pool
 from cocoseg.config import JobConfig
 from cocoseg.data.schema import list_shards, read_manifest, snapshot_to_coco
 from cocoseg.inference import (
@@ -34,13 +32,12 @@ from cocoseg.metrics import COCOEvaluator, flatten_metrics, per_class_metrics
 from cocoseg.metrics.bootstrap import Matches, collect_matches
 from cocoseg.metrics.coco import detections_to_coco
 from cocoseg.model.weights import read_card
-from cocoseg.utils import UserError, get_logger
+from cocoseg.utils import UserError
 
 __all__ = ["ARTIFACT_FILES", "EAGER", "SCORER", "ServedDetectBatch", "measure_served"]
 
 EAGER = "torch"
 ARTIFACT_FILES = {"onnx": bundle.ONNX, "onnx-int8": bundle.ONNX_INT8}
-log = get_logger(__name__)
 SCORER = "pycocotools"  # the COCOeval that scores every backend here and whose matches the gate resamples
 
 
@@ -132,11 +129,10 @@ def measure_served(cfg: JobConfig, export_dir: str, snapshot: str, split: str,
     counts = dict.fromkeys(backends, 0)
     image_ids: list[int] = []
     rows, served = manifest.splits[split].images, {"backends": list(backends), "only_ids": only_ids}
-    pool = plan_pool(cfg, ray.cluster_resources(), EVALUATE_READ_CPUS, rows=rows)
-    if evaluate.runs_here(cfg, rows):  # one batch: detected here, no actor to start
-        log.info("evaluate: %d image(s), one batch: detected in this process (%d thread(s))", rows, pool.threads)
+    pool, threads = evaluate.plan_detection(cfg, rows)
+    if pool is None:  # one batch: detected here, no actor to start
         stream = evaluate._detections_here(cfg, export_dir, snapshot, split, protocol, card.num_classes,
-                                           detector=ServedDetectBatch, detector_kwargs=served, threads=pool.threads)
+                                           detector=ServedDetectBatch, detector_kwargs=served, threads=threads)
     else:
         stream = evaluate._detections(cfg, export_dir, list_shards(manifest, split), protocol, card.num_classes, pool,
                                       detector=ServedDetectBatch, detector_kwargs=served)
