@@ -1,16 +1,14 @@
-"""The one basic-auth MLflow server of the suite (``auth_server``, also the registry-auth test's) and
-one tiny real demo run against it, shared by the secrets test and the MLflow UI test (one server
-and one training run for all three, to keep the suite short)."""
+"""The one basic-auth MLflow server of the suite (``auth_server``): the chaos test trains against it
+with the password in the tracking URI, the registry-auth test registers through it."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import subprocess
-import sys
 
 import pytest
-from conftest import BIN, REPO, free_port, stop, wait_http
+from conftest import BIN, free_port, stop, wait_http
 
 ADMIN = "admin"
 
@@ -44,24 +42,3 @@ def auth_server_fixture(tmp_path_factory):
         yield {"uri": uri, "password": password, "root": root, "ini": ini}
     finally:
         stop(proc)
-
-
-DEMO_OVERRIDES = ["train.epochs=1", "model.imgsz=64", "export.imgsz=64",
-                  "scaling.cpus_per_worker=0.5", "data.actors=1", "data.cpus_per_actor=0.5",
-                  "scaling.threads_per_worker=1", "tracking.system_metrics=false", "tracking.experiment=secret-demo"]
-
-
-@pytest.fixture(scope="session", name="secret_demo")
-def secret_demo_fixture(auth_server, tmp_path_factory):
-    """``python -m pipelines.demo`` (its own local Ray) with the password in MLFLOW_TRACKING_URI."""
-    root = tmp_path_factory.mktemp("secret-demo")
-    host = auth_server["uri"].split("://", 1)[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "RAY_ADDRESS"))}
-    env.update(MLFLOW_TRACKING_URI=f"http://{ADMIN}:{auth_server['password']}@{host}",
-               PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--root", str(root / "root"), "--images", "24",
-                           *DEMO_OVERRIDES], capture_output=True, text=True, env=env, cwd=root, timeout=1500)
-    assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return {"demo_root": root / "root", "stdout": proc.stdout, "stderr": proc.stderr, "server": auth_server}
-
-

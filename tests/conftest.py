@@ -81,9 +81,9 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 # once) that keeps both workers busy to the end; serially it only moves them to the front. A
 # session fixture starts once per worker that needs it: keep tests of one expensive fixture in one
 # module. (Not `--dist loadgroup`: xdist 3.8 cannot rename pytest 9's node ids.)
-SLOWEST_FIRST = ["test_chaos", "test_mlflow_ui", "test_demo", "test_retrain", "test_tune", "test_learning_auto",
-                 "test_multinode", "test_train_pipeline", "test_tracking_outage", "test_registry_auth",
-                 "test_infer", "test_spot_cluster", "test_node_loss", "test_gpu_check", "test_export_cli"]
+SLOWEST_FIRST = ["test_chaos", "test_demo", "test_tune", "test_retrain", "test_multinode", "test_tracking_outage",
+                 "test_infer", "test_evaluate", "test_train_pipeline", "test_registry", "test_gpu_check",
+                 "test_registry_auth", "test_learning_auto", "test_spot_cluster", "test_node_loss", "test_export_cli"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -238,6 +238,6 @@ def has_executable(name: str) -> bool:
 # test module is a separate definition per module, so its "session" scope would not be shared (the
 # tiny snapshot was ingested, and the basic-auth demo run, once per module that imported them).
 # Imported last: both modules import helpers from this one.
-from _tracking_support import auth_server_fixture, secret_demo_fixture  # noqa: E402,F401
+from _tracking_support import auth_server_fixture  # noqa: E402,F401
 from _train_support import tiny_snapshot_fixture  # noqa: E402,F401
 

@@ -9,6 +9,11 @@ C. the driver and its whole private Ray (every descendant process) a seeded inst
    2's redo committed: between epochs, while a validation is in flight (asynchronous validation and
    upload are the defaults). The run is then started again with the same run name.
 
+The MLflow server is the suite's basic-auth one and the drivers get its admin password inside
+``MLFLOW_TRACKING_URI``, as a person pastes it: the password must be nowhere afterwards, in no byte
+of the run folder (Ray's checkpoints, the journal, the worker records), the drivers' output or the
+server's stores (its own config file aside).
+
 After the resume: no partial checkpoint is left, every epoch is in MLflow exactly once and
 validated once (the one in flight at kill C too), ``weights/best`` is the best validated epoch, each
 kill made the run redo at most the epoch it interrupted (the next attempt starts right after the
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _tracking_support import ADMIN
 from _train_support import ASYNC_VAL, TINY
 from conftest import REPO
 
@@ -134,21 +140,21 @@ class Chaos:
         self.kills.append({"kind": kind, "time": at, "interrupted": interrupted})
 
 
-def _start(overrides: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    env.pop("RAY_ADDRESS", None)
+def _start(overrides: list[str], log: Path, tracking_uri: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "RAY_ADDRESS"))}
+    env.update(PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", RAY_TRAIN_ENABLE_PRINT_PATCH="0",
+               MLFLOW_TRACKING_URI=tracking_uri)
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "pipelines.train", *overrides], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _started(c: Chaos, overrides: list[str], log: Path) -> subprocess.Popen:
+def _started(c: Chaos, overrides: list[str], log: Path, tracking_uri: str) -> subprocess.Popen:
     """Start the driver and wait for its first worker group; on a host so loaded that Ray's own
     start-up times out (a fixed 30 s in Ray 2.60), start it again (at most 3 tries)."""
     for _ in range(3):
         since, offset = time.time(), log.stat().st_size if log.exists() else 0
-        driver = _start(overrides, log)
+        driver = _start(overrides, log, tracking_uri)
         while driver.poll() is None and not [a for a in c.attempts() if a["time"] > since]:
             time.sleep(0.1)
         if driver.poll() is None:
@@ -226,22 +232,24 @@ def _kill_driver_between_epochs(c: Chaos, driver, group: list[dict]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, tmp_path):
+def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, auth_server, tmp_path, monkeypatch):
     seed = int(os.environ.get("COCOSEG_CHAOS_SEED", "12"))
     overrides = [*TINY, *ASYNC_VAL, f"storage.root={tmp_path}", f"train.snapshot={tiny_snapshot}", "scaling.num_workers=2",
                  f"train.epochs={EPOCHS}", "train.close_mosaic=0", "scaling.max_failures=2",
-                 "train.checkpoints_to_keep=1", f"tracking.tracking_uri={mlflow_server}",
+                 "train.checkpoints_to_keep=1",
                  "tracking.run_name=chaos", "tracking.experiment=t-chaos", "tracking.system_metrics=false"]
+    password = auth_server["password"]
+    secret_uri = auth_server["uri"].replace("://", f"://{ADMIN}:{password}@", 1)
     c = Chaos(tmp_path / "runs" / "chaos", seed)
     log = tmp_path / "driver.log"
     c.note(f"driver 1 starts (seed {seed})")
-    driver = _started(c, overrides, log)
+    driver = _started(c, overrides, log, secret_uri)
     try:
         _kill_worker_mid_step(c, driver, c.group_after(0, driver))
         _kill_uploader(c, driver, c.group_after(c.kills[-1]["time"], driver))
         _kill_driver_between_epochs(c, driver, c.group_after(c.kills[-1]["time"], driver))
         c.note("driver 2 starts: the same run, resumed")
-        driver = _started(c, overrides, log)
+        driver = _started(c, overrides, log, secret_uri)
         rc = driver.wait(WAIT_S)
         c.note(f"driver 2 exits {rc}")
     finally:
@@ -281,7 +289,9 @@ def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, t
     # Every epoch in MLflow exactly once, in the one MLflow run of both drivers.
     run_ids = {json.loads(line)["run_id"] for line in (c.run_dir / "tracking" / "metrics.jsonl").read_text().splitlines()}
     assert len(run_ids) == 1
-    client = mlflow.tracking.MlflowClient(mlflow_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    client = mlflow.tracking.MlflowClient(auth_server["uri"])
     run_id = run_ids.pop()
     for key in ("epoch", "train/loss", "val/mask_ap50_95"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(EPOCHS)), key
@@ -294,3 +304,14 @@ def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, mlflow_server, t
     fitness = {e: r["metrics"]["val/mask_ap50_95"] for e, r in records.items()}
     best = ckpt.check_complete(c.run_dir / "weights" / "best")["epoch"]
     assert fitness[best] == max(fitness.values()), (best, fitness)
+
+    # The password is nowhere: not in the drivers' output, the run folder, or the server's stores
+    # (its own config file holds it, of course); the server required it (the run is there, finished).
+    hits = _files_holding(tmp_path, password.encode())
+    hits += [h for h in _files_holding(auth_server["root"], password.encode()) if h != str(auth_server["ini"])]
+    assert hits == [], f"the password leaked into {hits}"
+    assert "@" not in client.get_run(run_id).data.params.get("tracking.tracking_uri", "")
+
+
+def _files_holding(folder: Path, needle: bytes) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]

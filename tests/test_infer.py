@@ -107,6 +107,17 @@ def test_infer_local_folder_errors_are_rows_and_a_rerun_is_a_noop(ray_local, wei
     assert again["noop"] and "nothing to do" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in Path(out).iterdir()} == stamps
 
+    # A job stopped before its manifest (the state a kill leaves; the SIGKILL itself is the
+    # extended test below): the rerun predicts only the missing part and keeps the finished files.
+    (Path(out) / "_manifest.json").unlink()
+    lost = sorted(n for n in stamps if n.startswith("part-"))[-1]
+    (Path(out) / lost).unlink()
+    resumed = infer.run(cfg, weights, str(tmp_path / "in"), out)
+    _check(out, sources)
+    kept = {n: t for n, t in stamps.items() if n.startswith("part-") and n != lost}
+    assert resumed["this_run"]["files_reused"] == len(kept) == 2 and 0 < resumed["this_run"]["images"] <= 4
+    assert {n: (Path(out) / n).stat().st_mtime_ns for n in kept} == kept
+
 
 def test_infer_s3_prefix_with_weights_on_s3(ray_local, weights, coco8_seg, s3_bucket, tmp_path, cli):
     from cocoseg.config import load_config
@@ -143,6 +154,7 @@ def test_infer_other_weights_into_the_same_folder_is_a_one_line_error(ray_local,
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 def test_infer_killed_midway_resumes_without_redoing_files(ray_local, weights, coco8_seg, tmp_path):
     """SIGKILL the job's driver after its first part file, rerun: every image once, no finished file redone."""
     from cocoseg.config import load_config

@@ -22,6 +22,7 @@ EPOCHS = int(os.environ.get("LEARNING_AUTO_EPOCHS", "10"))
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 @pytest.mark.timeout(1800)  # about a minute on a quiet 2-core machine; generous for loaded hosts
 def test_default_recipe_resolves_adamw_and_learns(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient

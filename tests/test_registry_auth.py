@@ -48,3 +48,18 @@ def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, e
     reg = register_export(export_dir, name=name, tracking_uri=uri)
     assert reg.decision.decision == "bootstrap"
     assert alias_version(client, name, CHAMPION).version == reg.version
+
+    # The password inside the tracking URI, as a person pastes it: registered, and then nowhere, in
+    # the output, the export or the server's stores (its own config file aside). The training side
+    # of the same check is the chaos test's (tests/test_chaos.py).
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    secret_uri = uri.replace("://", f"://{ADMIN}:{password}@", 1)
+    assert main(["register", str(export_dir), f"tracking.tracking_uri={secret_uri}", "--name", f"{name}-uri"]) == 0
+    printed = capsys.readouterr()
+    assert password not in printed.out + printed.err
+    stores = [p for p in auth_server["root"].rglob("*") if p.is_file() and p != auth_server["ini"]]
+    leaked = [str(p) for p in [*export_dir.rglob("*"), *stores] if p.is_file() and password.encode() in p.read_bytes()]
+    assert leaked == [], f"the password leaked into {leaked}"
+    version = connect(uri).get_model_version(f"{name}-uri", "1")
+    assert password not in f"{version.source} {version.tags} {version.run_id}"

@@ -1,8 +1,9 @@
 """Secrets never leave: the one redaction function and how credentials leave the tracking URI.
 
-The whole demo against a real basic-auth ``mlflow server`` with the password in the tracking URI,
-searched for in every byte it wrote, is ``test_mlflow_ui.py::test_the_password_is_nowhere``: it
-shares that module's demo run (one run per ``make test`` worker).
+Jobs against a real basic-auth ``mlflow server`` with the password in the tracking URI, searched
+for in every byte they wrote, are ``test_chaos.py`` (a training run killed three times and resumed:
+its run folder, Ray's checkpoints, the drivers' output, the server's stores) and
+``test_registry_auth.py`` (a registration: the output, the export, the server's stores).
 """
 
 from __future__ import annotations

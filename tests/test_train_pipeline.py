@@ -46,6 +46,12 @@ def test_two_workers_train_checkpoint_and_track(tiny_snapshot, mlflow_server, tm
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["variant"] == "n" and run.data.tags["snapshot_id"] in tiny_snapshot
     assert run.data.params["scaling.num_workers"] == "2" and run.data.params["model.imgsz"] == "64"
+    # the default recipe (train.optimizer=auto) as resolved for this run, logged as recipe.* params
+    from cocoseg.engine.build import resolve_recipe
+
+    recipe = resolve_recipe(cfg, world_size=2, train_images=36)
+    assert run.data.params["train.optimizer"] == "auto" and run.data.params["recipe.name"] == recipe.name == "AdamW"
+    assert float(run.data.params["recipe.lr0"]) == pytest.approx(recipe.lr0)
     for key in ("train/loss_box", "train/loss_mask", "train/loss_cls", "train/loss_dfl", "lr/weight",
                 "val/box_ap50_95", "val/mask_ap50_95", "val/mask_ap50", "train/images_per_s", "train/epoch_time_s"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1], key
