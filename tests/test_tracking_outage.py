@@ -138,6 +138,7 @@ def test_offline_start_trains_on_the_journal_and_sync_completes_it(tiny_snapshot
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 @pytest.mark.timeout(1800)
 def test_down_at_the_end_is_journaled_and_sync_completes_it(tiny_snapshot, server, tmp_path, cli):
     from pipelines import train
