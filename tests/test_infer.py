@@ -275,6 +275,7 @@ def _strip_exif(jpeg: bytes) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # covered in make test: docs/reliability.md, "extended" table
 def test_exif_rotated_jpeg_through_mlflow_models_serve(mlflow_server, tmp_path):
     from export_helpers import make_export, serve_and_predict
 

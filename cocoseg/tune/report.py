@@ -121,7 +121,9 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 def mark_trial_run(row: Mapping[str, Any], space_keys: Sequence[str], search: str, tracking_uri: str) -> None:
     """Tag the trial's MLflow run (its draw as ``tune.overrides``, beside the params of the resolved
-    config it trained with); a stopped trial's run is ended as KILLED (idempotent)."""
+    config it trained with) and end a run its train job left open (idempotent): a stopped trial's
+    as KILLED; a completed trial's as FINISHED (Tune stops a trial as soon as its last epoch
+    reports, which can be before its train job ended the run; every epoch is journaled by then)."""
     record = tracking.read_run_record(row["run_dir"])
     if not record.get("run_id"):
         return
@@ -133,8 +135,8 @@ def mark_trial_run(row: Mapping[str, Any], space_keys: Sequence[str], search: st
             "tune.overrides": " ".join(f"{k}={json.dumps(row[k])}" for k in space_keys)}
     for key, value in tags.items():
         client.set_tag(record["run_id"], key, value)
-    if row["status"] != "completed" and not record.get("completed"):
-        tracking.end_run(row["run_dir"], "KILLED" if row["status"] == "stopped_early" else "FAILED")
+    if not record.get("completed"):
+        tracking.end_run(row["run_dir"], {"completed": "FINISHED", "stopped_early": "KILLED"}.get(row["status"], "FAILED"))
 
 
 def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
