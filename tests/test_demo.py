@@ -138,6 +138,8 @@ def test_demo_is_short_ends_with_a_champion_and_its_hints_work(demo, ui_server):
     root, proc, out, hints, elsewhere = demo["root"], demo["proc"], demo["out"], demo["hints"], demo["elsewhere"]
     lines = [line for line in out.splitlines() if line.strip() and not _is_progress_bar(line)]
     print(f"demo printed {len(lines)} lines (bound {MAX_LINES}):\n" + "\n".join(lines))
+    # piped (not a terminal): no progress bar's redraws as lines of Ray-prefixed noise
+    assert not [line for line in out.splitlines() if _is_progress_bar(line)], out[-3000:]
     assert len(lines) <= MAX_LINES, "\n".join(lines)
     for noise in ("Reporting training result", "Execution plan", "Traceback", "tqdm is not installed",
                   "Average Precision", "DONE (t=", "config_checks"):  # the demo's own config draws no warning

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -144,7 +145,10 @@ def _torch_trainer(cfg: JobConfig, run_info: RunInfo, inputs: TrainInput, tracki
         credentials=tracking.auth_env(), epochs=t.epochs, model_id=tracking.read_run_record(run_dir).get("model_id", ""))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "clock": clock, "make_logger": make_logger},
+        train_loop_config={"job": cfg, "run": run_info, "input": inputs, "clock": clock, "make_logger": make_logger,
+                           # a bar only for a person at a terminal: piped into a log (CI, `| tee`, a
+                           # `ray job` driver, a Tune trial) its redraws are lines of Ray-prefixed noise
+                           "progress": sys.stdout.isatty()},
         # the collective timeout just above the hang watchdog's (engine/watchdog.py), not 30 minutes
         torch_config=TorchConfig(timeout_s=int(collective_timeout_s(s.hang_timeout_s))),
         scaling_config=ray.train.ScalingConfig(

@@ -135,6 +135,7 @@ class _Attempt:
     validated: dict[int, float] = field(default_factory=dict)  # rank 0: {epoch: validated fitness}
     planned: list[int] = field(default_factory=list)  # [the run's epochs as planned now] (train.time_budget_h)
     resumed_inside: bool = False  # the first epoch continues a mid-epoch checkpoint (not timed whole)
+    progress: bool = True  # rank 0 draws the epoch's progress bar (the driver prints to a terminal)
 
     @classmethod
     def start(cls, loop_config: dict[str, Any]) -> _Attempt:
@@ -164,7 +165,8 @@ class _Attempt:
         guard = spot.Guard.start(cfg, run=run, state=state, rank=rank, world=world,
                                  save=functools.partial(save_mid_epoch, cfg, run, parts, rank, world))
         attempt = cls(cfg=cfg, run=run, rank=rank, world=world, parts=parts, state=state, stream=stream,
-                      guard=guard, planned=[cfg.train.epochs], resumed_inside=state.epoch_rows > 0)
+                      guard=guard, planned=[cfg.train.epochs], resumed_inside=state.epoch_rows > 0,
+                      progress=bool(loop_config.get("progress", True)))
         if rank == 0:
             attempt._start_rank0(loop_config, device)
         return attempt
@@ -196,7 +198,7 @@ class _Attempt:
         """The epoch loop (``loop.fit``), then, at the run's end, the validations still running."""
         cfg, rank = self.cfg, self.rank
         batches = self.train_batches
-        if rank == 0:
+        if rank == 0 and self.progress:
             batches = _with_progress(batches, self.run.batches_per_epoch, cfg.train.epochs)
         fit(self.parts, epochs=cfg.train.epochs, state=self.state, train_batches=batches, validate=self.validate,
             on_epoch_end=self.on_epoch_end, world_size=self.world, val_every=cfg.train.val_every,
