@@ -177,3 +177,14 @@ def test_gpu_step_in_bf16_channels_last_and_fp16_with_scaler():
             on_epoch_end=lambda r: None)
         assert state.micro_step == 2 and parts.ema.updates == 2
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_rank0_progress_bar_passes_every_batch_through_and_draws_the_epoch(capfd):
+    # What rank 0 wraps its batches in when the driver prints to a terminal (the `progress` the
+    # trainer hands the workers); piped, the demo test checks that no bar is drawn at all.
+    from cocoseg.engine.worker import _with_progress
+
+    batches = _with_progress(lambda epoch: iter(range(epoch, epoch + 3)), total=3, epochs=2)
+    assert list(batches(1)) == [1, 2, 3]
+    drawn = capfd.readouterr()
+    assert "epoch 2/2" in drawn.out + drawn.err and "3.00/3.00" in drawn.out + drawn.err
