@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import BIN, free_port, stop, wait_http
@@ -24,7 +25,7 @@ def auth_server_fixture(tmp_path_factory):
                    f"admin_username = {ADMIN}\nadmin_password = {password}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                    # MLflow's cache of good logins (off by default): without it every request pays a
-                   # scrypt check (~0.15 CPU-s), ~170 of them for the demo run and its UI pages
+                   # scrypt check (~0.15 CPU-s); a short training run makes a few hundred (the chaos run here)
                    "auth_cache_ttl_seconds = 600\n")
     port = free_port()
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
@@ -42,3 +43,17 @@ def auth_server_fixture(tmp_path_factory):
         yield {"uri": uri, "password": password, "root": root, "ini": ini}
     finally:
         stop(proc)
+
+
+def secret_uri(server: dict) -> str:
+    """``server``'s URI with the admin password inside it, as a person pastes it."""
+    return server["uri"].replace("://", f"://{ADMIN}:{server['password']}@", 1)
+
+
+def password_leaks(server: dict, *folders: Path) -> list[str]:
+    """The files under ``folders`` and the server's own folder (its config file aside, which holds
+    it, of course) that hold ``server``'s admin password."""
+    needle = server["password"].encode()
+    files = [p for folder in (*folders, server["root"]) for p in folder.rglob("*")
+             if p.is_file() and not p.is_symlink() and p != server["ini"]]
+    return [str(p) for p in files if needle in p.read_bytes()]

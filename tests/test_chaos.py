@@ -36,7 +36,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _tracking_support import ADMIN
+from _tracking_support import ADMIN, password_leaks, secret_uri
 from _train_support import ASYNC_VAL, TINY
 from conftest import REPO
 
@@ -238,18 +238,17 @@ def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, auth_server, tmp
                  f"train.epochs={EPOCHS}", "train.close_mosaic=0", "scaling.max_failures=2",
                  "train.checkpoints_to_keep=1",
                  "tracking.run_name=chaos", "tracking.experiment=t-chaos", "tracking.system_metrics=false"]
-    password = auth_server["password"]
-    secret_uri = auth_server["uri"].replace("://", f"://{ADMIN}:{password}@", 1)
+    password, uri_with_password = auth_server["password"], secret_uri(auth_server)
     c = Chaos(tmp_path / "runs" / "chaos", seed)
     log = tmp_path / "driver.log"
     c.note(f"driver 1 starts (seed {seed})")
-    driver = _started(c, overrides, log, secret_uri)
+    driver = _started(c, overrides, log, uri_with_password)
     try:
         _kill_worker_mid_step(c, driver, c.group_after(0, driver))
         _kill_uploader(c, driver, c.group_after(c.kills[-1]["time"], driver))
         _kill_driver_between_epochs(c, driver, c.group_after(c.kills[-1]["time"], driver))
         c.note("driver 2 starts: the same run, resumed")
-        driver = _started(c, overrides, log, secret_uri)
+        driver = _started(c, overrides, log, uri_with_password)
         rc = driver.wait(WAIT_S)
         c.note(f"driver 2 exits {rc}")
     finally:
@@ -307,11 +306,6 @@ def test_sigkills_at_random_moments_lose_nothing(tiny_snapshot, auth_server, tmp
 
     # The password is nowhere: not in the drivers' output, the run folder, or the server's stores
     # (its own config file holds it, of course); the server required it (the run is there, finished).
-    hits = _files_holding(tmp_path, password.encode())
-    hits += [h for h in _files_holding(auth_server["root"], password.encode()) if h != str(auth_server["ini"])]
+    hits = password_leaks(auth_server, tmp_path)
     assert hits == [], f"the password leaked into {hits}"
     assert "@" not in client.get_run(run_id).data.params.get("tracking.tracking_uri", "")
-
-
-def _files_holding(folder: Path, needle: bytes) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]

@@ -8,7 +8,7 @@ import urllib.request
 import uuid
 
 import pytest
-from _tracking_support import ADMIN
+from _tracking_support import ADMIN, password_leaks, secret_uri
 from export_helpers import make_export
 
 from cocoseg.registry import CHAMPION, alias_version, connect, register_export
@@ -54,12 +54,11 @@ def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, e
     # of the same check is the chaos test's (tests/test_chaos.py).
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-    secret_uri = uri.replace("://", f"://{ADMIN}:{password}@", 1)
-    assert main(["register", str(export_dir), f"tracking.tracking_uri={secret_uri}", "--name", f"{name}-uri"]) == 0
+    assert main(["register", str(export_dir), f"tracking.tracking_uri={secret_uri(auth_server)}", "--name",
+                 f"{name}-uri"]) == 0
     printed = capsys.readouterr()
     assert password not in printed.out + printed.err
-    stores = [p for p in auth_server["root"].rglob("*") if p.is_file() and p != auth_server["ini"]]
-    leaked = [str(p) for p in [*export_dir.rglob("*"), *stores] if p.is_file() and password.encode() in p.read_bytes()]
+    leaked = password_leaks(auth_server, export_dir)
     assert leaked == [], f"the password leaked into {leaked}"
     version = connect(uri).get_model_version(f"{name}-uri", "1")
     assert password not in f"{version.source} {version.tags} {version.run_id}"

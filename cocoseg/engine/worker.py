@@ -166,7 +166,7 @@ class _Attempt:
                                  save=functools.partial(save_mid_epoch, cfg, run, parts, rank, world))
         attempt = cls(cfg=cfg, run=run, rank=rank, world=world, parts=parts, state=state, stream=stream,
                       guard=guard, planned=[cfg.train.epochs], resumed_inside=state.epoch_rows > 0,
-                      progress=bool(loop_config.get("progress", True)))
+                      progress=loop_config.get("progress", True))
         if rank == 0:
             attempt._start_rank0(loop_config, device)
         return attempt
