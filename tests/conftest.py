@@ -97,6 +97,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_fluent_env_restored():
+    """``mlflow.set_tracking_uri`` / ``set_registry_uri`` / ``set_experiment`` export their values into
+    ``os.environ``: a test that calls them must not point every later test's subprocesses at its server.
+    (The product's own in-process registration restores them itself: tests/test_registry_auth.py.)"""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on shared, oversubscribed cores two threads spin and lose."""

@@ -111,6 +111,16 @@ def test_the_policy_ends_an_input_error_in_one_line_and_status_2(exc, capsys) ->
     assert not config_checks._CHECK_ONLY  # reset for later in-process calls
 
 
+def test_a_control_character_in_a_value_stays_inside_the_one_line(capsys) -> None:
+    # found by the fuzzer (ingest.source="\r"): the value is echoed, escaped, not obeyed
+    def run(args):
+        raise UserError("no files under /data/\r: check the source path\nor \x1b[31mthis")
+
+    assert run_guarded("cocoseg ingest", argparse.Namespace(), run) == 2
+    assert capsys.readouterr().err == (
+        "cocoseg ingest: error: no files under /data/\\r: check the source path\\nor \\x1b[31mthis\n")
+
+
 def test_the_policy_for_check_interrupt_and_a_bug(capsys) -> None:
     def raising(exc):
         def run(args):

@@ -112,8 +112,7 @@ def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, s3_buck
                  "train.close_mosaic=0", "tracking.run_name=mn", "scaling.max_failures=0"]
     runtime_env = {"env_vars": {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
-    # No tracking URI: earlier tests' mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI into this
-    # process, which the cluster inherited; the job must resolve the store itself.
+    # No tracking URI: the job must resolve the store itself (COCOSEG_HOME's SQLite).
     runtime_env["env_vars"].update(RAY_TRAIN_ENABLE_PRINT_PATCH="0", COCOSEG_HOME=str(home), MLFLOW_TRACKING_URI="")
     runtime_env["excludes"] = [".git", ".venv*", "*.egg-info", ".cocoseg"]
     cmd = [RAY, "job", "submit", "--address", two_node_cluster["dashboard"], "--working-dir", str(REPO),

@@ -3,6 +3,7 @@ wrongly authenticated requests with a clear error and nothing registered; valid 
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 import uuid
@@ -30,6 +31,7 @@ def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, e
     from cocoseg.cli import main
 
     uri, password = auth_server["uri"], auth_server["password"]
+    fluent_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     name = f"seg-{uuid.uuid4().hex[:8]}"
@@ -62,3 +64,7 @@ def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, e
     assert leaked == [], f"the password leaked into {leaked}"
     version = connect(uri).get_model_version(f"{name}-uri", "1")
     assert password not in f"{version.source} {version.tags} {version.run_id}"
+    # Registering in process leaves the process as it was: MLflow's fluent setters export the URI and
+    # the experiment into os.environ, where every later subprocess (here: the rest of this test
+    # session) would inherit this server, password and all.
+    assert {k: os.environ.get(k) for k in fluent_env} == fluent_env

@@ -32,12 +32,18 @@ def outcome(prog: str, exc: BaseException) -> tuple[str, int, bool] | None:
     """``(line, exit status, to stderr)`` for ``exc`` ended a job run as ``prog``; ``None``: not
     an input error (the caller re-raises it)."""
     if isinstance(exc, CheckOnly):
-        return redact(f"{prog}: {exc}"), 0, False
+        return _one_line(redact(f"{prog}: {exc}")), 0, False
     if isinstance(exc, KeyboardInterrupt):
         return f"{prog}: interrupted", 130, True
     if isinstance(exc, INPUT_ERRORS):
-        return redact(f"{prog}: error: {exc}"), 2, True
+        return _one_line(redact(f"{prog}: error: {exc}")), 2, True
     return None
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\r``, ``\\n``, ``\\x1b``): a value a
+    person typed (``ingest.source="\\r"``) or a library's multi-line message stays one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def run_guarded(prog: str, args: argparse.Namespace, run: Callable[[argparse.Namespace], int | None]) -> int:
