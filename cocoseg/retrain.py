@@ -19,7 +19,7 @@ from cocoseg import storage
 from cocoseg.config import JobConfig, with_values
 from cocoseg.data.manifest import Manifest
 from cocoseg.engine.checks import ensure_ray
-from cocoseg.registry import CHAMPION, alias_version, connect
+from cocoseg.registry import CHAMPION, alias_version, connect, download
 from cocoseg.tracking import resolve_tracking_uri
 from cocoseg.utils import get_logger
 
@@ -47,21 +47,17 @@ def _warm_start(cfg: JobConfig, champion: Any) -> str:
     Returns "" when the champion does not fit this config (another variant or class count).
     The copy lives in object storage so every Ray worker, on any node, can read it.
     """
-    import mlflow
-
     tags = champion.tags or {}
     if tags.get("variant") != cfg.model.variant or tags.get("num_classes") not in (None, str(cfg.model.num_classes)):
         log.info("champion v%s is yolov8%s-seg with %s classes; not warm-starting a %s/%d run",
                  champion.version, tags.get("variant"), tags.get("num_classes"), cfg.model.variant,
                  cfg.model.num_classes)
         return ""
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)  # passed, never set process-wide
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.storage.root)
     dest = storage.join(cfg.storage.root, "warm-start", f"{cfg.registry.model_name}-v{champion.version}")
     with tempfile.TemporaryDirectory(prefix="cocoseg-champion-") as tmp:
         for artifact, name in (("model.safetensors", "model.safetensors"), ("model_card.json", "model_card.json")):
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{cfg.registry.model_name}/{champion.version}/artifacts/{artifact}", dst_path=tmp,
-                tracking_uri=uri, registry_uri=uri)
+            local = download(uri, f"models:/{cfg.registry.model_name}/{champion.version}/artifacts/{artifact}", tmp)
             storage.write_bytes(storage.join(dest, name), Path(local).read_bytes())
     return dest if storage.is_s3(dest) else os.path.abspath(dest)
 

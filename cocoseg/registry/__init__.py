@@ -7,7 +7,7 @@
 - :mod:`.serving`: the pyfunc model (models from code, ONNX Runtime, no pickle).
 """
 
-from .client import RegistryError, connect
+from .client import RegistryError, connect, download
 from .evidence import GatePolicy
 from .gate import CHALLENGER, CHAMPION, GateDecision, alias_version, decide, promote, rollback, run_gate
 from .versions import Registration, register_export, version_tags
@@ -22,6 +22,7 @@ __all__ = [
     "alias_version",
     "connect",
     "decide",
+    "download",
     "promote",
     "register_export",
     "rollback",

@@ -17,7 +17,7 @@ from typing import Any
 
 from cocoseg import bundle, storage
 from cocoseg.config import JobConfig
-from cocoseg.registry import Registration, register_export
+from cocoseg.registry import Registration, download, register_export
 from cocoseg.tracking import resolve_tracking_uri
 from cocoseg.utils import get_logger
 
@@ -101,13 +101,10 @@ def _served_copy(cfg: JobConfig, export_dir: str, local: Path, snapshot: str, de
 def served_files(cfg: JobConfig, uri: str, name: str, version: str) -> str:
     """Version ``version``'s served ONNX and model card copied to ``<storage.root>/gate/NAME-vN`` (every
     Ray worker reads it there); returns that folder's URI (absolute when local)."""
-    import mlflow
-
     dest = storage.join(cfg.storage.root, "gate", f"{name}-v{version}")
     with tempfile.TemporaryDirectory(prefix="cocoseg-champion-") as tmp:
         for file in (bundle.ONNX, bundle.CARD):
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}/artifacts/{file}",
-                                                        dst_path=tmp, tracking_uri=uri)
+            local = download(uri, f"models:/{name}/{version}/artifacts/{file}", tmp)
             storage.write_bytes(storage.join(dest, file), Path(local).read_bytes())
     return dest if storage.is_s3(dest) else os.path.abspath(dest)
 
@@ -116,8 +113,6 @@ def _champion_evidence(cfg: JobConfig, uri: str, name: str, snapshot: str, ours:
     """The gate's ``champion_evidence``: the champion's stored matches when they were measured on the
     challenger's snapshot, split, image count and protocol; else the champion's served ONNX evaluated
     there now (files copied under ``storage.root/gate/``, readable by every Ray worker)."""
-    import mlflow
-
     from cocoseg.batch.served import measure_served
     from cocoseg.cluster import start_ray
     from cocoseg.metrics.bootstrap import load_matches
@@ -131,8 +126,7 @@ def _champion_evidence(cfg: JobConfig, uri: str, name: str, snapshot: str, ours:
         base = f"models:/{name}/{champion.version}/artifacts"
         with tempfile.TemporaryDirectory(prefix="cocoseg-champion-") as tmp:
             if theirs == mine and tags.get("eval.matches") == "true":
-                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{bundle.MATCHES}", dst_path=tmp,
-                                                           tracking_uri=uri)
+                path = download(uri, f"{base}/{bundle.MATCHES}", tmp)
                 return load_matches(path), {"gate.champion_evidence": f"stored matches of v{champion.version}"}
             where = f"{theirs['eval.snapshot_id'] or '?'}/{theirs['eval.split'] or '?'} ({theirs['eval.images'] or '?'} images)"
             if not snapshot:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 from cocoseg import bundle
 from cocoseg.utils import get_logger
 
-from .client import RegistryError, connect
+from .client import RegistryError, connect, mlflow_at
 from .gate import (
     CHALLENGER,
     CHAMPION,
@@ -240,38 +239,6 @@ def _new_version(client: Any, name: str, info: Any, tags: dict[str, str], regist
     return str(mv.version)
 
 
-_FLUENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
-
-
-@contextlib.contextmanager
-def _fluent_mlflow_at(tracking_uri: str, experiment: str):
-    """MLflow's fluent API (``log_model`` needs it) pointed at ``tracking_uri`` and ``experiment`` for
-    the block, and the caller's process as it was afterwards. ``set_tracking_uri``, ``set_registry_uri``
-    and ``set_experiment`` also export their values into ``os.environ``: left there, every later
-    subprocess of a process that registered in-process (a test session, a notebook, a retrain loop)
-    would talk to this server, with a password inside the URI, and in this experiment."""
-    import mlflow
-    from mlflow.tracking import _model_registry, _tracking_service
-
-    env = {k: os.environ.get(k) for k in _FLUENT_ENV}
-    uris = _tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri
-    active_experiment = mlflow.tracking.fluent._active_experiment_id
-    try:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        mlflow.set_experiment(experiment)
-        yield
-    finally:
-        mlflow.set_tracking_uri(uris[0])
-        mlflow.set_registry_uri(uris[1])
-        mlflow.tracking.fluent._active_experiment_id = active_experiment
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, experiment: str = "cocoseg",
                     metric: str = "val/mask_ap50_95", margin: float = 0.0, same_snapshot: bool = True,
                     policy: Any = None, champion_evidence: ChampionEvidence | None = None) -> Registration:
@@ -294,7 +261,7 @@ def register_export(export_dir: str | Path, *, name: str, tracking_uri: str, exp
     created, aliases = False, {}
     try:
         # MLflow writes "View run ... at: URL" to stdout; keep stdout for the command's result.
-        with _fluent_mlflow_at(tracking_uri, experiment), contextlib.redirect_stdout(sys.stderr), \
+        with mlflow_at(tracking_uri, experiment=experiment), contextlib.redirect_stdout(sys.stderr), \
                 tempfile.TemporaryDirectory(prefix="cocoseg-register-") as tmp, \
                 mlflow.start_run(run_name=f"register-{name}", tags={"cocoseg.job": "register"}) as run:
             info = _log_model(mlflow, b, Path(tmp))
