@@ -98,17 +98,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _mlflow_fluent_env_restored():
-    """``mlflow.set_tracking_uri`` / ``set_registry_uri`` / ``set_experiment`` export their values into
-    ``os.environ``: a test that calls them must not point every later test's subprocesses at its server.
-    (The product's own in-process registration restores them itself: tests/test_registry_auth.py.)"""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
+def _mlflow_env_left_alone():
+    """No test, and no code under it, leaves MLflow's process-wide URI or experiment in ``os.environ``
+    (``mlflow.set_tracking_uri`` / ``set_registry_uri`` / ``set_experiment`` export them there, and
+    every later subprocess of this pytest worker would talk to that server): checked after each
+    test, put back, and the test fails naming what it left. (``monkeypatch`` changes are undone
+    before this runs.)"""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+    saved = {k: os.environ.get(k) for k in keys}
     yield
-    for key, value in saved.items():
-        if value is None:
+    left = {k: os.environ.get(k) for k in keys if os.environ.get(k) != saved[k]}
+    for key in left:
+        if saved[key] is None:
             os.environ.pop(key, None)
         else:
-            os.environ[key] = value
+            os.environ[key] = saved[key]
+    assert not left, f"the test left {left} in os.environ (MLflow's fluent setters export them; scope them)"
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from cocoseg.registry import (
     alias_version,
     connect,
     decide,
+    download,
+    mlflow_at,
     promote,
     register_export,
     rollback,
@@ -70,8 +72,8 @@ def test_register_gate_promote_rollback_and_predict(mlflow_server, exports):
     # The champion serves predictions from the ONNX for an encoded image.
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    with mlflow_at(mlflow_server):
+        model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     image = base64.b64encode(encoded_png(80, 48)).decode()
     out = model.predict(pd.DataFrame({"image": [image]}), params={"conf": 0.3})
     assert len(out) == 1 and out[0]["width"] == 80 and out[0]["height"] == 48
@@ -111,8 +113,7 @@ def test_loading_never_unpickles(mlflow_server, exports, monkeypatch, tmp_path):
 
     name = _name()
     reg = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{reg.version}", dst_path=str(tmp_path)))
+    local = Path(download(mlflow_server, f"models:/{name}/{reg.version}", str(tmp_path)))
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".pth")]
     assert "model_code_path" in (local / "MLmodel").read_text()
 
@@ -131,8 +132,7 @@ def test_altered_onnx_artifact_is_not_served(mlflow_server, exports, tmp_path):
 
     name = _name()
     reg = register_export(exports["base"], name=name, tracking_uri=mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{reg.version}", dst_path=str(tmp_path)))
+    local = Path(download(mlflow_server, f"models:/{name}/{reg.version}", str(tmp_path)))
     onnx_file = next(local.rglob("model.onnx"))
     onnx_file.write_bytes(onnx_file.read_bytes()[:-16] + b"\0" * 16)
     with pytest.raises(Exception, match="refusing to serve an altered graph"):

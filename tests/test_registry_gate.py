@@ -74,12 +74,9 @@ def _stored(client, name, champion):
     """The champion's matches as the register job fetches them: the version's own artifact."""
     import tempfile
 
-    import mlflow
-
     from cocoseg.metrics.bootstrap import load_matches
+    from cocoseg.registry import download
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{champion.version}/artifacts/matches.npz", dst_path=tmp,
-            tracking_uri=client.tracking_uri)
-        return load_matches(path)
+        return load_matches(download(client.tracking_uri, f"models:/{name}/{champion.version}/artifacts/matches.npz",
+                                     tmp))

@@ -11,12 +11,11 @@ import pytest
 from export_helpers import encoded_png, make_export, serve_and_predict
 from pycocotools import mask as mask_utils
 
-from cocoseg.registry import register_export
+from cocoseg.registry import download, register_export
 
 
 @pytest.mark.slow
 def test_models_serve_answers_an_encoded_image(mlflow_server, tmp_path):
-    from mlflow.artifacts import download_artifacts
 
     from cocoseg.inference import OnnxBackend, Predictor, decode_image, detections_record
 
@@ -39,7 +38,7 @@ def test_models_serve_answers_an_encoded_image(mlflow_server, tmp_path):
     (det,) = predictor.predict([decode_image(png)], masks="rle_counts")
     assert record == {**detections_record(det, ["a", "b", "c"]), "width": 96, "height": 64}
     # The version carries the cocoseg package and names torch (CPU build) among its requirements.
-    local = download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "dl"))
+    local = download(mlflow_server, f"models:/{name}@champion", str(tmp_path / "dl"))
     assert (tmp_path / "dl" / "code" / "cocoseg" / "inference" / "predictor.py").is_file(), local
     requirements = (tmp_path / "dl" / "requirements.txt").read_text()
     assert "download.pytorch.org/whl/cpu" in requirements and "\ntorch==" in requirements

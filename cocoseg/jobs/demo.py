@@ -112,10 +112,12 @@ def next_steps(uri: str, name: str, weights: str, source: str, root: str, *, ui_
     store = f"MLFLOW_TRACKING_URI={uri}"
     model = f"models:/{name}@champion"
     # ?workflowType=machine_learning: MLflow 3.17's UI opens in its GenAI mode otherwise; one worker
-    # for one person (the default starts 4 worker processes, ~5 CPU-seconds each to start)
+    # for one person (the default starts 4 worker processes, ~5 CPU-seconds each to start) and none of
+    # the job runners of MLflow's GenAI features (3 more processes, ~6 CPU-seconds each)
     ui = (f"open {uri}/#/experiments?workflowType=machine_learning in a browser"
           if uri.startswith(("http://", "https://")) else
-          f"{bin_dir}/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {ui_port} --workers 1"
+          f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {bin_dir}/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
+          f"--port {ui_port} --workers 1"
           f"   # then open http://127.0.0.1:{ui_port}/#/experiments?workflowType=machine_learning")
     return {
         "MLflow UI": ui,

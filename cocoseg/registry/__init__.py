@@ -7,7 +7,7 @@
 - :mod:`.serving`: the pyfunc model (models from code, ONNX Runtime, no pickle).
 """
 
-from .client import RegistryError, connect, download
+from .client import RegistryError, connect, download, mlflow_at
 from .evidence import GatePolicy
 from .gate import CHALLENGER, CHAMPION, GateDecision, alias_version, decide, promote, rollback, run_gate
 from .versions import Registration, register_export, version_tags
@@ -23,6 +23,7 @@ __all__ = [
     "connect",
     "decide",
     "download",
+    "mlflow_at",
     "promote",
     "register_export",
     "rollback",
