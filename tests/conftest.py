@@ -37,6 +37,9 @@ FIXTURES = REPO / "tests" / "fixtures"
 # them; at 0 it looks twice a second (log lines are still read ten times a second). Measured here:
 # 2.1 -> 1.2 CPU-s a minute on a Ray starting 48 actors; the suite's 8 log monitors took ~70 CPU-s.
 os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+# The jobs' OpenMP policy (cocoseg/jobs/__init__.py) for the pytest workers too, set before
+# any test imports torch: two workers and their Rays share 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _shared_dir() -> Path:

@@ -256,7 +256,9 @@ def _open(driver, url: str, wanted: list[str], shot, timeout: float = 120, expan
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_run_and_model_pages_show_dataset_logged_model_per_class_ap_and_aliases(fed, browser, ui_server, tmp_path):
+def test_run_and_model_pages_show_dataset_logged_model_per_class_ap_and_aliases(fed, ui_server, browser, tmp_path):
+    # ui_server before browser: the browser quits first, so the UI's graceful shutdown has no open
+    # keep-alive connection to wait for (it waited the full 20 s before its SIGKILL)
     run, version = fed["run"], fed["version"]
     host = ui_server.split("://", 1)[1]
     exp_id, run_id = run.info.experiment_id, run.info.run_id

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -147,3 +150,17 @@ def test_a_bad_key_ends_both_doors_with_the_same_line(name, capsys) -> None:
         assert len(err) == 1 and err[0].startswith(f"{prog}: error: unknown config key 'train.epochz'"), err
         lines.append(err[0].removeprefix(prog))
     assert lines[0] == lines[1]
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_both_doors_set_a_passive_openmp_wait_before_torch_unless_the_user_chose(given, expected) -> None:
+    # in a fresh process (this one imported torch long ago): the front doors' package sets it before
+    # any torch import, and what the process starts (its private Ray) inherits it
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import os, sys; import cocoseg.jobs; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [expected, "False"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -21,6 +22,15 @@ from .args import JobParser, parse_job_args
 from .errors import run_guarded
 
 __all__ = ["JOBS", "add_arguments", "build_parser", "job", "main"]
+
+# OpenMP threads (torch's intra-op pool) wait for work by spinning under libgomp's default policy.
+# A job's processes share their host's cores (the driver, the train workers, the input actors, the
+# validation tasks), and a spinning thread takes a core from one with work: three 2-thread
+# training processes on 2 cores took 23-40 s and 20-37 CPU-s each spinning, 6 s and 8 CPU-s each
+# waiting passively (one alone: 3.1 s against 3.3 s). Set here, before any torch import of both
+# front doors, for this process and every process it starts (its private Ray's included); a value
+# the user set wins. Cluster pods get it from infra/k8s/cocoseg-env.yaml.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # In pipeline order; each is cocoseg/jobs/<name>.py and pipelines/<name>.py.
 JOBS = ("ingest", "train", "tune", "evaluate", "infer", "export", "register", "retrain", "demo")

@@ -22,7 +22,10 @@ The two run one after the other, alternating for ``--rounds``; each figure comes
 ``1x2=evaluate.actors=1,evaluate.cpus_per_actor=2``: one actor of 2 threads); ``--shared-ray`` runs every job on one local Ray of the same CPUs
 (a private Ray's start-up can time out on a host at load 60+); ``--dir`` keeps the work folder
 and reuses it. Note: this checkpoint detects nothing on these photos (constant class logits
-below conf 0.001), so the pair measures decode, letterbox, the forward and the job's start-up.
+below conf 0.001), so the pair measures decode, letterbox, the forward and the job's start-up;
+``--detecting BIAS`` raises class 0's logit by BIAS in a copy of it (written by the reference's
+venv, read by both sides), so that both keep up to max_det detections per image and do the NMS,
+mask, RLE and scoring work of a model that detects.
 """
 
 from __future__ import annotations
@@ -53,6 +56,23 @@ model = YOLO(sys.argv[1])
 start = time.perf_counter()
 r = model.val(data=sys.argv[2], imgsz=640, batch=16, device="cpu", plots=False, verbose=False, workers=0)
 print(json.dumps({"seconds": time.perf_counter() - start, "box_map": float(r.box.map), "mask_map": float(r.seg.map)}))
+"""
+
+
+# --detecting: the same checkpoint with class 0's logit raised by BIAS in every cell (the random one
+# scores -8.67 everywhere, below conf 0.001), so both sides keep up to max_det detections per image
+# and do the NMS, mask and scoring work a trained model makes them do. Run in the reference's venv
+# (its pickle needs the reference's classes); the result is read by both sides.
+_BIAS = """
+import sys, torch
+ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+for key in ("model", "ema"):
+    model = ckpt.get(key)
+    if model is None:
+        continue
+    for branch in model.model[-1].cv3:
+        branch[-1].bias.data[0] += float(sys.argv[3])
+torch.save(ckpt, sys.argv[2])
 """
 
 
@@ -116,6 +136,8 @@ def main() -> None:
     parser.add_argument("--dir", default="", help="work folder to keep (and reuse on a rerun); default: a temporary one")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                         help="another cocoseg arm with these overrides, e.g. 2x1=evaluate.actors=2 (repeatable)")
+    parser.add_argument("--detecting", type=float, default=0.0, metavar="BIAS",
+                        help="raise class 0's logit by BIAS in the checkpoint (both sides), so it detects (e.g. 6)")
     parser.add_argument("--shared-ray", action="store_true",
                         help="one local Ray for all jobs (same CPUs as their private one) instead of one per job")
     args = parser.parse_args()
@@ -131,10 +153,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-eval-ref-") as tmp:
         tmp = Path(args.dir or tmp)
         data = tmp / "data" / "data.yaml"
-        if not (tmp / "w").exists():  # --dir of an earlier run: its images, snapshot and weights as they are
+        if args.detecting:
+            biased = tmp / f"biased-{args.detecting:g}.pt"
+            if not biased.exists():
+                (tmp / "bias.py").write_text(_BIAS)
+                subprocess.run([ref_python, str(tmp / "bias.py"), str(pt), str(biased), str(args.detecting)],
+                               check=True, cwd=tmp, env={**os.environ, "YOLO_OFFLINE": "1"})
+            pt = biased
+        weights = tmp / f"w-{pt.stem}"
+        if not (tmp / "data").exists():  # --dir of an earlier run: its images and snapshot as they are
             data = _dataset(tmp / "data", args.images)
             _cocoseg("ingest", str(data), str(tmp / "store"), cwd=tmp)
-            _cocoseg("import-weights", str(pt), str(tmp / "w"), cwd=tmp)
+        if not weights.exists():
+            _cocoseg("import-weights", str(pt), str(weights), cwd=tmp)
         snapshot = str(next((tmp / "store" / "snapshots").iterdir()))
         args.images = len(list((tmp / "data" / "images" / "val").glob("*.jpg")))
         (tmp / "ref.py").write_text(_REF)
@@ -148,12 +179,13 @@ def main() -> None:
                 raise SystemExit(f"reference failed:\n{ref.stderr[-3000:]}")
             doc = json.loads(ref.stdout.strip().splitlines()[-1])
             theirs.append(args.images / doc["seconds"])
-            print(f"{time.strftime('%H:%M')} round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}; "
+            print(f"{time.strftime('%H:%M')} round {r}: reference {theirs[-1]:.2f} img/s (mask mAP {doc['mask_map']:.4f}, "
+                  f"box {doc['box_map']:.4f}; "
                   f"load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
             for name, overrides in arms.items():
                 load0 = os.getloadavg()
                 out = tmp / f"eval-{name}-{r}"
-                run = _cocoseg("evaluate", str(tmp / "w"), snapshot, *overrides, "--out", str(out), "--no-mlflow", cwd=tmp)
+                run = _cocoseg("evaluate", str(weights), snapshot, *overrides, "--out", str(out), "--no-mlflow", cwd=tmp)
                 pool = next((line.split("evaluate: ", 1)[1] for line in run.stderr.splitlines()
                              if "evaluate: " in line and "actor(s)" in line), "?")
                 ev = json.loads((out / "metrics.json").read_text())
