@@ -199,7 +199,8 @@ def test_sigkilled_driver_resumes_without_rerunning_finished_trials(tiny_snapsho
 
 
 @pytest.mark.parametrize("space, message", [
-    ("{train.lr00: {uniform: [0.001, 0.01]}}", "unknown config key 'train.lr00'. Did you mean 'lr0'?"),
+    ("{train.lr00: {uniform: [0.001, 0.01]}}", "tune.space.train.lr00: unknown config key 'train.lr00'. Did you mean 'lr0'?"),
+    ("{nokey: {choice: [1]}}", "tune.space.nokey: unknown config key 'nokey'. Valid keys: data,"),  # found by the fuzzer
     ("{train.lr0: {loguniform: [0, 0.01]}}", "tune.space.train.lr0: {loguniform: [0, 0.01]} needs 0 < low"),
     ("{train.lr0: {normal: [0.01, 0.001]}}", "tune.space.train.lr0: 'normal' is not a distribution; write one of {choice"),
     ("{train.epochs: {uniform: [1, 5]}}", "cannot be searched"),

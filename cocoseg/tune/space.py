@@ -87,11 +87,15 @@ def _bounds(key: str, kind: str, args: Any) -> list[Any]:
 
 
 def _check_key(cfg: JobConfig, key: str) -> None:
-    """An unknown key fails with the config's own message ("unknown config key ... Did you mean")."""
+    """An unknown key fails with the config's own message ("unknown config key ... Did you mean"),
+    behind the name of where it was written (``tune.space.<key>``)."""
     node: Any = to_dict(cfg)
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            with_values(cfg, {key: 0})  # raises the unknown-key error (keys are checked before values)
+            try:
+                with_values(cfg, {key: 0})  # raises the unknown-key error (keys are checked before values)
+            except ConfigError as exc:
+                raise ConfigError(f"tune.space.{key}: {exc}") from None
             raise ConfigError(f"tune.space.{key}: not a config key")
         node = node[part]
     if isinstance(node, dict):
