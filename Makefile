@@ -19,14 +19,18 @@ TORCH_SPEC ?= torch==2.13.0
 # The installer is uv, in the project venv, pointed at the package sources pip is configured with
 # (`pip config list`: find-links, index URLs, constraints), so it picks the wheels pip would (here:
 # torch's CPU build on local disk), like pip across every index. pip took ~2 min of CI's 15 (the
-# project and the IaC venvs side by side); uv ~75 s, most of it compiling the bytecode that a host
-# with PYTHONDONTWRITEBYTECODE=1 would otherwise compile in every process (docs/reliability.md).
+# project and the IaC venvs side by side); uv 16 s for the project venv. No bytecode is compiled at
+# install (that was ~55 s more: all of torch, Ray and MLflow): Python writes a module's bytecode
+# the first time a process imports it, ~12 CPU-s once for a job's imports. A host that sets
+# PYTHONDONTWRITEBYTECODE=1 would recompile in every process instead, so make clears it for
+# everything it runs (docs/reliability.md, "Test time").
+export PYTHONDONTWRITEBYTECODE :=
 UV_VERSION ?= 0.13.9
 UV := $(VENV)/bin/uv
 UV_SOURCES = $(shell $(PYTHON) -m pip config list 2>/dev/null \
   | sed -nE "s/^[^.]*\.(find-links|extra-index-url|index-url|constraint)='(.*)'$$/\1 \2/p" \
   | while read -r key values; do for v in $$values; do echo "--$$key $$v"; done; done | sort -u)
-UV_PIP = $(UV) pip install -q --compile-bytecode --index-strategy unsafe-best-match $(UV_SOURCES)
+UV_PIP = $(UV) pip install -q --index-strategy unsafe-best-match $(UV_SOURCES)
 PYTEST_ARGS ?=
 DEMO_ROOT ?= .cocoseg
 

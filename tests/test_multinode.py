@@ -114,7 +114,7 @@ def test_job_submit_trains_on_two_nodes(two_node_cluster, tiny_snapshot, s3_buck
                                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
     # No tracking URI: the job must resolve the store itself (COCOSEG_HOME's SQLite).
     runtime_env["env_vars"].update(RAY_TRAIN_ENABLE_PRINT_PATCH="0", COCOSEG_HOME=str(home), MLFLOW_TRACKING_URI="")
-    runtime_env["excludes"] = [".git", ".venv*", "*.egg-info", ".cocoseg"]
+    runtime_env["excludes"] = [".git", ".venv*", "*.egg-info", ".cocoseg", "__pycache__"]
     cmd = [RAY, "job", "submit", "--address", two_node_cluster["dashboard"], "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "-m", "pipelines.train", *overrides]
     started = time.time()
