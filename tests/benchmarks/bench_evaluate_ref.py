@@ -152,6 +152,7 @@ def main() -> None:
     pt = SHARED / "reference" / "yolov8n-seg-random.pt"
     with tempfile.TemporaryDirectory(prefix="bench-eval-ref-") as tmp:
         tmp = Path(args.dir or tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         data = tmp / "data" / "data.yaml"
         if args.detecting:
             biased = tmp / f"biased-{args.detecting:g}.pt"
