@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cocoseg.utils import UserError, get_logger, verbose
+from cocoseg.utils import UserError, get_logger, restore_env, verbose
 
 __all__ = ["RayStartError", "StallWatch", "quiet_ray_data", "release_placement_groups", "start_ray",
            "train_logging_config"]
@@ -124,8 +124,7 @@ def _inherited_env(values: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        restore_env(dict.fromkeys(added))
 
 
 def start_ray(**kwargs: Any) -> None:

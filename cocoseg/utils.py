@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["REDACTED", "RedactingFilter", "UserError", "get_logger", "git_commit", "redact", "secret_values",
+__all__ = ["REDACTED", "RedactingFilter", "UserError", "get_logger", "git_commit", "redact", "restore_env", "secret_values",
            "set_verbose", "timed", "verbose"]
 
 
@@ -136,3 +136,12 @@ def timed() -> Iterator[dict[str, float]]:
         yield box
     finally:
         box["s"] = time.perf_counter() - start
+
+
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put ``os.environ`` back to ``saved`` (``{name: value}``, ``None``: unset) for those names."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -107,15 +107,13 @@ def _mlflow_env_left_alone():
     every later subprocess of this pytest worker would talk to that server): checked after each
     test, put back, and the test fails naming what it left. (``monkeypatch`` changes are undone
     before this runs.)"""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
-    saved = {k: os.environ.get(k) for k in keys}
+    from cocoseg.registry.client import FLUENT_ENV
+    from cocoseg.utils import restore_env
+
+    saved = {k: os.environ.get(k) for k in FLUENT_ENV}
     yield
-    left = {k: os.environ.get(k) for k in keys if os.environ.get(k) != saved[k]}
-    for key in left:
-        if saved[key] is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = saved[key]
+    left = {k: os.environ.get(k) for k in FLUENT_ENV if os.environ.get(k) != saved[k]}
+    restore_env(saved)
     assert not left, f"the test left {left} in os.environ (MLflow's fluent setters export them; scope them)"
 
 

@@ -13,6 +13,7 @@ from _tracking_support import ADMIN, password_leaks, secret_uri
 from export_helpers import make_export
 
 from cocoseg.registry import CHAMPION, alias_version, connect, register_export
+from cocoseg.registry.client import FLUENT_ENV
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_register_without_or_with_wrong_credentials_fails_cleanly(auth_server, e
     from cocoseg.cli import main
 
     uri, password = auth_server["uri"], auth_server["password"]
-    fluent_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
+    fluent_env = {k: os.environ.get(k) for k in FLUENT_ENV}
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     name = f"seg-{uuid.uuid4().hex[:8]}"

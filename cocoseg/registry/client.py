@@ -15,9 +15,9 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from cocoseg.utils import UserError
+from cocoseg.utils import UserError, restore_env
 
-__all__ = ["RegistryError", "connect", "download", "mlflow_at"]
+__all__ = ["FLUENT_ENV", "RegistryError", "connect", "download", "mlflow_at"]
 
 
 class RegistryError(UserError):
@@ -42,7 +42,8 @@ def connect(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-_FLUENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+# what MLflow's fluent setters export into os.environ
+FLUENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
 
 
 @contextlib.contextmanager
@@ -59,7 +60,7 @@ def mlflow_at(tracking_uri: str, *, experiment: str = "") -> Iterator[None]:
     import mlflow
     from mlflow.tracking import _model_registry, _tracking_service, fluent
 
-    env = {k: os.environ.get(k) for k in _FLUENT_ENV}
+    env = {k: os.environ.get(k) for k in FLUENT_ENV}
     uris = _tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri
     active_experiment = fluent._active_experiment_id
     try:
@@ -72,11 +73,7 @@ def mlflow_at(tracking_uri: str, *, experiment: str = "") -> Iterator[None]:
         mlflow.set_tracking_uri(uris[0])
         mlflow.set_registry_uri(uris[1])
         fluent._active_experiment_id = active_experiment
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_env(env)
 
 
 def download(tracking_uri: str, artifact_uri: str, dst_path: str) -> str:
